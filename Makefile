@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    the main job: a short GPT-2 training run on the embedded `local` provider
+#   make test   the whole test suite (installs sshd + rsync when missing and run as root)
+# On a machine without a GPU the CPU build of torch is installed; on a GPU box: make TORCH=torch run
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup sysdeps run test lint bench clean
+
+$(BIN)/gpurun: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[train,test,plot]'
+	touch $@
+
+setup: $(BIN)/gpurun
+
+# Real OpenSSH + rsync are what the transport tests run against.
+sysdeps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync; \
+		else echo "sshd/rsync missing: sudo apt-get install openssh-server rsync" >&2; exit 1; fi; \
+	fi
+
+run: setup
+	$(BIN)/gpurun launch --provider local --max-usd 0.02 --usd-per-hour 1.2 --yes
+
+test: setup sysdeps
+	$(BIN)/ruff check .
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

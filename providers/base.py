@@ -1,0 +1,197 @@
+"""The one small interface every cloud (and the embedded `local` provider) implements.
+
+The controller only ever talks to a `Provider`; each provider module imports its SDK lazily, so
+`import providers` stays cheap and a missing SDK only matters when that provider is used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Instance states, normalised across clouds. Only `terminated` and `not_found` stop the money.
+PENDING = "pending"
+RUNNING = "running"
+STOPPING = "stopping"
+STOPPED = "stopped"
+TERMINATED = "terminated"
+NOT_FOUND = "not_found"
+STATES = (PENDING, RUNNING, STOPPING, STOPPED, TERMINATED, NOT_FOUND)
+GONE_STATES = (TERMINATED, NOT_FOUND)
+
+# Every resource gpurun creates carries this marker plus the run id (name or tag).
+OWNER_TAG = "gpurun"
+RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,40}$")
+
+
+class ProviderError(Exception):
+    """A provider refused or failed. The message is one line a user can act on."""
+
+
+class CredentialsError(ProviderError):
+    """Credentials are missing or rejected; raised before anything is created."""
+
+
+class TransientProviderError(ProviderError):
+    """A 5xx, a timeout or a throttle: worth retrying with backoff."""
+
+
+@dataclass(frozen=True)
+class BillingRule:
+    """How a provider rounds a runtime into billed seconds."""
+
+    increment_s: int = 1
+    minimum_s: int = 0
+    source: str = ""
+
+    def billed_seconds(self, elapsed_s: float) -> int:
+        elapsed = max(0.0, float(elapsed_s))
+        billed = max(elapsed, float(self.minimum_s))
+        inc = max(1, int(self.increment_s))
+        return int(math.ceil(billed / inc) * inc)
+
+    def cost(self, elapsed_s: float, usd_per_hour: float) -> float:
+        return self.billed_seconds(elapsed_s) * usd_per_hour / 3600.0
+
+
+@dataclass
+class Offer:
+    """One thing that can be rented, with its live (or flagged static) price."""
+
+    provider: str
+    gpu: str  # human GPU name, e.g. "RTX 4090", "A10G"; "cpu" for the local provider
+    gpu_count: int
+    instance_type: str  # provider's id for it: gpu_type_id, EC2 instance type, DataCrunch type
+    usd_per_hour: float  # compute price for the whole instance
+    extra_usd_per_hour: float = 0.0  # storage and other per-hour charges
+    price_source: str = "live"  # "live", or "static table (YYYY-MM-DD)" when the API could not be read
+    billing: BillingRule = field(default_factory=BillingRule)
+    spot: bool = False
+    region: str = ""
+    available: bool = True
+    memory_gb: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_usd_per_hour(self) -> float:
+        return self.usd_per_hour + self.extra_usd_per_hour
+
+    @property
+    def price_is_live(self) -> bool:
+        return self.price_source == "live"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SSHEndpoint:
+    host: str
+    port: int
+    user: str
+
+
+@dataclass
+class InstanceSpec:
+    """What `create` is asked for. `run_id` makes create idempotent."""
+
+    run_id: str
+    offer: Offer
+    ssh_public_key: str = ""  # OpenSSH one-line public key for the run
+    image: str | None = None  # provider default (a PyTorch image / DLAMI) when None
+    disk_gb: int = 40
+    volume_gb: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{OWNER_TAG}-{self.run_id}"
+
+
+@dataclass
+class Instance:
+    id: str
+    provider: str
+    state: str
+    run_id: str | None = None
+    name: str = ""
+    instance_type: str = ""
+    gpu_count: int = 0
+    created_at: float | None = None  # epoch seconds when the provider says it was created
+    usd_per_hour: float | None = None
+    ssh: SSHEndpoint | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gone(self) -> bool:
+        return self.state in GONE_STATES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Provider(ABC):
+    """A cloud behind the interface of DESIGN.md. Methods raise ProviderError subclasses."""
+
+    name: str = ""
+    #: "ssh" for real clouds; "local" for the embedded provider whose instance is on this machine.
+    transport: str = "ssh"
+
+    def check_credentials(self) -> None:  # noqa: B027 - optional hook, default: nothing to check
+        """Raise CredentialsError with a one-line fix if the provider cannot be used."""
+
+    @abstractmethod
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]: ...
+
+    @abstractmethod
+    def create(self, spec: InstanceSpec) -> Instance: ...
+
+    @abstractmethod
+    def get(self, instance_id: str) -> Instance: ...
+
+    @abstractmethod
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        """Ask for termination; return the raw response for the proof. "Already gone" is not an error."""
+
+    @abstractmethod
+    def list_owned(self) -> list[Instance]:
+        """Every live-or-recent instance carrying the gpurun marker (for sweep and proofs)."""
+
+    def ssh_endpoint(self, instance: Instance) -> SSHEndpoint | None:
+        return instance.ssh
+
+    @abstractmethod
+    def self_destruct_command(self, instance: Instance) -> str:
+        """Shell command the on-instance watchdog runs at the deadline to stop the billing itself."""
+
+    def cleanup(self, run_id: str) -> list[str]:
+        """Delete what was made for the run besides the instance (keys, scripts, groups). Returns what went."""
+        return []
+
+    def account(self) -> dict[str, Any]:
+        """Balance / spend limit where the provider exposes one (shown at plan time)."""
+        return {}
+
+    def list_run(self, run_id: str) -> list[Instance]:
+        """The run's live instances (the zero-match check of a proof)."""
+        return [i for i in self.list_owned() if i.run_id == run_id and not i.gone]
+
+
+def pick_offer(offers: list[Offer], gpu: str | None) -> Offer:
+    """The cheapest available offer matching `gpu` (case-insensitive substring), or a clear error."""
+    candidates = [o for o in offers if o.available]
+    if gpu:
+        want = gpu.lower().replace(" ", "")
+        candidates = [
+            o for o in candidates
+            if want in o.gpu.lower().replace(" ", "") or want == o.instance_type.lower()
+        ]
+    if not candidates:
+        known = sorted({o.gpu for o in offers})
+        hint = f"; available: {', '.join(known)}" if known else ""
+        raise ProviderError(f"no offer for GPU {gpu!r}{hint} (see `gpurun offers`)")
+    return min(candidates, key=lambda o: o.total_usd_per_hour)
