@@ -80,8 +80,12 @@ def detached_script(root: str, name: str, command: str, cwd: str, env: dict[str,
     """
     q = shlex.quote
     exports = "".join(f"export {k}={q(v)}; " for k, v in (env or {}).items())
+    # The wrapper shell traps the stop signals (its children get the default back) so that it
+    # outlives the job and records its exit status; the job runs in a subshell so `exit` in it
+    # cannot skip that record.
     inner = (
-        f"echo $$ > {q(root + '/' + name + '.pid')}; cd {q(cwd)} && {exports}{command}; "
+        f"echo $$ > {q(root + '/' + name + '.pid')}; trap true TERM INT HUP USR1; "
+        f"cd {q(cwd)} && ({exports}{command}); "
         f"echo $? > {q(root + '/' + name + '.exit.tmp')}; "
         f"mv {q(root + '/' + name + '.exit.tmp')} {q(root + '/' + name + '.exit')}"
     )

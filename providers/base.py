@@ -168,6 +168,10 @@ class Provider(ABC):
     def self_destruct_command(self, instance: Instance) -> str:
         """Shell command the on-instance watchdog runs at the deadline to stop the billing itself."""
 
+    def self_destruct_files(self, instance: Instance) -> list[tuple[str, str, int]]:
+        """(path, content, mode) the self-destruct command needs on the instance, e.g. a credential."""
+        return []
+
     def cleanup(self, run_id: str) -> list[str]:
         """Delete what was made for the run besides the instance (keys, scripts, groups). Returns what went."""
         return []

@@ -1,0 +1,152 @@
+"""Get an instance ready to train, over any Transport: python, torch, CUDA, the trainer's deps, hardware.
+
+Non-interactive SSH sessions do not see a container's ENV (RunPod, some Docker images), so python is
+looked for on PATH and in the usual image locations, and the path found is used for the job too.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from orchestrator.transport import Transport
+
+TRAINER_DIR = Path(__file__).resolve().parent.parent / "trainer"
+PYTHON_CANDIDATES = ("python3", "python", "/opt/conda/bin/python", "/usr/local/bin/python3", "/usr/bin/python3")
+
+# Prints one JSON line; must run on any python3 with or without torch/numpy.
+_CHECK = r"""
+import json, sys
+info = {"python": sys.executable, "python_version": sys.version.split()[0], "torch": None,
+        "cuda_available": False, "cuda_version": None, "device_name": None, "gpu_count": 0, "numpy": None}
+try:
+    import numpy
+    info["numpy"] = numpy.__version__
+except Exception:
+    pass
+try:
+    import torch
+    info["torch"] = torch.__version__
+    info["cuda_available"] = bool(torch.cuda.is_available())
+    info["cuda_version"] = torch.version.cuda
+    if info["cuda_available"]:
+        info["gpu_count"] = torch.cuda.device_count()
+        info["device_name"] = torch.cuda.get_device_name(0)
+except Exception as e:
+    info["torch_error"] = f"{type(e).__name__}: {e}"
+print(json.dumps(info))
+"""
+
+
+class BootstrapError(Exception):
+    """The instance cannot run the trainer; the message says what is missing and what to do."""
+
+
+@dataclass
+class BootstrapInfo:
+    python: str
+    python_version: str
+    torch_version: str | None
+    cuda_available: bool
+    cuda_version: str | None
+    device_name: str | None
+    gpu_count: int
+    numpy_version: str | None
+    nvidia_smi: str | None  # `nvidia-smi -L` output, None when absent
+    installed: list[str] = field(default_factory=list)
+
+    @property
+    def check_line(self) -> str:
+        """The runbook's check: torch version, CUDA available, device name."""
+        return f"torch {self.torch_version} | cuda available: {self.cuda_available} | device: {self.device_name or 'cpu'}"
+
+    def report(self) -> str:
+        lines = [self.check_line, f"python {self.python_version} ({self.python})",
+                 f"numpy {self.numpy_version}", f"cuda {self.cuda_version}", f"gpu_count {self.gpu_count}",
+                 "nvidia-smi -L:", self.nvidia_smi.strip() if self.nvidia_smi else "(nvidia-smi not found)"]
+        if self.installed:
+            lines.append("installed: " + ", ".join(self.installed))
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def find_python(transport: Transport) -> str:
+    tests = " ".join(shlex.quote(p) for p in PYTHON_CANDIDATES)
+    res = transport.run(
+        f"for p in {tests}; do if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; "
+        f"sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then command -v \"$p\"; exit 0; fi; done; exit 1",
+        timeout_s=60)
+    if not res.ok or not res.stdout.strip():
+        raise BootstrapError("no python >= 3.9 on the instance (tried "
+                             f"{', '.join(PYTHON_CANDIDATES)}); use a PyTorch image")
+    return res.stdout.strip().splitlines()[0]
+
+
+def _check(transport: Transport, python: str) -> dict[str, object]:
+    res = transport.run(f"{shlex.quote(python)} -c {shlex.quote(_CHECK)}", timeout_s=300)
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError) as e:
+        raise BootstrapError(f"python check failed on the instance ({res.exit_code}): {res.stderr.strip()[-400:]}") from e
+
+
+def _pip_install(transport: Transport, python: str, packages: Sequence[str], timeout_s: float) -> None:
+    pkgs = " ".join(shlex.quote(p) for p in packages)
+    res = transport.run(f"{shlex.quote(python)} -m pip install -q --disable-pip-version-check {pkgs}",
+                        timeout_s=timeout_s)
+    if not res.ok:
+        raise BootstrapError(
+            f"`pip install {' '.join(packages)}` failed on the instance (exit {res.exit_code}): "
+            f"{(res.stderr or res.stdout).strip()[-400:]} -- use an image that has PyTorch, or check its network")
+
+
+def bootstrap(transport: Transport, install: bool = True, pip_timeout_s: float = 1800) -> BootstrapInfo:
+    """Check (and if allowed complete) the instance; write <root>/out/bootstrap.txt + hardware.json."""
+    python = find_python(transport)
+    info = _check(transport, python)
+    installed: list[str] = []
+    missing = [pkg for pkg, key in (("numpy", "numpy"), ("torch", "torch")) if not info.get(key)]
+    if missing:
+        if not install:
+            raise BootstrapError(f"the instance lacks {', '.join(missing)} (bootstrap with install=True, "
+                                 "or use a PyTorch image)")
+        _pip_install(transport, python, missing, pip_timeout_s)
+        installed = missing
+        info = _check(transport, python)
+        if not info.get("torch"):
+            raise BootstrapError(f"torch still not importable after installing it: {info.get('torch_error')}")
+    smi = transport.run("nvidia-smi -L 2>/dev/null", timeout_s=60)
+    nvidia = smi.stdout if smi.ok and smi.stdout.strip() else None
+    result = BootstrapInfo(
+        python=python, python_version=_str(info.get("python_version")) or "?", torch_version=_str(info.get("torch")),
+        cuda_available=bool(info.get("cuda_available")), cuda_version=_str(info.get("cuda_version")),
+        device_name=_str(info.get("device_name")), gpu_count=int(str(info.get("gpu_count") or 0)),
+        numpy_version=_str(info.get("numpy")), nvidia_smi=nvidia, installed=installed)
+    root = transport.root
+    transport.write_file(f"{root}/out/bootstrap.txt", result.report())
+    transport.write_file(f"{root}/out/bootstrap.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    return result
+
+
+def upload_trainer(transport: Transport, trainer_dir: Path = TRAINER_DIR) -> None:
+    """Ship the trainer package so that `python -m trainer.train` works from <root>/code."""
+    transport.upload(trainer_dir, "code/trainer")
+
+
+def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,
+                    python: str = "python3") -> str:
+    """The job's command line (run with cwd=<root>/code): torchrun over max(1, gpu_count) processes."""
+    out_dir = f"{root.rstrip('/')}/out" if root else "../out"
+    extra = args if isinstance(args, str) else " ".join(shlex.quote(a) for a in args)
+    cmd = (f"{shlex.quote(python)} -m torch.distributed.run --standalone --nproc-per-node={max(1, int(gpu_count))} "
+           f"-m trainer.train --out-dir {shlex.quote(out_dir)}")
+    return f"{cmd} {extra}".rstrip()

@@ -1,0 +1,416 @@
+"""`gpurun`: the command line. Thin: parse, call plan/lifecycle/ledger, print with rich."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.budget import BudgetError, day_start, load_budgets, max_runtime_s, month_start
+from orchestrator.ledger import Ledger, LedgerError, Run
+from orchestrator.lifecycle import (
+    Controller,
+    RunFailed,
+    VerifyFailed,
+    controller_alive,
+    spawn_guard,
+    take_over,
+)
+from orchestrator.live import LiveView
+from orchestrator.plan import LaunchOptions, make_plan
+from orchestrator.redact import register_secrets_from_env
+from providers import get_provider, provider_names
+from providers.base import ProviderError
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Phases in which the job may still be running on the instance.
+JOB_PHASES = ("ssh_ready", "bootstrapped", "running", "stopping", "syncing_final")
+
+
+class GpurunGroup(click.Group):
+    """Turns expected failures into one clear line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (BudgetError, ProviderError, LedgerError, RunFailed) as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except VerifyFailed as exc:
+            err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(3)
+
+
+@click.group(cls=GpurunGroup)
+@click.version_option(package_name="gpurun")
+def main() -> None:
+    """Rent a GPU, train on it under a hard dollar cap, bring the results home, prove it is gone."""
+    register_secrets_from_env()  # so a key never reaches a log, the ledger or a card, even in free text
+
+
+# --- launch --------------------------------------------------------------------------------------
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--provider", default="local", show_default=True, help=f"one of: {', '.join(provider_names())}")
+@click.option("--max-usd", type=float, help="hard cap for this run (default: budgets.yaml per_run_default_usd)")
+@click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100')
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")
+@click.option("--spot", is_flag=True, help="spot / interruptible capacity where the provider has it")
+@click.option("--config", type=click.Path(dir_okay=False), help="trainer YAML config")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="trainer flag, e.g. --set max_iters=200")
+@click.option("--workdir", type=click.Path(file_okay=False), help="directory uploaded for a custom command")
+@click.option("--usd-per-hour", type=float, help="price of the local provider's instance (default 0)")
+@click.option("--budgets", type=click.Path(dir_okay=False), help="budgets.yaml to use")
+@click.option("--runs-dir", type=click.Path(file_okay=False), help="where runs/<run-id>/ go (default ./runs)")
+@click.option("--image", help="override the provider's default image / AMI")
+@click.option("--disk-gb", type=int, help="instance disk size")
+@click.option("--sync-interval", type=float, help="seconds between periodic syncs")
+@click.option("--detach", is_flag=True, help="return after the job starts; a background guard keeps watch")
+@click.option("--dry-run", is_flag=True, help="print the plan and exit")
+@click.option("--yes", "-y", is_flag=True, help="skip the confirmation")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
+    """Plan, confirm, provision, train, sync, tear down. `-- CMD ...` runs any command instead."""
+    trainer_args: list[str] = []
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--set")
+        trainer_args += [f"--{key.replace('_', '-')}", value]
+    options = LaunchOptions(
+        provider=kw["provider"], max_usd=kw["max_usd"], gpu=kw["gpu"], gpus=kw["gpus"], spot=kw["spot"],
+        config=kw["config"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
+        usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
+        disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
+    )
+    plan = make_plan(options)
+    table = Table(title="gpurun plan", show_header=False)
+    for key, value in plan.rows():
+        table.add_row(key, value)
+    console.print(table)
+    if kw["dry_run"]:
+        return
+    if not kw["yes"]:
+        if not sys.stdin.isatty():
+            raise ProviderError("confirmation needed and no terminal to ask on: pass --yes")
+        click.confirm("Launch and spend up to this cap?", abort=True)
+    ledger = Ledger()
+    with LiveView(console) as view:
+        controller = Controller.create(ledger, plan, reporter=view)
+        console.print(f"run [bold]{controller.run.run_id}[/bold]  ({controller.run_dir})")
+        try:
+            controller.launch(attach=not kw["detach"])
+        except KeyboardInterrupt:
+            _interrupted(controller, view)
+            return
+    _summary(ledger.resolve_run(controller.run.run_id))
+
+
+def _interrupted(controller: Controller, view: LiveView) -> None:
+    """Ctrl-C while attached: detach (the run goes on under its guard) or tear down now."""
+    view.__exit__()
+    run = controller.refresh()
+    choice = "t"
+    if run.phase == "running" and sys.stdin.isatty():
+        choice = click.prompt(
+            "\n[d]etach (the run keeps going under its guard) or [t]ear down now?",
+            type=click.Choice(["d", "t"]), default="d",
+        )
+    if choice == "d":
+        pid = spawn_guard(run)
+        console.print(f"detached: guard pid {pid}; `gpurun status {run.run_id}`, `gpurun teardown {run.run_id}`")
+        return
+    console.print("tearing down ...")
+    controller.finish("teardown requested (Ctrl-C)")
+    _summary(controller.refresh())
+
+
+def _summary(run: Run) -> None:
+    cost = run.cost_usd if run.cost_usd is not None else 0.0
+    console.print(
+        f"run {run.run_id}: {run.phase}; cost {cost:.4f} USD of {run.max_usd:.4f}; outputs in {run.run_dir}"
+    )
+    evidence = Path(run.run_dir) / "EVIDENCE.md"
+    if evidence.exists():
+        console.print(f"evidence card: {evidence}")
+
+
+@main.command(hidden=True)
+@click.argument("run_ref")
+def guard(run_ref: str) -> None:
+    """The detached guard: follow a run to its end and tear it down (started by --detach)."""
+    ledger = Ledger()
+    run = ledger.resolve_run(run_ref)
+    controller = Controller.load(ledger, run, reporter=LiveView(Console(file=sys.stdout)))
+    if run.phase == "running":
+        controller.guard()
+    elif run.open:
+        controller.finish("guard resumed an interrupted run")
+
+
+# --- status / logs ------------------------------------------------------------------------------
+@main.command()
+@click.argument("run_ref", required=False)
+@click.option("--timings", is_flag=True, help="time spent in each phase")
+@click.option("--all", "show_all", is_flag=True, help="include finished runs")
+def status(run_ref: str | None, timings: bool, show_all: bool) -> None:
+    """Where runs stand: phase, money spent against the cap, time left."""
+    ledger = Ledger()
+    if timings:
+        run = ledger.resolve_run(run_ref)
+        table = Table(title=f"{run.run_id} phase timings")
+        for col in ("phase", "started", "seconds"):
+            table.add_column(col)
+        for phase, start, seconds in ledger.timings(run.run_id):
+            table.add_row(phase, time.strftime("%H:%M:%S", time.localtime(start)), f"{seconds:.1f}")
+        console.print(table)
+        return
+    runs = [ledger.resolve_run(run_ref)] if run_ref else ledger.list_runs(open_only=not show_all)
+    if not runs:
+        console.print("no open runs (gpurun status --all lists finished ones)")
+        return
+    table = Table(title="gpurun runs")
+    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", "instances", "controller"):
+        table.add_column(col)
+    now = time.time()
+    for run in runs:
+        if run.cost_usd is not None:
+            spent = run.cost_usd
+        elif run.clock_start_epoch and run.usd_per_hour is not None:
+            from orchestrator.budget import Plan
+
+            spent = Plan.from_dict(run.plan["budget"]).cost_at(now - run.clock_start_epoch)
+        else:
+            spent = 0.0
+        left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
+        insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
+        ctl = "alive" if run.open and controller_alive(run) else "-"
+        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl)
+    console.print(table)
+
+
+@main.command()
+@click.argument("run_ref", required=False)
+@click.option("-f", "--follow", is_flag=True, help="keep printing as the job writes")
+def logs(run_ref: str | None, follow: bool) -> None:
+    """The job's output (from the instance while the run is open, else from the synced copy)."""
+    ledger = Ledger()
+    run = ledger.resolve_run(run_ref)
+    local = Path(run.run_dir) / "job.log"
+    if not run.open or run.phase not in JOB_PHASES:
+        click.echo(local.read_text() if local.exists() else f"(no synced job.log in {run.run_dir})", nl=False)
+        return
+    transport = Controller.load(ledger, run).ensure_transport()
+    offset = 0
+    while True:
+        res = transport.run(f"tail -c +{offset + 1} job.log 2>/dev/null", timeout_s=30)
+        click.echo(res.stdout, nl=False)
+        offset += len(res.stdout.encode())
+        if not follow:
+            return
+        run = ledger.resolve_run(run.run_id)
+        if run.phase not in JOB_PHASES:
+            return
+        time.sleep(2)
+
+
+# --- sync / teardown ----------------------------------------------------------------------------
+@main.command()
+@click.argument("run_ref", required=False)
+def sync(run_ref: str | None) -> None:
+    """Pull the run's logs and complete checkpoints now."""
+    ledger = Ledger()
+    run = ledger.resolve_run(run_ref)
+    if run.phase not in JOB_PHASES:
+        raise RunFailed(f"run {run.run_id} is {run.phase}: its instance is gone; outputs are in {run.run_dir}")
+    result = Controller.load(ledger, run).sync_now()
+    console.print(
+        f"synced {result.files} files, {result.bytes} bytes ({result.method}); "
+        f"checkpoints verified: {', '.join(result.checkpoints_verified) or 'none'}"
+        + (f"; REJECTED: {', '.join(result.checkpoints_rejected)}" if result.checkpoints_rejected else "")
+    )
+
+
+@main.command()
+@click.argument("run_ref", required=False)
+@click.option("--all", "all_runs", is_flag=True, help="every open run")
+@click.option("--verify/--no-verify", default=True, help="always on: termination is confirmed with the provider")
+def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
+    """Stop the job (checkpoint), final sync, terminate, confirm with the provider, write the proof."""
+    if not verify:
+        raise ProviderError("teardown always verifies with the provider; drop --no-verify")
+    ledger = Ledger()
+    runs = ledger.list_runs(open_only=True) if all_runs else [ledger.resolve_run(run_ref)]
+    if not runs:
+        console.print("no open runs")
+        return
+    failures = 0
+    for run in runs:
+        if not run.open:
+            console.print(f"run {run.run_id} is already verified gone (proof in {run.run_dir})")
+            continue
+        take_over(ledger, run)
+        controller = Controller.load(ledger, ledger.resolve_run(run.run_id), reporter=LiveView(console))
+        try:
+            if run.phase in JOB_PHASES:
+                controller.finish("teardown requested")
+            else:
+                controller.teardown()
+        except VerifyFailed as exc:
+            err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False)
+            failures += 1
+            continue
+        _summary(controller.refresh())
+    if failures:
+        sys.exit(3)
+
+
+# --- offers / cost / sweep / evidence ------------------------------------------------------------
+@main.command()
+@click.option("--provider", default="local", show_default=True)
+@click.option("--gpu", help="filter by GPU name")
+@click.option("--gpus", type=int, default=1, show_default=True)
+@click.option("--spot", is_flag=True)
+@click.option("--usd-per-hour", type=float, help="local provider price")
+@click.option("--budgets", type=click.Path(dir_okay=False))
+def offers(provider: str, gpu: str | None, gpus: int, spot: bool, usd_per_hour: float | None,
+           budgets: str | None) -> None:
+    """Live prices, and what the default budget buys of each."""
+    options = LaunchOptions(provider=provider, usd_per_hour=usd_per_hour)
+    conf = load_budgets(budgets)
+    prov = get_provider(provider, **options.provider_options())
+    prov.check_credentials()
+    found = prov.offers(gpu=gpu, count=gpus, spot=spot)
+    rule = conf.billing_for(prov.name)
+    table = Table(title=f"{prov.name} offers (default budget {conf.per_run_default_usd:.2f} USD)")
+    for col in ("gpu", "count", "instance type", "USD/h", "storage USD/h", "price source",
+                f"{conf.per_run_default_usd:.2f} USD buys"):
+        table.add_column(col)
+    for o in sorted(found, key=lambda o: o.total_usd_per_hour):
+        buys = max_runtime_s(conf.per_run_default_usd, o.total_usd_per_hour, rule)
+        table.add_row(o.gpu, str(o.gpu_count), o.instance_type, f"{o.usd_per_hour:.4f}",
+                      f"{o.extra_usd_per_hour:.4f}", o.price_source,
+                      "unbounded" if buys == float("inf") else f"{buys / 3600:.2f} h")
+    console.print(table)
+
+
+@main.command()
+@click.option("--by", type=click.Choice(["day", "provider"]), default="day", show_default=True)
+@click.option("--budgets", type=click.Path(dir_okay=False))
+def cost(by: str, budgets: str | None) -> None:
+    """Spend by day or provider, against the caps in budgets.yaml."""
+    ledger = Ledger()
+    conf = load_budgets(budgets)
+    table = Table(title=f"spend by {by}")
+    for col in (by, "runs", "settled USD", "held USD"):
+        table.add_column(col)
+    for row in ledger.spend_by(by):
+        table.add_row(str(row["key"]), str(row["runs"]), f"{row['cost_usd']:.4f}", f"{row['held_usd']:.4f}")
+    console.print(table)
+    now = time.time()
+    day0, month0 = day_start(now), month_start(now)
+    caps = Table(title=f"caps ({conf.path})")
+    for col in ("cap", "limit USD", "spent + held USD"):
+        caps.add_column(col)
+    caps.add_row("daily", _cap(conf.daily_usd), f"{ledger.committed_usd(day0):.4f}")
+    caps.add_row("monthly", _cap(conf.monthly_usd), f"{ledger.committed_usd(month0):.4f}")
+    for name, pb in conf.providers.items():
+        if pb.daily_usd is not None or pb.monthly_usd is not None:
+            caps.add_row(f"{name} daily", _cap(pb.daily_usd), f"{ledger.committed_usd(day0, name):.4f}")
+            caps.add_row(f"{name} monthly", _cap(pb.monthly_usd), f"{ledger.committed_usd(month0, name):.4f}")
+    console.print(caps)
+
+
+def _cap(value: float | None) -> str:
+    return "none" if value is None else f"{value:.2f}"
+
+
+@main.command()
+@click.option("--provider", "providers_", multiple=True, help="provider(s) to sweep (default: all with credentials)")
+@click.option("--yes", "-y", is_flag=True, help="terminate without asking")
+def sweep(providers_: tuple[str, ...], yes: bool) -> None:
+    """Find instances tagged gpurun that no open run owns; terminate them on confirmation."""
+    ledger = Ledger()
+    names = list(providers_) or [n for n in provider_names() if n != "verda"]
+    orphans = []
+    for name in names:
+        try:
+            prov = get_provider(name)
+            prov.check_credentials()
+            owned = prov.list_owned()
+        except ProviderError as exc:
+            if providers_:
+                raise
+            console.print(f"[dim]{name}: skipped ({exc})[/dim]")
+            continue
+        for inst in owned:
+            if inst.gone:
+                continue
+            owner = ledger.instance_owner(inst.id)
+            run = ledger.get_run(owner) if owner else None
+            if run is None or not run.open:
+                orphans.append((prov, inst))
+    if not orphans:
+        console.print("nothing to sweep: every live gpurun instance belongs to an open run")
+        return
+    table = Table(title="orphaned gpurun instances")
+    for col in ("provider", "instance", "name", "state", "running for", "USD/h", "cost so far"):
+        table.add_column(col)
+    now = time.time()
+    for prov, inst in orphans:
+        age = now - inst.created_at if inst.created_at else None
+        rate = inst.usd_per_hour
+        so_far = f"{age * rate / 3600:.4f}" if age is not None and rate is not None else "?"
+        table.add_row(prov.name, inst.id, inst.name, inst.state, f"{age / 60:.1f} min" if age else "?",
+                      "?" if rate is None else f"{rate:.4f}", so_far)
+    console.print(table)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ProviderError("confirmation needed and no terminal to ask on: pass --yes")
+        click.confirm(f"Terminate these {len(orphans)} instance(s)?", abort=True)
+    for prov, inst in orphans:
+        prov.terminate(inst.id)
+        for _ in range(120):
+            if prov.get(inst.id).gone:
+                console.print(f"{prov.name} {inst.id}: terminated (verified)")
+                break
+            time.sleep(1)
+        else:
+            raise RunFailed(f"{prov.name} {inst.id}: terminate requested but not confirmed after 120 s")
+
+
+@main.command()
+@click.argument("run_ref", required=False)
+@click.option("--check-chain", is_flag=True, help="verify the hash chain of every shutdown proof")
+def evidence(run_ref: str | None, check_chain: bool) -> None:
+    """Print a run's evidence card (re-written from its synced files)."""
+    ledger = Ledger()
+    if check_chain:
+        from orchestrator.proof import verify_proof_chain
+
+        problems = verify_proof_chain(ledger.proofs())
+        if problems:
+            for p in problems:
+                err_console.print(f"[red]chain broken:[/red] {p}")
+            sys.exit(3)
+        console.print(f"proof chain intact: {len(ledger.proofs())} proofs")
+        return
+    run = ledger.resolve_run(run_ref)
+    controller = Controller.load(ledger, run)
+    proof = Path(run.run_dir) / "shutdown_proof.json"
+    runtime = None
+    if run.clock_start_epoch:
+        end = run.updated_at if not run.open else time.time()
+        runtime = end - run.clock_start_epoch
+    path = controller.write_evidence(proof if proof.exists() else None, run.cost_usd, runtime)
+    console.print(path.read_text(), markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

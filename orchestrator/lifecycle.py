@@ -1,0 +1,545 @@
+"""The run state machine of DESIGN.md, driving a Provider and a Transport.
+
+    planned -> creating -> booting -> ssh_ready -> bootstrapped -> running -> stopping
+            -> syncing_final -> terminating -> verified        (or failed_* -> terminating -> verified)
+
+Each phase is written to the ledger BEFORE its action is taken, so a controller killed at any
+point leaves enough behind for `gpurun teardown` (or a detached guard) to finish the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+import trainer
+from orchestrator import budget as budget_mod
+from orchestrator.budget import Plan
+from orchestrator.ledger import Ledger, Run
+from orchestrator.plan import LaunchOptions, LaunchPlan
+from orchestrator.transport import SyncResult, Transport
+from providers import get_provider
+from providers.base import Instance, InstanceSpec, Offer, Provider, ProviderError, SSHEndpoint
+
+TRAINER_DIR = Path(trainer.__file__).resolve().parent
+POLL_S = 1.0
+
+
+class RunFailed(Exception):
+    """The run could not go on; it has been (or must be) torn down."""
+
+
+class VerifyFailed(Exception):
+    """Termination could not be verified: the instance may still be billing."""
+
+
+@dataclass
+class LiveStatus:
+    phase: str
+    step: int | None = None
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    spent_usd: float = 0.0
+    max_usd: float = 0.0
+    seconds_to_stop: float | None = None
+    message: str = ""
+
+
+Reporter = Callable[[LiveStatus], None]
+
+
+def _quiet(_: LiveStatus) -> None:
+    pass
+
+
+def new_run_id(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def ssh_override(endpoint: SSHEndpoint | None) -> SSHEndpoint | None:
+    """GPURUN_SSH_OVERRIDE=host:port[:user] reaches the instance through a tunnel (or a test sshd)."""
+    spec = os.environ.get("GPURUN_SSH_OVERRIDE")
+    if not spec:
+        return endpoint
+    host, _, rest = spec.partition(":")
+    port, _, user = rest.partition(":")
+    return SSHEndpoint(host, int(port or 22), user or (endpoint.user if endpoint else "root"))
+
+
+class Controller:
+    """Drives one run. Constructed fresh for a launch, or from the ledger to resume/tear down."""
+
+    def __init__(self, ledger: Ledger, run: Run, provider: Provider, reporter: Reporter = _quiet) -> None:
+        self.ledger = ledger
+        self.run = run
+        self.provider = provider
+        self.report = reporter
+        self.run_dir = Path(run.run_dir)
+        self.plan = Plan.from_dict(run.plan["budget"])
+        self.offer = Offer(**{**run.plan["offer"], "billing": self.plan.billing})
+        self.transport: Transport | None = None
+        self.stop_requested = False
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, ledger: Ledger, launch: LaunchPlan, reporter: Reporter = _quiet) -> Controller:
+        run_id = new_run_id()
+        run_dir = launch.run_dir_root / run_id
+        record = {
+            "options": launch.options.to_dict(),
+            "provider_options": launch.options.provider_options(),
+            "offer": launch.offer.to_dict(),
+            "budget": launch.budget.to_dict(),
+            "account": launch.account,
+        }
+        # The hold and the run row land together or not at all: a refusal leaves nothing behind.
+        with ledger.transaction():
+            budget_mod.reserve(launch.budgets, ledger, run_id, launch.provider.name, launch.budget.max_usd)
+            run = ledger.create_run(run_id, launch.provider.name, launch.budget.max_usd, record, str(run_dir))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str))
+        return cls(ledger, run, launch.provider, reporter)
+
+    @classmethod
+    def load(cls, ledger: Ledger, run: Run, reporter: Reporter = _quiet) -> Controller:
+        provider = get_provider(run.provider, **run.plan.get("provider_options", {}))
+        return cls(ledger, run, provider, reporter)
+
+    @property
+    def options(self) -> LaunchOptions:
+        return LaunchOptions(**self.run.plan["options"])
+
+    def refresh(self) -> Run:
+        run = self.ledger.get_run(self.run.run_id)
+        assert run is not None
+        self.run = run
+        return run
+
+    def phase(self, name: str, **payload: Any) -> None:
+        self.ledger.set_phase(self.run.run_id, name, **payload)
+        self.run.phase = name
+        self.report(self.status(message=payload.get("message", "")))
+
+    def spent_usd(self, at: float | None = None) -> float:
+        start = self.run.clock_start_epoch
+        if start is None:
+            return 0.0
+        return self.plan.cost_at((at or time.time()) - start)
+
+    def status(self, **extra: Any) -> LiveStatus:
+        stop_at = self.run.stop_at_epoch
+        return LiveStatus(
+            phase=self.run.phase,
+            spent_usd=self.spent_usd(),
+            max_usd=self.plan.max_usd,
+            seconds_to_stop=(stop_at - time.time()) if stop_at else None,
+            **extra,
+        )
+
+    # --- the launch, phase by phase -------------------------------------------------------------
+    def launch(self, attach: bool = True) -> None:
+        """Create, boot, bootstrap, start the job; then guard it (attached) or hand it to a guard."""
+        try:
+            instance = self._create()
+            endpoint = self._boot(instance)
+            self._connect(instance, endpoint)
+            self._bootstrap(instance)
+            self._start_job()
+        except Exception as exc:
+            self._fail(exc)
+            raise
+        if attach:
+            self.guard()
+        else:
+            spawn_guard(self.run)
+
+    def _create(self) -> Instance:
+        now = time.time()
+        # The clock starts at the create call: deadlines are fixed before it is made.
+        deadline = now + self.plan.max_runtime_s
+        stop_at = deadline - self.plan.reserve_s
+        self.ledger.update_run(
+            self.run.run_id,
+            clock_start_epoch=now,
+            deadline_epoch=deadline,
+            stop_at_epoch=stop_at,
+            usd_per_hour=self.offer.total_usd_per_hour,
+            controller_pid=os.getpid(),
+        )
+        self.refresh()
+        self.phase("creating", instance_type=self.offer.instance_type, deadline_epoch=deadline)
+        spec = InstanceSpec(
+            run_id=self.run.run_id,
+            offer=self.offer,
+            ssh_public_key=self._public_key() if self.provider.transport == "ssh" else "",
+            image=self.options.image,
+        )
+        instance = self.provider.create(spec)
+        self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)
+        return instance
+
+    def _boot(self, instance: Instance) -> SSHEndpoint | None:
+        self.phase("booting", instance_id=instance.id)
+        limit = min(self.run.stop_at_epoch or time.time() + 600, time.time() + 900)
+        while True:
+            inst = self.provider.get(instance.id)
+            self.ledger.update_instance(instance.id, state=inst.state)
+            if inst.gone:
+                raise RunFailed(f"instance {instance.id} went away while booting ({inst.state})")
+            endpoint = self.provider.ssh_endpoint(inst)
+            if inst.state == "running" and (endpoint or self.provider.transport == "local"):
+                return endpoint
+            if time.time() > limit:
+                raise RunFailed(f"instance {instance.id} did not come up before the guard's stop time")
+            time.sleep(POLL_S)
+
+    def _connect(self, instance: Instance, endpoint: SSHEndpoint | None) -> None:
+        self.transport = self._make_transport(instance, endpoint)
+        budget_left = (self.run.stop_at_epoch or time.time() + 300) - time.time()
+        self.transport.wait_ready(timeout_s=max(5.0, min(300.0, budget_left)))
+        self.phase("ssh_ready", root=self.transport.root)
+
+    def _bootstrap(self, instance: Instance) -> None:
+        from orchestrator.bootstrap import bootstrap
+        from orchestrator.watchdog import install_watchdog
+
+        assert self.transport is not None
+        opts = self.options
+        if opts.command and opts.workdir:
+            self.transport.upload(Path(opts.workdir), "code")
+        else:
+            self.transport.upload(TRAINER_DIR, "code/trainer")
+        if opts.config:
+            self.transport.write_file("code/gpurun_config.yaml", Path(opts.config).read_text())
+        info = bootstrap(self.transport, need_torch=not opts.command)
+        self.gpu_count = info.gpu_count
+        self.ledger.update_run(self.run.run_id, plan={"bootstrap": info.to_dict()})
+        # The dead-man's switch: works with this controller gone. It fires between the guard's stop
+        # time and the money deadline, leaving half the reserve for the self-destruct to land.
+        wd_deadline = self.watchdog_deadline()
+        for path, content, mode in self.provider.self_destruct_files(instance):
+            self.transport.write_file(path, content, mode)
+        install_watchdog(
+            self.transport,
+            deadline_epoch=wd_deadline,
+            grace_s=self.grace_s(),
+            self_destruct_cmd=self.provider.self_destruct_command(instance),
+        )
+        self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
+
+    def watchdog_deadline(self) -> float:
+        assert self.run.stop_at_epoch is not None
+        return self.run.stop_at_epoch + self.plan.reserve_s / 2
+
+    def grace_s(self) -> float:
+        return max(3.0, min(30.0, self.plan.reserve_s / 4))
+
+    def job_command(self) -> str:
+        from orchestrator.bootstrap import trainer_command
+
+        opts = self.options
+        if opts.command:
+            return " ".join(_shell_quote(c) for c in opts.command)
+        args = list(opts.trainer_args)
+        if opts.config:
+            args = ["--config", "gpurun_config.yaml", *args]
+        assert self.run.stop_at_epoch is not None
+        args += ["--deadline-epoch", f"{self.run.stop_at_epoch:.0f}"]
+        assert self.transport is not None
+        return trainer_command(max(1, getattr(self, "gpu_count", 1) or 1), args, out_dir=f"{self.transport.root}/out")
+
+    def _start_job(self) -> None:
+        assert self.transport is not None
+        command = self.job_command()
+        self.phase("running", command=command)
+        pid = self.transport.start_detached("job", command, env={"PYTHONUNBUFFERED": "1"})
+        self.ledger.record_event(self.run.run_id, "job_started", pid=pid)
+
+    # --- the guard ------------------------------------------------------------------------------
+    def guard(self) -> None:
+        """Follow the job until it ends or the stop time comes; then stop, sync, tear down, verify."""
+        transport = self.ensure_transport()
+        self.ledger.update_run(self.run.run_id, controller_pid=os.getpid())
+        sync_every = self.sync_interval()
+        last_sync = 0.0
+        reason = "job finished"
+        while True:
+            now = time.time()
+            state = transport.job_state("job")
+            if not state.running:
+                reason = f"job ended (exit {state.exit_code})"
+                break
+            if self.stop_requested:
+                reason = "teardown requested"
+                break
+            if self.run.stop_at_epoch is not None and now >= self.run.stop_at_epoch:
+                reason = "deadline: budget guard"
+                break
+            if now - last_sync >= sync_every:
+                self._sync(final=False)
+                last_sync = time.time()
+            self.report(self.status(**self._latest_metrics()))
+            time.sleep(POLL_S)
+        self.finish(reason)
+
+    def finish(self, reason: str) -> None:
+        """Stop the job if it still runs, pull the final outputs, terminate, verify, prove."""
+        try:
+            self._stop_job(reason)
+            self.phase("syncing_final")
+            self._sync(final=True)
+        except Exception as exc:  # a failed stop or sync must never keep the instance alive
+            self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+        self.teardown()
+
+    def _stop_job(self, reason: str) -> None:
+        transport = self.ensure_transport()
+        self.phase("stopping", reason=reason)
+        if not transport.job_state("job").running:
+            return
+        transport.signal("job", signal.SIGTERM)  # the trainer checkpoints and exits 0
+        limit = time.time() + self.grace_s()
+        while transport.job_state("job").running and time.time() < limit:
+            time.sleep(0.5)
+        if transport.job_state("job").running:
+            self.ledger.record_event(self.run.run_id, "job_killed", after_s=self.grace_s())
+            transport.signal("job", signal.SIGKILL)
+
+    def sync_now(self) -> SyncResult:
+        return self._sync(final=False)
+
+    def _sync(self, final: bool) -> SyncResult:
+        transport = self.ensure_transport()
+        result = transport.pull(self.run_dir)
+        self.ledger.record_event(
+            self.run.run_id,
+            "sync",
+            final=final,
+            files=result.files,
+            bytes=result.bytes,
+            method=result.method,
+            verified=result.checkpoints_verified,
+            rejected=result.checkpoints_rejected,
+        )
+        return result
+
+    def _latest_metrics(self) -> dict[str, Any]:
+        """The last step line of the job's metrics, read on the instance (cheap: one tail)."""
+        assert self.transport is not None
+        res = self.transport.run("tail -n 20 out/metrics.jsonl 2>/dev/null", timeout_s=10)
+        for line in reversed(res.stdout.splitlines()):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("type") == "step":
+                return {"step": rec.get("step"), "loss": rec.get("loss"), "tokens_per_s": rec.get("tokens_per_s")}
+        return {}
+
+    def sync_interval(self) -> float:
+        opts = self.options
+        if opts.sync_interval_s:
+            return float(opts.sync_interval_s)
+        return 5.0 if self.provider.transport == "local" else 30.0
+
+    # --- transport ------------------------------------------------------------------------------
+    def _public_key(self) -> str:
+        from orchestrator.keys import run_key
+
+        return run_key().public_line
+
+    def _make_transport(self, instance: Instance, endpoint: SSHEndpoint | None) -> Transport:
+        if self.provider.transport == "local":
+            from orchestrator.local_transport import LocalTransport
+
+            return LocalTransport(Path(instance.raw["sandbox"]))
+        from orchestrator.keys import run_key
+        from orchestrator.remote import LedgerHostKeys, SSHTransport
+
+        endpoint = ssh_override(endpoint)
+        if endpoint is None:
+            raise RunFailed(f"instance {instance.id} has no SSH endpoint")
+        return SSHTransport(
+            endpoint,
+            run_key().private_path,
+            root=f"gpurun/{self.run.run_id}",
+            instance_id=instance.id,
+            host_keys=LedgerHostKeys(self.ledger),
+        )
+
+    def ensure_transport(self) -> Transport:
+        if self.transport is None:
+            rows = self.ledger.instances(self.run.run_id)
+            if not rows:
+                raise RunFailed("the run has no instance")
+            inst = self.provider.get(rows[-1].instance_id)
+            if inst.gone:
+                raise RunFailed(f"instance {inst.id} is already {inst.state}")
+            self.transport = self._make_transport(inst, self.provider.ssh_endpoint(inst))
+            self.transport.wait_ready(timeout_s=30)
+        return self.transport
+
+    # --- teardown: request -> verify -> record --------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        phase = self.run.phase if not self.run.phase.startswith("failed_") else self.run.phase[7:]
+        self.phase(f"failed_{phase}", error=f"{type(exc).__name__}: {exc}")
+        self.ledger.update_run(self.run.run_id, error=f"{type(exc).__name__}: {exc}")
+        if self.transport is not None:
+            try:
+                self._sync(final=True)
+            except Exception:  # noqa: BLE001 - best effort; teardown matters more
+                pass
+        self.teardown()
+
+    def instance_ids(self) -> list[str]:
+        ids = [row.instance_id for row in self.ledger.instances(self.run.run_id)]
+        # A create that was in flight when a controller died: find it by the run's tag/name.
+        for inst in self.provider.list_run(self.run.run_id):
+            if inst.id not in ids:
+                self.ledger.add_instance(self.run.run_id, self.provider.name, inst.id, inst.state, inst.raw)
+                ids.append(inst.id)
+        return ids
+
+    def teardown(self, verify_timeout_s: float | None = None) -> Path:
+        """Terminate every instance of the run and verify with the provider; write the proof."""
+        from orchestrator.proof import TerminateRequest, build_proof, write_proof
+
+        if self.transport is not None:
+            self.transport.close()
+        self.phase("terminating")
+        ids = self.instance_ids()
+        requests: list[TerminateRequest] = []
+        timeout = verify_timeout_s or float(os.environ.get("GPURUN_VERIFY_TIMEOUT_S", "600"))
+
+        def request_all() -> None:
+            for iid in ids:
+                t = time.time()
+                try:
+                    resp: Any = self.provider.terminate(iid)
+                    requests.append(TerminateRequest(iid, t, resp))
+                except ProviderError as exc:
+                    requests.append(TerminateRequest(iid, t, None, error=str(exc)))
+                self.ledger.record_event(self.run.run_id, "terminate_request", instance_id=iid,
+                                         response=requests[-1].response, error=requests[-1].error)
+
+        def all_gone() -> bool:
+            states = {iid: self.provider.get(iid) for iid in ids}
+            for iid, inst in states.items():
+                self.ledger.update_instance(iid, state=inst.state)
+            if all(i.gone for i in states.values()) and not self.provider.list_run(self.run.run_id):
+                return True
+            request_all()  # a terminate that "succeeded" but left it running: ask again
+            return False
+
+        request_all()
+        try:
+            Retrying(
+                retry=retry_if_result(lambda gone: not gone),
+                wait=wait_exponential(multiplier=0.5, max=10),
+                stop=stop_after_delay(timeout),
+            )(all_gone)
+        except RetryError as exc:
+            self.phase("failed_terminating", error="termination not verified")
+            raise VerifyFailed(
+                f"run {self.run.run_id}: {', '.join(ids)} still not terminated after {timeout:.0f} s; "
+                f"it may still be billing: check the provider console and run `gpurun teardown {self.run.run_id}`"
+            ) from exc
+        verified_at = time.time()
+        deleted = self.provider.cleanup(self.run.run_id)
+        final = [self.provider.get(i).to_dict() for i in ids]
+        listing = [i.to_dict() for i in self.provider.list_run(self.run.run_id)]
+        start = self.run.clock_start_epoch
+        cost = self.plan.cost_at(verified_at - start) if start else 0.0
+        proof = build_proof(
+            run_id=self.run.run_id,
+            provider=self.provider.name,
+            instance_ids=ids,
+            terminate_requests=requests,
+            final_describe=final,
+            zero_match_listing=listing,
+            deleted_resources=deleted,
+            estimated_cost_usd=cost,
+            max_usd=self.plan.max_usd,
+            billing={**self.plan.billing.__dict__, "usd_per_hour": self.plan.usd_per_hour},
+            verified=True,
+            prev_sha256=self.ledger.last_proof_sha256(),
+            started_at=start,
+            verified_at=verified_at,
+        )
+        if not proof["verified"]:  # the proof's own reading of what the provider reported wins
+            self.phase("failed_terminating", error="; ".join(proof.get("contradictions", [])))
+            raise VerifyFailed(f"run {self.run.run_id}: termination not verified: {proof.get('contradictions')}")
+        path, sha = write_proof(self.run_dir, proof)
+        self.ledger.add_proof(self.run.run_id, sha, str(path), proof.get("prev_sha256"))
+        budget_mod.settle(self.ledger, self.run.run_id, cost)
+        self.phase("verified", cost_usd=cost, proof_sha256=sha)
+        self.write_evidence(path, cost, (verified_at - start) if start else None)
+        return path
+
+    def write_evidence(self, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
+        from orchestrator.evidence import write_evidence
+
+        run = self.refresh()
+        return write_evidence(
+            self.run_dir,
+            run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan},
+            offer=run.plan.get("offer"),
+            proof_path=proof_path,
+            runtime_s=runtime_s,
+            cost_usd=cost,
+            max_usd=run.max_usd,
+        )
+
+
+def _shell_quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def spawn_guard(run: Run) -> int:
+    """Hand the run to a detached guard process (`gpurun guard RUN`) that outlives this terminal."""
+    log = Path(run.run_dir) / "controller.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "guard", run.run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def controller_alive(run: Run) -> bool:
+    pid = run.controller_pid
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    return not cmdline.exists() or b"gpurun" in cmdline.read_bytes() or b"orchestrator" in cmdline.read_bytes()
+
+
+def take_over(ledger: Ledger, run: Run) -> None:
+    """Stop another controller still guarding the run, so that only one tears it down."""
+    if controller_alive(run):
+        assert run.controller_pid is not None
+        os.kill(run.controller_pid, signal.SIGKILL)
+        ledger.record_event(run.run_id, "controller_replaced", pid=run.controller_pid)

@@ -1,0 +1,95 @@
+"""Transport for the `local` provider: the instance is a sandbox directory on this machine.
+
+It follows the same on-instance layout and detached-job convention as the SSH transport, so
+bootstrap, the watchdog and the lifecycle run unchanged on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from orchestrator.transport import CommandResult, JobState, SyncResult, detached_script
+
+UPLOAD_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".venv", "out", "runs", "*.egg-info")
+
+
+class LocalTransport:
+    def __init__(self, root: Path) -> None:
+        self.root = str(Path(root).resolve())
+
+    def _path(self, rel: str) -> Path:
+        return Path(self.root) / rel
+
+    def wait_ready(self, timeout_s: float) -> None:
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        try:
+            proc = subprocess.run(
+                ["sh", "-c", command], cwd=self.root, capture_output=True, text=True, timeout=timeout_s
+            )
+        except subprocess.TimeoutExpired as exc:
+            return CommandResult(124, str(exc.stdout or ""), f"timed out after {timeout_s}s")
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
+        shutil.copytree(local_dir, self._path(remote_subdir), ignore=UPLOAD_IGNORE, dirs_exist_ok=True)
+
+    def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None:
+        path = self._path(remote_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(content)
+        tmp.chmod(mode)
+        tmp.replace(path)
+
+    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None) -> int:
+        pid_file = self._path(f"{name}.pid")
+        pid_file.unlink(missing_ok=True)
+        script = detached_script(self.root, name, command, cwd=self.root + "/code", env=env)
+        subprocess.run(["sh", "-c", script], cwd=self.root, check=True)
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: no pid file after 10 s (see {name}.log)")
+            time.sleep(0.02)
+        pid = int(pid_file.read_text().strip())
+        # The job leads its own session, so its pid is its process-group id: the instance's handle.
+        with open(self._path("pgids"), "a") as fh:
+            fh.write(f"{pid}\n")
+        return pid
+
+    def job_state(self, name: str) -> JobState:
+        exit_file = self._path(f"{name}.exit")
+        pid_file = self._path(f"{name}.pid")
+        pid = int(pid_file.read_text().strip()) if pid_file.exists() and pid_file.read_text().strip() else None
+        if exit_file.exists():
+            text = exit_file.read_text().strip()
+            return JobState(False, int(text) if text.lstrip("-").isdigit() else None, pid)
+        if pid is None:
+            return JobState(False, None, None)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return JobState(False, None, pid)  # killed before it could write its exit status
+        return JobState(True, None, pid)
+
+    def signal(self, name: str, signum: int) -> None:
+        state = self.job_state(name)
+        if state.running and state.pid:
+            try:
+                os.killpg(state.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def pull(self, local_dir: Path) -> SyncResult:
+        from orchestrator.sync import pull_outputs
+
+        return pull_outputs(self.root, Path(local_dir), None)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""Turn `gpurun launch` options into a plan: provider, offer, live price, deadline. No side effects.
+
+Everything that can refuse a launch (unknown provider, missing credentials, unknown GPU, a budget
+too small, a cap already spent, a balance too low) refuses here, before anything is created.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.budget import Budgets, Plan, load_budgets, plan_run
+from providers import get_provider
+from providers.base import Offer, Provider, ProviderError, pick_offer
+
+
+@dataclass
+class LaunchOptions:
+    provider: str = "local"
+    max_usd: float | None = None
+    gpu: str | None = None
+    gpus: int = 1
+    spot: bool = False
+    config: str | None = None  # trainer YAML config (uploaded with the trainer)
+    command: list[str] = field(default_factory=list)  # any other command instead of the trainer
+    workdir: str | None = None  # uploaded as code/ for a custom command
+    trainer_args: list[str] = field(default_factory=list)
+    usd_per_hour: float | None = None  # price of the local provider's "instance"
+    budgets: str | None = None
+    runs_dir: str | None = None
+    image: str | None = None
+    disk_gb: int | None = None
+    sync_interval_s: float | None = None
+
+    def provider_options(self) -> dict[str, Any]:
+        """Constructor options for the provider: only what that provider understands."""
+        opts: dict[str, Any] = {}
+        if self.provider == "local":
+            opts["usd_per_hour"] = float(self.usd_per_hour or 0.0)
+        else:
+            if self.usd_per_hour is not None:
+                raise ProviderError("--usd-per-hour applies to the local provider only; cloud prices are read live")
+            if self.image:
+                opts["image"] = self.image
+            if self.disk_gb:
+                opts["disk_gb"] = self.disk_gb
+        return opts
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LaunchPlan:
+    options: LaunchOptions
+    provider: Provider
+    offer: Offer
+    budgets: Budgets
+    budget: Plan
+    account: dict[str, Any]
+    run_dir_root: Path
+
+    def rows(self) -> list[tuple[str, str]]:
+        """What the user confirms: every figure the cap depends on."""
+        o, b = self.offer, self.budget
+        price_note = "" if o.price_is_live else f"  [{o.price_source}: not a live price]"
+        rows = [
+            ("provider", f"{o.provider} ({o.region})" if o.region else o.provider),
+            ("instance", f"{o.instance_type}: {o.gpu_count} x {o.gpu}{'  (spot)' if o.spot else ''}"),
+            ("price", f"{o.usd_per_hour:.4f} USD/h + storage {o.extra_usd_per_hour:.4f} USD/h "
+                      f"= {o.total_usd_per_hour:.4f} USD/h ({o.price_source}){price_note}"),
+            ("billing", f"per {b.billing.increment_s} s, minimum {b.billing.minimum_s} s"
+                        + (f" ({b.billing.source})" if b.billing.source else "")),
+            ("budget", f"{b.max_usd:.4f} USD  ->  {_duration(b.max_runtime_s)} of billed time"),
+            ("training", f"{_duration(b.train_s)}, then the guard stops the job "
+                         f"({_duration(b.reserve_s)} reserved for the final sync and teardown)"),
+            ("job", " ".join(self.options.command) if self.options.command else "GPT-2 trainer (bundled)"),
+            ("budgets file", str(self.budgets.path)),
+        ]
+        if self.account:
+            rows.append(("account", ", ".join(f"{k}={v}" for k, v in self.account.items())))
+        return rows
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def runs_root(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("GPURUN_RUNS_DIR") or "runs").resolve()
+
+
+def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
+    """Everything is checked here; raises BudgetError or ProviderError with one actionable line."""
+    if options.gpus < 1:
+        raise ProviderError(f"--gpus must be at least 1, got {options.gpus}")
+    if options.config and not Path(options.config).is_file():
+        raise ProviderError(f"--config {options.config}: no such file")
+    if options.workdir and not Path(options.workdir).is_dir():
+        raise ProviderError(f"--workdir {options.workdir}: no such directory")
+    budgets = load_budgets(options.budgets)
+    provider = get_provider(options.provider, **options.provider_options())
+    provider.check_credentials()
+    offers = provider.offers(gpu=options.gpu, count=options.gpus, spot=options.spot)
+    offer = pick_offer(offers, options.gpu if provider.name != "local" else None)
+    offer.billing = budgets.billing_for(provider.name)
+    budget = plan_run(budgets, provider.name, options.max_usd, offer.total_usd_per_hour, now=now or time.time())
+    account = provider.account()
+    check_balance = getattr(provider, "check_balance_covers", None)
+    if check_balance is not None:
+        check_balance(budget.max_usd)
+    return LaunchPlan(options, provider, offer, budgets, budget, account, runs_root(options.runs_dir))

@@ -1,0 +1,519 @@
+"""SSHTransport: the Transport protocol over paramiko, for every cloud instance.
+
+- Host keys are trusted on first use and pinned per instance in a `HostKeyStore` (the ledger in
+  production, `MemoryHostKeyStore` in tests); a different key later is refused (HostKeyChangedError).
+- `wait_ready` is bounded: TCP + SSH banner, then `true` over an authenticated session, with
+  exponential backoff, never longer than its timeout.
+- Every operation that loses the connection reconnects (bounded) and is retried once. Operations
+  are written to be safe to repeat: uploads replace atomically, `start_detached` returns the live
+  job instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import logging
+import os
+import select
+import shlex
+import signal as _signal
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+import paramiko
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_before_delay,
+    wait_exponential,
+)
+
+from orchestrator.keys import load_private_key
+from orchestrator.transport import CommandResult, JobState, SyncResult, detached_script
+from providers.base import SSHEndpoint
+
+if TYPE_CHECKING:
+    from orchestrator.sync import SSHOptions
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_UPLOAD_LIMIT = 64 * 1024 * 1024
+# Never shipped, whatever .gitignore says: caches, VCS data and the usual secret files.
+ALWAYS_EXCLUDE = ("__pycache__", "*.pyc", ".git", ".env", "*.pem", "id_rsa*", "id_ed25519*")
+
+
+class HostKeyChangedError(Exception):
+    """The instance presented a host key other than the one pinned on first contact."""
+
+
+class SSHUnreachableError(Exception):
+    """No working SSH session within the bounded wait."""
+
+
+class CommandTimeoutError(Exception):
+    """A remote command ran past its timeout (deliberately not an OSError: it is not a drop)."""
+
+
+class UploadTooLargeError(Exception):
+    """The workdir to upload is over the size limit."""
+
+
+class HostKeyStore(Protocol):
+    def get(self, instance_id: str) -> tuple[str, str] | None: ...
+
+    def put(self, instance_id: str, key_type: str, key_b64: str) -> None: ...
+
+
+class MemoryHostKeyStore:
+    """A HostKeyStore in a dict (tests; the ledger implements the same two methods)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[str, str]] = {}
+
+    def get(self, instance_id: str) -> tuple[str, str] | None:
+        return self.keys.get(instance_id)
+
+    def put(self, instance_id: str, key_type: str, key_b64: str) -> None:
+        self.keys[instance_id] = (key_type, key_b64)
+
+
+def resolve_endpoint(endpoint: SSHEndpoint) -> SSHEndpoint:
+    """Apply GPURUN_SSH_OVERRIDE=host:port[:user] (a tunnel or bastion; the tests' loopback sshd)."""
+    override = os.environ.get("GPURUN_SSH_OVERRIDE", "").strip()
+    if not override:
+        return endpoint
+    parts = override.split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise ValueError(f"GPURUN_SSH_OVERRIDE={override!r}: expected host:port[:user]")
+    return SSHEndpoint(parts[0], int(parts[1]), parts[2] if len(parts) == 3 else endpoint.user)
+
+
+def _key_family(name: str) -> str:
+    return "rsa" if name.startswith(("ssh-rsa", "rsa-sha2")) else name
+
+
+def open_transport(host: str, port: int, user: str, pkey: paramiko.PKey,
+                   pinned: tuple[str, str] | None, timeout_s: float) -> paramiko.Transport:
+    """An authenticated paramiko Transport whose host key equals `pinned` (when given).
+
+    With a pin, only the pinned key's algorithm is negotiated, so a server that merely prefers
+    another key type cannot slip past the comparison.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    disabled = None
+    if pinned:
+        family = _key_family(pinned[0])
+        disabled = {"keys": [k for k in paramiko.Transport._preferred_keys if _key_family(k) != family]}
+    t = paramiko.Transport(sock, disabled_algorithms=disabled)
+    t.banner_timeout = timeout_s
+    t.auth_timeout = timeout_s
+    try:
+        try:
+            t.start_client(timeout=timeout_s)
+        except paramiko.SSHException as e:
+            if pinned and "host key" in str(e).lower():
+                raise HostKeyChangedError(_changed_msg(host, port, pinned, None)) from e
+            raise
+        key = t.get_remote_server_key()
+        if pinned and (key.get_name(), key.get_base64()) != tuple(pinned):
+            raise HostKeyChangedError(_changed_msg(host, port, pinned, key))
+        t.auth_publickey(user, pkey)
+        t.set_keepalive(10)  # a half-dead link shows up as a dropped transport, not a hang
+        return t
+    except BaseException:
+        t.close()
+        raise
+
+
+def _changed_msg(host: str, port: int, pinned: tuple[str, str], key: paramiko.PKey | None) -> str:
+    got = f"{key.get_name()} {key.get_fingerprint().hex()}" if key else "no key of that type"
+    return (f"host key of {host}:{port} changed: pinned {pinned[0]} {pinned[1][:24]}..., server offered {got}. "
+            "Refusing to connect (possible man-in-the-middle, or the instance was replaced); "
+            "terminate and relaunch, or clear the pin if you know why it changed")
+
+
+def _is_drop(e: BaseException) -> bool:
+    if isinstance(e, (HostKeyChangedError, CommandTimeoutError, paramiko.AuthenticationException)):
+        return False
+    return isinstance(e, (paramiko.SSHException, EOFError, ConnectionError, socket.timeout, socket.gaierror))
+
+
+# ---------------------------------------------------------------- upload file selection
+
+
+def upload_files(local_dir: Path) -> list[str]:
+    """Relative paths to ship from local_dir: git's view of it when in a repo, else .gitignore by fnmatch."""
+    files = _git_files(local_dir)
+    if files is None:
+        files = _walk_files(local_dir, _gitignore_patterns(local_dir))
+    return sorted(f for f in files if not _always_excluded(f) and (local_dir / f).is_file())
+
+
+def _always_excluded(rel: str) -> bool:
+    return any(fnmatch.fnmatch(part, pat) for part in rel.split("/") for pat in ALWAYS_EXCLUDE)
+
+
+def _git_files(local_dir: Path) -> list[str] | None:
+    try:
+        inside = subprocess.run(["git", "-C", str(local_dir), "rev-parse", "--is-inside-work-tree"],
+                                capture_output=True, text=True, timeout=30)
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            return None
+        out = subprocess.run(["git", "-C", str(local_dir), "ls-files", "-z", "--cached", "--others",
+                              "--exclude-standard", "--", "."], capture_output=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None  # no git here: fall back to reading .gitignore ourselves
+    return [p for p in out.stdout.decode().split("\0") if p]
+
+
+def _gitignore_patterns(local_dir: Path) -> list[str]:
+    gi = local_dir / ".gitignore"
+    if not gi.is_file():
+        return []
+    lines = (ln.strip() for ln in gi.read_text(errors="replace").splitlines())
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    """A small .gitignore: last match wins, `!` negates, trailing `/` = dirs, `/` inside = anchored."""
+    ignored = False
+    name = rel.rsplit("/", 1)[-1]
+    for pat in patterns:
+        neg = pat.startswith("!")
+        p = pat[1:] if neg else pat
+        if p.endswith("/"):
+            if not is_dir:
+                continue
+            p = p.rstrip("/")
+        hit = fnmatch.fnmatch(rel, p.lstrip("/")) if "/" in p else fnmatch.fnmatch(name, p)
+        if hit:
+            ignored = not neg
+    return ignored
+
+
+def _walk_files(local_dir: Path, patterns: list[str]) -> list[str]:
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(local_dir):
+        rel_dir = os.path.relpath(dirpath, local_dir)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        dirnames[:] = [d for d in dirnames if not _ignored(prefix + d, True, patterns)
+                       and not _always_excluded(prefix + d)]
+        out += [prefix + f for f in filenames if not _ignored(prefix + f, False, patterns)]
+    return out
+
+
+def _tarball(local_dir: Path, files: list[str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in files:
+            info = tar.gettarinfo(str(local_dir / rel), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(local_dir / rel, "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the transport
+
+
+@dataclass
+class _Conn:
+    transport: paramiko.Transport
+    sftp: paramiko.SFTPClient | None = None
+
+
+class SSHTransport:
+    """Transport over SSH. `root` is the run's directory on the instance ("~/..." is resolved on connect)."""
+
+    def __init__(self, endpoint: SSHEndpoint, key_path: Path, root: str, instance_id: str,
+                 host_keys: HostKeyStore, connect_timeout: float = 10.0, reconnect_timeout: float = 60.0,
+                 upload_limit_bytes: int = DEFAULT_UPLOAD_LIMIT) -> None:
+        if not (root.startswith("/") or root.startswith("~/")):
+            raise ValueError(f"remote root must be absolute or start with ~/: {root!r}")
+        self.endpoint = endpoint
+        self.key_path = Path(key_path)
+        self.root = root.rstrip("/")
+        self.instance_id = instance_id
+        self.host_keys = host_keys
+        self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.upload_limit_bytes = upload_limit_bytes
+        self._pkey = load_private_key(self.key_path)
+        self._conn: _Conn | None = None
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connect_once(self, timeout_s: float) -> _Conn:
+        ep = self.endpoint
+        pinned = self.host_keys.get(self.instance_id)
+        t = open_transport(ep.host, ep.port, ep.user, self._pkey, pinned, timeout_s)
+        if pinned is None:
+            key = t.get_remote_server_key()
+            self.host_keys.put(self.instance_id, key.get_name(), key.get_base64())
+            log.info("pinned host key %s %s for %s", key.get_name(), key.get_fingerprint().hex(), self.instance_id)
+        conn = _Conn(t)
+        if self.root.startswith("~/"):
+            home = self._exec(conn, "printf %s \"$HOME\"", None, timeout_s).stdout
+            self.root = home.rstrip("/") + self.root[1:]
+        return conn
+
+    def _connect(self, budget_s: float, probe_banner: bool = False) -> _Conn:
+        """Connect with exponential backoff, never starting an attempt after budget_s."""
+        deadline = time.monotonic() + budget_s
+
+        def attempt() -> _Conn:
+            remaining = max(0.2, deadline - time.monotonic())
+            timeout = min(self.connect_timeout, remaining)
+            if probe_banner:
+                self._probe_banner(timeout)
+            conn = self._connect_once(timeout)
+            if probe_banner:
+                res = self._exec(conn, "true", None, max(0.5, min(timeout, deadline - time.monotonic())))
+                if not res.ok:
+                    conn.transport.close()
+                    raise paramiko.SSHException(f"`true` exited {res.exit_code}: {res.stderr.strip()[:200]}")
+            return conn
+
+        retrying = Retrying(
+            stop=stop_before_delay(budget_s),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            # AuthenticationException too: on a booting instance the key may not be installed yet.
+            retry=retry_if_exception(lambda e: not isinstance(e, HostKeyChangedError) and isinstance(
+                e, (OSError, EOFError, paramiko.SSHException, CommandTimeoutError))),
+            reraise=False,
+        )
+        try:
+            return retrying(attempt)
+        except RetryError as e:
+            last = e.last_attempt.exception()
+            ep = self.endpoint
+            raise SSHUnreachableError(
+                f"no SSH session to {ep.user}@{ep.host}:{ep.port} within {budget_s:.0f}s "
+                f"(last error: {type(last).__name__}: {last})") from last
+
+    def _probe_banner(self, timeout: float) -> None:
+        with socket.create_connection((self.endpoint.host, self.endpoint.port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            banner = s.recv(256)
+        if not banner.startswith(b"SSH-"):
+            raise paramiko.SSHException(f"port open but no SSH banner (got {banner[:40]!r})")
+
+    def _ensure(self) -> _Conn:
+        if self._conn is None or not self._conn.transport.is_active():
+            self._drop()
+            self._conn = self._connect(self.reconnect_timeout)
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.transport.close()
+            self._conn = None
+
+    def _call(self, fn: Callable[[_Conn], T]) -> T:
+        """Run fn on a live connection; on a drop, reconnect (bounded) and run it once more."""
+        try:
+            return fn(self._ensure())
+        except Exception as e:
+            if not (_is_drop(e) or (self._conn is not None and not self._conn.transport.is_active())):
+                raise
+            log.warning("SSH connection to %s lost (%s); reconnecting", self.endpoint.host, e)
+            self._drop()
+            return fn(self._ensure())
+
+    def _sftp(self, conn: _Conn) -> paramiko.SFTPClient:
+        if conn.sftp is None or conn.sftp.sock.closed:
+            conn.sftp = paramiko.SFTPClient.from_transport(conn.transport)
+            conn.sftp.get_channel().settimeout(max(30.0, self.connect_timeout))
+        return conn.sftp
+
+    @staticmethod
+    def _exec(conn: _Conn, command: str, stdin: bytes | None, timeout_s: float | None) -> CommandResult:
+        chan = conn.transport.open_session(timeout=timeout_s or 30)
+        try:
+            chan.exec_command(command)
+            if stdin:
+                chan.sendall(stdin)
+            chan.shutdown_write()  # the command sees EOF on stdin rather than waiting for input
+            out, err = bytearray(), bytearray()
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                # Channel messages arrive in order: once the exit status is here, so is all output.
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if not conn.transport.is_active():
+                    raise paramiko.SSHException("connection lost while the command ran")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise CommandTimeoutError(f"remote command timed out after {timeout_s}s: {command[:120]}")
+                select.select([chan], [], [], 0.5 if left is None else min(0.5, left))
+            return CommandResult(chan.recv_exit_status(), out.decode(errors="replace"),
+                                 err.decode(errors="replace"))
+        finally:
+            chan.close()
+
+    # -- Transport protocol ----------------------------------------------------------------
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Bounded wait for banner + authenticated `true`; pins the host key on first contact."""
+        self._drop()
+        self._conn = self._connect(timeout_s, probe_banner=True)
+
+    def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
+        return self._call(lambda c: self._exec(c, command, None, timeout_s))
+
+    def _q(self, rel: str) -> str:
+        return shlex.quote(f"{self.root}/{rel}")
+
+    def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
+        """Ship local_dir's contents (per .gitignore) to root/remote_subdir, replacing it atomically."""
+        local_dir = Path(local_dir)
+        sub = remote_subdir.strip("/")
+        if not sub or ".." in sub.split("/"):
+            raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
+        if not local_dir.is_dir():
+            raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+        files = upload_files(local_dir)
+        sizes = {f: (local_dir / f).stat().st_size for f in files}
+        total = sum(sizes.values())
+        if total > self.upload_limit_bytes:
+            biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
+            names = ", ".join(f"{f} ({n / 1e6:.1f} MB)" for f, n in biggest)
+            raise UploadTooLargeError(
+                f"{local_dir} is {total / 1e6:.1f} MB to upload, over the {self.upload_limit_bytes / 1e6:.0f} MB "
+                f"limit; biggest: {names}. Add them to .gitignore or raise the limit")
+        data = _tarball(local_dir, files)
+        dest, part = self._q(sub), self._q(sub + ".partial")
+        cmd = (f"rm -rf {part} && mkdir -p {part} && tar -xzf - --no-same-owner -C {part} && "
+               f"rm -rf {dest} && mv {part} {dest}")
+
+        def go(c: _Conn) -> None:
+            res = self._exec(c, cmd, data, max(60.0, len(data) / 1e6))
+            if not res.ok:
+                raise RuntimeError(f"upload to {self.root}/{sub} failed ({res.exit_code}): {res.stderr.strip()[-500:]}")
+
+        self._call(go)
+        log.info("uploaded %d files (%d bytes) to %s/%s", len(files), total, self.root, sub)
+
+    def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None:
+        """Write atomically (temp + rename); a relative path is taken under root."""
+        path = remote_path if remote_path.startswith("/") else f"{self.root}/{remote_path}"
+
+        def go(c: _Conn) -> None:
+            sftp = self._sftp(c)
+            parent = path.rsplit("/", 1)[0] or "/"
+            self._sftp_makedirs(sftp, parent)
+            tmp = f"{path}.tmp-gpurun"
+            with sftp.open(tmp, "wb") as f:
+                f.write(content.encode())
+            sftp.chmod(tmp, mode)
+            sftp.posix_rename(tmp, path)
+
+        self._call(go)
+
+    @staticmethod
+    def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+        missing: list[str] = []
+        p = path
+        while p not in ("", "/"):
+            try:
+                sftp.stat(p)
+                break
+            except FileNotFoundError:
+                missing.append(p)
+                p = p.rsplit("/", 1)[0]
+        for d in reversed(missing):
+            sftp.mkdir(d)
+
+    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None) -> int:
+        """Start `command` detached under root (cwd root/code); returns its pid (= process group id).
+
+        If a job of that name is already running, its pid is returned and nothing new starts, so a
+        retry after a drop (or a resumed controller) can never start a second copy.
+        """
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"bad job name {name!r}")
+        pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
+        # The trap keeps the wrapper shell alive through a group SIGTERM so it still records .exit
+        # (a plain `sh -c` dies on the signal); the job itself gets default signal handling.
+        script = detached_script(self.root, name, f"trap : TERM INT HUP; {command}", f"{self.root}/code", env)
+        cmd = (
+            f"mkdir -p {self._q('code')} {self._q('out')} || exit 1; "
+            f"if [ -s {pid_f} ] && [ ! -e {exit_f} ] && kill -0 \"$(cat {pid_f})\" 2>/dev/null; "
+            f"then cat {pid_f}; exit 0; fi; "
+            f"rm -f {pid_f}; {script} "
+            f"i=0; while [ ! -s {pid_f} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; cat {pid_f}"
+        )
+        res = self.run(cmd, timeout_s=30)
+        pid = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
+        if not res.ok or not pid.isdigit():
+            raise RuntimeError(f"could not start job {name!r} ({res.exit_code}): {res.stderr.strip()[-500:]}")
+        return int(pid)
+
+    def job_state(self, name: str) -> JobState:
+        pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
+        cmd = (f"p=$(cat {pid_f} 2>/dev/null); e=$(cat {exit_f} 2>/dev/null); a=0; "
+               f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && a=1; "
+               # an unreaped zombie (PID 1 of some containers never reaps) accepts kill -0: not alive
+               f"[ \"$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -c1)\" = Z ] && a=0; "
+               f"echo \"$p|$e|$a\"")
+        res = self.run(cmd, timeout_s=30)
+        p, e, a = (res.stdout.strip().split("|") + ["", "", "0"])[:3]
+        exit_code = int(e) if e.lstrip("-").isdigit() else None
+        return JobState(running=a == "1" and exit_code is None, exit_code=exit_code,
+                        pid=int(p) if p.isdigit() else None)
+
+    def signal(self, name: str, signum: int) -> None:
+        """Signal the job's whole process group. Sent by NAME: numbers differ between macOS and Linux."""
+        sig = _signal.Signals(signum).name.removeprefix("SIG")
+        pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
+        # .exit first: a reaped-late (zombie) group would still accept the kill
+        res = self.run(f"p=$(cat {pid_f} 2>/dev/null) && [ -n \"$p\" ] || exit 3; "
+                       f"[ -e {exit_f} ] && {{ echo ended >&2; exit 4; }}; "
+                       f"kill -s {sig} -- -\"$p\" 2>/dev/null || kill -s {sig} \"$p\"", timeout_s=30)
+        if res.exit_code == 3:
+            raise RuntimeError(f"no job {name!r} under {self.root} (no {name}.pid)")
+        if not res.ok:
+            raise ProcessLookupError(f"job {name!r} is not running: {res.stderr.strip()[:200]}")
+
+    def ssh_options(self) -> SSHOptions:
+        """What rsync/ssh need to reach this instance with the same key and the PINNED host key."""
+        from orchestrator.sync import SSHOptions
+
+        pinned = self.host_keys.get(self.instance_id)
+        if pinned is None:
+            self._ensure()  # first contact pins it
+            pinned = self.host_keys.get(self.instance_id)
+        assert pinned is not None
+        ep = self.endpoint
+        return SSHOptions(ep.host, ep.port, ep.user, self.key_path, pinned[0], pinned[1],
+                          connect_timeout=self.connect_timeout)
+
+    def pull(self, local_dir: Path) -> SyncResult:
+        from orchestrator.sync import pull_outputs
+
+        if self.root.startswith("~/"):
+            self._ensure()
+        return pull_outputs(self.root, Path(local_dir), self.ssh_options())
+
+    def close(self) -> None:
+        self._drop()
+
+    def __enter__(self) -> SSHTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

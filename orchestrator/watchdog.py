@@ -1,0 +1,80 @@
+"""Install and steer the on-instance dead-man's switch (orchestrator/watchdog.sh).
+
+The script runs detached under the transport's job convention (name "watchdog"), so it outlives the
+SSH session and the controller. At deadline - grace it SIGTERMs the job's process group (the trainer
+checkpoints and exits); at the deadline it runs the provider's self-destruct command, and keeps
+re-running it while the machine is up. The deadline lives in <root>/watchdog.deadline and can only
+move earlier: both this module and the script itself refuse a later value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import signal
+import time
+from importlib import resources
+
+from orchestrator.transport import Transport
+
+NAME = "watchdog"
+_JOB_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def script_text() -> str:
+    return resources.files("orchestrator").joinpath("watchdog.sh").read_text()
+
+
+def read_deadline(transport: Transport) -> int | None:
+    res = transport.run(f"head -n 1 {shlex.quote(transport.root + '/watchdog.deadline')} 2>/dev/null", timeout_s=30)
+    text = res.stdout.strip()
+    return int(text) if res.ok and text.isdigit() else None
+
+
+def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float, self_destruct_cmd: str,
+                     job_name: str = "job", poll_s: float = 1.0) -> int:
+    """Arm the switch; returns its pid. Re-installing never moves an existing deadline later."""
+    if not _JOB_RE.match(job_name):
+        raise ValueError(f"bad job name {job_name!r}")
+    if grace_s < 0 or poll_s <= 0:
+        raise ValueError("grace_s must be >= 0 and poll_s > 0")
+    if not self_destruct_cmd.strip():
+        raise ValueError("the watchdog needs a self-destruct command (the provider's self_destruct_command)")
+    deadline = math.floor(deadline_epoch)  # rounding must never move it later
+    existing = read_deadline(transport)
+    if existing is not None:
+        deadline = min(deadline, existing)
+    root = transport.root
+    transport.write_file(f"{root}/watchdog.sh", script_text(), 0o755)
+    transport.write_file(f"{root}/watchdog.selfdestruct", self_destruct_cmd.rstrip() + "\n", 0o700)
+    transport.write_file(f"{root}/watchdog.deadline", f"{deadline}\n", 0o644)
+    q = shlex.quote
+    cmd = f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g}"
+    return transport.start_detached(NAME, cmd)
+
+
+def move_deadline_earlier(transport: Transport, new_deadline: float) -> int:
+    """Bring the deadline forward (e.g. the budget shrank); returns the deadline now in force."""
+    current = read_deadline(transport)
+    if current is None:
+        raise RuntimeError(f"no watchdog deadline under {transport.root}: install_watchdog first")
+    new = math.floor(new_deadline)
+    if new > current:
+        raise ValueError(f"the watchdog deadline can only move earlier: {new} is after the current {current}")
+    if new < current:
+        transport.write_file(f"{transport.root}/watchdog.deadline", f"{new}\n", 0o644)
+    return new
+
+
+def seconds_left(transport: Transport) -> float | None:
+    d = read_deadline(transport)
+    return None if d is None else d - time.time()
+
+
+def disarm_watchdog(transport: Transport) -> None:
+    """Stop the switch (only for a run that is over and torn down by other means, e.g. `local`)."""
+    try:
+        transport.signal(NAME, signal.SIGTERM)
+    except (ProcessLookupError, RuntimeError):
+        pass  # not running: nothing to disarm

@@ -1,0 +1,167 @@
+"""The embedded default provider: the "instance" is a sandbox directory on this machine.
+
+Every process the run starts (the job, the watchdog) runs in its own session, and its process-group
+id is appended to `<sandbox>/pgids`; terminate kills those groups, and the instance counts as
+terminated only when no process of any of them is left. The price is whatever `--usd-per-hour`
+says (default 0), so the budget guard can be watched working without a cloud account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    NOT_FOUND,
+    RUNNING,
+    STOPPING,
+    TERMINATED,
+    Instance,
+    InstanceSpec,
+    Offer,
+    Provider,
+    ProviderError,
+)
+
+
+def gpurun_home() -> Path:
+    return Path(os.environ.get("GPURUN_HOME") or Path.home() / ".gpurun")
+
+
+def pgid_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _local_gpus() -> list[str]:
+    """GPU names from nvidia-smi, without importing torch (the controller must not need it)."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in out.splitlines() if ":" in line]
+
+
+class LocalProvider(Provider):
+    name = "local"
+    transport = "local"
+
+    def __init__(self, usd_per_hour: float = 0.0, root: Path | None = None) -> None:
+        if usd_per_hour < 0:
+            raise ProviderError(f"--usd-per-hour must be >= 0, got {usd_per_hour}")
+        self.usd_per_hour = float(usd_per_hour)
+        self.root = Path(root) if root else gpurun_home() / "sandboxes"
+
+    # --- offers -------------------------------------------------------------------------------
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
+        gpus = _local_gpus()
+        name = gpus[0] if gpus else "cpu"
+        return [
+            Offer(
+                provider=self.name,
+                gpu=name,
+                gpu_count=len(gpus),
+                instance_type="local-gpu" if gpus else "local-cpu",
+                usd_per_hour=self.usd_per_hour,
+                price_source="configured (--usd-per-hour)",
+                details={"cpus": os.cpu_count() or 1},
+            )
+        ]
+
+    # --- instances ----------------------------------------------------------------------------
+    def _sandbox(self, instance_id: str) -> Path:
+        if not instance_id.startswith("local-"):
+            raise ProviderError(f"not a local instance id: {instance_id!r}")
+        return self.root / instance_id.removeprefix("local-")
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        instance_id = f"local-{spec.run_id}"
+        sandbox = self._sandbox(instance_id)
+        meta = sandbox / "instance.json"
+        if meta.exists():  # idempotent by run id
+            return self.get(instance_id)
+        sandbox.mkdir(parents=True, exist_ok=True)
+        (sandbox / "pgids").touch()
+        info = {
+            "id": instance_id,
+            "run_id": spec.run_id,
+            "name": spec.name,
+            "created_at": time.time(),
+            "usd_per_hour": self.usd_per_hour,
+            "gpu_count": spec.offer.gpu_count,
+        }
+        meta.write_text(json.dumps(info, indent=2))
+        return self.get(instance_id)
+
+    def pgids(self, instance_id: str) -> list[int]:
+        path = self._sandbox(instance_id) / "pgids"
+        if not path.exists():
+            return []
+        return [int(x) for x in path.read_text().split() if x.strip().isdigit()]
+
+    def get(self, instance_id: str) -> Instance:
+        sandbox = self._sandbox(instance_id)
+        meta = sandbox / "instance.json"
+        if not meta.exists():
+            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND)
+        info: dict[str, Any] = json.loads(meta.read_text())
+        alive = [g for g in self.pgids(instance_id) if pgid_alive(g)]
+        if (sandbox / "terminated").exists():
+            state = STOPPING if alive else TERMINATED
+        else:
+            state = RUNNING
+        return Instance(
+            id=instance_id,
+            provider=self.name,
+            state=state,
+            run_id=info.get("run_id"),
+            name=info.get("name", ""),
+            instance_type="local",
+            gpu_count=int(info.get("gpu_count", 0)),
+            created_at=info.get("created_at"),
+            usd_per_hour=info.get("usd_per_hour"),
+            raw={**info, "sandbox": str(sandbox), "state": state, "live_process_groups": alive},
+        )
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        sandbox = self._sandbox(instance_id)
+        if not (sandbox / "instance.json").exists():
+            return {"instance_id": instance_id, "result": "not found (already gone)"}
+        marker = sandbox / "terminated"
+        if not marker.exists():
+            marker.write_text(str(time.time()))
+        killed = []
+        for pgid in self.pgids(instance_id):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+                killed.append(pgid)
+            except ProcessLookupError:
+                pass
+        return {"instance_id": instance_id, "result": "terminate requested", "killed_process_groups": killed}
+
+    def list_owned(self) -> list[Instance]:
+        if not self.root.is_dir():
+            return []
+        return [self.get(f"local-{d.name}") for d in sorted(self.root.iterdir()) if (d / "instance.json").exists()]
+
+    def self_destruct_command(self, instance: Instance) -> str:
+        # Kill every process group of the sandbox but the watchdog's own (it exits by itself after).
+        box = shlex.quote(str(self._sandbox(instance.id)))
+        return (
+            f"date +%s > {box}/terminated; me=$(cat {box}/watchdog.pid 2>/dev/null); "
+            f'for g in $(cat {box}/pgids); do [ "$g" = "$me" ] || kill -s KILL -- -"$g" 2>/dev/null; done; true'
+        )

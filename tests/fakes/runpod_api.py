@@ -1,0 +1,522 @@
+"""A stand-in for RunPod's GraphQL API on 127.0.0.1, spoken to by the real `runpod` SDK.
+
+Point the SDK at it with `RUNPOD_API_BASE_URL=<fake.base_url>`. Queries are parsed with graphql-core
+(so a query the real server would reject for bad syntax is rejected here too, and an injected quote
+shows up as a syntax error or an extra field) and answered with only the fields asked for; asking for
+a field the fake does not model is an error, as it is on the real server.
+
+Operations: gpuTypes (with prices and lowestPrice), podFindAndDeployOnDemand, podRentInterruptable,
+pod, myself { pods, clientBalance, currentSpendPerHr, spendLimit }, podStop, podTerminate.
+
+Knobs: `boot_delay_s` (runtime is null until then), `ssh_host`/`ssh_port` (what runtime.ports
+reports: point them at a loopback sshd), `fail_next(n, status)` (401/403/5xx for the next n requests),
+`lose_answer(op)` (done, but answered 502),
+`delay_next(n, seconds)` / `delay_s` (slow answers), `sticky_terminate(polls)` (the next terminate
+answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU type, `balance`.
+Every pod has a per-second billing meter from create until it is really gone (or stopped), at the
+GPU price; every pod also gets its own pod-scoped key (`pod_api_key(id)`) as RunPod puts in the
+container's RUNPOD_API_KEY, which may act only on that pod.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import string
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode, SelectionSetNode, parse
+from graphql.utilities import value_from_ast_untyped
+
+DEFAULT_GPU_TYPES: list[dict[str, Any]] = [
+    {
+        "id": "NVIDIA GeForce RTX 4090", "displayName": "RTX 4090", "memoryInGb": 24, "maxGpuCount": 8,
+        "secureCloud": True, "communityCloud": True, "securePrice": 0.69, "communityPrice": 0.34,
+        "secureSpotPrice": 0.35, "communitySpotPrice": 0.2, "manufacturer": "Nvidia", "cudaCores": 16384,
+    },
+    {
+        "id": "NVIDIA H100 80GB HBM3", "displayName": "H100 SXM", "memoryInGb": 80, "maxGpuCount": 8,
+        "secureCloud": True, "communityCloud": False, "securePrice": 2.99, "communityPrice": None,
+        "secureSpotPrice": 1.75, "communitySpotPrice": None, "manufacturer": "Nvidia", "cudaCores": 16896,
+    },
+    {
+        "id": "NVIDIA RTX A4000", "displayName": "RTX A4000", "memoryInGb": 16, "maxGpuCount": 4,
+        "secureCloud": False, "communityCloud": True, "securePrice": None, "communityPrice": 0.17,
+        "secureSpotPrice": None, "communitySpotPrice": 0.09, "manufacturer": "Nvidia", "cudaCores": 6144,
+    },
+]
+
+NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
+               "Please refresh and try again.")
+
+
+class _QueryFail(Exception):
+    def __init__(self, message: str, http_status: int = 200) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+
+
+@dataclass
+class FakePod:
+    id: str
+    name: str
+    image: str
+    gpu_type_id: str
+    gpu_count: int
+    cloud_type: str
+    usd_per_hour: float
+    container_disk_gb: int
+    volume_gb: int
+    env: dict[str, str]
+    spot: bool
+    pod_key: str
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    desired_status: str = "RUNNING"
+    terminate_requests: int = 0
+    sticky_polls: int = 0  # `pod` polls left before a requested terminate really happens
+    gone: bool = False
+
+    def billed_seconds(self, now: float | None = None) -> int:
+        end = self.ended if self.ended is not None else (now or time.monotonic())
+        return int(math.ceil(max(0.0, end - self.started)))
+
+    def cost(self, now: float | None = None) -> float:
+        return self.billed_seconds(now) * self.usd_per_hour / 3600.0
+
+
+class FakeRunPodAPI:
+    def __init__(
+        self,
+        api_key: str = "rpa_FAKEKEY0123456789",
+        *,
+        ssh_host: str = "127.0.0.1",
+        ssh_port: int = 22,
+        boot_delay_s: float = 0.0,
+        gpu_types: list[dict[str, Any]] | None = None,
+        balance: float = 25.0,
+        spend_limit: float = 80.0,
+    ) -> None:
+        self.api_key = api_key
+        self.ssh_host = ssh_host
+        self.ssh_port = ssh_port
+        self.boot_delay_s = boot_delay_s
+        self.gpu_types = [dict(t) for t in (gpu_types or DEFAULT_GPU_TYPES)]
+        self.stock: dict[str, int] = {t["id"]: 8 for t in self.gpu_types}
+        self.initial_balance = balance
+        self.spend_limit = spend_limit
+        self.delay_s = 0.0
+        self.pods: dict[str, FakePod] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._faults: list[tuple[int, bool, bool]] = []
+        self._delays: list[float] = []
+        self._lost_answers: dict[str, int] = {}
+        self._sticky_next = 0
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ server
+
+    def start(self) -> FakeRunPodAPI:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                fake._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        # A short poll interval keeps stop() (server.shutdown) from costing half a second per test.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fake-runpod", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeRunPodAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # ------------------------------------------------------------------ knobs and meters
+
+    def fail_next(self, n: int = 1, status: int = 503, json_body: bool = False, after: bool = False) -> None:
+        """The next n requests answer `status`; a 5xx body is a gateway's HTML page unless json_body.
+
+        after=True: the request is carried out first and only the answer is lost (a create that
+        landed although the client saw a 502).
+        """
+        with self._lock:
+            self._faults.extend([(status, json_body, after)] * n)
+
+    def lose_answer(self, op: str, status: int = 502) -> None:
+        """The next request for `op` (e.g. podFindAndDeployOnDemand) is carried out, then answered 5xx."""
+        with self._lock:
+            self._lost_answers[op] = status
+
+    def delay_next(self, n: int, seconds: float) -> None:
+        with self._lock:
+            self._delays.extend([seconds] * n)
+
+    def sticky_terminate(self, polls: int) -> None:
+        """The next podTerminate answers OK, but the pod stays RUNNING for `polls` `pod` queries."""
+        with self._lock:
+            self._sticky_next = polls
+
+    def pod_api_key(self, pod_id: str) -> str:
+        return self.pods[pod_id].pod_key
+
+    def ops(self) -> list[str]:
+        """Top-level GraphQL fields of every request, in order ("401" etc. for refused ones)."""
+        with self._lock:
+            return [op for r in self.requests for op in r["ops"]]
+
+    def count(self, op: str) -> int:
+        return self.ops().count(op)
+
+    def live_pods(self) -> list[FakePod]:
+        with self._lock:
+            return [p for p in self.pods.values() if not p.gone]
+
+    def meter_usd(self, pod_id: str | None = None) -> float:
+        with self._lock:
+            now = time.monotonic()
+            pods = [self.pods[pod_id]] if pod_id else list(self.pods.values())
+            return sum(p.cost(now) for p in pods)
+
+    def billed_seconds(self, pod_id: str) -> int:
+        with self._lock:
+            return self.pods[pod_id].billed_seconds()
+
+    @property
+    def balance(self) -> float:
+        return self.initial_balance - self.meter_usd()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json") -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        try:
+            h.wfile.write(data)
+        except OSError:  # the client gave up (timeout test)
+            pass
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+            delay = self._delays.pop(0) if self._delays else self.delay_s
+        record: dict[str, Any] = {"ops": [], "status": 200, "time": time.time()}
+        with self._lock:
+            self.requests.append(record)
+        if delay:
+            time.sleep(delay)
+        url = urlparse(h.path)
+        if url.path.rstrip("/") != "/graphql":
+            record["status"] = 404
+            record["ops"] = ["404"]
+            return self._reply(h, 404, "not found", "text/plain")
+        if fault is not None and not fault[2]:
+            return self._fault_reply(h, record, fault)
+
+
+        token = ""
+        auth = h.headers.get("Authorization") or ""
+        if auth.startswith("Bearer "):
+            token = auth[len("Bearer "):].strip()
+        token = token or (parse_qs(url.query).get("api_key") or [""])[0]
+        principal = self._principal(token)
+        if principal is None:
+            record["status"] = 401
+            record["ops"] = ["401"]
+            return self._reply(h, 401, {"errors": [{"message": "Unauthorized"}]})
+
+        try:
+            query = json.loads(raw or b"{}").get("query") or ""
+            doc = parse(query)
+        except (ValueError, GraphQLError) as exc:
+            record["status"] = 400
+            record["ops"] = ["syntax-error"]
+            msg = exc.message if isinstance(exc, GraphQLError) else "invalid JSON body"
+            return self._reply(h, 400, {"errors": [{"message": f"Syntax Error: {msg}"}]})
+        record["query"] = query
+        op = next((d for d in doc.definitions if isinstance(d, OperationDefinitionNode)), None)
+        if op is None:
+            return self._reply(h, 400, {"errors": [{"message": "no operation"}]})
+        data: dict[str, Any] = {}
+        try:
+            for sel in op.selection_set.selections:
+                assert isinstance(sel, FieldNode)
+                fname = sel.name.value
+                record["ops"].append(fname)
+                args = {a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments}
+                value = self._resolve(op.operation.value, fname, args, principal)
+                data[sel.alias.value if sel.alias else fname] = _project(value, sel.selection_set, fname)
+        except _QueryFail as exc:
+            record["status"] = exc.http_status
+            return self._reply(h, exc.http_status, {"errors": [{"message": exc.message, "path": [fname]}],
+                                                    "data": None})
+        with self._lock:
+            lost = next((self._lost_answers.pop(o) for o in record["ops"] if o in self._lost_answers), None)
+        if lost is not None:
+            fault = (lost, False, True)
+        if fault is not None:  # carried out, answer lost
+            return self._fault_reply(h, record, fault)
+        return self._reply(h, 200, {"data": data})
+
+    def _fault_reply(self, h: BaseHTTPRequestHandler, record: dict[str, Any],
+                     fault: tuple[int, bool, bool]) -> None:
+        status, as_json, _ = fault
+        record["status"] = status
+        record["ops"] = [str(status)] + record["ops"]
+        if status in (401, 403):
+            message = "Forbidden" if status == 403 else "Unauthorized"
+            return self._reply(h, status, {"errors": [{"message": message}]})
+        if as_json:
+            return self._reply(h, status, {"errors": [{"message": "Internal server error"}]})
+        page = f"<html><head><title>{status} Bad Gateway</title></head><body>{status}</body></html>"
+        return self._reply(h, status, page, "text/html")
+
+    def _principal(self, token: str) -> tuple[str, str | None] | None:
+        if token and secrets.compare_digest(token, self.api_key):
+            return ("account", None)
+        with self._lock:
+            for p in self.pods.values():
+                if token and secrets.compare_digest(token, p.pod_key):
+                    return ("pod", p.id)
+        return None
+
+    # ------------------------------------------------------------------ resolvers
+
+    def _resolve(self, kind: str, name: str, args: dict[str, Any], principal: tuple[str, str | None]) -> Any:
+        inp = args.get("input") or {}
+        with self._lock:
+            if kind == "query" and name == "gpuTypes":
+                types = self.gpu_types
+                if inp.get("id") is not None:
+                    types = [t for t in types if t["id"] == inp["id"]]
+                return [self._gpu_view(t) for t in types]
+            if kind == "query" and name == "pod":
+                return self._pod_query(str(inp.get("podId")), principal)
+            if kind == "query" and name == "myself":
+                return self._myself(principal)
+            if kind == "mutation" and name in ("podFindAndDeployOnDemand", "podRentInterruptable"):
+                if principal[0] != "account":
+                    raise _QueryFail("Forbidden")
+                return self._pod_view(self._create(inp, spot=name == "podRentInterruptable"))
+            if kind == "mutation" and name == "podTerminate":
+                return self._terminate(str(inp.get("podId")), principal)
+            if kind == "mutation" and name == "podStop":
+                pod = self._own_pod(str(inp.get("podId")), principal, "pod not found to stop")
+                pod.desired_status = "EXITED"
+                pod.ended = pod.ended or time.monotonic()
+                return self._pod_view(pod)
+        raise _QueryFail(f'Cannot query field "{name}" on type "{kind.capitalize()}".', 400)
+
+    def _gpu_view(self, t: dict[str, Any]) -> dict[str, Any]:
+        view = dict(t)
+        gpu_id = t["id"]
+
+        def lowest(args: dict[str, Any]) -> dict[str, Any]:
+            count = int((args.get("input") or {}).get("gpuCount") or 1)
+            prices = [p for p in (t.get("securePrice"), t.get("communityPrice")) if p]
+            spots = [p for p in (t.get("secureSpotPrice"), t.get("communitySpotPrice")) if p]
+            in_stock = self.stock.get(gpu_id, 0) >= count
+            return {
+                "minimumBidPrice": min(spots) if spots and in_stock else None,
+                "uninterruptablePrice": min(prices) if prices and in_stock else None,
+            }
+
+        view["lowestPrice"] = lowest
+        for extra in ("oneMonthPrice", "threeMonthPrice", "oneWeekPrice"):
+            view.setdefault(extra, None)
+        return view
+
+    def _pod_view(self, pod: FakePod) -> dict[str, Any]:
+        booted = time.monotonic() - pod.started >= self.boot_delay_s
+        runtime = None
+        if booted and pod.desired_status == "RUNNING":
+            runtime = {
+                "uptimeInSeconds": int(time.monotonic() - pod.started),
+                "ports": [
+                    # A private mapping first, so a client that ignores isIpPublic picks the wrong one.
+                    {"ip": "10.0.0.7", "isIpPublic": False, "privatePort": 22, "publicPort": 22, "type": "tcp"},
+                    {"ip": self.ssh_host, "isIpPublic": True, "privatePort": 22,
+                     "publicPort": self.ssh_port, "type": "tcp"},
+                ],
+                "gpus": [{"id": f"GPU-{i}", "gpuUtilPercent": 0} for i in range(pod.gpu_count)],
+            }
+        display = next((t["displayName"] for t in self.gpu_types if t["id"] == pod.gpu_type_id), "")
+        return {
+            "id": pod.id,
+            "name": pod.name,
+            "imageName": pod.image,
+            "env": [f"{k}={v}" for k, v in pod.env.items()],
+            "machineId": f"m-{pod.id[:6]}",
+            "machine": {"podHostId": f"{pod.id}-64410b7e", "gpuDisplayName": display},
+            "desiredStatus": pod.desired_status,
+            "costPerHr": round(pod.usd_per_hour, 4),
+            "gpuCount": pod.gpu_count,
+            "containerDiskInGb": pod.container_disk_gb,
+            "volumeInGb": pod.volume_gb,
+            "volumeMountPath": "/workspace",
+            "memoryInGb": 62,
+            "vcpuCount": 16,
+            "dockerArgs": "",
+            "dockerId": None,
+            "lastStatusChange": "Rented by User",
+            "podType": "INTERRUPTABLE" if pod.spot else "RESERVED",
+            "port": None,
+            "ports": "22/tcp",
+            "uptimeSeconds": int(time.monotonic() - pod.started) if runtime else 0,
+            "runtime": runtime,
+        }
+
+    def _create(self, inp: dict[str, Any], spot: bool) -> FakePod:
+        for required in ("name", "imageName", "gpuTypeId"):
+            if not inp.get(required):
+                raise _QueryFail(f"{required} is required")
+        gpu_id = inp["gpuTypeId"]
+        t = next((g for g in self.gpu_types if g["id"] == gpu_id), None)
+        if t is None:
+            raise _QueryFail(f"gpuTypeId {gpu_id} is not valid")
+        cloud = str(inp.get("cloudType") or "ALL")
+        if cloud not in ("ALL", "SECURE", "COMMUNITY"):
+            raise _QueryFail(f'Value "{cloud}" does not exist in "CloudTypeEnum" enum.', 400)
+        count = int(inp.get("gpuCount") or 1)
+        if self.stock.get(gpu_id, 0) < count:
+            raise _QueryFail(NO_CAPACITY)
+        clouds = {"SECURE": ["secure"], "COMMUNITY": ["community"], "ALL": ["community", "secure"]}[cloud]
+        if spot:
+            mins = [t.get(f"{c}SpotPrice") for c in clouds if t.get(f"{c}Cloud") and t.get(f"{c}SpotPrice")]
+            if not mins:
+                raise _QueryFail(NO_CAPACITY)
+            bid = float(inp.get("bidPerGpu") or 0)
+            if bid < min(mins):
+                raise _QueryFail(f"Your bid price ({bid}) is lower than the minimum bid price ({min(mins)}).")
+            per_gpu = bid
+        else:
+            prices = [t.get(f"{c}Price") for c in clouds if t.get(f"{c}Cloud") and t.get(f"{c}Price")]
+            if not prices:
+                raise _QueryFail(NO_CAPACITY)
+            per_gpu = min(prices)
+        env = {str(e["key"]): str(e["value"]) for e in (inp.get("env") or [])}
+        alphabet = string.ascii_lowercase + string.digits
+        pod = FakePod(
+            id="".join(secrets.choice(alphabet) for _ in range(14)),
+            name=str(inp["name"]),
+            image=str(inp["imageName"]),
+            gpu_type_id=gpu_id,
+            gpu_count=count,
+            cloud_type=cloud,
+            usd_per_hour=per_gpu * count,
+            container_disk_gb=int(inp.get("containerDiskInGb") or 0),
+            volume_gb=int(inp.get("volumeInGb") or 0),
+            env=env,
+            spot=spot,
+            pod_key="rpa_POD" + secrets.token_hex(12),
+        )
+        self.pods[pod.id] = pod
+        return pod
+
+    def _own_pod(self, pod_id: str, principal: tuple[str, str | None], missing: str) -> FakePod:
+        pod = self.pods.get(pod_id)
+        if pod is None or pod.gone:
+            raise _QueryFail(missing)
+        if principal[0] == "pod" and principal[1] != pod_id:
+            raise _QueryFail("Forbidden: this key may only act on its own pod")
+        return pod
+
+    def _finish(self, pod: FakePod) -> None:
+        pod.gone = True
+        pod.desired_status = "TERMINATED"
+        if pod.ended is None:
+            pod.ended = time.monotonic()
+
+    def _terminate(self, pod_id: str, principal: tuple[str, str | None]) -> None:
+        pod = self._own_pod(pod_id, principal, "pod not found to terminate")
+        pod.terminate_requests += 1
+        if pod.terminate_requests == 1 and self._sticky_next > 0:
+            pod.sticky_polls = self._sticky_next  # answers OK, keeps running (and billing) a while
+            self._sticky_next = 0
+        elif pod.sticky_polls <= 0:
+            self._finish(pod)
+        return None
+
+    def _pod_query(self, pod_id: str, principal: tuple[str, str | None]) -> dict[str, Any] | None:
+        pod = self.pods.get(pod_id)
+        if pod is None or pod.gone:
+            return None
+        if principal[0] == "pod" and principal[1] != pod_id:
+            raise _QueryFail("Forbidden: this key may only act on its own pod")
+        if pod.sticky_polls > 0:
+            pod.sticky_polls -= 1
+            view = self._pod_view(pod)
+            if pod.sticky_polls == 0:
+                self._finish(pod)  # the next poll finds it gone
+            return view
+        return self._pod_view(pod)
+
+    def _myself(self, principal: tuple[str, str | None]) -> dict[str, Any]:
+        live = [p for p in self.pods.values() if not p.gone]
+        if principal[0] == "pod":
+            live = [p for p in live if p.id == principal[1]]
+        spend = sum(p.usd_per_hour for p in live if p.ended is None)
+        return {
+            "id": "user_fake",
+            "email": "fake@example.invalid",
+            "pods": [self._pod_view(p) for p in live],
+            "clientBalance": round(self.balance, 4),
+            "currentSpendPerHr": round(spend, 4),
+            "spendLimit": self.spend_limit,
+        }
+
+
+def _project(value: Any, selection: SelectionSetNode | None, type_name: str) -> Any:
+    """Answer only what was asked, like a GraphQL server; an unknown field is an error."""
+    if value is None or selection is None:
+        return value
+    if isinstance(value, list):
+        return [_project(v, selection, type_name) for v in value]
+    out: dict[str, Any] = {}
+    for sel in selection.selections:
+        if not isinstance(sel, FieldNode):
+            continue
+        fname = sel.name.value
+        if fname == "__typename":
+            out[fname] = type_name
+            continue
+        if fname not in value:
+            raise _QueryFail(f'Cannot query field "{fname}" on type "{type_name}".', 400)
+        v = value[fname]
+        if callable(v):  # a field with arguments, e.g. lowestPrice(input: {gpuCount: N})
+            v = v({a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments})
+        out[sel.alias.value if sel.alias else fname] = _project(v, sel.selection_set, fname)
+    return out

@@ -1,0 +1,345 @@
+"""DataCrunchProvider with the real `verda` SDK talking HTTP to the local fake API (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from providers import get_provider
+from providers.base import (
+    NOT_FOUND,
+    PENDING,
+    RUNNING,
+    TERMINATED,
+    BillingRule,
+    CredentialsError,
+    InstanceSpec,
+    Offer,
+    ProviderError,
+    TransientProviderError,
+    pick_offer,
+)
+from providers.datacrunch import (
+    DataCrunchProvider,
+    ProvisioningRefusedError,
+    TerminationNotVerifiedError,
+)
+from tests.fakes.datacrunch_api import PROVISIONING_REFUSAL, FakeDataCrunchAPI
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
+ENV_NAMES = ("DATACRUNCH_CLIENT_ID", "DATACRUNCH_CLIENT_SECRET", "DATACRUNCH_BASE_URL", "VERDA_CLIENT_ID",
+             "VERDA_CLIENT_SECRET", "VERDA_BASE_URL", "DATACRUNCH_WATCHDOG_CLIENT_ID",
+             "DATACRUNCH_WATCHDOG_CLIENT_SECRET", "DATACRUNCH_IMAGE", "DATACRUNCH_LOCATION")
+FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "poll_s": 0.1, "timeout_s": 2.0}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDataCrunchAPI]:
+    api = FakeDataCrunchAPI(billing=BillingRule(1, 60, "test rule"), ordered_s=0.1, provisioning_s=0.4,
+                            deleting_s=0.2).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def dc(fake: FakeDataCrunchAPI) -> DataCrunchProvider:
+    p = get_provider("datacrunch", client_id=fake.client_id, client_secret=fake.client_secret,
+                     base_url=fake.base_url, **FAST)
+    assert isinstance(p, DataCrunchProvider)
+    return p
+
+
+def _offer(dc: DataCrunchProvider, gpu: str = "A100") -> Offer:
+    return pick_offer(dc.offers(gpu=gpu), gpu)
+
+
+def _spec(dc: DataCrunchProvider, run_id: str = "run-0001", **kw: object) -> InstanceSpec:
+    return InstanceSpec(run_id=run_id, offer=_offer(dc), ssh_public_key=PUBKEY, **kw)  # type: ignore[arg-type]
+
+
+def _wait_state(dc: DataCrunchProvider, iid: str, state: str, limit_s: float = 5.0) -> None:
+    end = time.time() + limit_s
+    while time.time() < end:
+        if dc.get(iid).state == state:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{iid} never reached {state}: {dc.get(iid).state}")
+
+
+def test_both_names_resolve(fake: FakeDataCrunchAPI) -> None:
+    for name in ("datacrunch", "verda", "Verda"):
+        p = get_provider(name, client_id="x", client_secret="y", base_url=fake.base_url)
+        assert type(p) is DataCrunchProvider
+    assert fake.requests == []  # constructing a provider talks to nobody
+
+
+def test_offers_exact_decimal_prices_locations_and_spot(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    offers = dc.offers()
+    assert {o.instance_type for o in offers} == {"1H100.80S.30V", "1A100.22V"}  # count=1 leaves out 2A100
+    a100 = sorted((o for o in offers if o.instance_type == "1A100.22V"), key=lambda o: o.region)
+    assert [o.region for o in a100] == ["FIN-01", "FIN-03"]
+    o = a100[0]
+    assert o.details["price_per_hour"] == "1.2900"  # the string as sent, parsed exactly
+    assert Decimal(o.details["usd_per_hour_exact"]) == Decimal("1.29")
+    assert o.usd_per_hour == 1.29 and o.price_is_live and o.available and o.gpu == "A100 SXM4 80GB"
+    # storage: 40 GB x 0.2 USD/GB-month / 730 h
+    assert Decimal(o.details["extra_usd_per_hour_exact"]) == Decimal(40) * Decimal("0.2") / Decimal(730)
+    assert o.billing == dc.billing
+    spot = dc.offers(gpu="H100", spot=True)
+    assert [(s.instance_type, s.usd_per_hour, s.spot) for s in spot] == [("1H100.80S.30V", 0.99, True)]
+    two = dc.offers(count=2)
+    assert [t.instance_type for t in two] == ["2A100.44V"] and two[0].region == "FIN-01"
+    fake.availability = {"FIN-01": []}
+    assert not any(x.available for x in dc.offers())
+    with pytest.raises(ProviderError, match="no offer for GPU"):
+        pick_offer(dc.offers(), "A100")
+
+
+def test_create_plain_text_id_then_provisioning_then_running_with_ip(dc: DataCrunchProvider,
+                                                                    fake: FakeDataCrunchAPI) -> None:
+    inst = dc.create(_spec(dc, image="ubuntu-22.04-cuda-12.4-docker"))
+    assert inst.id in fake.instances  # the plain-text body was the id
+    body = fake.instances[inst.id].body
+    assert body["hostname"] == "gpurun-run-0001" and "gpurun run run-0001" in body["description"]
+    assert body["image"] == "ubuntu-22.04-cuda-12.4-docker" and body["location"] == "FIN-01"
+    assert inst.state == PENDING and inst.run_id == "run-0001" and inst.ssh is None
+    assert [k["name"] for k in fake.ssh_keys.values()] == ["gpurun-run-0001"]
+    assert body["ssh_key_ids"] == list(fake.ssh_keys)
+    seen_provisioning = False
+    end = time.time() + 5
+    while time.time() < end:
+        cur = dc.get(inst.id)
+        if cur.raw.get("status") == "provisioning":
+            seen_provisioning = True
+            assert cur.state == PENDING and cur.raw.get("ip") is None and cur.ssh is None
+        if cur.state == RUNNING:
+            break
+        time.sleep(0.03)
+    assert seen_provisioning and cur.state == RUNNING
+    assert (cur.ssh.host, cur.ssh.port, cur.ssh.user) == ("127.0.0.1", 22, "root")  # type: ignore[union-attr]
+    assert dc.ssh_endpoint(cur) == cur.ssh
+    # idempotent by run id: a second create (a resumed controller) returns the same instance, no new POST
+    again = dc.create(_spec(dc))
+    assert again.id == inst.id and len(fake.calls("POST", "/instances")) == 1
+    assert len(fake.ssh_keys) == 1
+    dc.terminate_and_verify(inst.id, time.time() + 10)
+
+
+def test_default_image_and_overrides(fake: FakeDataCrunchAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATACRUNCH_IMAGE", "ubuntu-22.04-cuda-12.1")
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, **FAST)  # type: ignore[arg-type]
+    inst = p.create(_spec(p, run_id="img-run"))
+    assert fake.instances[inst.id].body["image"] == "ubuntu-22.04-cuda-12.1"
+    assert DataCrunchProvider("a", "b", fake.base_url, image="my-image").image == "my-image"
+
+
+def test_delete_refused_while_provisioning_then_retried_until_gone(dc: DataCrunchProvider,
+                                                                  fake: FakeDataCrunchAPI) -> None:
+    inst = dc.create(_spec(dc))
+    with pytest.raises(ProvisioningRefusedError, match="provisioning") as info:
+        dc.terminate(inst.id)
+    assert isinstance(info.value, TransientProviderError) and info.value.status == 400
+    assert info.value.record and info.value.record["response"]["body"]["message"] == PROVISIONING_REFUSAL
+    records = dc.terminate_and_verify(inst.id, time.time() + 10, poll_s=0.1)
+    refusals = [r for r in records if r["kind"] == "terminate" and "provisioning" in r.get("error", "")]
+    accepted = [r for r in records if r["kind"] == "terminate" and r.get("accepted")]
+    assert refusals and refusals[0]["retryable"] and accepted
+    assert accepted[0]["request"]["json"]["action"] == "delete"
+    assert accepted[0]["request"]["json"]["volume_ids"] == [fake.instances[inst.id].body["os_volume_id"]]
+    assert records[-1]["kind"] == "verify" and records[-1]["state"] == TERMINATED
+    assert fake.status_of(inst.id) == "discontinued"
+    meter = fake.meter(inst.id)
+    assert not meter["running"] and meter["elapsed_s"] < 5
+    stopped_at = meter["usd"]
+    time.sleep(0.2)
+    assert fake.meter(inst.id)["usd"] == stopped_at  # the meter really stopped
+    assert {r["action"] for r in fake.calls("PUT", "/instances")} == {"delete"}  # never `shutdown`
+    assert not fake.volumes  # the OS volume went with it
+    assert dc.list_run("run-0001") == []
+
+
+def test_207_silent_failure_caught_by_get_and_retried(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    inst = dc.create(_spec(dc))
+    _wait_state(dc, inst.id, RUNNING)
+    fake.fail_next_delete_silently(inst.id)
+    rec = dc.terminate(inst.id)
+    assert rec["response"]["status"] == 207 and rec["accepted"] is False
+    assert rec["per_id_errors"] and rec["per_id_errors"][0]["instanceId"] == inst.id
+    assert dc.get(inst.id).state == RUNNING  # the 207 did nothing: only GET tells
+    fake.fail_next_delete_silently(inst.id)  # and once more inside the verify loop
+    records = dc.terminate_and_verify(inst.id, time.time() + 10, poll_s=0.1)
+    sent = [r for r in records if r["kind"] == "terminate"]
+    assert [r["response"]["status"] for r in sent] == [207, 202]
+    assert records[-1]["state"] == TERMINATED and not fake.meter(inst.id)["running"]
+
+
+def test_terminate_already_gone_and_unverified_deadline(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    missing = dc.get("0b8e3c5e-0000-4000-8000-000000000000")
+    assert missing.state == NOT_FOUND and missing.gone
+    assert dc.terminate(missing.id)["already_gone"] is True
+    inst = dc.create(_spec(dc))
+    fake.provisioning_s = 60  # stuck provisioning: delete is refused until the deadline
+    with pytest.raises(TerminationNotVerifiedError, match="not verified") as info:
+        dc.terminate_and_verify(inst.id, time.time() + 0.6, poll_s=0.1)
+    assert info.value.records and all(r.get("state") != TERMINATED for r in info.value.records)
+    fake.provisioning_s = 0
+    dc.terminate_and_verify(inst.id, time.time() + 10)
+    fake.forget_discontinued_after_s = 0
+    assert dc.get(inst.id).state == NOT_FOUND
+
+
+def test_list_owned_only_gpurun(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    from verda import VerdaClient
+
+    a = dc.create(_spec(dc, run_id="run-aaa"))
+    b = dc.create(_spec(dc, run_id="run-bbb"))
+    other = VerdaClient(fake.client_id, fake.client_secret, base_url=fake.base_url).instances.create(
+        instance_type="1A100.22V", image="ubuntu-24.04-cuda-12.8-open-docker", hostname="someone-else",
+        description="not ours", wait_for_status=None)
+    owned = {i.id: i.run_id for i in dc.list_owned()}
+    assert owned == {a.id: "run-aaa", b.id: "run-bbb"} and other.id not in owned
+    assert [i.id for i in dc.list_run("run-bbb")] == [b.id]
+
+
+def test_cleanup_deletes_ssh_key_and_script(fake: FakeDataCrunchAPI) -> None:
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url,
+                           startup_script="#!/bin/sh\necho gpurun\n", **FAST)  # type: ignore[arg-type]
+    inst = p.create(_spec(p, run_id="run-clean"))
+    p.create(_spec(p, run_id="run-keep"))
+    assert fake.instances[inst.id].body["startup_script_id"] in fake.scripts
+    p.terminate_and_verify(inst.id, time.time() + 10)
+    deleted = p.cleanup("run-clean")
+    assert sorted(d.split(":")[0] for d in deleted) == ["ssh_key", "startup_script"]
+    assert [k["name"] for k in fake.ssh_keys.values()] == ["gpurun-run-keep"]
+    assert [s["name"] for s in fake.scripts.values()] == ["gpurun-run-keep"]
+    assert p.cleanup("run-clean") == []
+
+
+def test_missing_credentials_one_line_nothing_created(fake: FakeDataCrunchAPI) -> None:
+    p = get_provider("verda", base_url=fake.base_url, **FAST)
+    with pytest.raises(CredentialsError) as info:
+        p.check_credentials()
+    msg = str(info.value)
+    assert "\n" not in msg and "DATACRUNCH_CLIENT_ID" in msg and "DATACRUNCH_CLIENT_SECRET" in msg
+    offer = Offer("datacrunch", "A100", 1, "1A100.22V", 1.29)
+    with pytest.raises(CredentialsError):
+        p.create(InstanceSpec(run_id="run-nocred", offer=offer, ssh_public_key=PUBKEY))
+    assert fake.requests == [] and not fake.instances
+
+
+def test_wrong_credentials_one_line_not_retried(fake: FakeDataCrunchAPI) -> None:
+    p = get_provider("datacrunch", client_id=fake.client_id, client_secret="wrong", base_url=fake.base_url, **FAST)
+    offer = Offer("datacrunch", "A100", 1, "1A100.22V", 1.29)
+    with pytest.raises(CredentialsError) as info:
+        p.create(InstanceSpec(run_id="run-badcred", offer=offer, ssh_public_key=PUBKEY))
+    msg = str(info.value)
+    assert "\n" not in msg and "rejected" in msg and "wrong" not in msg
+    assert [r["path"] for r in fake.requests] == ["/oauth2/token"]  # a 401 is never retried
+    assert not fake.instances and not fake.ssh_keys
+
+
+def test_env_vars_and_balance(fake: FakeDataCrunchAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERDA_CLIENT_ID", fake.client_id)
+    monkeypatch.setenv("VERDA_CLIENT_SECRET", fake.client_secret)
+    monkeypatch.setenv("DATACRUNCH_BASE_URL", fake.base_url)
+    p = get_provider("datacrunch", **FAST)
+    p.check_credentials()
+    acct = p.account()
+    assert acct["balance"] == "250.75" and acct["currency"] == "usd"
+    assert p.check_balance_covers(25)["balance_usd"] == 250.75
+    with pytest.raises(ProviderError, match="below --max-usd 300"):
+        p.check_balance_covers(300)
+
+
+def test_5xx_and_slow_answers_retried_and_bounded(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    dc.check_credentials()
+    fake.fail_next(2, 503, path_prefix="/instance-types")
+    fake.fail_next(1, 502, path_prefix="/instance-types", json_body=False)  # a proxy's HTML error page
+    assert dc.offers()
+    assert [r["status"] for r in fake.calls("GET", "/instance-types")] == [503, 503, 502, 200]
+    fake.fail_next(50, 500, path_prefix="/balance")
+    with pytest.raises(TransientProviderError):
+        dc.account()
+    assert len(fake.calls("GET", "/balance")) == dc.retry_attempts  # bounded
+    fake._faults.clear()
+    slow = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, retry_wait_s=0.01,
+                              retry_max_wait_s=0.05, timeout_s=0.3)
+    slow.check_credentials()
+    fake.delay_next(1, 1.5, path_prefix="/balance")
+    t0 = time.time()
+    assert slow.account()["balance"] == "250.75"
+    assert time.time() - t0 < 1.4  # the slow answer was abandoned and retried, not waited for
+
+
+def test_5xx_on_create_does_not_duplicate(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    fake.fail_next(2, 503, method="POST", path_prefix="/instances")
+    inst = dc.create(_spec(dc, run_id="run-5xx"))
+    assert len(fake.instances) == 1 and inst.id in fake.instances
+    fake.fail_next(1, 503, method="PUT", path_prefix="/instances")
+    dc.terminate_and_verify(inst.id, time.time() + 10)
+    assert not fake.meter(inst.id)["running"]
+
+
+def _write_credentials(dc: DataCrunchProvider, tmp_path: Path) -> Path:
+    cred = tmp_path / ".gpurun" / "dc_credentials"
+    cred.parent.mkdir()
+    cred.write_text(dc.self_destruct_credentials())
+    cred.chmod(0o600)
+    return cred
+
+
+def _self_destruct(fake: FakeDataCrunchAPI, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    dc = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, **FAST,  # type: ignore[arg-type]
+                            credentials_path=str(tmp_path / ".gpurun" / "dc_credentials"),
+                            self_destruct_timeout_s=30, self_destruct_pause_s=0.3)
+    cred = _write_credentials(dc, tmp_path)
+    assert stat.S_IMODE(cred.stat().st_mode) == 0o600
+    inst = dc.create(_spec(dc, run_id="run-sd"))
+    _wait_state(dc, inst.id, RUNNING)
+    cmd = dc.self_destruct_command(dc.get(inst.id))
+    assert fake.client_secret not in cmd and fake.client_id not in cmd
+    fake.fail_next(1, 503, method="PUT", path_prefix="/instances")  # the first try fails: it must retry
+    out = subprocess.run([shutil.which("sh") or "/bin/sh", "-c", cmd], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert fake.client_secret not in out.stdout + out.stderr
+    assert fake.status_of(inst.id) in ("deleting", "discontinued")
+    time.sleep(0.3)
+    assert fake.status_of(inst.id) == "discontinued" and not fake.meter(inst.id)["running"]
+    assert not fake.volumes  # the OS volume was deleted with it
+
+
+def test_self_destruct_command_deletes_instance_python(fake: FakeDataCrunchAPI, tmp_path: Path) -> None:
+    _self_destruct(fake, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_self_destruct_command_deletes_instance_curl_only(fake: FakeDataCrunchAPI, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("curl", "sed", "date", "sleep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
+    _self_destruct(fake, tmp_path, env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")})
+
+
+def test_watchdog_credential_separate_and_command_rejects_odd_ids(fake: FakeDataCrunchAPI) -> None:
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, watchdog_client_id="wd-id",
+                           watchdog_client_secret="wd-secret")
+    assert '"client_id": "wd-id"' in p.self_destruct_credentials()
+    from providers.base import Instance
+
+    with pytest.raises(ProviderError):
+        p.self_destruct_command(Instance(id="x; rm -rf /", provider="datacrunch", state=RUNNING))

@@ -1,0 +1,103 @@
+"""The local provider and its transport: real processes, real process groups, real signals."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.local_transport import LocalTransport
+from providers import UnknownProviderError, get_provider
+from providers.base import InstanceSpec, ProviderError
+from providers.local import LocalProvider, pgid_alive
+
+
+def _spec(provider: LocalProvider, run_id: str = "20260101-000000-abcd") -> InstanceSpec:
+    return InstanceSpec(run_id=run_id, offer=provider.offers()[0])
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_registry_resolves_local_and_refuses_unknown() -> None:
+    assert isinstance(get_provider("local", usd_per_hour=1.5), LocalProvider)
+    with pytest.raises(UnknownProviderError, match="unknown provider 'nope': choose one of"):
+        get_provider("nope")
+
+
+def test_negative_price_is_refused() -> None:
+    with pytest.raises(ProviderError, match="usd-per-hour"):
+        LocalProvider(usd_per_hour=-1)
+
+
+def test_offer_carries_configured_price() -> None:
+    offer = LocalProvider(usd_per_hour=1.2).offers()[0]
+    assert offer.usd_per_hour == 1.2 and offer.provider == "local"
+    assert offer.price_source.startswith("configured")
+
+
+def test_create_is_idempotent_and_listed(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    first = provider.create(_spec(provider))
+    again = provider.create(_spec(provider))
+    assert first.id == again.id and first.state == "running"
+    assert [i.id for i in provider.list_owned()] == [first.id]
+    assert provider.list_run("20260101-000000-abcd")[0].id == first.id
+
+
+def test_terminate_kills_every_group_and_get_waits_for_the_last_process(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    inst = provider.create(_spec(provider))
+    transport = LocalTransport(Path(inst.raw["sandbox"]))
+    (Path(transport.root) / "code").mkdir()
+    pid = transport.start_detached("job", "sleep 300")
+    # A grandchild in the same group must die too.
+    transport.start_detached("other", "sh -c 'sleep 300 & wait'")
+    assert transport.job_state("job").running and pgid_alive(pid)
+
+    response = provider.terminate(inst.id)
+    assert len(response["killed_process_groups"]) == 2
+    assert _wait(lambda: provider.get(inst.id).state == "terminated")
+    assert not pgid_alive(pid)
+    assert provider.list_run("20260101-000000-abcd") == []
+    # Terminating again is "already gone", not an error.
+    assert provider.terminate(inst.id)["result"].startswith("terminate requested")
+    assert provider.get("local-unknown-run").state == "not_found"
+
+
+def test_detached_job_reports_exit_code_and_takes_signals(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    inst = provider.create(_spec(provider))
+    transport = LocalTransport(Path(inst.raw["sandbox"]))
+    (Path(transport.root) / "code").mkdir()
+    transport.start_detached("quick", "exit 7")
+    assert _wait(lambda: not transport.job_state("quick").running)
+    assert transport.job_state("quick").exit_code == 7
+
+    script = "trap 'echo got-term > ../trapped; exit 0' TERM; while true; do sleep 0.1; done"
+    transport.start_detached("job", f"sh -c \"{script}\"")
+    assert _wait(lambda: transport.job_state("job").running)
+    transport.signal("job", signal.SIGTERM)
+    assert _wait(lambda: not transport.job_state("job").running)
+    assert (Path(transport.root) / "trapped").read_text().strip() == "got-term"
+    assert transport.job_state("job").exit_code == 0
+
+
+def test_self_destruct_command_spares_the_watchdog_and_kills_the_job(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    inst = provider.create(_spec(provider))
+    transport = LocalTransport(Path(inst.raw["sandbox"]))
+    (Path(transport.root) / "code").mkdir()
+    job = transport.start_detached("job", "sleep 300")
+    command = provider.self_destruct_command(inst)
+    transport.start_detached("watchdog", f"sh -c {__import__('shlex').quote(command)}; sleep 1")
+    assert _wait(lambda: not pgid_alive(job))
+    assert _wait(lambda: provider.get(inst.id).state == "terminated")

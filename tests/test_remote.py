@@ -1,0 +1,202 @@
+"""SSHTransport against a real OpenSSH server on loopback."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import keys
+from orchestrator.bootstrap import bootstrap, trainer_command
+from orchestrator.remote import (
+    CommandTimeoutError,
+    HostKeyChangedError,
+    MemoryHostKeyStore,
+    SSHTransport,
+    SSHUnreachableError,
+    UploadTooLargeError,
+    resolve_endpoint,
+    upload_files,
+)
+from providers.base import SSHEndpoint
+from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401
+
+JOB = """\
+import signal, sys, time
+def stop(signum, frame):
+    open("stopped", "w").write(signal.Signals(signum).name)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, stop)
+print("job started", flush=True)
+time.sleep(60)
+"""
+
+
+def make_transport(srv: SSHServer, root: Path, store: MemoryHostKeyStore | None = None, **kw) -> SSHTransport:
+    kp = keys.ensure_keypair("test")
+    srv.authorize(kp.public_line)
+    return SSHTransport(srv.endpoint, kp.private_path, str(root), "inst-1", store or MemoryHostKeyStore(), **kw)
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_wait_ready_pins_key_and_runs(sshd: SSHServer, tmp_path):  # noqa: F811
+    store = MemoryHostKeyStore()
+    with make_transport(sshd, tmp_path / "run", store) as t:
+        t.wait_ready(10)
+        assert store.get("inst-1") == sshd.host_key
+        res = t.run("echo hi; echo oops >&2; exit 3")
+        assert (res.exit_code, res.stdout, res.stderr, res.ok) == (3, "hi\n", "oops\n", False)
+        t.write_file("out/x/hello.txt", "hello\n", 0o600)
+        p = tmp_path / "run" / "out" / "x" / "hello.txt"
+        assert p.read_text() == "hello\n" and p.stat().st_mode & 0o777 == 0o600
+        start = time.monotonic()
+        with pytest.raises(CommandTimeoutError):
+            t.run("sleep 5", timeout_s=0.5)
+        assert time.monotonic() - start < 3
+        assert t.run("echo still-ok").stdout == "still-ok\n"
+
+
+def test_upload_honours_gitignore(sshd: SSHServer, tmp_path):  # noqa: F811
+    src = tmp_path / "work"
+    (src / "pkg" / "__pycache__").mkdir(parents=True)
+    (src / "pkg" / "__init__.py").write_text("")
+    (src / "pkg" / "train.py").write_text("print('train')\n")
+    (src / "pkg" / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"x")
+    (src / "data").mkdir()
+    (src / "data" / "big.bin").write_bytes(b"0" * 1000)
+    (src / "notes.log").write_text("x")
+    (src / "keep.log").write_text("x")
+    (src / ".env").write_text("SECRET=1")
+    (src / ".gitignore").write_text("data/\n*.log\n!keep.log\n")
+    expected = [".gitignore", "keep.log", "pkg/__init__.py", "pkg/train.py"]
+    assert upload_files(src) == expected  # not a git repo: fnmatch of .gitignore
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    assert upload_files(src) == expected  # git's own view agrees
+    with make_transport(sshd, tmp_path / "run") as t:
+        (tmp_path / "run" / "code" / "stale").mkdir(parents=True)
+        t.upload(src)
+        got = sorted(str(p.relative_to(tmp_path / "run" / "code")) for p in (tmp_path / "run" / "code").rglob("*")
+                     if p.is_file())
+        assert got == expected  # replaced, not merged: the stale dir is gone
+        t.upload_limit_bytes = 20
+        (src / "pkg" / "weights.pt").write_bytes(b"1" * 500)
+        with pytest.raises(UploadTooLargeError, match=r"biggest: pkg/weights\.pt"):
+            t.upload(src)
+
+
+def test_detached_job_survives_session_and_is_signalled(sshd: SSHServer, tmp_path):  # noqa: F811
+    root = tmp_path / "run"
+    store = MemoryHostKeyStore()
+    t = make_transport(sshd, root, store)
+    t.write_file("code/job.py", JOB)
+    pid = t.start_detached("job", "python3 job.py", env={"GREETING": "hi there"})
+    assert t.start_detached("job", "python3 job.py") == pid  # already running: no second copy
+    st = t.job_state("job")
+    assert st.running and st.pid == pid and st.exit_code is None
+    t.close()  # the controller goes away
+    time.sleep(0.5)
+    with make_transport(sshd, root, store) as t2:
+        assert t2.job_state("job").running
+        wait_for(lambda: "job started" in (root / "job.log").read_text())
+        t2.signal("job", signal.SIGTERM)
+        st = wait_for(lambda: (s := t2.job_state("job")).exit_code is not None and s)
+        assert st.exit_code == 3 and not st.running
+        assert (root / "code" / "stopped").read_text() == "SIGTERM"
+        with pytest.raises(ProcessLookupError):
+            t2.signal("job", signal.SIGTERM)
+        with pytest.raises(RuntimeError, match="no job"):
+            t2.signal("nojob", signal.SIGTERM)
+
+
+def test_reconnects_after_transport_closed_under_it(sshd: SSHServer, tmp_path):  # noqa: F811
+    with make_transport(sshd, tmp_path / "run") as t:
+        assert t.run("echo a").stdout == "a\n"
+        assert t._conn is not None
+        t._conn.transport.close()
+        assert t.run("echo b").stdout == "b\n"
+
+
+def test_reconnects_after_sshd_restart(sshd_fn: SSHServer, tmp_path):  # noqa: F811
+    with make_transport(sshd_fn, tmp_path / "run") as t:
+        t.wait_ready(10)
+        sshd_fn.stop()
+        threading.Timer(1.0, sshd_fn.start).start()
+        start = time.monotonic()
+        assert t.run("echo back").stdout == "back\n"
+        assert time.monotonic() - start >= 0.9
+
+
+def test_changed_host_key_is_refused(sshd_fn: SSHServer, tmp_path):  # noqa: F811
+    store = MemoryHostKeyStore()
+    with make_transport(sshd_fn, tmp_path / "run", store) as t:
+        t.wait_ready(10)
+    old = store.get("inst-1")
+    sshd_fn.restart(new_host_key=True)
+    start = time.monotonic()
+    with make_transport(sshd_fn, tmp_path / "run", store) as t:
+        with pytest.raises(HostKeyChangedError, match="host key of 127.0.0.1:.* changed"):
+            t.wait_ready(30)
+        with pytest.raises(HostKeyChangedError):
+            t.run("true")
+    assert time.monotonic() - start < 10  # refused at once, not retried until the timeout
+    assert store.get("inst-1") == old  # the pin is never silently replaced
+
+
+def test_unreachable_fails_within_bounded_wait(tmp_path):
+    dead = SSHEndpoint("127.0.0.1", free_port(), "root")
+    silent = socket.socket()  # accepts connections, never says a word (a booting box behind a NAT)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    mute = SSHEndpoint("127.0.0.1", silent.getsockname()[1], "root")
+    kp = keys.ensure_keypair("test")
+    try:
+        for ep in (dead, mute):
+            t = SSHTransport(ep, kp.private_path, str(tmp_path), "i", MemoryHostKeyStore(), connect_timeout=2)
+            start = time.monotonic()
+            with pytest.raises(SSHUnreachableError, match=f"127.0.0.1:{ep.port} within 3s"):
+                t.wait_ready(3)
+            assert 1.0 < time.monotonic() - start < 5.5
+    finally:
+        silent.close()
+
+
+def test_ssh_override(monkeypatch):
+    ep = SSHEndpoint("1.2.3.4", 22, "root")
+    assert resolve_endpoint(ep) == ep
+    monkeypatch.setenv("GPURUN_SSH_OVERRIDE", "127.0.0.1:2222")
+    assert resolve_endpoint(ep) == SSHEndpoint("127.0.0.1", 2222, "root")
+    monkeypatch.setenv("GPURUN_SSH_OVERRIDE", "127.0.0.1:2222:ubuntu")
+    assert resolve_endpoint(ep).user == "ubuntu"
+    monkeypatch.setenv("GPURUN_SSH_OVERRIDE", "nonsense")
+    with pytest.raises(ValueError, match="host:port"):
+        resolve_endpoint(ep)
+
+
+def test_bootstrap_over_ssh(sshd: SSHServer, tmp_path):  # noqa: F811
+    with make_transport(sshd, tmp_path / "run") as t:
+        info = bootstrap(t, install=False)
+    assert info.torch_version and info.gpu_count == 0 and not info.cuda_available
+    report = (tmp_path / "run" / "out" / "bootstrap.txt").read_text()
+    assert report.startswith(f"torch {info.torch_version} | cuda available: False | device: cpu")
+    assert "nvidia-smi" in report
+
+
+def test_trainer_command():
+    assert trainer_command(0, ["--max-iters", "10"], root="/r") == (
+        "python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m trainer.train --out-dir /r/out "
+        "--max-iters 10")
+    assert "--nproc-per-node=8 " in trainer_command(8, "--config c.yaml", python="/opt/conda/bin/python")

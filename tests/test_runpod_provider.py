@@ -1,0 +1,411 @@
+"""RunPodProvider: the real `runpod` SDK talking HTTP to the GraphQL fake in tests/fakes/runpod_api.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from providers.base import (
+    NOT_FOUND,
+    PENDING,
+    RUNNING,
+    CredentialsError,
+    InstanceSpec,
+    Offer,
+    ProviderError,
+    TransientProviderError,
+    pick_offer,
+)
+from providers.runpod import (
+    CONTAINER_DISK_USD_PER_GB_MONTH,
+    DEFAULT_IMAGE,
+    HOURS_PER_MONTH,
+    RunPodProvider,
+)
+from tests.fakes.runpod_api import FakeRunPodAPI
+
+PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0c2VjcmV0bm90cmVhbGx5YWtleWF0YWxs gpurun-run"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRunPodAPI]:
+    api = FakeRunPodAPI(ssh_host="127.0.0.1", ssh_port=2222).start()
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", api.base_url)
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.runpod/config.toml
+    yield api
+    api.stop()
+
+
+def make(fake: FakeRunPodAPI, tmp_path: Path, **kw: object) -> RunPodProvider:
+    opts: dict[str, object] = {
+        "api_key": fake.api_key,
+        "config_path": tmp_path / "none.toml",
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.05,
+        "request_timeout_s": 5,
+        "self_destruct_api_base": fake.base_url,
+    }
+    opts.update(kw)
+    return RunPodProvider(**opts)  # type: ignore[arg-type]
+
+
+def spec(offer: Offer, run_id: str = "run-abc1", **kw: object) -> InstanceSpec:
+    return InstanceSpec(run_id=run_id, offer=offer, ssh_public_key=PUBKEY, **kw)  # type: ignore[arg-type]
+
+
+def test_import_is_lazy() -> None:
+    code = "import sys, providers.runpod, providers; print('runpod' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False"
+
+
+def test_sdk_import_leaves_root_logger_alone() -> None:
+    # runpod 1.12 calls logging.basicConfig(level=INFO) on import; the provider undoes it.
+    code = ("import logging, providers.runpod as r; r._import_runpod(); root = logging.getLogger(); "
+            "print(len(root.handlers), root.level)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["0", str(30)]
+
+
+def test_offers_have_live_prices_and_storage(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offers = p.offers()
+    by = {(o.instance_type, o.details["cloud_type"]): o for o in offers}
+    assert by[("NVIDIA GeForce RTX 4090", "SECURE")].usd_per_hour == pytest.approx(0.69)
+    assert by[("NVIDIA GeForce RTX 4090", "COMMUNITY")].usd_per_hour == pytest.approx(0.34)
+    assert ("NVIDIA H100 80GB HBM3", "COMMUNITY") not in by  # not offered on community cloud
+    o = by[("NVIDIA GeForce RTX 4090", "COMMUNITY")]
+    assert o.price_is_live and o.gpu == "RTX 4090" and o.memory_gb == 24 and not o.spot
+    assert o.extra_usd_per_hour == pytest.approx(40 * CONTAINER_DISK_USD_PER_GB_MONTH / HOURS_PER_MONTH, rel=1e-3)
+    assert o.billing.increment_s == 1 and o.billing.minimum_s == 0 and o.billing.source
+    assert [x.total_usd_per_hour for x in offers] == sorted(x.total_usd_per_hour for x in offers)
+    assert pick_offer(offers, "rtx 4090") is o  # the cheaper cloud wins
+
+    two = make(fake, tmp_path, container_disk_gb=20, volume_gb=100).offers(gpu="4090", count=2)
+    assert {x.gpu for x in two} == {"RTX 4090"}
+    assert min(x.usd_per_hour for x in two) == pytest.approx(0.68)
+    assert two[0].extra_usd_per_hour == pytest.approx((20 * 0.10 + 100 * 0.10) / 730, rel=1e-3)
+
+    spot = p.offers(gpu="H100", spot=True)
+    assert len(spot) == 1 and spot[0].spot and spot[0].details["bid_per_gpu"] == pytest.approx(1.75)
+
+    fake.stock["NVIDIA H100 80GB HBM3"] = 0
+    assert not any(x.available for x in p.offers(gpu="H100"))
+    with pytest.raises(ProviderError, match="no offer for GPU"):
+        pick_offer(p.offers(gpu="H100"), "H100")
+
+
+def test_create_is_idempotent_and_sends_ssh_settings(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(), "4090")
+    inst = p.create(spec(offer))
+    assert inst.run_id == "run-abc1" and inst.name == "gpurun-run-abc1" and inst.created_at
+    again = p.create(spec(offer))
+    assert again.id == inst.id
+    assert fake.count("podFindAndDeployOnDemand") == 1 and len(fake.live_pods()) == 1
+    pod = fake.pods[inst.id]
+    assert pod.env["PUBLIC_KEY"] == PUBKEY and pod.image == DEFAULT_IMAGE
+    assert pod.cloud_type == "COMMUNITY" and pod.container_disk_gb == 40 and pod.volume_gb == 0
+    query = next(r["query"] for r in fake.requests if "podFindAndDeployOnDemand" in r["ops"])
+    for part in ('ports: "22/tcp"', "startSsh: true", "supportPublicIp: true", 'name: "gpurun-run-abc1"'):
+        assert part in query
+
+
+def test_create_retried_after_lost_answer_makes_one_pod(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(), "4090")
+    fake.lose_answer("podFindAndDeployOnDemand", 502)  # the pod is made, the client sees a 502
+    inst = p.create(spec(offer))
+    assert [x.id for x in fake.live_pods()] == [inst.id]
+    assert fake.count("podFindAndDeployOnDemand") == 1  # found by name, not created twice
+    assert "502" in fake.ops()
+
+
+def test_no_capacity_is_one_clear_error_not_retried(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(), "4090")
+    fake.stock["NVIDIA GeForce RTX 4090"] = 0
+    with pytest.raises(ProviderError, match="no machine free") as info:
+        p.create(spec(offer))
+    assert not isinstance(info.value, TransientProviderError)
+    assert fake.count("podFindAndDeployOnDemand") == 1 and fake.live_pods() == []
+
+
+def test_runtime_null_then_ssh_endpoint(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    fake.boot_delay_s = 0.6
+    p = make(fake, tmp_path)
+    inst = p.create(spec(pick_offer(p.offers(), "4090")))
+    assert inst.state == PENDING and inst.ssh is None and p.ssh_endpoint(inst) is None
+    deadline = time.monotonic() + 5
+    while (cur := p.get(inst.id)).state != RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    ep = p.ssh_endpoint(cur)
+    assert ep is not None and (ep.host, ep.port, ep.user) == ("127.0.0.1", 2222, "root")  # not 10.0.0.7
+
+
+def test_terminate_get_not_found_and_second_terminate(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    inst = p.create(spec(pick_offer(p.offers(), "4090")))
+    first = p.terminate(inst.id)
+    assert first["already_gone"] is False and "podTerminate" in first["response"]["data"]
+    gone = p.get(inst.id)
+    assert gone.state == NOT_FOUND and gone.gone
+    second = p.terminate(inst.id)
+    assert second["already_gone"] is True and "not found" in str(second["response"])
+    assert p.list_owned() == [] and p.list_run("run-abc1") == []
+
+
+def test_list_owned_only_gpurun_pods(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(), "4090")
+    a = p.create(spec(offer, run_id="run-one"))
+    b = p.create(spec(offer, run_id="run-two"))
+    import runpod  # someone else's pod in the same account, made with the SDK directly
+
+    runpod.api_key = fake.api_key
+    runpod.create_pod(name="my-notebook", image_name="runpod/stack", gpu_type_id="NVIDIA RTX A4000",
+                      cloud_type="COMMUNITY")
+    owned = p.list_owned()
+    assert {(i.id, i.run_id) for i in owned} == {(a.id, "run-one"), (b.id, "run-two")}
+    assert len(fake.live_pods()) == 3
+    assert [i.id for i in p.list_run("run-two")] == [b.id]
+
+
+def test_sticky_terminate_is_seen_by_a_verify_loop(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    inst = p.create(spec(pick_offer(p.offers(), "4090")))
+    fake.sticky_terminate(polls=3)
+    assert p.terminate(inst.id)["already_gone"] is False  # "OK", but the pod keeps running
+    states = []
+    for _ in range(10):
+        states.append(p.get(inst.id).state)
+        if states[-1] == NOT_FOUND:
+            break
+    assert states == [RUNNING, RUNNING, RUNNING, NOT_FOUND]
+    assert fake.pods[inst.id].gone
+
+
+@pytest.mark.parametrize("json_body", [False, True])
+def test_5xx_is_retried(fake: FakeRunPodAPI, tmp_path: Path, json_body: bool) -> None:
+    p = make(fake, tmp_path)
+    fake.fail_next(2, 503, json_body=json_body)
+    assert p.offers()
+    assert fake.ops() == ["503", "503", "gpuTypes"]
+
+
+def test_5xx_retries_are_bounded(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path, max_attempts=3)
+    fake.fail_next(10, 502)
+    with pytest.raises(TransientProviderError, match="gave up"):
+        p.offers()
+    assert fake.ops() == ["502"] * 3
+
+
+def test_slow_answer_times_out_and_is_retried(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path, request_timeout_s=0.5)
+    fake.delay_next(1, 2.0)
+    t0 = time.monotonic()
+    assert p.get("doesnotexist1").state == NOT_FOUND
+    assert time.monotonic() - t0 < 1.8  # did not wait for the slow answer
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_rejected_key_is_credentials_error_without_retry(fake: FakeRunPodAPI, tmp_path: Path,
+                                                        status: int) -> None:
+    if status == 401:
+        p = make(fake, tmp_path, api_key="rpa_WRONGKEY0000000000")
+    else:
+        p = make(fake, tmp_path)
+        fake.fail_next(5, 403)
+    with pytest.raises(CredentialsError) as info:
+        p.offers()
+    assert len(fake.requests) == 1
+    assert "WRONGKEY" not in str(info.value) and fake.api_key not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_credentials_and_config_file(fake: FakeRunPodAPI, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    p = make(fake, tmp_path, api_key=None)
+    with pytest.raises(CredentialsError, match="RUNPOD_API_KEY"):
+        p.check_credentials()
+    offer = Offer(provider="runpod", gpu="RTX 4090", gpu_count=1, instance_type="NVIDIA GeForce RTX 4090",
+                  usd_per_hour=0.34, details={"cloud_type": "COMMUNITY"})
+    with pytest.raises(CredentialsError):
+        p.create(spec(offer))
+    assert fake.requests == []
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[default]\napi_key = "{fake.api_key}"\n')
+    make(fake, tmp_path, api_key=None, config_path=cfg).check_credentials()
+    assert make(fake, tmp_path, api_key=None, config_path=cfg).offers()
+
+    monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
+    assert make(fake, tmp_path, api_key=None).offers()
+
+    with pytest.raises(CredentialsError, match="unexpected characters"):
+        make(fake, tmp_path, api_key="rpa_abc\nX-Evil: 1").check_credentials()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"env": {"FOO": 'x" }, { key: "EVIL", value: "1'}}, "env value of FOO"),
+        ({"env": {"FOO": "line1\nline2"}}, "env value of FOO"),
+        ({"env": {"BAD KEY": "v"}}, "env key"),
+        ({"env": {"A": "brace } here"}}, "env value of A"),
+        ({"image": 'runpod/pytorch", dockerArgs: "rm -rf /'}, "image"),
+        ({"image": "runpod/pytorch\\evil"}, "image"),
+        ({"ssh_public_key": 'ssh-ed25519 AAAA" evil'}, "env value of PUBLIC_KEY"),
+    ],
+)
+def test_injection_is_rejected_before_any_call(fake: FakeRunPodAPI, tmp_path: Path, change: dict,
+                                               field: str) -> None:
+    p = make(fake, tmp_path)
+    offer = Offer(provider="runpod", gpu="RTX 4090", gpu_count=1, instance_type="NVIDIA GeForce RTX 4090",
+                  usd_per_hour=0.34, details={"cloud_type": "COMMUNITY"})
+    s = spec(offer)
+    for k, v in change.items():
+        setattr(s, k, v)
+    with pytest.raises(ProviderError) as info:
+        p.create(s)
+    assert field in str(info.value)
+    assert fake.requests == [] and fake.pods == {}
+
+
+def test_injection_in_gpu_id_cloud_and_run_id(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    bad_gpu = Offer(provider="runpod", gpu="x", gpu_count=1, instance_type='RTX"){ evil }',
+                    usd_per_hour=1.0, details={"cloud_type": "SECURE"})
+    with pytest.raises(ProviderError, match="GPU type id"):
+        p.create(spec(bad_gpu))
+    bad_cloud = Offer(provider="runpod", gpu="x", gpu_count=1, instance_type="NVIDIA GeForce RTX 4090",
+                      usd_per_hour=1.0, details={"cloud_type": "SECURE, name: x"})
+    with pytest.raises(ProviderError, match="cloud type"):
+        p.create(spec(bad_cloud))
+    good = Offer(provider="runpod", gpu="x", gpu_count=1, instance_type="NVIDIA GeForce RTX 4090",
+                 usd_per_hour=1.0, details={"cloud_type": "SECURE"})
+    with pytest.raises(ProviderError, match="run id"):
+        p.create(spec(good, run_id='Bad"Id'))
+    with pytest.raises(ProviderError, match="pod id"):
+        p.get('abc"}) { evil')
+    with pytest.raises(ProviderError, match="pod id"):
+        p.terminate("abc\n")
+    with pytest.raises(ProviderError, match="image"):
+        make(fake, tmp_path, image='a"b')
+    assert fake.requests == []
+
+
+def test_spot_create_uses_pod_rent_interruptable(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(gpu="4090", spot=True), "4090")
+    assert offer.spot and offer.usd_per_hour == pytest.approx(0.2)
+    inst = p.create(spec(offer, run_id="spot-run"))
+    pod = fake.pods[inst.id]
+    assert pod.spot and pod.usd_per_hour == pytest.approx(0.2) and pod.env["PUBLIC_KEY"] == PUBKEY
+    assert fake.count("podRentInterruptable") == 1 and fake.count("podFindAndDeployOnDemand") == 0
+    assert p.create(spec(offer, run_id="spot-run")).id == inst.id
+    low = Offer(provider="runpod", gpu="RTX 4090", gpu_count=1, instance_type="NVIDIA GeForce RTX 4090",
+                usd_per_hour=0.01, spot=True, details={"cloud_type": "COMMUNITY", "bid_per_gpu": 0.01})
+    with pytest.raises(ProviderError, match="minimum bid"):
+        p.create(spec(low, run_id="spot-low"))
+
+
+def test_account_and_balance_check(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    fake.initial_balance = 1.20
+    p = make(fake, tmp_path)
+    acct = p.account()
+    assert acct["balance_usd"] == pytest.approx(1.20) and acct["spend_limit_usd_per_hour"] == 80.0
+    with pytest.raises(ProviderError) as info:
+        p.check_balance_covers(3)
+    assert str(info.value) == ("RunPod balance 1.20 USD cannot cover --max-usd 3: add funds or lower "
+                               "the budget")
+    assert p.check_balance_covers(1.0)["balance_usd"] == pytest.approx(1.20)
+    fake.spend_limit = 0.5
+    with pytest.raises(ProviderError, match="spend limit"):
+        p.check_balance_covers(1.0, usd_per_hour=0.69)
+
+
+def test_meter_bills_per_second_from_create_to_terminate(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(gpu="H100"), "H100")
+    inst = p.create(spec(offer))
+    time.sleep(1.2)
+    p.terminate(inst.id)
+    billed = fake.billed_seconds(inst.id)
+    assert 2 <= billed <= 4
+    cost = fake.meter_usd(inst.id)
+    assert cost == pytest.approx(billed * 2.99 / 3600)
+    time.sleep(1.1)
+    assert fake.meter_usd(inst.id) == cost  # stopped at terminate
+    assert offer.billing.cost(billed, offer.usd_per_hour) == pytest.approx(cost)
+
+
+def test_self_destruct_command_content(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path, self_destruct_api_base=None)
+    inst = p.create(spec(pick_offer(p.offers(), "4090")))
+    cmd = p.self_destruct_command(inst)
+    assert cmd.startswith("sh -c ")
+    assert "/proc/1/environ" in cmd and "RUNPOD_POD_ID" in cmd and "RUNPOD_API_KEY" in cmd
+    assert "https://api.runpod.io/graphql" in cmd and fake.base_url not in cmd
+    assert fake.api_key not in cmd and "podTerminate" in cmd
+    assert "--config -" in cmd  # the pod key goes to curl on stdin, not argv
+
+
+def _environ_file(tmp_path: Path, pod_id: str, key: str) -> Path:
+    env = tmp_path / "pid1-environ"
+    env.write_bytes(b"PATH=/usr/bin\0RUNPOD_POD_ID=" + pod_id.encode() + b"\0RUNPOD_API_KEY="
+                    + key.encode() + b"\0HOME=/root\0")
+    return env
+
+
+@pytest.mark.parametrize("tool", ["curl", "python3"])
+def test_self_destruct_command_terminates_the_pod(fake: FakeRunPodAPI, tmp_path: Path, tool: str) -> None:
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} is not installed")
+    p = make(fake, tmp_path)
+    inst = p.create(spec(pick_offer(p.offers(), "4090")))
+    env_file = _environ_file(tmp_path, inst.id, fake.pod_api_key(inst.id))
+    p2 = make(fake, tmp_path, pid1_environ_path=str(env_file))
+    # Only the tools the command may use: proves the python3 path works where curl is missing.
+    bindir = tmp_path / f"bin-{tool}"
+    bindir.mkdir()
+    for exe in ("sh", "tr", "sed", "head", "sleep", tool):
+        found = shutil.which(exe)
+        assert found, exe
+        (bindir / exe).symlink_to(os.path.realpath(found) if exe != "python3" else sys.executable)
+    env = {"PATH": str(bindir)}
+    out = subprocess.run(["/bin/sh", "-c", p2.self_destruct_command(inst)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "terminate requested" in out.stdout
+    assert fake.pods[inst.id].gone and p.get(inst.id).state == NOT_FOUND
+    auth = [r for r in fake.requests if "podTerminate" in r["ops"]]
+    assert len(auth) == 1
+    # Run again: the pod is gone, which the script treats as success.
+    again = subprocess.run(["/bin/sh", "-c", p2.self_destruct_command(inst)], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and "already gone" in again.stdout
+
+
+def test_self_destruct_without_pod_env_fails_clearly(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    env_file = tmp_path / "empty-environ"
+    env_file.write_bytes(b"PATH=/usr/bin\0")
+    p = make(fake, tmp_path, pid1_environ_path=str(env_file))
+    from providers.base import Instance
+
+    out = subprocess.run(["/bin/sh", "-c", p.self_destruct_command(Instance(id="abc", provider="runpod",
+                                                                               state=RUNNING))],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "RUNPOD_POD_ID" in out.stderr

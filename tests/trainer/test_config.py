@@ -1,0 +1,87 @@
+"""Configuration: file + flags, and bad input as one clear error line with a non-zero exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer import config as config_mod
+from trainer.config import ConfigError, load_config, parse_flat_yaml
+from trainer.train import main
+
+
+def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], needle: str) -> None:
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc not in (0, None)
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and needle in err
+
+
+def test_flags_override_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: baby\nmax_iters: 50\nlr: 3e-4\ndeadline_epoch: null\ncompile: true\n")
+    cfg = load_config(["--config", str(f), "--max-iters", "7", "--no-compile", "--min_lr=1e-5"])
+    assert (cfg.model, cfg.max_iters, cfg.lr, cfg.compile, cfg.min_lr) == ("baby", 7, 3e-4, False, 1e-5)
+    assert cfg.model_config(vocab_size=65).n_layer == 4
+
+
+def test_yaml_fallback_without_pyyaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("# comment\nmodel: tiny  # trailing\nsample_prompt: 'To be'\nlr: 1.0e-3\nbias: false\nseq_len: ~\n")
+    monkeypatch.setitem(__import__("sys").modules, "yaml", None)  # import yaml -> ImportError
+    cfg = load_config(["--config", str(f)])
+    assert (cfg.sample_prompt, cfg.lr, cfg.bias, cfg.seq_len) == ("To be", 1e-3, False, None)
+    with pytest.raises(ConfigError, match="line 1"):
+        parse_flat_yaml("  nested: 1\n")
+
+
+def test_json_config(tmp_path: Path) -> None:
+    f = tmp_path / "c.json"
+    f.write_text('{"n_layer": 3, "batch_size": 2}')
+    cfg = config_mod.load_config(["--config", str(f)])
+    assert (cfg.n_layer, cfg.batch_size) == (3, 2)
+
+
+def test_n_embd_not_divisible(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--n-embd", "100", "--n-head", "3"], "n_embd (100) must be divisible by n_head (3)")
+
+
+def test_seq_len_over_block_size(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--model", "tiny", "--seq-len", "128"], "longer than the model's block_size (64)")
+
+
+def test_unknown_key_in_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("max_iters: 10\nlearning_rat: 0.1\n")
+    _fails(capsys, ["--config", str(f)], "unknown config key 'learning_rat'")
+
+
+def test_unknown_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--learning-rat", "0.1"], "unrecognized arguments: --learning-rat")
+
+
+def test_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--max-iters", "ten"], "max_iters must be int")
+    _fails(capsys, ["--model", "gpt5"], "unknown model preset 'gpt5'")
+    _fails(capsys, ["--config", str(tmp_path / "missing.yaml")], "cannot read config file")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    _fails(capsys, ["--config", str(tmp_path / "list.yaml")], "expected a mapping")
+
+
+def test_data_dir_without_shards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--threads", "1"],
+           "has no *train*.bin")
+
+
+def test_shipped_configs_parse() -> None:
+    root = Path(config_mod.__file__).parent / "configs"
+    for f in sorted(root.glob("*.yaml")):
+        load_config(["--config", str(f)])
+    baby = load_config(["--config", str(root / "baby.yaml")])
+    assert (baby.model, baby.batch_size, baby.max_iters, baby.lr, baby.min_lr, baby.beta2) == (
+        "baby", 12, 2000, 1e-3, 1e-4, 0.99)

@@ -1,0 +1,143 @@
+"""The training loop end to end: learning, the output contract, signals, deadline, resume, corruption."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.helpers import FAST, REPO, env, records, run_trainer, step_losses, trainer_cmd
+from trainer import manifest, sample
+from trainer.train import main
+
+
+def test_loss_falls_on_tiny_shakespeare(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        "--text-file", str(shared_data / "tinyshakespeare" / "input.txt"), "--out-dir", str(out),
+        "--threads", "2", "--model", "tiny", "--batch-size", "16", "--max-iters", "300", "--lr", "3e-3",
+        "--warmup-iters", "20", "--eval-interval", "150", "--eval-iters", "10", "--log-interval", "50",
+        "--ckpt-interval-s", "0", "--sample-tokens", "100", "--progress", "off",
+    ]
+    assert main(argv) == 0
+    evals = records(out, "eval")
+    assert [e["step"] for e in evals] == [0, 150, 300]
+    assert evals[0]["val_loss"] > 4.0  # ~ln(65) at initialisation
+    assert evals[-1]["val_loss"] < 2.6 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.5
+    # The trainer contract the controller reads (docs/ARCHITECTURE.md).
+    log = (out / "train.log").read_text()
+    assert "device: cpu\n" in log and re.search(r"^parameters: \d+\.\d\dM$", log, re.M)
+    assert re.search(r"^step 0050 \| loss \d\.\d{4} \| lr \S+ \| tok/s \d+ \| mfu n/a \| elapsed \d+\.\ds$", log, re.M)
+    assert re.search(r"^eval step 0300 \| train \d\.\d{4} \| val \d\.\d{4}$", log, re.M)
+    assert re.search(r"^checkpoint: checkpoints/ckpt-000300\.pt sha256 [0-9a-f]{64}$", log, re.M)
+    assert log.rstrip().endswith("stopped: max_iters at step 300")
+    hw = json.loads((out / "hardware.json").read_text())
+    assert hw["device"] == "cpu" and hw["world_size"] == 1 and hw["dtype"] == "float32" and "torch" in hw
+    step = records(out, "step")[-1]
+    assert set(step) >= {"step", "loss", "lr", "tokens_per_s", "mfu", "elapsed_s", "time"}
+    assert records(out, "end") == [{"type": "end", "reason": "max_iters", "step": 300, "time": pytest.approx(time.time(), abs=120)}]
+    assert manifest.verify_checkpoints(out / "checkpoints") == (["ckpt-000300.pt"], [])
+    text = (out / "sample.txt").read_text()
+    assert len(text) == 101
+    # trainer.sample decodes with the meta the checkpoint carries.
+    assert sample.main(["--ckpt", str(out), "--max-new-tokens", "20"]) == 0
+
+
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    common = [*FAST, "--log-interval", "1", "--dropout", "0.1", "--warmup-iters", "10", "--lr-decay-iters", "300"]
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        trainer_cmd(*common, "--out-dir", str(interrupted), "--max-iters", "100000"),
+        cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and max(step_losses(interrupted), default=0) < 30:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    first = step_losses(interrupted)
+    stopped = max(first)
+    assert 30 <= stopped < 100000
+    assert f"stopped: signal at step {stopped}" in stdout
+    assert records(interrupted, "end")[0]["reason"] == "signal"
+    ok, bad = manifest.verify_checkpoints(interrupted / "checkpoints")
+    assert ok == [f"ckpt-{stopped:06d}.pt"] and bad == []
+
+    total = stopped + 25
+    resumed = run_trainer(*common, "--out-dir", str(interrupted), "--max-iters", str(total))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed: checkpoints/ckpt-{stopped:06d}.pt at step {stopped}" in resumed.stdout
+    straight = tmp_path / "straight"
+    full = run_trainer(*common, "--out-dir", str(straight), "--max-iters", str(total))
+    assert full.returncode == 0, full.stderr
+
+    expected = step_losses(straight)
+    got = step_losses(interrupted)  # the metrics file holds both halves
+    assert sorted(got) == list(range(1, total + 1)) == sorted(expected)
+    assert got == expected  # bitwise: same floats, step by step
+
+
+def test_deadline_stops_in_time_with_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    deadline = time.time() + 10
+    started = time.time()
+    result = run_trainer(*FAST, "--out-dir", str(out), "--max-iters", "10000000", "--log-interval", "100",
+                         "--deadline-epoch", str(deadline), "--deadline-margin-s", "1")
+    ended = time.time()
+    assert result.returncode == 0, result.stderr
+    end = records(out, "end")[0]
+    assert end["reason"] == "deadline" and end["step"] > 0
+    assert f"stopped: deadline at step {end['step']}" in result.stdout
+    m = manifest.read_manifest(out / "checkpoints")
+    assert m["checkpoints"][-1]["step"] == end["step"] and m["checkpoints"][-1]["time"] < deadline
+    assert manifest.verify_checkpoints(out / "checkpoints")[1] == []
+    assert ended < deadline + 1.0 and ended - started > 3  # it did train until near the deadline
+
+
+def test_deadline_already_passed_still_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main([*FAST, "--out-dir", str(out), "--deadline-epoch", str(time.time() - 5)]) == 0
+    assert records(out, "end")[0] == {"type": "end", "reason": "deadline", "step": 0,
+                                      "time": pytest.approx(time.time(), abs=60)}
+
+
+def test_corrupted_checkpoints_are_detected_never_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    ckpts = out / "checkpoints"
+    base = [*FAST, "--out-dir", str(out), "--ckpt-interval", "10", "--log-interval", "10"]
+    assert main([*base, "--max-iters", "30"]) == 0
+    assert manifest.verify_checkpoints(ckpts) == ([f"ckpt-0000{s}.pt" for s in (10, 20, 30)], [])
+
+    raw = bytearray((ckpts / "ckpt-000030.pt").read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit, same size
+    (ckpts / "ckpt-000030.pt").write_bytes(bytes(raw))
+    with open(ckpts / "ckpt-000020.pt", "r+b") as f:
+        f.truncate(1000)
+    assert manifest.verify_checkpoints(ckpts) == (["ckpt-000010.pt"], ["ckpt-000020.pt", "ckpt-000030.pt"])
+
+    # Sampling from the corrupted file is refused with a clear error.
+    capsys.readouterr()
+    assert sample.main(["--ckpt", str(ckpts / "ckpt-000030.pt")]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+    # Auto-resume reports both and falls back to the newest good one.
+    assert main([*base, "--max-iters", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert "checkpoint: rejected checkpoints/ckpt-000020.pt (truncated" in printed
+    assert "checkpoint: rejected checkpoints/ckpt-000030.pt (sha256 mismatch" in printed
+    assert "resumed: checkpoints/ckpt-000010.pt at step 10" in printed
+    ok, bad = manifest.verify_checkpoints(ckpts)
+    assert ok == [f"ckpt-0000{s}.pt" for s in (20, 30, 40)] and bad == []
+
+    # With nothing valid left the trainer refuses rather than silently starting over.
+    for f in ckpts.glob("ckpt-*.pt"):
+        with open(f, "r+b") as fh:
+            fh.truncate(10)
+    assert main([*base, "--max-iters", "50"]) == 2
+    assert "all are corrupted" in capsys.readouterr().err

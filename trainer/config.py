@@ -1,0 +1,262 @@
+"""Training configuration: one dataclass, filled from a YAML/JSON file and then from flags (flags win).
+
+Every field is a flag: `max_iters` is `--max-iters` (or `--max_iters`). PyYAML is used when it is
+installed; an instance without it still reads flat `key: value` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from trainer.model import PRESETS, GPTConfig
+
+
+class ConfigError(ValueError):
+    """Bad configuration: reported as one line, exit status 2."""
+
+
+@dataclass
+class TrainConfig:
+    # data: prepared shards in data_dir, else text_file (or the built-in corpus) prepared into out_dir/data
+    out_dir: str = "out"
+    data_dir: str = ""
+    text_file: str = ""
+    tokenizer: str = "char"  # for text_file / built-in corpus: char | gpt2
+    bpe_dir: str = ""  # local encoder.json + vocab.bpe for gpt2 without a network
+    # model: a preset, with any of the fields below overriding it
+    model: str = "tiny"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    vocab_size: int | None = None
+    dropout: float | None = None
+    bias: bool | None = None
+    init_from: str = "scratch"  # scratch | a Hugging Face GPT-2 name or local directory
+    resume: str = "auto"  # auto (if out_dir has a checkpoint) | never | must
+    # batch: tokens per optimizer step = batch_size * seq_len * grad_accum (across all ranks)
+    batch_size: int = 8
+    seq_len: int | None = None  # defaults to the model's block_size
+    grad_accum: int = 1  # micro-steps per optimizer step, summed over ranks
+    # optimizer and schedule
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 20
+    lr_decay_iters: int | None = None  # defaults to max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    ckpt_interval: int = 0  # steps; 0 = only by time and at the end
+    ckpt_interval_s: float = 5.0  # seconds; 0 = off
+    keep_checkpoints: int = 3
+    # system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    peak_tflops: float | None = None  # override the device's peak for MFU
+    deadline_epoch: float | None = None  # absolute UNIX time by which a checkpoint must exist
+    deadline_margin_s: float = 2.0
+    progress: str = "auto"  # auto (when stdout is a terminal) | on | off
+    # sample written to sample.txt at the end
+    sample_tokens: int = 300
+    sample_prompt: str = ""
+    temperature: float = 0.8
+    top_k: int = 200
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if self.model not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.model!r}: choose from {', '.join(PRESETS)}")
+        choices = {
+            "tokenizer": ("char", "gpt2"), "resume": ("auto", "never", "must"),
+            "dtype": ("auto", "float32", "bfloat16", "float16"), "progress": ("auto", "on", "off"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        positive = ("batch_size", "grad_accum", "max_iters", "eval_iters", "log_interval")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
+        for key in ("warmup_iters", "eval_interval", "ckpt_interval", "ckpt_interval_s", "threads", "lr",
+                    "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("keep_checkpoints must be at least 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.init_from != "scratch" and self.resume == "must":
+            raise ConfigError("init_from and resume=must contradict each other: pick one")
+        model = self.model_config(vocab_size=self.vocab_size or 1)
+        if self.seq_len is not None and self.init_from == "scratch" and self.seq_len > model.block_size:
+            raise ConfigError(
+                f"seq_len ({self.seq_len}) is longer than the model's block_size ({model.block_size}): "
+                "lower --seq-len or raise --block-size"
+            )
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The model this config builds from scratch (preset + overrides); raises ConfigError."""
+        params = dict(PRESETS[self.model])
+        for f in fields(GPTConfig):
+            value = getattr(self, f.name)
+            if value is not None:
+                params[f.name] = value
+        if self.vocab_size is None:
+            params["vocab_size"] = vocab_size
+        config = GPTConfig(**params)
+        try:
+            config.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        return config
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _base_type(hint: Any) -> tuple[type, bool]:
+    """(scalar type, optional?) of a field's annotation."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return hint, False
+
+
+def coerce(key: str, value: Any, source: str) -> Any:
+    """Convert a value from a file or a flag to the field's type, or raise ConfigError."""
+    typ, optional = _base_type(_HINTS[key])
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if optional:
+            return None
+        raise ConfigError(f"{key} cannot be empty ({source})")
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, str):
+                return int(float(value)) if any(c in value for c in ".eE") else int(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be {typ.__name__}, got {value!r} ({source})") from None
+
+
+def _scalar(text: str) -> Any:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def parse_flat_yaml(text: str) -> dict[str, Any]:
+    """Flat `key: value` YAML without PyYAML; values stay strings and coerce() types them."""
+    out: dict[str, Any] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip() or line.strip() == "---":
+            continue
+        if ":" not in line or line[0].isspace():
+            raise ConfigError(f"line {n}: expected a flat 'key: value' line, got {raw.strip()!r}")
+        key, value = line.split(":", 1)
+        out[key.strip()] = _scalar(value) if value.strip() else None
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                import yaml  # optional on an instance
+            except ImportError:
+                data = parse_flat_yaml(text)
+            else:
+                data = yaml.safe_load(text)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from e
+    except Exception as e:  # yaml.YAMLError / JSONDecodeError: both only need a message
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{p}: not valid YAML/JSON ({first})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+    return data
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _OneLineParser(
+        prog="python -m trainer.train", argument_default=argparse.SUPPRESS, allow_abbrev=False,
+        description="Train GPT-2 from scratch (single process, or under torchrun for DDP).",
+    )
+    ap.add_argument("--config", help="YAML or JSON file of config keys; flags override it")
+    for name in _FIELDS:
+        typ, _ = _base_type(_HINTS[name])
+        names = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        if typ is bool:
+            ap.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction)
+        else:
+            ap.add_argument(*names, dest=name, metavar=typ.__name__.upper())
+    return ap
+
+
+def load_config(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from `--config FILE` and flags; raises ConfigError (SystemExit(2) for bad flags)."""
+    ns = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = ns.pop("config", None)
+    if config_file:
+        for key, value in load_file(config_file).items():
+            key = str(key).replace("-", "_")
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown config key {key!r} in {config_file}")
+            values[key] = coerce(key, value, config_file)
+    for key, value in ns.items():
+        values[key] = coerce(key, value, f"--{key.replace('_', '-')}")
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,447 @@
+"""Train GPT-2: `python -m trainer.train [--config FILE] [--flags]`, or the same under torchrun for DDP.
+
+With no data flags it prepares the built-in offline corpus (char-level) into <out-dir>/data and
+trains the tiny preset, checkpointing every few seconds. Outputs follow the trainer contract in
+docs/ARCHITECTURE.md: train.log, metrics.jsonl, hardware.json, checkpoints/ + MANIFEST.json, sample.txt.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from trainer import checkpoint, data, distributed
+from trainer.batches import BatchSampler, TokenDataset
+from trainer.checkpoint import CheckpointError
+from trainer.config import ConfigError, TrainConfig, load_config
+from trainer.hardware import device_name, hardware_record
+from trainer.manifest import atomic_write_bytes, atomic_write_json
+from trainer.model import GPT, GPTConfig
+from trainer.runlog import RunLog
+from trainer.shards import ShardError
+from trainer.tokenizer import from_meta
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGUSR1 / SIGINT into a flag the loop polls; a second SIGINT interrupts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        for s in STOP_SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+def lr_at(cfg: TrainConfig, it: int) -> float:
+    """Linear warmup, then cosine decay from lr to min_lr at lr_decay_iters, then min_lr."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it >= decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, stop: StopRequest) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.t_start = time.time()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dist = distributed.setup(cfg.device)
+        self.device = self.dist.device
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available here")
+        self.out = Path(cfg.out_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.log = RunLog(self.out, self.dist.master, cfg.progress, cfg.max_iters)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.last_ckpt_step = -1
+        self.last_ckpt_time = time.time()
+        self.ckpt_seconds: float | None = None  # measured cost of one checkpoint
+        self.paused_s = 0.0  # time spent in eval and checkpoints, kept out of tok/s and step time
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def prepare_data(self) -> Path:
+        cfg = self.cfg
+        if cfg.data_dir:
+            d = Path(cfg.data_dir)
+            if not data.is_prepared(d):
+                raise ConfigError(f"data_dir {d} has no *train*.bin and *val*.bin shards: run python -m trainer.data")
+            return d
+        d = self.out / "data"
+        if self.dist.master and not data.is_prepared(d):
+            # Reuse what an earlier (resumed) run prepared, so its token ids stay the same.
+            if cfg.text_file:
+                data.prepare_file(cfg.text_file, d, cfg.tokenizer, cfg.bpe_dir or None)
+            else:
+                data.prepare_builtin(d, cfg.tokenizer, cfg.bpe_dir or None)
+        distributed.barrier(self.dist)
+        return d
+
+    def find_resume(self) -> Path | None:
+        cfg = self.cfg
+        if cfg.resume == "never" or cfg.init_from != "scratch":
+            return None
+        name: str | None = None
+        error: str | None = None
+        if self.dist.master:
+            entry, bad = checkpoint.find_latest(self.ckpt_dir)
+            for file, reason in bad.items():
+                self.log.line(f"checkpoint: rejected checkpoints/{file} ({reason})")
+            if entry is not None:
+                name = entry.file
+            elif bad:
+                error = f"no valid checkpoint in {self.ckpt_dir}: all are corrupted; remove them or pass --resume never"
+            elif cfg.resume == "must":
+                error = f"resume=must but {self.ckpt_dir} has no checkpoint"
+        name, error = distributed.broadcast_object(self.dist, (name, error))
+        if error:
+            raise CheckpointError(error)
+        return self.ckpt_dir / name if name else None
+
+    def build_model(self, meta: dict[str, Any], resume: dict[str, Any] | None) -> GPT:
+        cfg = self.cfg
+        data_vocab = int(meta["vocab_size"])
+        torch.manual_seed(cfg.seed)  # identical init on every rank
+        if resume is not None:
+            model = GPT(GPTConfig.from_dict(resume["model_config"]))
+            model.load_state_dict(resume["model"])
+        elif cfg.init_from != "scratch":
+            if meta.get("tokenizer") != "gpt2":
+                raise ConfigError(f"init_from={cfg.init_from} needs GPT-2 BPE data, not {meta.get('tokenizer')}")
+            model = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout or 0.0)
+        else:
+            # Pad GPT-2's 50257 to 50304 (a multiple of 64): same model, faster matmuls.
+            vocab = data_vocab if meta.get("tokenizer") == "char" else 64 * math.ceil(data_vocab / 64)
+            model = GPT(cfg.model_config(vocab_size=cfg.vocab_size or vocab))
+        mc = model.config
+        if data_vocab > mc.vocab_size:
+            raise ConfigError(f"the data's vocabulary ({data_vocab}) is larger than the model's ({mc.vocab_size})")
+        self.seq_len = cfg.seq_len or (cfg.block_size if resume is None and cfg.block_size else mc.block_size)
+        if self.seq_len > mc.block_size:
+            raise ConfigError(
+                f"seq_len/block_size ({self.seq_len}) is longer than the model's block_size ({mc.block_size})"
+            )
+        return model.to(self.device)
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg, d = self.cfg, self.dist
+        if cfg.grad_accum % d.world_size:
+            raise ConfigError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the world size ({d.world_size})")
+        data_dir = self.prepare_data()
+        meta = data.read_meta(data_dir)
+        resume_path = self.find_resume()
+        resume = checkpoint.load_file(resume_path, "cpu", verified=True) if resume_path else None
+        model = self.build_model(meta, resume)
+        self.model = model
+        self.meta = meta
+
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        fused = self.device.type == "cuda"
+        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), fused=fused)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        step = 0
+        if resume is not None:
+            opt.load_state_dict(resume["optimizer"])
+            scaler.load_state_dict(resume["scaler"])
+            step = int(resume["step"])
+            self.last_ckpt_step = step
+            rng = resume["rng"]
+            if len(rng) == d.world_size:
+                checkpoint.set_rng_state(rng[d.rank])
+            else:
+                torch.manual_seed(cfg.seed + 1 + d.rank + step)
+        else:
+            torch.manual_seed(cfg.seed + 1 + d.rank)  # distinct dropout noise per rank
+
+        net: torch.nn.Module = torch.compile(model) if cfg.compile else model
+        self.eval_net = net
+        if d.enabled:
+            net = DDP(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        seq = self.seq_len
+        train_ds = TokenDataset(data.shard_paths(data_dir, "train"), seq)
+        val_ds = TokenDataset(data.shard_paths(data_dir, "val"), seq)
+        self.sampler = BatchSampler(train_ds, cfg.batch_size, cfg.grad_accum, cfg.seed)
+        self.eval_samplers = {
+            "train": BatchSampler(train_ds, cfg.batch_size, d.world_size, cfg.seed + 1),
+            "val": BatchSampler(val_ds, cfg.batch_size, d.world_size, cfg.seed + 2),
+        }
+        self.autocast: AbstractContextManager[Any] = (
+            torch.autocast(device_type=self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32 else nullcontext()
+        )
+
+        self.write_header(data_dir, meta, resume_path, step)
+        resume = None  # free the CPU copy of the checkpoint
+
+        micro = cfg.grad_accum // d.world_size
+        tokens_per_step = cfg.batch_size * seq * cfg.grad_accum
+        dev_name = device_name(self.device)
+        reason = "max_iters"
+        t_loop = time.time()
+        t_log, steps_since_log = t_loop, 0
+        step_seconds: float | None = None
+        t_prev = t_loop
+        first_step = step + 1
+
+        if step == 0 and cfg.eval_interval:
+            self.evaluate(step)
+            t_loop = t_log = t_prev = time.time()
+            self.paused_s = 0.0
+        stop_now, reason = self.agree_stop(step_seconds=0.0, due=False)[:2]
+        while not stop_now and step < cfg.max_iters:
+            lr = lr_at(cfg, step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss_acc = torch.zeros((), device=self.device)
+            for m in range(micro):
+                x, y = self.sampler.batch(step, d.rank * micro + m, self.device)
+                # Only the last micro-step all-reduces gradients.
+                sync = not d.enabled or m == micro - 1
+                with net.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                    with self.autocast:
+                        _, loss = net(x, y)
+                    loss = loss / micro
+                    scaler.scale(loss).backward()
+                loss_acc += loss.detach()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            steps_since_log += 1
+
+            now = time.time()
+            dt_step = now - t_prev - self.paused_s
+            t_log += self.paused_s
+            t_prev, self.paused_s = now, 0.0
+            # The first step carries warm-up (and compilation): let later steps pull the estimate down.
+            step_seconds = dt_step if step_seconds is None else 0.8 * step_seconds + 0.2 * dt_step
+
+            if step % cfg.log_interval == 0 or step == first_step or step == cfg.max_iters:
+                loss_val = distributed.mean(d, loss_acc).item()  # the only host sync of a step
+                now = time.time()
+                dt = (now - t_log) / steps_since_log
+                t_log, steps_since_log = now, 0
+                tok_s = tokens_per_step / dt
+                mfu = model.estimate_mfu(tok_s / d.world_size, seq, dev_name, self.dtype, cfg.peak_tflops)
+                elapsed = now - t_loop
+                mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+                self.log.line(
+                    f"step {step:04d} | loss {loss_val:.4f} | lr {lr:.2e} | tok/s {tok_s:.0f} | "
+                    f"mfu {mfu_text} | elapsed {elapsed:.1f}s"
+                )
+                self.log.record(
+                    "step", step=step, loss=loss_val, lr=lr, tokens_per_s=round(tok_s, 1),
+                    mfu=None if mfu is None else round(mfu, 5), elapsed_s=round(elapsed, 3),
+                )
+                self.log.progress(step, loss_val)
+            else:
+                self.log.progress(step)
+
+            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_iters):
+                self.evaluate(step)
+            stop_now, reason, due = self.agree_stop(step_seconds, self.checkpoint_due(step))
+            if stop_now or due or step == cfg.max_iters:
+                self.save(step, opt, scaler)
+
+        if stop_now:
+            self.save(step, opt, scaler)  # stopped before the first step: make sure a checkpoint exists
+        self.write_sample(reason)
+        self.log.line(f"stopped: {reason} at step {step}")
+        self.log.record("end", reason=reason, step=step)
+        self.log.close()
+        return 0
+
+    def write_header(self, data_dir: Path, meta: dict[str, Any], resume_path: Path | None, step: int) -> None:
+        d, cfg = self.dist, self.cfg
+        if d.master:
+            atomic_write_json(self.out / "hardware.json", hardware_record(self.device, self.dtype, d.world_size))
+        self.log.line(f"device: {self.device.type}")
+        if self.device.type == "cuda":
+            self.log.line(f"cuda_name: {torch.cuda.get_device_name(self.device)}")
+        self.log.line(f"world_size: {d.world_size}")
+        self.log.line(f"dtype: {str(self.dtype).removeprefix('torch.')}")
+        self.log.line(
+            f"data: {data_dir} ({meta.get('tokenizer')}, vocab {meta['vocab_size']}, "
+            f"train {self.sampler.dataset.num_tokens} tokens, val {self.eval_samplers['val'].dataset.num_tokens} tokens)"
+        )
+        mc = self.model.config
+        self.log.line(
+            f"model: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, "
+            f"vocab {mc.vocab_size}; batch {cfg.batch_size} x {self.seq_len} x {cfg.grad_accum} accum"
+        )
+        self.log.line(f"parameters: {self.model.num_params(non_embedding=False) / 1e6:.2f}M")
+        if resume_path is not None:
+            self.log.line(f"resumed: checkpoints/{resume_path.name} at step {step}")
+
+    def agree_stop(self, step_seconds: float | None, due: bool) -> tuple[bool, str, bool]:
+        """(stop?, why, checkpoint now?) agreed by all ranks.
+
+        Each rank stops on its own signal, or when the next step plus a checkpoint would miss the
+        deadline; one all-reduce makes any rank's reason everyone's.
+        """
+        signalled = self.stop.signum is not None
+        late = False
+        deadline = self.cfg.deadline_epoch
+        if deadline is not None:
+            needed = 1.5 * (step_seconds or 0.0) + self.checkpoint_estimate() + self.cfg.deadline_margin_s
+            late = time.time() + needed >= deadline
+        signalled, late, due = (bool(v) for v in distributed.agree(self.dist, [int(signalled), int(late), int(due)]))
+        reason = "signal" if signalled else "deadline" if late else "max_iters"
+        return signalled or late, reason, due
+
+    def checkpoint_estimate(self) -> float:
+        if self.ckpt_seconds is not None:
+            return 1.5 * self.ckpt_seconds
+        # Before the first one: model + two AdamW moments at ~200 MB/s, written then hashed.
+        nbytes = 3 * 4 * sum(p.numel() for p in self.model.parameters())
+        return 0.5 + 2 * nbytes / 200e6
+
+    def checkpoint_due(self, step: int) -> bool:
+        cfg = self.cfg
+        if cfg.ckpt_interval and step % cfg.ckpt_interval == 0:
+            return True
+        # Time-based: rank 0's clock decides; agree() spreads the decision.
+        return bool(self.dist.master and cfg.ckpt_interval_s and time.time() - self.last_ckpt_time >= cfg.ckpt_interval_s)
+
+    def save(self, step: int, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        if step == self.last_ckpt_step or step == 0:
+            return
+        t0 = time.time()
+        rng = distributed.gather_objects(self.dist, checkpoint.rng_state())
+        if self.dist.master:
+            payload = {
+                "model": self.model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "model_config": self.model.config.to_dict(),
+                "train_config": self.cfg.to_dict(),
+                "meta": self.meta,
+                "data": self.sampler.state(step),
+                "rng": rng,
+                "world_size": self.dist.world_size,
+            }
+            entry = checkpoint.save(self.ckpt_dir, step, payload, self.cfg.keep_checkpoints)
+            self.log.line(f"checkpoint: checkpoints/{entry.file} sha256 {entry.sha256}")
+            self.log.record("checkpoint", step=step, file=f"checkpoints/{entry.file}", sha256=entry.sha256,
+                            bytes=entry.bytes)
+        distributed.barrier(self.dist)
+        self.last_ckpt_step = step
+        self.last_ckpt_time = time.time()
+        self.ckpt_seconds = self.last_ckpt_time - t0
+        self.paused_s += self.ckpt_seconds
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> None:
+        t0 = time.time()
+        net = self.eval_net
+        net.eval()
+        losses: dict[str, float] = {}
+        for split, sampler in self.eval_samplers.items():
+            total = torch.zeros((), device=self.device)
+            for i in range(self.cfg.eval_iters):
+                x, y = sampler.batch(i, self.dist.rank, self.device)
+                with self.autocast:
+                    _, loss = net(x, y)
+                total += loss
+            losses[split] = distributed.mean(self.dist, total / self.cfg.eval_iters).item()
+        net.train()
+        self.log.line(f"eval step {step:04d} | train {losses['train']:.4f} | val {losses['val']:.4f}")
+        self.log.record("eval", step=step, train_loss=losses["train"], val_loss=losses["val"])
+        self.paused_s += time.time() - t0
+
+    @torch.no_grad()
+    def write_sample(self, reason: str) -> None:
+        cfg = self.cfg
+        if not self.dist.master or cfg.sample_tokens == 0:
+            return
+        tok = from_meta(self.meta, cfg.bpe_dir or None)
+        if cfg.sample_prompt:
+            prompt = tok.encode(cfg.sample_prompt)
+        elif self.meta.get("tokenizer") == "char":
+            prompt = tok.encode("\n") if "\n" in getattr(tok, "stoi", {}) else [0]
+        else:
+            prompt = [int(self.meta.get("eot", 50256))]
+        # After a deadline stop, sample only in the time left before it.
+        limit = cfg.deadline_epoch - cfg.deadline_margin_s / 2 if cfg.deadline_epoch else None
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        idx = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        model = self.model
+        model.eval()
+        remaining = cfg.sample_tokens
+        while remaining > 0 and (limit is None or time.time() < limit):
+            n = min(32, remaining)
+            with self.autocast:
+                idx = model.generate(idx, n, cfg.temperature, cfg.top_k or None, generator=gen)
+            remaining -= n
+        model.train()
+        ids = [i for i in idx[0].tolist() if i < int(self.meta["vocab_size"])]
+        text = tok.decode(ids)
+        atomic_write_bytes(self.out / "sample.txt", text.encode("utf-8"))
+        self.log.line(f"sample: sample.txt ({len(ids) - len(prompt)} tokens)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop = StopRequest()
+    stop.install()  # early, so a SIGTERM during start-up still ends in a clean stop
+    trainer: Trainer | None = None
+    try:
+        cfg = load_config(argv)
+        trainer = Trainer(cfg, stop)
+        return trainer.run()
+    except (ConfigError, CheckpointError, ShardError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        stop.restore()
+        if trainer is not None:
+            trainer.log.close()
+            distributed.teardown(trainer.dist)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
