@@ -109,12 +109,16 @@ def _pip_install(transport: Transport, python: str, packages: Sequence[str], tim
             f"{(res.stderr or res.stdout).strip()[-400:]} -- use an image that has PyTorch, or check its network")
 
 
-def bootstrap(transport: Transport, install: bool = True, pip_timeout_s: float = 1800) -> BootstrapInfo:
-    """Check (and if allowed complete) the instance; write <root>/out/bootstrap.txt + hardware.json."""
+def bootstrap(transport: Transport, install: bool = True, need_torch: bool = True,
+              pip_timeout_s: float = 1800) -> BootstrapInfo:
+    """Check (and if allowed complete) the instance; write <root>/out/bootstrap.txt and bootstrap.json.
+
+    need_torch=False (a user command instead of the trainer): report what is there, install nothing.
+    """
     python = find_python(transport)
     info = _check(transport, python)
     installed: list[str] = []
-    missing = [pkg for pkg, key in (("numpy", "numpy"), ("torch", "torch")) if not info.get(key)]
+    missing = [pkg for pkg in ("numpy", "torch") if need_torch and not info.get(pkg)]
     if missing:
         if not install:
             raise BootstrapError(f"the instance lacks {', '.join(missing)} (bootstrap with install=True, "
@@ -143,9 +147,12 @@ def upload_trainer(transport: Transport, trainer_dir: Path = TRAINER_DIR) -> Non
 
 
 def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,
-                    python: str = "python3") -> str:
-    """The job's command line (run with cwd=<root>/code): torchrun over max(1, gpu_count) processes."""
-    out_dir = f"{root.rstrip('/')}/out" if root else "../out"
+                    python: str = "python3", out_dir: str | None = None) -> str:
+    """The job's command line (run with cwd=<root>/code): torchrun over max(1, gpu_count) processes.
+
+    Pass python=BootstrapInfo.python: on some images python is not on a non-login PATH.
+    """
+    out_dir = out_dir or (f"{root.rstrip('/')}/out" if root else "../out")
     extra = args if isinstance(args, str) else " ".join(shlex.quote(a) for a in args)
     cmd = (f"{shlex.quote(python)} -m torch.distributed.run --standalone --nproc-per-node={max(1, int(gpu_count))} "
            f"-m trainer.train --out-dir {shlex.quote(out_dir)}")

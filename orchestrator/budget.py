@@ -521,10 +521,11 @@ def month_start(now: float) -> float:
     return d.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-def reserve(
-    budgets: Budgets, ledger: Ledger, run_id: str, provider: str, max_usd: float, now: float | None = None
+def check_caps(
+    budgets: Budgets, ledger: Ledger, provider: str, max_usd: float, now: float | None = None,
+    exclude_run: str | None = None,
 ) -> None:
-    """Hold `max_usd` for the run against every cap, or refuse; check and hold are one transaction."""
+    """Refuse (BudgetError) if holding `max_usd` would break a daily/monthly cap; read-only."""
     if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)) or not math.isfinite(max_usd) or max_usd < 0:
         raise BudgetError(f"cannot hold {max_usd!r} USD: the hold must be a finite number >= 0")
     when = time.time() if now is None else float(now)
@@ -538,20 +539,28 @@ def reserve(
             (f"{provider} daily cap", f"providers.{provider}.daily_usd", pb.daily_usd, day_start(when), provider),
             (f"{provider} monthly cap", f"providers.{provider}.monthly_usd", pb.monthly_usd, month_start(when), provider),
         ]
+    for label, key, cap, since, prov in caps:
+        if cap is None:
+            continue
+        used = ledger.committed_usd(since, prov, exclude_run=exclude_run)
+        if used + max_usd > cap + _EPS_USD:
+            left = max(0.0, cap - used)
+            fix = (f"lower --max-usd to {math.floor(left * 100 + 1e-6) / 100:.2f} or less"
+                   if left >= 0.01 else "wait for the window to roll over")
+            raise BudgetError(
+                f"{label} {cap:.2f} USD: {used:.2f} already spent or held, this launch holds {max_usd:.2f}:"
+                f" {fix}, or raise {key} in {budgets.path}"
+            )
+
+
+def reserve(
+    budgets: Budgets, ledger: Ledger, run_id: str, provider: str, max_usd: float, now: float | None = None
+) -> None:
+    """Hold `max_usd` for the run against every cap, or refuse; check and hold are one transaction."""
+    when = time.time() if now is None else float(now)
     try:
         with ledger.transaction():
-            for label, key, cap, since, prov in caps:
-                if cap is None:
-                    continue
-                used = ledger.committed_usd(since, prov, exclude_run=run_id)
-                if used + max_usd > cap + _EPS_USD:
-                    left = max(0.0, cap - used)
-                    fix = (f"lower --max-usd to {math.floor(left * 100 + 1e-6) / 100:.2f} or less"
-                           if left >= 0.01 else "wait for the window to roll over")
-                    raise BudgetError(
-                        f"{label} {cap:.2f} USD: {used:.2f} already spent or held, this launch holds {max_usd:.2f}:"
-                        f" {fix}, or raise {key} in {budgets.path}"
-                    )
+            check_caps(budgets, ledger, provider, max_usd, when, exclude_run=run_id)
             ledger.add_hold(run_id, provider, max_usd, at=when)
     except LedgerError as exc:
         raise BudgetError(str(exc)) from None

@@ -79,6 +79,11 @@ def ensure_keypair(name: str = DEFAULT_NAME) -> KeyPair:
     return KeyPair(priv, line)
 
 
+def run_key(name: str | None = None) -> KeyPair:
+    """The controller's SSH key for runs (one pair per name; default: one shared gpurun pair)."""
+    return ensure_keypair(name or DEFAULT_NAME)
+
+
 def load_private_key(path: Path) -> paramiko.PKey:
     """Load an OpenSSH private key (ed25519 here; RSA/ECDSA work too for user-supplied keys)."""
     try:

@@ -225,6 +225,7 @@ class Controller:
             self.transport.write_file("code/gpurun_config.yaml", Path(opts.config).read_text())
         info = bootstrap(self.transport, need_torch=not opts.command)
         self.gpu_count = info.gpu_count
+        self.python = info.python
         self.ledger.update_run(self.run.run_id, plan={"bootstrap": info.to_dict()})
         # The dead-man's switch: works with this controller gone. It fires between the guard's stop
         # time and the money deadline, leaving half the reserve for the self-destruct to land.
@@ -255,10 +256,13 @@ class Controller:
         args = list(opts.trainer_args)
         if opts.config:
             args = ["--config", "gpurun_config.yaml", *args]
-        assert self.run.stop_at_epoch is not None
-        args += ["--deadline-epoch", f"{self.run.stop_at_epoch:.0f}"]
+        # The guard SIGTERMs the job at stop_at; the trainer's own deadline is the next layer, set
+        # to the moment the watchdog would send its SIGTERM.
+        args += ["--deadline-epoch", f"{self.watchdog_deadline() - self.grace_s():.0f}"]
         assert self.transport is not None
-        return trainer_command(max(1, getattr(self, "gpu_count", 1) or 1), args, out_dir=f"{self.transport.root}/out")
+        gpus = max(1, getattr(self, "gpu_count", 1) or 1)
+        python = getattr(self, "python", None) or "python3"
+        return trainer_command(gpus, args, python=python, out_dir=f"{self.transport.root}/out")
 
     def _start_job(self) -> None:
         assert self.transport is not None

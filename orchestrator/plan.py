@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.budget import Budgets, Plan, load_budgets, plan_run
+from orchestrator.budget import Budgets, Plan, check_caps, load_budgets, plan_run
+from orchestrator.ledger import Ledger
 from providers import get_provider
 from providers.base import Offer, Provider, ProviderError, pick_offer
 
@@ -111,6 +112,8 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     offer = pick_offer(offers, options.gpu if provider.name != "local" else None)
     offer.billing = budgets.billing_for(provider.name)
     budget = plan_run(budgets, provider.name, options.max_usd, offer.total_usd_per_hour, now=now or time.time())
+    # The caps are checked again, atomically with the hold, when the run is created.
+    check_caps(budgets, Ledger(), provider.name, budget.max_usd)
     account = provider.account()
     check_balance = getattr(provider, "check_balance_covers", None)
     if check_balance is not None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import paramiko
 from tenacity import (
@@ -232,14 +232,30 @@ class _Conn:
     sftp: paramiko.SFTPClient | None = None
 
 
+class LedgerHostKeys:
+    """HostKeyStore over the ledger's `host_key` / `pin_host_key` (duck-typed: no ledger import here)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.ledger = ledger
+
+    def get(self, instance_id: str) -> tuple[str, str] | None:
+        return self.ledger.host_key(instance_id)
+
+    def put(self, instance_id: str, key_type: str, key_b64: str) -> None:
+        self.ledger.pin_host_key(instance_id, key_type, key_b64)
+
+
 class SSHTransport:
-    """Transport over SSH. `root` is the run's directory on the instance ("~/..." is resolved on connect)."""
+    """Transport over SSH. `root` is the run's directory on the instance: absolute, or relative to
+    the login user's home ("gpurun/<run>" or "~/gpurun/<run>"), resolved to absolute on connect."""
 
     def __init__(self, endpoint: SSHEndpoint, key_path: Path, root: str, instance_id: str,
                  host_keys: HostKeyStore, connect_timeout: float = 10.0, reconnect_timeout: float = 60.0,
                  upload_limit_bytes: int = DEFAULT_UPLOAD_LIMIT) -> None:
-        if not (root.startswith("/") or root.startswith("~/")):
-            raise ValueError(f"remote root must be absolute or start with ~/: {root!r}")
+        if not root.strip("/~"):
+            raise ValueError(f"remote root must be a directory below / or the home dir: {root!r}")
+        if not root.startswith(("/", "~/")):
+            root = "~/" + root  # relative = under the login user's home, resolved on connect
         self.endpoint = endpoint
         self.key_path = Path(key_path)
         self.root = root.rstrip("/")
@@ -447,9 +463,7 @@ class SSHTransport:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"bad job name {name!r}")
         pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
-        # The trap keeps the wrapper shell alive through a group SIGTERM so it still records .exit
-        # (a plain `sh -c` dies on the signal); the job itself gets default signal handling.
-        script = detached_script(self.root, name, f"trap : TERM INT HUP; {command}", f"{self.root}/code", env)
+        script = detached_script(self.root, name, command, f"{self.root}/code", env)
         cmd = (
             f"mkdir -p {self._q('code')} {self._q('out')} || exit 1; "
             f"if [ -s {pid_f} ] && [ ! -e {exit_f} ] && kill -0 \"$(cat {pid_f})\" 2>/dev/null; "

@@ -16,6 +16,8 @@ import signal
 import time
 from importlib import resources
 
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from orchestrator.transport import Transport
 
 NAME = "watchdog"
@@ -27,14 +29,33 @@ def script_text() -> str:
 
 
 def read_deadline(transport: Transport) -> int | None:
-    res = transport.run(f"head -n 1 {shlex.quote(transport.root + '/watchdog.deadline')} 2>/dev/null", timeout_s=30)
+    """The deadline in force on the instance (its watchdog.deadline file)."""
+    return _read_int(transport, "watchdog.deadline")
+
+
+def _read_int(transport: Transport, name: str) -> int | None:
+    res = transport.run(f"head -n 1 {shlex.quote(transport.root + '/' + name)} 2>/dev/null", timeout_s=30)
     text = res.stdout.strip()
     return int(text) if res.ok and text.isdigit() else None
 
 
+def _wait_armed(transport: Transport, deadline: int, timeout_s: float) -> None:
+    """Wait until the running script says it holds `deadline` or earlier (its watchdog.armed)."""
+    try:
+        Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.25),
+                 retry=retry_if_result(lambda held: held is None or held > deadline))(
+            _read_int, transport, "watchdog.armed")
+    except RetryError as e:
+        raise RuntimeError(f"the watchdog under {transport.root} did not acknowledge deadline {deadline} within "
+                           f"{timeout_s:.0f}s; see {transport.root}/watchdog.log (is it running?)") from e
+
+
 def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float, self_destruct_cmd: str,
-                     job_name: str = "job", poll_s: float = 1.0) -> int:
-    """Arm the switch; returns its pid. Re-installing never moves an existing deadline later."""
+                     job_name: str = "job", poll_s: float = 1.0, ack_timeout_s: float = 10.0) -> int:
+    """Arm the switch and wait for it to acknowledge; returns its pid.
+
+    Re-installing (a resumed controller) keeps a running watchdog and never moves the deadline later.
+    """
     if not _JOB_RE.match(job_name):
         raise ValueError(f"bad job name {job_name!r}")
     if grace_s < 0 or poll_s <= 0:
@@ -51,11 +72,13 @@ def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float
     transport.write_file(f"{root}/watchdog.deadline", f"{deadline}\n", 0o644)
     q = shlex.quote
     cmd = f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g}"
-    return transport.start_detached(NAME, cmd)
+    pid = transport.start_detached(NAME, cmd)
+    _wait_armed(transport, deadline, ack_timeout_s)
+    return pid
 
 
-def move_deadline_earlier(transport: Transport, new_deadline: float) -> int:
-    """Bring the deadline forward (e.g. the budget shrank); returns the deadline now in force."""
+def move_deadline_earlier(transport: Transport, new_deadline: float, ack_timeout_s: float = 10.0) -> int:
+    """Bring the deadline forward (e.g. the budget shrank); returns it once the watchdog holds it."""
     current = read_deadline(transport)
     if current is None:
         raise RuntimeError(f"no watchdog deadline under {transport.root}: install_watchdog first")
@@ -64,6 +87,7 @@ def move_deadline_earlier(transport: Transport, new_deadline: float) -> int:
         raise ValueError(f"the watchdog deadline can only move earlier: {new} is after the current {current}")
     if new < current:
         transport.write_file(f"{transport.root}/watchdog.deadline", f"{new}\n", 0o644)
+    _wait_armed(transport, new, ack_timeout_s)
     return new
 
 

@@ -4,6 +4,7 @@
 # usage: watchdog.sh ROOT DEADLINE_EPOCH GRACE_S JOB_NAME [POLL_S]
 #   ROOT/watchdog.deadline      the absolute deadline (epoch s). It may only move EARLIER: this
 #                               script keeps the minimum it has ever seen and rewrites a later value.
+#   ROOT/watchdog.armed         written by this script: the deadline it holds now (its acknowledgement)
 #   ROOT/JOB_NAME.pid           the job's process group: SIGTERM at deadline - grace, SIGKILL at deadline
 #   ROOT/watchdog.selfdestruct  run with sh at the deadline: the provider's own way to stop billing.
 #                               Kept in a 0700 file, not on a command line, as it may hold a credential.
@@ -20,6 +21,8 @@ dfile="$root/watchdog.deadline"
 say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) watchdog: $*"; }
 is_int() { case ${1:-} in '' | *[!0-9]*) return 1 ;; esac; return 0; }
 write_deadline() { echo "$deadline" > "$dfile.tmp.$$" && mv -f "$dfile.tmp.$$" "$dfile"; }
+# watchdog.armed = the deadline this process holds: how the controller knows a move took effect
+ack() { echo "$deadline" > "$root/watchdog.armed.tmp.$$" && mv -f "$root/watchdog.armed.tmp.$$" "$root/watchdog.armed"; }
 job_pid() { p=$(cat "$root/$job.pid" 2>/dev/null); is_int "$p" && echo "$p"; }
 signal_job() { # $1 = TERM | KILL
     pid=$(job_pid) || { say "no $job.pid: no job to $1"; return; }
@@ -35,11 +38,13 @@ is_int "$deadline" || { say "bad deadline '$deadline'"; exit 2; }
 is_int "$grace" || { say "bad grace '$grace'"; exit 2; }
 say "armed: deadline $deadline (in $((deadline - $(date +%s)))s), SIGTERM $grace s before, job '$job', pid $$"
 termed=0
+ack
 while :; do
     seen=$(head -n 1 "$dfile" 2>/dev/null | tr -d ' \r')
     if is_int "$seen" && [ "$seen" -lt "$deadline" ]; then
         say "deadline moved earlier: $deadline -> $seen"
         deadline=$seen
+        ack
     elif [ "$seen" != "$deadline" ]; then
         # later, garbage or missing: the deadline never moves later; put the real one back
         say "refused deadline '$seen' (later or invalid); keeping $deadline"

@@ -17,6 +17,7 @@ import getpass
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 import urllib.request
@@ -232,6 +233,13 @@ def _error_code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+def _group_ids(desc: dict[str, Any]) -> list[str]:
+    # moto leaves the top-level list empty when launched with NetworkInterfaces; the NICs have them.
+    groups = list(desc.get("SecurityGroups") or [])
+    groups += [g for nic in desc.get("NetworkInterfaces") or [] for g in nic.get("Groups") or []]
+    return sorted({str(g["GroupId"]) for g in groups if g.get("GroupId")})
+
+
 def _gpu_matches(want: str, spec: _TypeSpec) -> bool:
     # The same rule as providers.base.pick_offer: substring of the GPU name, or the exact type.
     w = want.lower().replace(" ", "")
@@ -357,7 +365,7 @@ class AWSProvider(Provider):
         self._clients: dict[str, Any] = {}
         self._type_cache: dict[str, _TypeSpec] | None = None
         if _ignored:
-            log.debug("aws: ignoring unknown options %s", sorted(_ignored))
+            log.warning("aws: ignoring unknown options %s", sorted(_ignored))
 
     # ---- boto3 plumbing
 
@@ -861,7 +869,7 @@ class AWSProvider(Provider):
                 "SpotOptions": {
                     "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate",
                     # Never pay more per hour than planned: above it AWS reclaims the instance.
-                    "MaxPrice": f"{compute:.5f}",
+                    "MaxPrice": f"{math.ceil(compute * 1e6) / 1e6:.6f}",  # rounded up, never below plan
                 },
             }
         try:
@@ -913,7 +921,7 @@ class AWSProvider(Provider):
             "lifecycle": desc.get("InstanceLifecycle") or "on-demand",
             "image_id": desc.get("ImageId"),
             "key_name": desc.get("KeyName"),
-            "security_groups": [g.get("GroupId") for g in desc.get("SecurityGroups") or []],
+            "security_groups": _group_ids(desc),
             "volumes": [(m.get("Ebs") or {}).get("VolumeId") for m in desc.get("BlockDeviceMappings") or []],
             "tags": tags,
             "region": self.region,

@@ -159,9 +159,10 @@ class LocalProvider(Provider):
         return [self.get(f"local-{d.name}") for d in sorted(self.root.iterdir()) if (d / "instance.json").exists()]
 
     def self_destruct_command(self, instance: Instance) -> str:
-        # Kill every process group of the sandbox but the watchdog's own (it exits by itself after).
+        # Kill every process group of the sandbox, the watchdog's own (which runs this) last.
         box = shlex.quote(str(self._sandbox(instance.id)))
         return (
             f"date +%s > {box}/terminated; me=$(cat {box}/watchdog.pid 2>/dev/null); "
-            f'for g in $(cat {box}/pgids); do [ "$g" = "$me" ] || kill -s KILL -- -"$g" 2>/dev/null; done; true'
+            f'for g in $(cat {box}/pgids); do [ "$g" = "$me" ] || kill -s KILL -- -"$g" 2>/dev/null; done; '
+            f'[ -n "$me" ] && kill -s KILL -- -"$me"; true'
         )

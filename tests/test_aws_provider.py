@@ -249,6 +249,21 @@ def test_spot_create_asks_for_a_one_time_spot_instance(moto_aws: MotoAWS, ec2: A
     assert desc.get("InstanceLifecycle") == "spot" and inst.raw["lifecycle"] == "spot"
 
 
+def test_a_subnet_option_launches_there_with_the_group(moto_aws: MotoAWS, ec2: Any, pubkey: str) -> None:  # noqa: F811
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    p = provider(subnet_id=subnet)
+    inst = p.create(spec_for(p, "aws-subnet", pubkey))
+    desc = ec2.describe_instances(InstanceIds=[inst.id])["Reservations"][0]["Instances"][0]
+    assert desc["SubnetId"] == subnet and desc["VpcId"] == vpc
+    assert len(inst.raw["security_groups"]) == 1  # moto: only on the NIC with NetworkInterfaces
+    [group] = ec2.describe_security_groups(GroupIds=inst.raw["security_groups"])["SecurityGroups"]
+    assert group["GroupName"] == "gpurun-aws-subnet" and group["VpcId"] == vpc
+    with pytest.raises(ProviderError) as err:
+        provider(subnet_id="subnet-00000000000000000").create(spec_for(p, "aws-nosubnet", pubkey))
+    assert "subnet-00000000000000000" in one_line(err)
+
+
 def test_image_option_and_parameter_option(moto_aws: MotoAWS, ec2: Any, pubkey: str) -> None:  # noqa: F811
     other = next(i["ImageId"] for i in ec2.describe_images(
         Filters=[{"Name": "name", "Values": ["ubuntu/images/*"]}])["Images"] if i["ImageId"] != moto_aws.ami_id)

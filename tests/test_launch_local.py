@@ -76,7 +76,7 @@ def test_local_launch_is_stopped_by_the_guard_under_the_cap(tmp_path: Path) -> N
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resumed from step {step}" in resumed.stdout
+    assert f"at step {step}" in resumed.stdout and "resumed:" in resumed.stdout
 
 
 @pytest.mark.parametrize(

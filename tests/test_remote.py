@@ -16,6 +16,7 @@ from orchestrator.bootstrap import bootstrap, trainer_command
 from orchestrator.remote import (
     CommandTimeoutError,
     HostKeyChangedError,
+    LedgerHostKeys,
     MemoryHostKeyStore,
     SSHTransport,
     SSHUnreachableError,
@@ -199,4 +200,34 @@ def test_trainer_command():
     assert trainer_command(0, ["--max-iters", "10"], root="/r") == (
         "python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m trainer.train --out-dir /r/out "
         "--max-iters 10")
-    assert "--nproc-per-node=8 " in trainer_command(8, "--config c.yaml", python="/opt/conda/bin/python")
+    cmd = trainer_command(8, "--config c.yaml", python="/opt/conda/bin/python", out_dir="/x/out")
+    assert cmd.startswith("/opt/conda/bin/python -m torch.distributed.run --standalone --nproc-per-node=8 ")
+    assert cmd.endswith("--out-dir /x/out --config c.yaml")
+
+
+def test_relative_root_resolves_under_home(sshd: SSHServer):  # noqa: F811
+    kp = keys.run_key()
+    sshd.authorize(kp.public_line)
+    store = MemoryHostKeyStore()
+    with SSHTransport(sshd.endpoint, kp.private_path, "gpurun-test-rel/run-1", "i", store) as t:
+        assert t.root == "~/gpurun-test-rel/run-1"
+        t.wait_ready(10)
+        assert t.root == str(Path.home() / "gpurun-test-rel" / "run-1")
+        t.write_file("x.txt", "x")
+        assert t.run(f"cat {t.root}/x.txt").stdout == "x"
+        t.run("rm -rf ~/gpurun-test-rel")
+
+
+def test_host_key_pinned_in_the_ledger(sshd: SSHServer, tmp_path):  # noqa: F811
+    from orchestrator.ledger import Ledger
+
+    ledger = Ledger()
+    ledger.create_run("run-pin", "local", 1.0, {}, str(tmp_path))
+    ledger.add_instance("run-pin", "local", "inst-pin", "running")
+    kp = keys.run_key()
+    sshd.authorize(kp.public_line)
+    with SSHTransport(sshd.endpoint, kp.private_path, str(tmp_path / "r"), "inst-pin", LedgerHostKeys(ledger)) as t:
+        t.wait_ready(10)
+    assert ledger.host_key("inst-pin") == sshd.host_key
+    with SSHTransport(sshd.endpoint, kp.private_path, str(tmp_path / "r"), "inst-pin", LedgerHostKeys(ledger)) as t:
+        assert t.run("echo pinned").stdout == "pinned\n"  # the pin from the ledger is accepted

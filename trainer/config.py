@@ -44,7 +44,7 @@ class TrainConfig:
     # batch: tokens per optimizer step = batch_size * seq_len * grad_accum (across all ranks)
     batch_size: int = 8
     seq_len: int | None = None  # defaults to the model's block_size
-    grad_accum: int = 1  # micro-steps per optimizer step, summed over ranks
+    grad_accum: int | None = None  # micro-steps per step, summed over ranks; default: one per rank
     # optimizer and schedule
     max_iters: int = 2000
     lr: float = 1e-3
@@ -93,7 +93,7 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         positive = ("batch_size", "grad_accum", "max_iters", "eval_iters", "log_interval")
         for key in positive:
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         for key in ("warmup_iters", "eval_interval", "ckpt_interval", "ckpt_interval_s", "threads", "lr",
                     "min_lr", "weight_decay", "grad_clip", "sample_tokens"):

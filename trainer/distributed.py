@@ -73,6 +73,15 @@ def mean(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
     return t / info.world_size
 
 
+def total(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
+    """Sum of a scalar tensor over ranks, on the main (device) group."""
+    if not info.enabled:
+        return value
+    t = value.detach().clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def gather_objects(info: DistInfo, obj: Any) -> list[Any]:
     if not info.enabled:
         return [obj]

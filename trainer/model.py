@@ -159,7 +159,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # inference: only the last position matters
         logits = self.lm_head(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+        # Under autocast cross_entropy runs in float32 by itself: no extra full-size fp32 copy here.
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def full_logits(self, idx: torch.Tensor) -> torch.Tensor:

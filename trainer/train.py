@@ -140,6 +140,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical init on every rank
         if resume is not None:
             model = GPT(GPTConfig.from_dict(resume["model_config"]))
+            self.check_same_architecture(model.config)
             model.load_state_dict(resume["model"])
         elif cfg.init_from != "scratch":
             if meta.get("tokenizer") != "gpt2":
@@ -152,17 +153,35 @@ class Trainer:
         mc = model.config
         if data_vocab > mc.vocab_size:
             raise ConfigError(f"the data's vocabulary ({data_vocab}) is larger than the model's ({mc.vocab_size})")
-        self.seq_len = cfg.seq_len or (cfg.block_size if resume is None and cfg.block_size else mc.block_size)
+        # Training length: seq_len, else block_size, else the model's context (resumed/pretrained).
+        self.seq_len = cfg.seq_len or cfg.block_size or mc.block_size
         if self.seq_len > mc.block_size:
             raise ConfigError(
                 f"seq_len/block_size ({self.seq_len}) is longer than the model's block_size ({mc.block_size})"
             )
         return model.to(self.device)
 
+    def check_same_architecture(self, saved: GPTConfig) -> None:
+        """Refuse to resume a checkpoint of a different model than the config asks for."""
+        cfg = self.cfg
+        wanted = cfg.model_config(vocab_size=saved.vocab_size).to_dict()
+        diffs = [
+            f"{k} {saved.to_dict()[k]} vs {wanted[k]}"
+            for k in ("n_layer", "n_head", "n_embd", "bias")
+            if saved.to_dict()[k] != wanted[k]
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{self.ckpt_dir} holds a checkpoint of another model ({', '.join(diffs)}): "
+                "use another --out-dir or --resume never"
+            )
+
     # ---- the run ------------------------------------------------------------------------------
 
     def run(self) -> int:
         cfg, d = self.cfg, self.dist
+        if cfg.grad_accum is None:
+            cfg.grad_accum = d.world_size
         if cfg.grad_accum % d.world_size:
             raise ConfigError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the world size ({d.world_size})")
         data_dir = self.prepare_data()
@@ -203,8 +222,9 @@ class Trainer:
         val_ds = TokenDataset(data.shard_paths(data_dir, "val"), seq)
         self.sampler = BatchSampler(train_ds, cfg.batch_size, cfg.grad_accum, cfg.seed)
         self.eval_samplers = {
-            "train": BatchSampler(train_ds, cfg.batch_size, d.world_size, cfg.seed + 1),
-            "val": BatchSampler(val_ds, cfg.batch_size, d.world_size, cfg.seed + 2),
+            # Eval batch i is the same whatever the world size; rank r evaluates i = r, r + W, ...
+            "train": BatchSampler(train_ds, cfg.batch_size, 1, cfg.seed + 1),
+            "val": BatchSampler(val_ds, cfg.batch_size, 1, cfg.seed + 2),
         }
         self.autocast: AbstractContextManager[Any] = (
             torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -383,12 +403,12 @@ class Trainer:
         losses: dict[str, float] = {}
         for split, sampler in self.eval_samplers.items():
             total = torch.zeros((), device=self.device)
-            for i in range(self.cfg.eval_iters):
-                x, y = sampler.batch(i, self.dist.rank, self.device)
+            for i in range(self.dist.rank, self.cfg.eval_iters, self.dist.world_size):
+                x, y = sampler.batch(i, 0, self.device)
                 with self.autocast:
                     _, loss = net(x, y)
                 total += loss
-            losses[split] = distributed.mean(self.dist, total / self.cfg.eval_iters).item()
+            losses[split] = (distributed.total(self.dist, total) / self.cfg.eval_iters).item()
         net.train()
         self.log.line(f"eval step {step:04d} | train {losses['train']:.4f} | val {losses['val']:.4f}")
         self.log.record("eval", step=step, train_loss=losses["train"], val_loss=losses["val"])

@@ -85,3 +85,15 @@ def test_shipped_configs_parse() -> None:
     baby = load_config(["--config", str(root / "baby.yaml")])
     assert (baby.model, baby.batch_size, baby.max_iters, baby.lr, baby.min_lr, baby.beta2) == (
         "baby", 12, 2000, 1e-3, 1e-4, 0.99)
+
+
+def test_resume_checks_against_the_saved_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.trainer.helpers import FAST
+
+    out = ["--out-dir", str(tmp_path / "o")]
+    assert main([*FAST, *out, "--max-iters", "3"]) == 0  # tiny preset, 32 wide, block 32
+    capsys.readouterr()
+    _fails(capsys, [*FAST, *out, "--max-iters", "6", "--block-size", "64"],
+           "(64) is longer than the model's block_size (32)")
+    _fails(capsys, [*FAST, *out, "--max-iters", "6", "--n-layer", "3"], "another model (n_layer 2 vs 3)")
+    _fails(capsys, [*FAST, "--out-dir", str(tmp_path / "new"), "--resume", "must"], "has no checkpoint")
