@@ -68,16 +68,6 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(2)}"
 
 
-def ssh_override(endpoint: SSHEndpoint | None) -> SSHEndpoint | None:
-    """GPURUN_SSH_OVERRIDE=host:port[:user] reaches the instance through a tunnel (or a test sshd)."""
-    spec = os.environ.get("GPURUN_SSH_OVERRIDE")
-    if not spec:
-        return endpoint
-    host, _, rest = spec.partition(":")
-    port, _, user = rest.partition(":")
-    return SSHEndpoint(host, int(port or 22), user or (endpoint.user if endpoint else "root"))
-
-
 class Controller:
     """Drives one run. Constructed fresh for a launch, or from the ledger to resume/tear down."""
 
@@ -91,6 +81,8 @@ class Controller:
         self.offer = Offer(**{**run.plan["offer"], "billing": self.plan.billing})
         self.transport: Transport | None = None
         self.stop_requested = False
+        self.gpu_count = 0  # what bootstrap found on the instance
+        self.python = "python3"  # the instance's python that has torch
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -206,10 +198,11 @@ class Controller:
             time.sleep(POLL_S)
 
     def _connect(self, instance: Instance, endpoint: SSHEndpoint | None) -> None:
-        self.transport = self._make_transport(instance, endpoint)
+        transport = self._make_transport(instance, endpoint)
         budget_left = (self.run.stop_at_epoch or time.time() + 300) - time.time()
-        self.transport.wait_ready(timeout_s=max(5.0, min(300.0, budget_left)))
-        self.phase("ssh_ready", root=self.transport.root)
+        transport.wait_ready(timeout_s=max(5.0, min(300.0, budget_left)))
+        self.transport = transport  # only a reachable instance has outputs worth a final sync
+        self.phase("ssh_ready", root=transport.root)
 
     def _bootstrap(self, instance: Instance) -> None:
         from orchestrator.bootstrap import bootstrap
@@ -260,9 +253,9 @@ class Controller:
         # to the moment the watchdog would send its SIGTERM.
         args += ["--deadline-epoch", f"{self.watchdog_deadline() - self.grace_s():.0f}"]
         assert self.transport is not None
-        gpus = max(1, getattr(self, "gpu_count", 1) or 1)
-        python = getattr(self, "python", None) or "python3"
-        return trainer_command(gpus, args, python=python, out_dir=f"{self.transport.root}/out")
+        # One rank per GPU; an instance without GPUs runs --gpus CPU ranks (gloo), e.g. to test DDP.
+        gpus = self.gpu_count or max(1, opts.gpus)
+        return trainer_command(gpus, args, python=self.python, out_dir=f"{self.transport.root}/out")
 
     def _start_job(self) -> None:
         assert self.transport is not None
@@ -370,15 +363,15 @@ class Controller:
 
             return LocalTransport(Path(instance.raw["sandbox"]))
         from orchestrator.keys import run_key
-        from orchestrator.remote import LedgerHostKeys, SSHTransport
+        from orchestrator.remote import LedgerHostKeys, SSHTransport, resolve_endpoint
 
-        endpoint = ssh_override(endpoint)
         if endpoint is None:
             raise RunFailed(f"instance {instance.id} has no SSH endpoint")
+        endpoint = resolve_endpoint(endpoint)
         return SSHTransport(
             endpoint,
             run_key().private_path,
-            root=f"gpurun/{self.run.run_id}",
+            root=f"{os.environ.get('GPURUN_REMOTE_ROOT', 'gpurun')}/{self.run.run_id}",
             instance_id=instance.id,
             host_keys=LedgerHostKeys(self.ledger),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 from providers.base import Provider, ProviderError
@@ -21,7 +22,17 @@ class UnknownProviderError(ProviderError):
     pass
 
 
+def _load_plugins() -> None:
+    """GPURUN_PROVIDERS="name=module:Class,...": providers from outside this package (plugins, tests)."""
+    for item in filter(None, (x.strip() for x in os.environ.get("GPURUN_PROVIDERS", "").split(","))):
+        name, eq, target = item.partition("=")
+        if not eq or ":" not in target:
+            raise ProviderError(f"GPURUN_PROVIDERS entry {item!r}: expected name=module:Class")
+        _REGISTRY.setdefault(name.strip().lower(), target.strip())
+
+
 def provider_names() -> list[str]:
+    _load_plugins()
     return sorted(_REGISTRY)
 
 
@@ -31,6 +42,7 @@ def register(name: str, target: str) -> None:
 
 
 def get_provider(name: str, **options: Any) -> Provider:
+    _load_plugins()
     key = (name or "").strip().lower()
     if key not in _REGISTRY:
         raise UnknownProviderError(

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import time
 import urllib.request
@@ -164,6 +165,29 @@ _HINTS = {
 
 # (instance_type, region) -> on-demand USD/hour, or None when unknown. Injectable for tests.
 PriceLookup = Callable[[str, str], "float | None"]
+
+# GPURUN_AWS_PRICES="g5.xlarge=80,g4dn.xlarge=0.6": on-demand USD/hour per instance type instead of
+# the Pricing API (a negotiated rate; moto, which has no Pricing API). Offers priced this way are
+# flagged with this source, not "live"; types it does not name fall back to the static table.
+ENV_PRICES = "GPURUN_AWS_PRICES"
+PRICE_OVERRIDE_SOURCE = f"override ({ENV_PRICES})"
+
+
+def _env_price_lookup() -> PriceLookup | None:
+    spec = os.environ.get(ENV_PRICES, "").strip()
+    if not spec:
+        return None
+    prices: dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        itype, eq, value = item.partition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = -1.0
+        if not eq or not itype.strip() or not math.isfinite(price) or price <= 0:
+            raise ProviderError(f"{ENV_PRICES} entry {item!r}: expected INSTANCE_TYPE=USD_PER_HOUR (> 0)")
+        prices[itype.strip()] = price
+    return lambda instance_type, region: prices.get(instance_type)
 
 
 @dataclass(frozen=True)
@@ -327,7 +351,7 @@ class AWSProvider(Provider):
     overrides the SSM lookup), ami_ssm_parameter (SSM name that holds the AMI id), disk_gb (floor
     of the gp3 root volume), ssh_cidr (who may reach port 22: a CIDR or address, "auto" for this
     machine's public address, default 0.0.0.0/0), price_lookup (callable(type, region) -> USD/hour
-    or None; default: the AWS Pricing API), ssh_user, subnet_id (else the default VPC),
+    or None; default: GPURUN_AWS_PRICES if set, else the AWS Pricing API), ssh_user, subnet_id (else the default VPC),
     profile (a named AWS profile), sg_delete_timeout_s (how long cleanup waits for the group).
     """
 
@@ -358,8 +382,10 @@ class AWSProvider(Provider):
         self.subnet_id = subnet_id
         self.profile = profile
         self.sg_delete_timeout_s = float(sg_delete_timeout_s)
-        self._price_lookup: PriceLookup = price_lookup or self._pricing_api_price
-        self._pricing_injected = price_lookup is not None
+        env_lookup = None if price_lookup is not None else _env_price_lookup()
+        self._price_lookup: PriceLookup = price_lookup or env_lookup or self._pricing_api_price
+        self._pricing_injected = price_lookup is not None or env_lookup is not None
+        self._price_source = PRICE_OVERRIDE_SOURCE if env_lookup is not None else "live"
         self._pricing_down = False  # set once the Pricing API fails: don't pay its timeout per type
         self._session_obj: Any = None
         self._clients: dict[str, Any] = {}
@@ -574,7 +600,7 @@ class AWSProvider(Provider):
             try:
                 price = self._price_lookup(instance_type, region)
                 if price is not None and price > 0:
-                    return float(price), "live"
+                    return float(price), self._price_source
             except Exception as exc:  # noqa: BLE001 - any failure here only means "use the table"
                 if not self._pricing_injected:
                     self._pricing_down = True

@@ -237,10 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _FIELDS:
         typ, _ = _base_type(_HINTS[name])
         names = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        default = _FIELDS[name].default
+        help_text = f"default: {default!r}" if default != "" else "default: unset"
         if typ is bool:
-            ap.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction)
+            ap.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            ap.add_argument(*names, dest=name, metavar=typ.__name__.upper())
+            ap.add_argument(*names, dest=name, metavar=typ.__name__.upper(), help=help_text)
     return ap
 
 

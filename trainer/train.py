@@ -251,25 +251,7 @@ class Trainer:
         stop_now, reason = self.agree_stop(step_seconds=0.0, due=False)[:2]
         while not stop_now and step < cfg.max_iters:
             lr = lr_at(cfg, step)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss_acc = torch.zeros((), device=self.device)
-            for m in range(micro):
-                x, y = self.sampler.batch(step, d.rank * micro + m, self.device)
-                # Only the last micro-step all-reduces gradients.
-                sync = not d.enabled or m == micro - 1
-                with net.no_sync() if not sync else nullcontext():  # type: ignore[operator]
-                    with self.autocast:
-                        _, loss = net(x, y)
-                    loss = loss / micro
-                    scaler.scale(loss).backward()
-                loss_acc += loss.detach()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            loss_acc = self.train_step(net, opt, scaler, step, micro, lr)
             step += 1
             steps_since_log += 1
 
@@ -283,21 +265,9 @@ class Trainer:
             if step % cfg.log_interval == 0 or step == first_step or step == cfg.max_iters:
                 loss_val = distributed.mean(d, loss_acc).item()  # the only host sync of a step
                 now = time.time()
-                dt = (now - t_log) / steps_since_log
+                tok_s = tokens_per_step * steps_since_log / (now - t_log)
                 t_log, steps_since_log = now, 0
-                tok_s = tokens_per_step / dt
-                mfu = model.estimate_mfu(tok_s / d.world_size, seq, dev_name, self.dtype, cfg.peak_tflops)
-                elapsed = now - t_loop
-                mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-                self.log.line(
-                    f"step {step:04d} | loss {loss_val:.4f} | lr {lr:.2e} | tok/s {tok_s:.0f} | "
-                    f"mfu {mfu_text} | elapsed {elapsed:.1f}s"
-                )
-                self.log.record(
-                    "step", step=step, loss=loss_val, lr=lr, tokens_per_s=round(tok_s, 1),
-                    mfu=None if mfu is None else round(mfu, 5), elapsed_s=round(elapsed, 3),
-                )
-                self.log.progress(step, loss_val)
+                self.log_step(step, loss_val, lr, tok_s, now - t_loop, dev_name)
             else:
                 self.log.progress(step)
 
@@ -314,6 +284,47 @@ class Trainer:
         self.log.record("end", reason=reason, step=step)
         self.log.close()
         return 0
+
+    def train_step(
+        self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+        micro: int, lr: float,
+    ) -> torch.Tensor:
+        """One optimizer step over `micro` micro-batches; returns the mean loss as a device tensor."""
+        d = self.dist
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_acc = torch.zeros((), device=self.device)
+        for m in range(micro):
+            x, y = self.sampler.batch(step, d.rank * micro + m, self.device)
+            # Only the last micro-step all-reduces gradients.
+            sync = not d.enabled or m == micro - 1
+            with net.no_sync() if not sync else nullcontext():  # type: ignore[operator]
+                with self.autocast:
+                    _, loss = net(x, y)
+                loss = loss / micro
+                scaler.scale(loss).backward()
+            loss_acc += loss.detach()
+        if self.cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        return loss_acc
+
+    def log_step(self, step: int, loss: float, lr: float, tok_s: float, elapsed: float, dev_name: str) -> None:
+        mfu = self.model.estimate_mfu(tok_s / self.dist.world_size, self.seq_len, dev_name, self.dtype,
+                                      self.cfg.peak_tflops)
+        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+        self.log.line(
+            f"step {step:04d} | loss {loss:.4f} | lr {lr:.2e} | tok/s {tok_s:.0f} | "
+            f"mfu {mfu_text} | elapsed {elapsed:.1f}s"
+        )
+        self.log.record(
+            "step", step=step, loss=loss, lr=lr, tokens_per_s=round(tok_s, 1),
+            mfu=None if mfu is None else round(mfu, 5), elapsed_s=round(elapsed, 3),
+        )
+        self.log.progress(step, loss)
 
     def write_header(self, data_dir: Path, meta: dict[str, Any], resume_path: Path | None, step: int) -> None:
         d, cfg = self.dist, self.cfg

@@ -141,3 +141,20 @@ def test_corrupted_checkpoints_are_detected_never_loaded(tmp_path: Path, capsys:
             fh.truncate(10)
     assert main([*base, "--max-iters", "50"]) == 2
     assert "all are corrupted" in capsys.readouterr().err
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.runlog import RunLog
+
+    plain = RunLog(tmp_path / "a", enabled=True, progress="auto", total_steps=10)  # captured: not a tty
+    plain.progress(5, 2.0)
+    plain.line("step 0005 | loss 2.0000")
+    plain.close()
+    assert capsys.readouterr().out == "step 0005 | loss 2.0000\n"
+    bar = RunLog(tmp_path / "b", enabled=True, progress="on", total_steps=10)
+    bar.progress(5, 2.0)
+    bar.line("eval step 0005")
+    bar.close()
+    out = capsys.readouterr().out
+    assert out.startswith("\r[###############...............] 5/10 loss 2.0000\r\033[K") and out.endswith("eval step 0005\n")
+    assert (tmp_path / "b" / "train.log").read_text() == "eval step 0005\n"  # the log file never gets the bar

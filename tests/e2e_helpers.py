@@ -1,0 +1,196 @@
+"""Shared plumbing for the end-to-end tests (tests/test_e2e_*.py).
+
+Each e2e test drives the REAL CLI in a subprocess (`python -m orchestrator.cli ...`) against a fake
+cloud (or moto's server) that runs in the pytest process, with the loopback sshd standing in for
+the instance: the run's key is authorized there, its remote root is a temp dir, and every process
+the run leaves on the "instance" (trainer, watchdog) is killed when the test ends, so no dead-man's
+switch outlives its test and fires a self-destruct later.
+
+    from tests.e2e_helpers import E2E, e2e, sshd  # noqa: F401  (fixtures)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.ledger import Ledger, Run
+from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401  (re-exported fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A short trainer run on the tiny preset: a few step lines, one eval, a checkpoint, a sample.
+SHORT_TRAIN = ["--set", "max_iters=20", "--set", "log_interval=5", "--set", "eval_interval=10",
+               "--set", "eval_iters=2", "--set", "sample_tokens=20"]
+# A trainer run that only the budget guard ends (checkpoints every 2 s so one exists early).
+ENDLESS_TRAIN = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--set", "eval_interval=100000",
+                 "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
+
+
+def write_budgets(path: Path, provider: str, *, reserve_s: int = 20, min_runtime_s: int = 10,
+                  billing: dict[str, Any] | None = None) -> Path:
+    """The packaged budgets.yaml with a test-sized reserve / minimum runtime for `provider`."""
+    from orchestrator.budget import packaged_budgets_file
+
+    doc = yaml.safe_load(packaged_budgets_file().read_text())
+    prov = doc.setdefault("providers", {}).setdefault(provider, {})
+    prov["reserve_s"] = reserve_s
+    prov["min_runtime_s"] = min_runtime_s
+    if billing is not None:
+        prov["billing"] = billing
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def kill_processes_under(root: Path) -> list[int]:
+    """SIGKILL the process group of every process whose command line names `root` (jobs, watchdogs)."""
+    needle = str(root).encode()
+    mine = os.getpgrp()
+    killed: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if needle not in cmdline:
+                continue
+            pgid = os.getpgid(int(entry))
+        except (OSError, ProcessLookupError):
+            continue
+        if pgid in (mine, 0, 1) or pgid in killed:
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+            killed.append(pgid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+@dataclass
+class E2E:
+    """One e2e test's world: its temp dir, the sshd, the CLI's environment and budgets file."""
+
+    tmp: Path
+    sshd: SSHServer
+    remote_root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def budgets(self, provider: str, **kw: Any) -> Path:
+        return write_budgets(self.tmp / f"budgets-{provider}.yaml", provider, **kw)
+
+    def gpurun(self, *args: str, timeout: float = 120, input: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI in a subprocess; stdout/stderr captured, stdin closed unless `input`."""
+        full = {**os.environ, **self.env, **(env or {})}
+        full = {k: v for k, v in full.items() if v is not None}
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args], cwd=self.tmp, env=full,
+            capture_output=True, text=True, timeout=timeout,
+            input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        full = {**os.environ, **self.env, **(env or {})}
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args], cwd=self.tmp, env=full, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+
+@pytest.fixture
+def e2e(tmp_path: Path, sshd: SSHServer, gpurun_home: Path) -> Iterator[E2E]:  # noqa: F811
+    """The loopback sshd authorizes this test's run key; the run's files on it live under tmp."""
+    from orchestrator.keys import run_key
+
+    sshd.authorize(run_key().public_line)  # the same GPURUN_HOME as the CLI subprocess: the same key
+    remote_root = tmp_path / "instance"
+    remote_root.mkdir()
+    world = E2E(tmp=tmp_path, sshd=sshd, remote_root=remote_root, env={
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "200",
+        "GPURUN_REMOTE_ROOT": str(remote_root),
+        "GPURUN_VERIFY_TIMEOUT_S": "60",
+    })
+    try:
+        yield world
+    finally:
+        kill_processes_under(remote_root)
+
+
+# ---- reading the outcome ---------------------------------------------------------------------------
+
+
+def only_run() -> Run:
+    runs = Ledger().list_runs()
+    assert len(runs) == 1, [r.run_id for r in runs]
+    return runs[0]
+
+
+def ledger_instances() -> list[str]:
+    ledger = Ledger()
+    return [i.instance_id for r in ledger.list_runs() for i in ledger.instances(r.run_id)]
+
+
+def proof_of(run: Run) -> dict[str, Any]:
+    return json.loads((Path(run.run_dir) / "shutdown_proof.json").read_text())
+
+
+def phases(run: Run) -> list[str]:
+    return [e.phase for e in Ledger().events(run.run_id)]
+
+
+def event(run: Run, phase: str) -> Any:
+    return next(e for e in Ledger().events(run.run_id) if e.phase == phase)
+
+
+def assert_trained_and_synced(run: Run, *, finished: bool) -> dict[str, Any]:
+    """The trainer's outputs came home: log, metrics, a verified checkpoint; returns the manifest."""
+    from trainer.manifest import verify_checkpoints
+
+    out = Path(run.run_dir) / "out"
+    log = (out / "train.log").read_text()
+    assert "device: cpu" in log and log.count("| loss ") >= 3, log[-2000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    ends = [r for r in records if r.get("type") == "end"]
+    assert ends, "the trainer never wrote its end record (it did not stop cleanly)"
+    if finished:
+        assert ends[-1]["reason"] == "max_iters" and (out / "sample.txt").exists()
+    else:
+        assert ends[-1]["reason"] in ("signal", "deadline"), ends[-1]
+    ok, bad = verify_checkpoints(out / "checkpoints")
+    assert ok and not bad, (ok, bad)
+    return json.loads((out / "checkpoints" / "MANIFEST.json").read_text())
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit != 0 and exactly one non-empty line on stderr, naming the problem; no traceback."""
+    assert res.returncode != 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    low = lines[0].lower()
+    for n in needles:
+        assert n.lower() in low, lines[0]
+    return lines[0]
+
+
+def wait_for(pred: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(every_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")

@@ -1,0 +1,160 @@
+"""The SSH transport end to end: the real CLI, a real sshd on loopback as the instance, the real
+trainer under torchrun (2 CPU ranks), real rsync, the real watchdog."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.keys import run_key
+from orchestrator.ledger import Ledger
+from tests.fixtures.sshd import SSHServer, free_port, sshd  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+
+BUDGETS = """\
+per_run_default_usd: 1.0
+per_run_max_usd: 5.0
+daily_usd: null
+monthly_usd: null
+providers:
+  loopback:
+    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
+    reserve_s: 30
+    min_runtime_s: 10
+"""
+
+
+@pytest.fixture
+def loopback(sshd: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:  # noqa: F811
+    sshd.authorize(run_key().public_line)
+    remote = tmp_path / "instance"
+    remote.mkdir()
+    budgets = tmp_path / "budgets.yaml"
+    budgets.write_text(BUDGETS)
+    env = {
+        "GPURUN_PROVIDERS": "loopback=tests.fakes.loopback_provider:LoopbackProvider",
+        "GPURUN_LOOPBACK_SSH": f"{sshd.host}:{sshd.port}:{sshd.user}",
+        "GPURUN_LOOPBACK_USD_PER_HOUR": "3.6",  # 0.001 USD a second
+        "GPURUN_REMOTE_ROOT": str(remote),
+        "GPURUN_VERIFY_TIMEOUT_S": "60",
+        "PYTHONPATH": str(REPO),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield {"budgets": str(budgets), "remote": str(remote)}
+
+
+def launch(args: list[str], cwd: Path, **kw: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "loopback", "--yes", *args],
+        cwd=cwd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL, **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Path) -> None:
+    # 0.065 USD at 0.001 USD/s buys 65 s; the guard stops the job at 35 s (30 s reserve).
+    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.065", "--gpus", "2",
+                   "--sync-interval", "3", "--set", "max_iters=1000000", "--set", "ckpt_interval_s=3"], tmp_path)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    ledger = Ledger()
+    (run,) = ledger.list_runs()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.065
+    events = ledger.events(run.run_id)
+    phases = [e.phase for e in events if e.phase in ("creating", "booting", "ssh_ready", "bootstrapped",
+                                                     "running", "stopping", "syncing_final",
+                                                     "terminating", "verified")]
+    assert phases == ["creating", "booting", "ssh_ready", "bootstrapped", "running", "stopping",
+                      "syncing_final", "terminating", "verified"]
+    periodic = [e.payload for e in events if e.phase == "sync" and not e.payload["final"]]
+    verified_syncs = [p for p in periodic if p["verified"] and p["method"] == "rsync"]
+    assert len(verified_syncs) >= 2, periodic
+    stopping = next(e for e in events if e.phase == "stopping")
+    assert "deadline" in stopping.payload["reason"]
+    running = next(e for e in events if e.phase == "running")
+    assert "--nproc-per-node=2" in running.payload["command"]
+
+    run_dir = Path(run.run_dir)
+    hardware = json.loads((run_dir / "out" / "hardware.json").read_text())
+    assert hardware["world_size"] == 2
+    ends = [json.loads(x) for x in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert ends[-1]["type"] == "end" and ends[-1]["reason"] == "signal"  # the guard's SIGTERM
+    from trainer.manifest import verify_checkpoints
+
+    ok, bad = verify_checkpoints(run_dir / "out" / "checkpoints")
+    assert ok and not bad
+    manifest = json.loads((run_dir / "out" / "checkpoints" / "MANIFEST.json").read_text())
+    assert manifest["checkpoints"][-1]["step"] == ends[-1]["step"]  # the final checkpoint came home
+    proof = json.loads((run_dir / "shutdown_proof.json").read_text())
+    assert proof["verified"] is True and proof["zero_match_listing"] == []
+    assert (run_dir / "watchdog.log").exists()
+    # The watchdog never had to fire: the guard did the job.
+    assert not (Path(loopback["remote"]) / run.run_id / "self_destruct.ran").exists()
+
+
+def test_watchdog_alone_stops_the_job_and_self_destructs_when_the_controller_dies(
+    loopback: dict[str, str], tmp_path: Path
+) -> None:
+    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.05", "--set", "max_iters=1000000",
+                   "--set", "ckpt_interval_s=3"], tmp_path)
+    ledger = Ledger()
+    try:
+        end = time.time() + 90
+        while time.time() < end:
+            runs = ledger.list_runs()
+            if runs and runs[0].phase == "running":
+                remote = Path(loopback["remote"]) / runs[0].run_id
+                if (remote / "out" / "checkpoints" / "MANIFEST.json").exists():
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint before the controller was to be killed")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    run = ledger.list_runs()[0]
+    assert run.deadline_epoch is not None
+    marker = remote / "self_destruct.ran"
+    while not marker.exists() and time.time() < run.deadline_epoch + 5:
+        time.sleep(0.5)
+    assert marker.exists(), (remote / "watchdog.log").read_text()
+    fired_at = int(marker.read_text().strip())
+    assert fired_at <= run.deadline_epoch, "the self-destruct must land before the money runs out"
+    ends = [json.loads(x) for x in (remote / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert ends[-1]["type"] == "end"  # the job stopped cleanly, with a checkpoint, before the kill
+    manifest = json.loads((remote / "out" / "checkpoints" / "MANIFEST.json").read_text())
+    assert manifest["checkpoints"][-1]["step"] == ends[-1]["step"]
+
+    # A later teardown finds the run, sees the instance gone, and writes the proof.
+    down = subprocess.run([sys.executable, "-m", "orchestrator.cli", "teardown", run.run_id],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert ledger.resolve_run(run.run_id).phase == "verified"
+
+
+def test_unreachable_endpoint_fails_in_bounded_time_and_is_torn_down(
+    loopback: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPURUN_LOOPBACK_SSH", f"127.0.0.1:{free_port()}:root")  # nothing listens
+    started = time.time()
+    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.045"], tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    took = time.time() - started
+    assert proc.returncode != 0, out
+    assert "error:" in out and "127.0.0.1" in out, out
+    assert took < 45, f"took {took:.0f} s"
+    (run,) = Ledger().list_runs()
+    assert run.phase == "verified" and run.error
+    from tests.fakes.loopback_provider import LoopbackProvider
+
+    assert LoopbackProvider().get(f"lb-{run.run_id}").state == "terminated"
