@@ -15,7 +15,9 @@ from pathlib import Path
 from orchestrator.transport import Transport
 
 TRAINER_DIR = Path(__file__).resolve().parent.parent / "trainer"
-PYTHON_CANDIDATES = ("python3", "python", "/opt/conda/bin/python", "/usr/local/bin/python3", "/usr/bin/python3")
+# The AWS Deep Learning AMI keeps PyTorch in /opt/pytorch; conda images in /opt/conda.
+PYTHON_CANDIDATES = ("python3", "python", "/opt/pytorch/bin/python", "/opt/conda/bin/python",
+                     "/usr/local/bin/python3", "/usr/bin/python3")
 
 # Prints one JSON line; must run on any python3 with or without torch/numpy.
 _CHECK = r"""
@@ -80,11 +82,15 @@ def _str(v: object) -> str | None:
 
 
 def find_python(transport: Transport) -> str:
+    """The first candidate python >= 3.9 that already has torch, else the first python >= 3.9."""
     tests = " ".join(shlex.quote(p) for p in PYTHON_CANDIDATES)
+    probe = "import sys; sys.exit(sys.version_info < (3, 9))"
     res = transport.run(
-        f"for p in {tests}; do if command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c 'import sys; "
-        f"sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then command -v \"$p\"; exit 0; fi; done; exit 1",
-        timeout_s=60)
+        f"for p in {tests}; do command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c {shlex.quote(probe + '; import torch')} "
+        f"2>/dev/null && {{ command -v \"$p\"; exit 0; }}; done; "
+        f"for p in {tests}; do command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c {shlex.quote(probe)} "
+        f"2>/dev/null && {{ command -v \"$p\"; exit 0; }}; done; exit 1",
+        timeout_s=120)
     if not res.ok or not res.stdout.strip():
         raise BootstrapError("no python >= 3.9 on the instance (tried "
                              f"{', '.join(PYTHON_CANDIDATES)}); use a PyTorch image")

@@ -629,6 +629,8 @@ class AWSProvider(Provider):
 
     def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
         region = self.region
+        if self.image:  # an explicit AMI (--image) is checked when planning: a typo must create nothing
+            self._describe_image(self.image)
         types = self._gpu_types()
         wanted = [s for s in types.values() if gpu is None or _gpu_matches(gpu, s)]
         if gpu and not wanted:
@@ -704,7 +706,9 @@ class AWSProvider(Provider):
         return best[1]
 
     def _resolve_image(self, spec: InstanceSpec) -> dict[str, Any]:
-        ami = spec.image or self.image or self._ami_from_ssm()
+        return self._describe_image(spec.image or self.image or self._ami_from_ssm())
+
+    def _describe_image(self, ami: str) -> dict[str, Any]:
         got = self._call(
             "describe-images", self.ec2.describe_images, ImageIds=[ami],
             tolerate=("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"),

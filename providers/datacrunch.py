@@ -58,6 +58,8 @@ DEFAULT_BASE_URL = "https://api.verda.com/v1"
 DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
 DEFAULT_LOCATION = "FIN-03"
 DEFAULT_CREDENTIALS_PATH = "/root/.gpurun/dc_credentials"
+# Where ON THE INSTANCE the self-destruct credential file goes, when credentials_path= is not given.
+ENV_CREDENTIALS_PATH = ("DATACRUNCH_CREDENTIALS_PATH", "VERDA_CREDENTIALS_PATH")
 # No published billing increment found: the DESIGN's conservative default until budgets.yaml says otherwise.
 DEFAULT_BILLING = BillingRule(600, 0, "conservative default: no published rule found")  # = budgets.yaml
 HOURS_PER_MONTH = Decimal(730)
@@ -170,7 +172,7 @@ class DataCrunchProvider(Provider):
         currency: str = "usd",
         ssh_user: str = "root",
         startup_script: str | None = None,
-        credentials_path: str = DEFAULT_CREDENTIALS_PATH,
+        credentials_path: str | None = None,
         watchdog_client_id: str | None = None,
         watchdog_client_secret: str | None = None,
         self_destruct_timeout_s: int = 900,
@@ -192,7 +194,7 @@ class DataCrunchProvider(Provider):
         self.currency = currency
         self.ssh_user = ssh_user
         self.startup_script = startup_script
-        self.credentials_path = credentials_path
+        self.credentials_path = credentials_path or _env(ENV_CREDENTIALS_PATH) or DEFAULT_CREDENTIALS_PATH
         # A separate API client for the instance lets the user revoke it without touching their main one.
         self.watchdog_client_id = watchdog_client_id or _env(ENV_WATCHDOG_ID)
         self.watchdog_client_secret = watchdog_client_secret or _env(ENV_WATCHDOG_SECRET)

@@ -91,8 +91,9 @@ class E2E:
         return write_budgets(self.tmp / f"budgets-{provider}.yaml", provider, **kw)
 
     def gpurun(self, *args: str, timeout: float = 120, input: str | None = None,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        """Run the real CLI in a subprocess; stdout/stderr captured, stdin closed unless `input`."""
+               env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI in a subprocess; stdout/stderr captured, stdin closed unless `input`.
+        An `env` value of None removes that variable."""
         full = {**os.environ, **self.env, **(env or {})}
         full = {k: v for k, v in full.items() if v is not None}
         return subprocess.run(
@@ -102,7 +103,7 @@ class E2E:
         )
 
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        full = {**os.environ, **self.env, **(env or {})}
+        full = {**os.environ, **self.env, **(env or {})}  # output: stdout and stderr together
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", *args], cwd=self.tmp, env=full, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -122,6 +123,8 @@ def e2e(tmp_path: Path, sshd: SSHServer, gpurun_home: Path) -> Iterator[E2E]:  #
         "COLUMNS": "200",
         "GPURUN_REMOTE_ROOT": str(remote_root),
         "GPURUN_VERIFY_TIMEOUT_S": "60",
+        # The "instance" is this machine: its watchdog must never run a cloud's `shutdown -h now`.
+        "GPURUN_SELF_DESTRUCT_CMD": f"date +%s > {remote_root}/self_destruct.ran",
     })
     try:
         yield world

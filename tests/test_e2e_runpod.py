@@ -79,7 +79,6 @@ def test_launch_trains_syncs_terminates_and_proves(e2e: E2E, fake: FakeRunPodAPI
     assert (Path(run.run_dir) / "EVIDENCE.md").exists()
 
 
-
 def test_price_that_makes_the_cap_bite_stops_with_a_checkpoint(e2e: E2E, fake: FakeRunPodAPI) -> None:  # noqa: F811
     # 80 USD/h: 1 USD buys 44 s; the guard stops the job at 24 s, leaving the 20 s reserve.
     res = launch(e2e, "--gpu", "PRICEY", *ENDLESS_TRAIN, max_usd="1")

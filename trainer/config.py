@@ -67,7 +67,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False
     seed: int = 1337
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 0  # torch CPU threads; 0 = auto (1 for models under 2M parameters, else cores / ranks)
     peak_tflops: float | None = None  # override the device's peak for MFU
     deadline_epoch: float | None = None  # absolute UNIX time by which a checkpoint must exist
     deadline_margin_s: float = 2.0

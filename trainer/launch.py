@@ -30,7 +30,9 @@ def free_port() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.launch", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m trainer.launch", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     ap.add_argument("--nproc-per-node", type=int, default=1)
     ap.add_argument("--module", default="trainer.train", help="module each rank runs")
     args, rest = ap.parse_known_args(argv)

@@ -8,6 +8,7 @@ docs/ARCHITECTURE.md: train.log, metrics.jsonl, hardware.json, checkpoints/ + MA
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import time
@@ -66,6 +67,17 @@ def lr_at(cfg: TrainConfig, it: int) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 
+def cpu_threads(num_params: int, world_size: int) -> int:
+    """Torch CPU threads when not configured: one for small models, else a share of the cores.
+
+    Tiny models gain nothing from more threads, and OpenMP threads on a busy machine spin-wait each
+    other into a crawl (a 0.1M model ran 20x slower with 2 threads beside other jobs on 2 cores).
+    """
+    if num_params < 2_000_000:
+        return 1
+    return max(1, (os.cpu_count() or 1) // world_size)
+
+
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         if device.type == "cuda":
@@ -104,13 +116,20 @@ class Trainer:
                 raise ConfigError(f"data_dir {d} has no *train*.bin and *val*.bin shards: run python -m trainer.data")
             return d
         d = self.out / "data"
+        error: str | None = None
         if self.dist.master and not data.is_prepared(d):
             # Reuse what an earlier (resumed) run prepared, so its token ids stay the same.
-            if cfg.text_file:
-                data.prepare_file(cfg.text_file, d, cfg.tokenizer, cfg.bpe_dir or None)
-            else:
-                data.prepare_builtin(d, cfg.tokenizer, cfg.bpe_dir or None)
-        distributed.barrier(self.dist)
+            try:
+                if cfg.text_file:
+                    data.prepare_file(cfg.text_file, d, cfg.tokenizer, cfg.bpe_dir or None)
+                else:
+                    data.prepare_builtin(d, cfg.tokenizer, cfg.bpe_dir or None)
+            except (OSError, ValueError, RuntimeError) as e:
+                error = f"cannot prepare the data: {e}"
+        # Every rank learns of a failure, rather than waiting for rank 0 forever.
+        error = distributed.broadcast_object(self.dist, error)
+        if error:
+            raise ConfigError(error)
         return d
 
     def find_resume(self) -> Path | None:
@@ -120,14 +139,17 @@ class Trainer:
         name: str | None = None
         error: str | None = None
         if self.dist.master:
-            entry, bad = checkpoint.find_latest(self.ckpt_dir)
+            try:
+                entry, bad = checkpoint.find_latest(self.ckpt_dir)
+            except CheckpointError as e:
+                entry, bad, error = None, {}, str(e)
             for file, reason in bad.items():
                 self.log.line(f"checkpoint: rejected checkpoints/{file} ({reason})")
             if entry is not None:
                 name = entry.file
             elif bad:
                 error = f"no valid checkpoint in {self.ckpt_dir}: all are corrupted; remove them or pass --resume never"
-            elif cfg.resume == "must":
+            elif cfg.resume == "must" and error is None:
                 error = f"resume=must but {self.ckpt_dir} has no checkpoint"
         name, error = distributed.broadcast_object(self.dist, (name, error))
         if error:
@@ -191,6 +213,8 @@ class Trainer:
         model = self.build_model(meta, resume)
         self.model = model
         self.meta = meta
+        if self.device.type == "cpu" and not cfg.threads:
+            torch.set_num_threads(cpu_threads(model.num_params(), d.world_size))
 
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -248,6 +272,7 @@ class Trainer:
             self.evaluate(step)
             t_loop = t_log = t_prev = time.time()
             self.paused_s = 0.0
+        self.last_ckpt_time = t_loop  # the time-based interval counts training time, not start-up
         stop_now, reason = self.agree_stop(step_seconds=0.0, due=False)[:2]
         while not stop_now and step < cfg.max_iters:
             lr = lr_at(cfg, step)

@@ -97,3 +97,8 @@ def test_resume_checks_against_the_saved_model(tmp_path: Path, capsys: pytest.Ca
            "(64) is longer than the model's block_size (32)")
     _fails(capsys, [*FAST, *out, "--max-iters", "6", "--n-layer", "3"], "another model (n_layer 2 vs 3)")
     _fails(capsys, [*FAST, "--out-dir", str(tmp_path / "new"), "--resume", "must"], "has no checkpoint")
+
+
+def test_missing_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--text-file", str(tmp_path / "nope.txt"), "--out-dir", str(tmp_path / "o"), "--threads", "1"],
+           "cannot prepare the data")

@@ -60,7 +60,7 @@ def test_signal_to_one_rank_stops_all_ranks_cleanly(tmp_path: Path) -> None:
         time.sleep(0.1)
     ranks = _children(launcher.pid)
     assert len(ranks) == 2
-    os.kill(ranks[1], signal.SIGTERM)  # only the non-master rank hears it
+    os.kill(ranks[1], signal.SIGUSR1)  # only the non-master rank hears it
     stdout, stderr = launcher.communicate(timeout=90)
     assert launcher.returncode == 0, stderr[-3000:]
     end = records(out, "end")

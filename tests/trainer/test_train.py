@@ -20,7 +20,7 @@ def test_loss_falls_on_tiny_shakespeare(tmp_path: Path, shared_data: Path) -> No
     out = tmp_path / "out"
     argv = [
         "--text-file", str(shared_data / "tinyshakespeare" / "input.txt"), "--out-dir", str(out),
-        "--threads", "2", "--model", "tiny", "--batch-size", "16", "--max-iters", "150", "--lr", "6e-3",
+        "--threads", "1", "--model", "tiny", "--batch-size", "16", "--max-iters", "150", "--lr", "6e-3",
         "--warmup-iters", "10", "--eval-interval", "75", "--eval-iters", "10", "--log-interval", "50",
         "--ckpt-interval-s", "0", "--sample-tokens", "100", "--progress", "off",
     ]

@@ -1,0 +1,188 @@
+"""Issue 6 end to end: `gpurun` on AWS, through the real CLI and the real boto3 talking to moto's
+server (tests/fixtures/moto_server.py); SSH goes to the loopback sshd via GPURUN_SSH_OVERRIDE."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.ledger import Ledger
+from providers.aws import AWS_BILLING, PRICE_OVERRIDE_SOURCE, TAG_RUN_ID, billed_seconds, ebs_usd_per_hour
+from tests.e2e_helpers import (
+    E2E,
+    ENDLESS_TRAIN,
+    SHORT_TRAIN,
+    assert_one_line_error,
+    assert_trained_and_synced,
+    e2e,  # noqa: F401  (fixture)
+    event,
+    ledger_instances,
+    only_run,
+    phases,
+    proof_of,
+    sshd,  # noqa: F401  (fixture)
+)
+from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def aws(e2e: E2E, moto_aws: MotoAWS) -> Iterator[Any]:  # noqa: F811
+    """boto3's EC2 client on moto; the CLI reaches the "instance" (the sshd) through the override."""
+    import boto3
+
+    e2e.env["GPURUN_SSH_OVERRIDE"] = f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}"
+    yield boto3.client("ec2", region_name=moto_aws.region)
+
+
+def all_instances(ec2: Any) -> list[dict[str, Any]]:
+    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def gpurun_keys_and_groups(ec2: Any) -> tuple[list[str], list[str]]:
+    keys = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("gpurun-")]
+    groups = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]
+              if g["GroupName"].startswith("gpurun-")]
+    return keys, groups
+
+
+def launch(e2e: E2E, *extra: str, gpu: str = "A10G", max_usd: str = "3",  # noqa: F811
+           budgets: Path | None = None, env: dict[str, str | None] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return e2e.gpurun("launch", "--provider", "aws", "--gpu", gpu, "--max-usd", max_usd, "--yes",
+                      "--budgets", str(budgets or e2e.budgets("aws")), "--sync-interval", "3", *extra,
+                      env=env, timeout=timeout)
+
+
+def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any) -> None:  # noqa: F811
+    res = launch(e2e, *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    assert "stopping" in phases(run) and phases(run)[-1] == "verified"
+
+    (iid,) = ledger_instances()
+    (desc,) = all_instances(aws)
+    assert desc["InstanceId"] == iid and desc["State"]["Name"] == "terminated"
+    assert desc["InstanceType"].startswith("g5.")
+    proof = proof_of(run)
+    assert proof["verified"] is True and proof["instance_ids"] == [iid]
+    (final,) = proof["final_describe"]
+    assert final["state"] == "terminated" and final["raw"]["state_name"] == "terminated"
+    # The tag query (live states, tag gpurun:run-id = the run) found nothing.
+    assert proof["zero_match_listing"] == [] and proof["zero_match"] is True
+    # The key pair and security group the run made are gone, and the proof says so.
+    assert gpurun_keys_and_groups(aws) == ([], [])
+    deleted = " ".join(proof["deleted_resources"])
+    assert f"key-pair gpurun-{run.run_id}" in deleted and "security-group sg-" in deleted
+    assert run.usd_per_hour is not None and billed_seconds(desc) * run.usd_per_hour / 3600 <= 3
+
+
+def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E2E,  # noqa: F811
+                                                                          aws: Any) -> None:
+    # 36 USD/h: 1 USD buys 99 s (the 60 s minimum fits); a 70 s reserve has the guard stop at ~29 s.
+    # The watchdog (whose AWS self-destruct is `sudo shutdown -h now`) would fire at ~64 s: the
+    # timeout kills a hung launch before that, and the e2e fixture then kills the watchdog.
+    budgets = e2e.budgets("aws", reserve_s=70, min_runtime_s=20)
+    res = launch(e2e, *ENDLESS_TRAIN, gpu="g5.xlarge", max_usd="1", budgets=budgets,
+                 env={"GPURUN_AWS_PRICES": "g5.xlarge=36"}, timeout=55)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert PRICE_OVERRIDE_SOURCE in res.stdout  # the plan says the price is not a live one
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 1
+    assert "deadline" in event(run, "stopping").payload["reason"]
+    assert_trained_and_synced(run, finished=False)
+
+    (desc,) = all_instances(aws)
+    assert desc["InstanceType"] == "g5.xlarge" and desc["State"]["Name"] == "terminated"
+    hourly = 36 + ebs_usd_per_hour(100)
+    # moto's LaunchTime and its "User initiated (<time>)" termination time, per second, 60 s minimum.
+    billed = billed_seconds(desc, rule=AWS_BILLING)
+    assert billed >= 60
+    assert billed * hourly / 3600 <= 1.0, f"{billed} s at {hourly:.4f} USD/h"
+    assert proof_of(run)["verified"] is True
+
+
+def _orphan(ec2: Any, run_id: str) -> str:
+    """An instance tagged gpurun that no run in the ledger owns (a crashed controller's leftover)."""
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    resp = ec2.run_instances(
+        ImageId=image, InstanceType="g5.xlarge", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [
+            {"Key": TAG_RUN_ID, "Value": run_id}, {"Key": "Name", "Value": f"gpurun-{run_id}"}]}],
+    )
+    return str(resp["Instances"][0]["InstanceId"])
+
+
+def _state(ec2: Any, iid: str) -> str:
+    return str(ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+
+def test_sweep_finds_and_terminates_an_orphan(e2e: E2E, aws: Any) -> None:  # noqa: F811
+    iid = _orphan(aws, "20250101-000000-dead")
+    res = e2e.gpurun("sweep", "--provider", "aws", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    row = next((ln for ln in res.stdout.splitlines() if iid in ln), None)
+    assert row is not None, res.stdout
+    assert "gpurun-20250101-000000-dead" in row and "running" in row
+    assert "1.006" in row  # its price (the static g5.xlarge rate: moto has no Pricing API) ...
+    assert "cost so far" in res.stdout and " 0.0" in row  # ... and what it has cost so far
+    assert f"{iid}: terminated (verified)" in res.stdout
+    assert _state(aws, iid) == "terminated"
+    assert Ledger().list_runs() == []  # a sweep owns nothing; it only terminates
+
+
+def test_sweep_asks_and_terminates_on_y(e2e: E2E, aws: Any) -> None:  # noqa: F811
+    """Without --yes the sweep asks on the terminal; answering "y" terminates."""
+    import pty
+
+    iid = _orphan(aws, "20250101-000000-beef")
+    master, slave = pty.openpty()
+    env = {**os.environ, **e2e.env}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "--provider", "aws"],
+                            cwd=e2e.tmp, env=env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    os.close(slave)
+    try:
+        os.write(master, b"y\n")
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, out
+    assert "Terminate these 1 instance(s)?" in out and f"{iid}: terminated (verified)" in out
+    assert _state(aws, iid) == "terminated"
+
+
+def test_sweep_answer_no_leaves_it_running(e2e: E2E, aws: Any) -> None:  # noqa: F811
+    iid = _orphan(aws, "20250101-000000-cafe")
+    res = e2e.gpurun("sweep", "--provider", "aws")  # no terminal to ask on, no --yes: refuse
+    assert res.returncode != 0 and "--yes" in res.stderr
+    assert _state(aws, iid) == "running"
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "needles"),
+    [
+        pytest.param([], {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}, ["AWS credentials"],
+                     id="missing-credentials"),
+        pytest.param(["--gpu", "NOPE9000"], {}, ["AWS has no instance type with GPU", "NOPE9000"], id="unknown-gpu"),
+        pytest.param(["--gpu", "g9.mega"], {}, ["g9.mega"], id="unknown-instance-type"),
+        pytest.param(["--image", "ami-0123456789abcdef0"], {}, ["AMI", "ami-0123456789abcdef0", "does not exist"],
+                     id="missing-ami"),
+    ],
+)
+def test_bad_launch_is_one_line_and_creates_nothing(e2e: E2E, aws: Any, extra: list[str],  # noqa: F811
+                                                    env: dict[str, str | None], needles: list[str]) -> None:
+    res = e2e.gpurun("launch", "--provider", "aws", "--max-usd", "3", "--yes", *(extra or ["--gpu", "A10G"]),
+                     env=env)
+    assert_one_line_error(res, *needles)
+    assert all_instances(aws) == []
+    assert gpurun_keys_and_groups(aws) == ([], [])
+    assert ledger_instances() == [] and Ledger().list_runs() == []
+

@@ -1,0 +1,146 @@
+"""Issue 7 end to end: `gpurun` on DataCrunch (Verda), through the real CLI and the real `verda` SDK
+talking to the REST fake (tests/fakes/datacrunch_api.py); SSH goes to the loopback sshd."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.ledger import Ledger
+from providers.base import BillingRule
+from tests.e2e_helpers import (
+    E2E,
+    SHORT_TRAIN,
+    assert_trained_and_synced,
+    e2e,  # noqa: F401  (fixture)
+    ledger_instances,
+    only_run,
+    phases,
+    proof_of,
+    sshd,  # noqa: F401  (fixture)
+    wait_for,
+)
+from tests.fakes.datacrunch_api import PROVISIONING_REFUSAL, FakeDataCrunchAPI
+
+
+@pytest.fixture
+def fake(e2e: E2E) -> Iterator[FakeDataCrunchAPI]:  # noqa: F811
+    # The meter bills like budgets.yaml's conservative rule for DataCrunch: whole 10 minutes.
+    api = FakeDataCrunchAPI(billing=BillingRule(600, 0, "budgets.yaml default"), ip=e2e.sshd.host,
+                            ordered_s=0.3, provisioning_s=1.0).start()
+    e2e.env.update({
+        "DATACRUNCH_BASE_URL": api.base_url,
+        "DATACRUNCH_CLIENT_ID": api.client_id,
+        "DATACRUNCH_CLIENT_SECRET": api.client_secret,
+        # The self-destruct credential goes to this path ON the instance (this machine): not /root.
+        "DATACRUNCH_CREDENTIALS_PATH": str(e2e.tmp / "instance-home" / "dc_credentials"),
+        "GPURUN_SSH_OVERRIDE": f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}",
+    })
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def launch_args(e2e: E2E, *extra: str) -> list[str]:  # noqa: F811
+    return ["launch", "--provider", "datacrunch", "--max-usd", "3", "--yes",
+            "--budgets", str(e2e.budgets("datacrunch")), "--sync-interval", "3", *SHORT_TRAIN, *extra]
+
+
+def deletes(fake: FakeDataCrunchAPI) -> list[dict[str, object]]:
+    return [r for r in fake.calls("PUT", "/instances") if r["action"] == "delete"]
+
+
+def test_launch_trains_syncs_deletes_verifies_and_cleans_up(e2e: E2E,  # noqa: F811
+                                                            fake: FakeDataCrunchAPI) -> None:
+    res = e2e.gpurun(*launch_args(e2e))
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    assert "stopping" in phases(run)
+
+    (iid,) = ledger_instances()
+    assert fake.status_of(iid) == "discontinued"
+    assert fake.meter(iid)["running"] is False and fake.total_usd() <= 3
+    assert [r["status"] for r in deletes(fake)] == [202]  # one delete, accepted
+    proof = proof_of(run)
+    assert proof["verified"] is True and proof["instance_ids"] == [iid]
+    (final,) = proof["final_describe"]
+    assert final["state"] == "terminated" and final["raw"]["status"] == "discontinued"
+    assert proof["zero_match_listing"] == []  # absent from GET /instances
+    # The run's SSH key (and any startup script) are deleted, and the proof lists them.
+    assert fake.ssh_keys == {} and fake.scripts == {}
+    assert any(d.startswith("ssh_key:") for d in proof["deleted_resources"]), proof["deleted_resources"]
+    # The self-destruct credential went where the test said, 0600, and nowhere near the real /root.
+    cred = Path(e2e.env["DATACRUNCH_CREDENTIALS_PATH"])
+    assert cred.exists() and stat.S_IMODE(cred.stat().st_mode) == 0o600
+    assert fake.client_secret not in (Path(run.run_dir) / "shutdown_proof.json").read_text()
+
+
+def test_teardown_while_provisioning_deletes_once_it_can(e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    fake.provisioning_s = 3600.0  # held in provisioning until the test lets go
+    launch = e2e.popen(*launch_args(e2e))
+    down: subprocess.Popen[str] | None = None
+    try:
+        wait_for(lambda: ledger_instances() and Ledger().list_runs()[0].phase == "booting"
+                 and fake.status_of(ledger_instances()[0]) == "provisioning", 60,
+                 "the launch to create the instance and wait for it to boot")
+        run = only_run()
+        (iid,) = ledger_instances()
+        down = e2e.popen("teardown", run.run_id)
+        # The delete is refused while provisioning ("Can't discontinue a provisioning instance") ...
+        wait_for(lambda: any(r["status"] == 400 for r in deletes(fake)), 60, "a refused delete")
+        assert fake.status_of(iid) == "provisioning"
+        fake.provisioning_s = 0.0  # ... until the instance is up
+        out, _ = down.communicate(timeout=90)
+        assert down.returncode == 0, out
+    finally:
+        for proc in (launch, down):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+    assert launch.returncode == -signal.SIGKILL  # teardown took the run over from the launch
+    run = Ledger().resolve_run(run.run_id)
+    assert run.phase == "verified"
+    assert fake.status_of(iid) == "discontinued"
+    statuses = [r["status"] for r in deletes(fake)]
+    assert statuses[0] == 400 and 202 in statuses, statuses
+    proof = proof_of(run)
+    errors = [r.get("error") or "" for r in proof["terminate_requests"]]
+    assert any(PROVISIONING_REFUSAL in e for e in errors), errors
+    assert proof["final_describe"][0]["raw"]["status"] == "discontinued" and proof["zero_match_listing"] == []
+    assert fake.total_usd() <= 3 and fake.meter(iid)["running"] is False
+
+
+def test_silent_207_delete_is_caught_by_verification_and_retried(e2e: E2E,  # noqa: F811
+                                                                 fake: FakeDataCrunchAPI) -> None:
+    launch = e2e.popen(*launch_args(e2e))
+    try:
+        wait_for(lambda: fake.instances, 60, "the instance to be created")
+        (iid,) = list(fake.instances)
+        fake.fail_next_delete_silently(iid)  # the first delete answers 207 with a per-id error, does nothing
+        out, _ = launch.communicate(timeout=120)
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGKILL)
+            launch.wait(timeout=30)
+    assert launch.returncode == 0, out
+    run = only_run()
+    assert run.phase == "verified"
+    statuses = [r["status"] for r in deletes(fake)]
+    assert statuses[0] == 207 and statuses[-1] == 202, statuses
+    assert fake.instances[iid].delete_requests >= 2 and fake.status_of(iid) == "discontinued"
+    proof = proof_of(run)
+    first = proof["terminate_requests"][0]["response"]
+    assert first["accepted"] is False and first["per_id_errors"], first
+    assert proof["final_describe"][0]["raw"]["status"] == "discontinued"
+    assert fake.total_usd() <= 3
+
+
+
