@@ -276,7 +276,7 @@ class FakeRunPodAPI:
                 assert isinstance(sel, FieldNode)
                 fname = sel.name.value
                 record["ops"].append(fname)
-                args = {a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments}
+                args = {a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments or ()}
                 value = self._resolve(op.operation.value, fname, args, principal)
                 data[sel.alias.value if sel.alias else fname] = _project(value, sel.selection_set, fname)
         except _QueryFail as exc:
@@ -517,6 +517,6 @@ def _project(value: Any, selection: SelectionSetNode | None, type_name: str) -> 
             raise _QueryFail(f'Cannot query field "{fname}" on type "{type_name}".', 400)
         v = value[fname]
         if callable(v):  # a field with arguments, e.g. lowestPrice(input: {gpuCount: N})
-            v = v({a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments})
+            v = v({a.name.value: value_from_ast_untyped(a.value) for a in sel.arguments or ()})
         out[sel.alias.value if sel.alias else fname] = _project(v, sel.selection_set, fname)
     return out
