@@ -154,12 +154,15 @@ def upload_trainer(transport: Transport, trainer_dir: Path = TRAINER_DIR) -> Non
 
 def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,
                     python: str = "python3", out_dir: str | None = None) -> str:
-    """The job's command line (run with cwd=<root>/code): torchrun over max(1, gpu_count) processes.
+    """The job's command line (run with cwd=<root>/code): one DDP rank per GPU, at least one.
 
-    Pass python=BootstrapInfo.python: on some images python is not on a non-login PATH.
+    `trainer.launch` is the single-node part of torchrun (same env contract) that keeps the stop
+    contract: torchrun answers a SIGTERM to the group with exit 1 and a SignalException traceback,
+    and SIGKILLs ranks still writing their checkpoint after 30 s. Pass python=BootstrapInfo.python:
+    on some images python is not on a non-login PATH.
     """
     out_dir = out_dir or (f"{root.rstrip('/')}/out" if root else "../out")
     extra = args if isinstance(args, str) else " ".join(shlex.quote(a) for a in args)
-    cmd = (f"{shlex.quote(python)} -m torch.distributed.run --standalone --nproc-per-node={max(1, int(gpu_count))} "
-           f"-m trainer.train --out-dir {shlex.quote(out_dir)}")
+    cmd = (f"{shlex.quote(python)} -m trainer.launch --nproc-per-node={max(1, int(gpu_count))} "
+           f"--out-dir {shlex.quote(out_dir)}")
     return f"{cmd} {extra}".rstrip()

@@ -98,6 +98,9 @@ def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Pa
     proof = json.loads((run_dir / "shutdown_proof.json").read_text())
     assert proof["verified"] is True and proof["zero_match_listing"] == []
     assert (run_dir / "watchdog.log").exists()
+    assert "Traceback" not in (run_dir / "job.log").read_text()  # a clean stop, exit 0
+    assert "job ended" not in stopping.payload["reason"]
+    assert "Failures:" not in (run_dir / "EVIDENCE.md").read_text()
     # The watchdog never had to fire: the guard did the job.
     assert not (Path(loopback["remote"]) / run.run_id / "self_destruct.ran").exists()
 

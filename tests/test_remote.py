@@ -198,10 +198,10 @@ def test_bootstrap_over_ssh(sshd: SSHServer, tmp_path):  # noqa: F811
 
 def test_trainer_command():
     assert trainer_command(0, ["--max-iters", "10"], root="/r") == (
-        "python3 -m torch.distributed.run --standalone --nproc-per-node=1 -m trainer.train --out-dir /r/out "
+        "python3 -m trainer.launch --nproc-per-node=1 --out-dir /r/out "
         "--max-iters 10")
     cmd = trainer_command(8, "--config c.yaml", python="/opt/conda/bin/python", out_dir="/x/out")
-    assert cmd.startswith("/opt/conda/bin/python -m torch.distributed.run --standalone --nproc-per-node=8 ")
+    assert cmd.startswith("/opt/conda/bin/python -m trainer.launch --nproc-per-node=8 ")
     assert cmd.endswith("--out-dir /x/out --config c.yaml")
 
 
