@@ -1,0 +1,88 @@
+"""The rest of the CLI on the local provider: --detach and its guard, status --timings, logs, sync,
+cost, evidence and its proof chain, and Ctrl-C while attached."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.ledger import Ledger
+from tests.test_launch_local import REPO, gpurun
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: Path) -> None:
+    started = time.time()
+    res = gpurun("launch", "--max-usd", "0.02", "--usd-per-hour", "1.2", "--detach", "--yes",
+                 "--set", "max_iters=1000000", cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert time.time() - started < 40, "launch --detach returns once the job runs"
+    ledger = Ledger()
+    (run,) = ledger.list_runs()
+    assert run.phase == "running"
+
+    sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / run.run_id
+    _wait_for(lambda: (sandbox / "out" / "checkpoints" / "MANIFEST.json").exists(), 40, "a first checkpoint")
+    synced = gpurun("sync", run.run_id, cwd=tmp_path)
+    assert synced.returncode == 0 and "checkpoints verified: ckpt-" in synced.stdout, synced.stdout
+    logs = gpurun("logs", run.run_id, cwd=tmp_path)
+    assert "device: cpu" in logs.stdout and "step " in logs.stdout
+    status = gpurun("status", cwd=tmp_path)
+    assert run.run_id in status.stdout and "alive" in status.stdout  # the detached guard
+
+    # The guard, not this test, stops the run at the budget and tears it down.
+    _wait_for(lambda: not ledger.resolve_run(run.run_id).open, 90, "the guard to finish the run")
+    run = ledger.resolve_run(run.run_id)
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.02
+    assert "deadline" in next(e for e in ledger.events(run.run_id) if e.phase == "stopping").payload["reason"]
+    assert "verified" in (Path(run.run_dir) / "controller.log").read_text()  # the guard's own output
+
+    timings = gpurun("status", run.run_id, "--timings", cwd=tmp_path)
+    for phase in ("creating", "running", "stopping", "terminating", "verified"):
+        assert phase in timings.stdout, timings.stdout
+    cost = gpurun("cost", "--by", "provider", cwd=tmp_path)
+    assert "local" in cost.stdout and f"{run.cost_usd:.4f}" in cost.stdout, cost.stdout
+    card = gpurun("evidence", run.run_id, cwd=tmp_path)
+    assert card.returncode == 0 and "SMOKE TEST" in card.stdout
+    chain = gpurun("evidence", "--check-chain", cwd=tmp_path)
+    assert chain.returncode == 0 and "intact" in chain.stdout
+
+    # An edit to the proof breaks the chain, and the check says so.
+    proof = Path(run.run_dir) / "shutdown_proof.json"
+    data = json.loads(proof.read_text())
+    data["estimated_cost_usd"] = 0.0
+    proof.write_text(json.dumps(data))
+    broken = gpurun("evidence", "--check-chain", cwd=tmp_path)
+    assert broken.returncode != 0 and "chain broken" in broken.stderr
+
+
+def test_ctrl_c_without_a_terminal_tears_the_run_down(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
+         "--set", "max_iters=1000000"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    ledger = Ledger()
+    _wait_for(lambda: bool(ledger.list_runs()) and ledger.list_runs()[0].phase == "running", 60, "running")
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert "tearing down" in out
+    (run,) = ledger.list_runs()
+    assert run.phase == "verified"
+    assert "Ctrl-C" in next(e for e in ledger.events(run.run_id) if e.phase == "stopping").payload["reason"]
