@@ -46,7 +46,7 @@ class TrainConfig:
     seq_len: int | None = None  # defaults to the model's block_size
     grad_accum: int | None = None  # micro-steps per step, summed over ranks; default: one per rank
     # optimizer and schedule
-    max_iters: int = 2000
+    max_iters: int = 20000  # the default run is meant to be ended by the budget guard, not by this
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 20
