@@ -28,6 +28,7 @@ from orchestrator import budget as budget_mod
 from orchestrator.budget import Plan
 from orchestrator.ledger import Ledger, Run
 from orchestrator.plan import LaunchOptions, LaunchPlan
+from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
 from providers import get_provider
 from providers.base import Instance, InstanceSpec, Offer, Provider, ProviderError, SSHEndpoint
@@ -83,6 +84,7 @@ class Controller:
         self.stop_requested = False
         self.gpu_count = 0  # what bootstrap found on the instance
         self.python = "python3"  # the instance's python that has torch
+        self.syncer: Syncer | None = None  # periodic pulls while the guard runs
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -274,32 +276,40 @@ class Controller:
         """Follow the job until it ends or the stop time comes; then stop, sync, tear down, verify."""
         transport = self.ensure_transport()
         self.ledger.update_run(self.run.run_id, controller_pid=os.getpid())
-        sync_every = self.sync_interval()
-        last_sync = 0.0
+        # Periodic pulls run in the background: a slow pull of a big checkpoint must never make the
+        # guard late for the stop time.
+        self.syncer = Syncer(lambda: self._sync(final=False), self.sync_interval()).start()
         reason = "job finished"
+        errors = 0
         while True:
-            now = time.time()
-            state = transport.job_state("job")
-            if not state.running:
-                reason = f"job ended (exit {state.exit_code})"
+            if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
+                reason = "deadline: budget guard"
                 break
             if self.stop_requested:
                 reason = "teardown requested"
                 break
-            if self.run.stop_at_epoch is not None and now >= self.run.stop_at_epoch:
-                reason = "deadline: budget guard"
-                break
-            if now - last_sync >= sync_every:
-                self._sync(final=False)
-                last_sync = time.time()
-            self.report(self.status(**self._latest_metrics()))
+            try:
+                state = transport.job_state("job")
+                if not state.running:
+                    reason = f"job ended (exit {state.exit_code})"
+                    break
+                self.report(self.status(**self._latest_metrics()))
+                errors = 0
+            except Exception as exc:  # an instance we cannot watch is torn down, not left billing
+                errors += 1
+                self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+                if errors >= 5:
+                    reason = f"lost the instance: {type(exc).__name__}: {exc}"
+                    break
             time.sleep(POLL_S)
         self.finish(reason)
 
     def finish(self, reason: str) -> None:
         """Stop the job if it still runs, pull the final outputs, terminate, verify, prove."""
         try:
-            self._stop_job(reason)
+            self._stop_job(reason)  # first: the job checkpoints while a periodic pull may finish
+            if self.syncer is not None:
+                self.syncer.stop()
             self.phase("syncing_final")
             self._sync(final=True)
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
