@@ -9,6 +9,10 @@ with N*k micro-steps.
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +63,78 @@ class BatchSampler:
         all_pos = rng.integers(0, int(self.dataset.cum[-1]), size=(self.slots, self.batch_size))
         return all_pos[slot]
 
-    def batch(self, step: int, slot: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def host_batch(self, step: int, slot: int, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) int64 on the host, in pinned memory when `pin` (for an asynchronous copy)."""
         w = torch.from_numpy(self.dataset.windows_at(self.positions(step, slot)))
-        x, y = w[:, :-1], w[:, 1:]
-        if device.type == "cuda":
-            # Pinned host memory lets the copy overlap with compute.
-            return (x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True))
-        return x.contiguous(), y.contiguous()
+        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        return x, y
+
+    def batch(self, step: int, slot: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(self.host_batch(step, slot, pin=device.type == "cuda"), device)
 
     def state(self, step: int) -> dict[str, int]:
         return {"seed": self.seed, "step": step, "slots": self.slots, "batch_size": self.batch_size}
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    # From pinned memory the copy is asynchronous: it overlaps with the GPU's work, no host sync.
+    return batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+
+
+class Prefetcher:
+    """Builds the batches of the coming (step, slot)s in a background thread, `depth` ahead.
+
+    The batches are the sampler's (a pure function of step and slot), so the numbers are the same
+    as without it; the main thread only takes a ready batch off the queue and starts its copy to
+    the device. `wait_s` adds up the time the main thread waited for a batch (a loader stall).
+    """
+
+    def __init__(self, sampler: BatchSampler, keys: Iterator[tuple[int, int]], device: torch.device,
+                 depth: int = 4) -> None:
+        self.sampler = sampler
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.wait_s = 0.0
+        self._keys = keys
+        self._queue: queue.Queue[tuple[tuple[int, int], object]] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        for key in self._keys:
+            try:
+                item: object = self.sampler.host_batch(*key, pin=self.pin)
+            except Exception as e:  # handed to the consumer, which raises it
+                item = e
+            while not self._stop.is_set():
+                try:
+                    self._queue.put((key, item), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if self._stop.is_set() or isinstance(item, Exception):
+                return
+
+    def get(self, step: int, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        key, item = self._queue.get()
+        self.wait_s += time.perf_counter() - t0
+        if isinstance(item, Exception):
+            raise item
+        if key != (step, slot):
+            raise RuntimeError(f"prefetcher out of order: asked for {(step, slot)}, has {key}")
+        return to_device(item, self.device)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)

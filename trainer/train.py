@@ -7,11 +7,13 @@ docs/ARCHITECTURE.md: train.log, metrics.jsonl, hardware.json, checkpoints/ + MA
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
@@ -21,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, data, distributed
-from trainer.batches import BatchSampler, TokenDataset
+from trainer.batches import BatchSampler, Prefetcher, TokenDataset
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.hardware import device_name, hardware_record
@@ -200,7 +202,8 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def setup(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, int]:
+        """Everything before the first step: data, model, optimizer, resume; (net, opt, scaler, step)."""
         cfg, d = self.cfg, self.dist
         if cfg.grad_accum is None:
             cfg.grad_accum = d.world_size
@@ -219,8 +222,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        fused = self.device.type == "cuda"
-        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), fused=fused)
+        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), fused=True)
         scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = 0
         if resume is not None:
@@ -256,9 +258,27 @@ class Trainer:
         )
 
         self.write_header(data_dir, meta, resume_path, step)
-        resume = None  # free the CPU copy of the checkpoint
+        self.micro = cfg.grad_accum // d.world_size
+        self.loader = Prefetcher(self.sampler, self.train_keys(step), self.device)
+        return net, opt, scaler, step
 
-        micro = cfg.grad_accum // d.world_size
+    def train_keys(self, step: int) -> Iterator[tuple[int, int]]:
+        """The (step, slot) of every micro-batch this rank trains on, from `step` on."""
+        rank, micro = self.dist.rank, self.micro
+        for s in itertools.count(step):
+            for m in range(micro):
+                yield s, rank * micro + m
+
+    def run(self) -> int:
+        net, opt, scaler, step = self.setup()
+        try:
+            return self.loop(net, opt, scaler, step)
+        finally:
+            self.loader.close()
+
+    def loop(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int) -> int:
+        cfg, d = self.cfg, self.dist
+        seq, micro = self.seq_len, self.micro
         tokens_per_step = cfg.batch_size * seq * cfg.grad_accum
         dev_name = device_name(self.device)
         reason = "max_iters"
@@ -320,7 +340,7 @@ class Trainer:
             group["lr"] = lr
         loss_acc = torch.zeros((), device=self.device)
         for m in range(micro):
-            x, y = self.sampler.batch(step, d.rank * micro + m, self.device)
+            x, y = self.loader.get(step, d.rank * micro + m)
             # Only the last micro-step all-reduces gradients.
             sync = not d.enabled or m == micro - 1
             with net.no_sync() if not sync else nullcontext():  # type: ignore[operator]
