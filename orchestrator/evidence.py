@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.proof import atomic_write_bytes, iso, jsonable, sha256_bytes, sha256_file
+from orchestrator.proof import iso, jsonable, sha256_bytes
 from orchestrator.redact import redact
+from trainer.manifest import atomic_write_bytes, sha256_file
 
 SCHEMA = "gpurun.evidence"
 SCHEMA_VERSION = 1

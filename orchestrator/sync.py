@@ -10,7 +10,6 @@ pulled again (bounded); a dropped connection is retried with backoff and resumes
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ from tenacity import (
 from orchestrator.keys import load_private_key
 from orchestrator.remote import HostKeyChangedError, open_transport
 from orchestrator.transport import SyncResult
+from trainer.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +106,6 @@ class SSHOptions:
 # ---------------------------------------------------------------- hashing (trainer/manifest.py if present)
 
 
-def _manifest_module() -> Any | None:
-    try:
-        return importlib.import_module("trainer.manifest")
-    except ImportError:
-        return None
-
-
-def sha256_file(path: Path) -> str:
-    mod = _manifest_module()
-    if mod is not None and hasattr(mod, "sha256_file"):
-        return str(mod.sha256_file(path))
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parse_manifest(data: bytes | None) -> dict[str, Any]:
