@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import re
 import shutil
 import statistics
@@ -184,23 +183,13 @@ def flops_per_token(a: argparse.Namespace, vocab: int) -> float:
 def device_info(device: str, dtype: str) -> tuple[str, float | None]:
     import torch
 
-    from trainer.hardware import peak_tflops
+    from trainer.hardware import cpu_model, peak_tflops
 
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:
         name = cpu_model()
     return name, peak_tflops(name, getattr(torch, dtype))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

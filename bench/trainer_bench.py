@@ -56,16 +56,6 @@ def config_file(name: str) -> Path:
     return p
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def synthetic_gpt2_shards(d: Path, train_tokens: int) -> Path:
     """Random GPT-2 token ids as llm.c shards (no meta.json: read as GPT-2 BPE); speed ignores values."""
     rng = np.random.default_rng(0)
@@ -125,7 +115,7 @@ def measure(flags: list[str], steps: int, warmup: int) -> dict[str, Any]:
         trainer.log.close()
     tokens_per_step = cfg.batch_size * trainer.seq_len * cfg.grad_accum
     tok_s = tokens_per_step * steps / elapsed
-    dev_name = hardware.device_name(device) if device.type == "cuda" else cpu_model()
+    dev_name = hardware.device_name(device)
     mfu = model.estimate_mfu(tok_s, trainer.seq_len, dev_name, trainer.dtype, cfg.peak_tflops)
     if device.type == "cuda":
         peak_mib, mem_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
@@ -232,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {
             "bench": "trainer_bench", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "config": args.config,
             "command": " ".join(["bench/trainer_bench.py", *(argv if argv is not None else sys.argv[1:])]),
-            "torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
+            "torch": torch.__version__, "python": platform.python_version(), "cpu": hardware.cpu_model(),
             "cpu_count": os.cpu_count(), "device_name": first["device_name"], "rows": rows,
             "best_batch_size": best["batch_size"],
         }
