@@ -97,9 +97,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     if kw["dry_run"]:
         return
     if not kw["yes"]:
-        if not sys.stdin.isatty():
-            raise ProviderError("confirmation needed and no terminal to ask on: pass --yes")
-        click.confirm("Launch and spend up to this cap?", abort=True)
+        _confirm("Launch and spend up to this cap?")
     ledger = Ledger()
     with LiveView(console) as view:
         controller = Controller.create(ledger, plan, reporter=view)
@@ -110,6 +108,12 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
             _interrupted(controller, view)
             return
     _summary(ledger.resolve_run(controller.run.run_id))
+
+
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        raise ProviderError("confirmation needed and no terminal to ask on: pass --yes")
+    click.confirm(question, abort=True)
 
 
 def _interrupted(controller: Controller, view: LiveView) -> None:
@@ -371,9 +375,7 @@ def sweep(providers_: tuple[str, ...], yes: bool) -> None:
                       "?" if rate is None else f"{rate:.4f}", so_far)
     console.print(table)
     if not yes:
-        if not sys.stdin.isatty():
-            raise ProviderError("confirmation needed and no terminal to ask on: pass --yes")
-        click.confirm(f"Terminate these {len(orphans)} instance(s)?", abort=True)
+        _confirm(f"Terminate these {len(orphans)} instance(s)?")
     for prov, inst in orphans:
         prov.terminate(inst.id)
         for _ in range(120):
