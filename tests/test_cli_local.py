@@ -12,16 +12,8 @@ import time
 from pathlib import Path
 
 from orchestrator.ledger import Ledger
+from tests.e2e_helpers import wait_for
 from tests.test_launch_local import REPO, gpurun
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: Path) -> None:
@@ -35,7 +27,7 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
     assert run.phase == "running"
 
     sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / run.run_id
-    _wait_for(lambda: (sandbox / "out" / "checkpoints" / "MANIFEST.json").exists(), 40, "a first checkpoint")
+    wait_for(lambda: (sandbox / "out" / "checkpoints" / "MANIFEST.json").exists(), 40, "a first checkpoint")
     synced = gpurun("sync", run.run_id, cwd=tmp_path)
     assert synced.returncode == 0 and "checkpoints verified: ckpt-" in synced.stdout, synced.stdout
     logs = gpurun("logs", run.run_id, cwd=tmp_path)
@@ -44,7 +36,7 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
     assert run.run_id in status.stdout and "alive" in status.stdout  # the detached guard
 
     # The guard, not this test, stops the run at the budget and tears it down.
-    _wait_for(lambda: not ledger.resolve_run(run.run_id).open, 90, "the guard to finish the run")
+    wait_for(lambda: not ledger.resolve_run(run.run_id).open, 90, "the guard to finish the run")
     run = ledger.resolve_run(run.run_id)
     assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.02
     assert "deadline" in next(e for e in ledger.events(run.run_id) if e.phase == "stopping").payload["reason"]
@@ -77,7 +69,7 @@ def test_ctrl_c_without_a_terminal_tears_the_run_down(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )
     ledger = Ledger()
-    _wait_for(lambda: bool(ledger.list_runs()) and ledger.list_runs()[0].phase == "running", 60, "running")
+    wait_for(lambda: bool(ledger.list_runs()) and ledger.list_runs()[0].phase == "running", 60, "running")
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=90)
