@@ -89,9 +89,22 @@ class Offer:
 
 @dataclass(frozen=True)
 class SSHEndpoint:
+    """How to reach a cloud instance: over SSH."""
+
     host: str
     port: int
     user: str
+
+
+@dataclass(frozen=True)
+class LocalSandbox:
+    """How to reach the embedded `local` provider's "instance": a directory on this machine."""
+
+    path: str
+
+
+#: What `Provider.access` returns; the controller opens the transport that matches its type.
+Access = SSHEndpoint | LocalSandbox
 
 
 @dataclass
@@ -135,11 +148,18 @@ class Instance:
 
 
 class Provider(ABC):
-    """A cloud behind the interface of DESIGN.md. Methods raise ProviderError subclasses."""
+    """A cloud behind the interface of DESIGN.md. Methods raise ProviderError subclasses.
+
+    The abstract methods are what every cloud must do. The others are optional capabilities with a
+    harmless default, declared here so the controller calls them on any provider and never asks
+    which provider it has (no getattr, no branches on provider names).
+    """
 
     name: str = ""
-    #: "ssh" for real clouds; "local" for the embedded provider whose instance is on this machine.
-    transport: str = "ssh"
+    #: The run's SSH public key is put on the instance at create (clouds); the local provider has none.
+    needs_ssh_key: bool = True
+    #: Seconds between the guard's periodic pulls when the user sets none.
+    default_sync_interval_s: float = 30.0
 
     def check_credentials(self) -> None:  # noqa: B027 - optional hook, default: nothing to check
         """Raise CredentialsError with a one-line fix if the provider cannot be used."""
@@ -164,6 +184,11 @@ class Provider(ABC):
     def ssh_endpoint(self, instance: Instance) -> SSHEndpoint | None:
         return instance.ssh
 
+    def access(self, instance: Instance) -> Access | None:
+        """How the controller reaches the instance (the transport factory picks by its type);
+        None while it is not reachable yet. Clouds answer with their SSH endpoint."""
+        return self.ssh_endpoint(instance)
+
     @abstractmethod
     def self_destruct_command(self, instance: Instance) -> str:
         """Shell command the on-instance watchdog runs at the deadline to stop the billing itself."""
@@ -179,6 +204,10 @@ class Provider(ABC):
     def account(self) -> dict[str, Any]:
         """Balance / spend limit where the provider exposes one (shown at plan time)."""
         return {}
+
+    def check_spend(self, max_usd: float, usd_per_hour: float) -> None:  # noqa: B027 - optional capability
+        """Refuse, with one line, a launch the account cannot pay: a balance below the cap, a price
+        over an hourly spend limit. Called at plan time, before anything is created."""
 
     def list_run(self, run_id: str) -> list[Instance]:
         """The run's live instances (the zero-match check of a proof)."""

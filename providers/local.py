@@ -25,6 +25,7 @@ from providers.base import (
     TERMINATED,
     Instance,
     InstanceSpec,
+    LocalSandbox,
     Offer,
     Provider,
     ProviderError,
@@ -58,7 +59,8 @@ def _local_gpus() -> list[str]:
 
 class LocalProvider(Provider):
     name = "local"
-    transport = "local"
+    needs_ssh_key = False  # the "instance" is a directory on this machine, reached without SSH
+    default_sync_interval_s = 5.0  # a pull is a local copy: cheap
 
     def __init__(self, usd_per_hour: float = 0.0, root: Path | None = None) -> None:
         if usd_per_hour < 0:
@@ -157,6 +159,10 @@ class LocalProvider(Provider):
         if not self.root.is_dir():
             return []
         return [self.get(f"local-{d.name}") for d in sorted(self.root.iterdir()) if (d / "instance.json").exists()]
+
+    def access(self, instance: Instance) -> LocalSandbox | None:
+        sandbox = instance.raw.get("sandbox")
+        return LocalSandbox(str(sandbox)) if sandbox and not instance.gone else None
 
     def self_destruct_command(self, instance: Instance) -> str:
         # Kill every process group of the sandbox, the watchdog's own (which runs this) last.
