@@ -115,7 +115,6 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     # The caps are checked again, atomically with the hold, when the run is created.
     check_caps(budgets, Ledger(), provider.name, budget.max_usd)
     account = provider.account()
-    check_balance = getattr(provider, "check_balance_covers", None)
-    if check_balance is not None:
-        check_balance(budget.max_usd)
+    # The account must be able to pay the cap, and the price must fit an hourly spend limit.
+    provider.check_spend(budget.max_usd, offer.total_usd_per_hour)
     return LaunchPlan(options, provider, offer, budgets, budget, account, runs_root(options.runs_dir))
