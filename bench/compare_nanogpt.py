@@ -39,7 +39,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 from trainer import data as tdata  # noqa: E402
+from trainer.hardware import cpu_model, peak_tflops  # noqa: E402
+from trainer.model import GPT, GPTConfig  # noqa: E402
 from trainer.shards import open_shard, write_shard  # noqa: E402
 
 SHAKESPEARE_CANDIDATES = [
@@ -170,10 +174,6 @@ def interval_ms(lines: list[tuple[int, float, float]], warmup: int) -> list[floa
 
 def flops_per_token(a: argparse.Namespace, vocab: int) -> float:
     """Training FLOPs per token by the trainer's own formula (6 N + 12 L C T), for both trainers."""
-    import torch
-
-    from trainer.model import GPT, GPTConfig
-
     with torch.device("meta"):
         model = GPT(GPTConfig(block_size=a.block_size, vocab_size=vocab, n_layer=a.n_layer, n_head=a.n_head,
                               n_embd=a.n_embd, bias=a.bias))
@@ -181,10 +181,6 @@ def flops_per_token(a: argparse.Namespace, vocab: int) -> float:
 
 
 def device_info(device: str, dtype: str) -> tuple[str, float | None]:
-    import torch
-
-    from trainer.hardware import cpu_model, peak_tflops
-
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:

@@ -10,11 +10,9 @@ import json
 import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from orchestrator.transport import Transport
 
-TRAINER_DIR = Path(__file__).resolve().parent.parent / "trainer"
 # The AWS Deep Learning AMI keeps PyTorch in /opt/pytorch; conda images in /opt/conda.
 PYTHON_CANDIDATES = ("python3", "python", "/opt/pytorch/bin/python", "/opt/conda/bin/python",
                      "/usr/local/bin/python3", "/usr/bin/python3")
@@ -145,11 +143,6 @@ def bootstrap(transport: Transport, install: bool = True, need_torch: bool = Tru
     transport.write_file(f"{root}/out/bootstrap.txt", result.report())
     transport.write_file(f"{root}/out/bootstrap.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return result
-
-
-def upload_trainer(transport: Transport, trainer_dir: Path = TRAINER_DIR) -> None:
-    """Ship the trainer package so that `python -m trainer.train` works from <root>/code."""
-    transport.upload(trainer_dir, "code/trainer")
 
 
 def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,

@@ -11,27 +11,24 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.budget import BudgetError, day_start, load_budgets, max_runtime_s, month_start
+from orchestrator import phases
+from orchestrator import teardown as teardown_mod
+from orchestrator.budget import day_start, max_runtime_s, month_start
+from orchestrator.budgets_file import BudgetError, load_budgets
 from orchestrator.ledger import Ledger, LedgerError, Run
-from orchestrator.lifecycle import (
-    Controller,
-    RunFailed,
-    VerifyFailed,
-    controller_alive,
-    spawn_guard,
-    take_over,
-)
+from orchestrator.lifecycle import Controller, RunFailed, controller_alive, spawn_guard, take_over
 from orchestrator.live import LiveView
-from orchestrator.plan import LaunchOptions, make_plan
+from orchestrator.plan import LaunchOptions, make_plan, runs_root
 from orchestrator.redact import register_secrets_from_env
+from orchestrator.teardown import VerifyFailed
 from providers import get_provider, provider_names
-from providers.base import ProviderError
+from providers.base import Instance, Provider, ProviderError
 
 console = Console()
 err_console = Console(stderr=True)
 
 # Phases in which the job may still be running on the instance.
-JOB_PHASES = ("ssh_ready", "bootstrapped", "running", "stopping", "syncing_final")
+JOB_PHASES = phases.JOB_PHASES
 
 
 class GpurunGroup(click.Group):
@@ -259,20 +256,28 @@ def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
         if not run.open:
             console.print(f"run {run.run_id} is already verified gone (proof in {run.run_dir})")
             continue
-        take_over(ledger, run)
-        controller = Controller.load(ledger, ledger.resolve_run(run.run_id), reporter=LiveView(console))
         try:
-            if run.phase in JOB_PHASES:
-                controller.finish("teardown requested")
-            else:
-                controller.teardown()
+            _end_run(ledger, run)
         except VerifyFailed as exc:
             err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False)
             failures += 1
             continue
-        _summary(controller.refresh())
+        _summary(ledger.resolve_run(run.run_id))
     if failures:
         sys.exit(3)
+
+
+def _end_run(ledger: Ledger, run: Run) -> None:
+    """One open run through orchestrator.teardown: by its controller, or as the orphan a sweep adopted."""
+    if teardown_mod.is_sweep_record(run):  # no controller and no job: only instances to end
+        teardown_mod.end(teardown_mod.adopted_target(ledger, run, get_provider(run.provider)))
+        return
+    take_over(ledger, run)
+    controller = Controller.load(ledger, ledger.resolve_run(run.run_id), reporter=LiveView(console))
+    if run.phase in JOB_PHASES:
+        controller.finish("teardown requested")
+    else:
+        controller.teardown()
 
 
 # --- offers / cost / sweep / evidence ------------------------------------------------------------
@@ -337,54 +342,59 @@ def _cap(value: float | None) -> str:
 
 @main.command()
 @click.option("--provider", "providers_", multiple=True, help="provider(s) to sweep (default: all with credentials)")
+@click.option("--runs-dir", type=click.Path(file_okay=False),
+              help="where proofs of orphans this ledger does not know go (default ./runs)")
 @click.option("--yes", "-y", is_flag=True, help="terminate without asking")
-def sweep(providers_: tuple[str, ...], yes: bool) -> None:
-    """Find instances tagged gpurun that no open run owns; terminate them on confirmation."""
+def sweep(providers_: tuple[str, ...], runs_dir: str | None, yes: bool) -> None:
+    """Find instances tagged gpurun that no open run owns; on confirmation end each through the same
+    teardown as a run (terminate, verify, shutdown proof chained in the ledger)."""
     ledger = Ledger()
     names = list(providers_) or [n for n in provider_names() if n != "verda"]
-    orphans = []
+    found: list[tuple[Provider, list[Instance]]] = []
     for name in names:
         try:
             prov = get_provider(name)
             prov.check_credentials()
-            owned = prov.list_owned()
+            orphans = teardown_mod.find_orphans(ledger, prov)
         except ProviderError as exc:
             if providers_:
                 raise
             console.print(f"[dim]{name}: skipped ({exc})[/dim]")
             continue
-        for inst in owned:
-            if inst.gone:
-                continue
-            owner = ledger.instance_owner(inst.id)
-            run = ledger.get_run(owner) if owner else None
-            if run is None or not run.open:
-                orphans.append((prov, inst))
-    if not orphans:
+        if orphans:
+            found.append((prov, orphans))
+    if not found:
         console.print("nothing to sweep: every live gpurun instance belongs to an open run")
         return
     table = Table(title="orphaned gpurun instances")
     for col in ("provider", "instance", "name", "state", "running for", "USD/h", "cost so far"):
         table.add_column(col)
     now = time.time()
-    for prov, inst in orphans:
-        age = now - inst.created_at if inst.created_at else None
-        rate = inst.usd_per_hour
-        so_far = f"{age * rate / 3600:.4f}" if age is not None and rate is not None else "?"
-        table.add_row(prov.name, inst.id, inst.name, inst.state, f"{age / 60:.1f} min" if age else "?",
-                      "?" if rate is None else f"{rate:.4f}", so_far)
+    for prov, orphans in found:
+        for inst in orphans:
+            age = now - inst.created_at if inst.created_at else None
+            rate = inst.usd_per_hour
+            so_far = f"{age * rate / 3600:.4f}" if age is not None and rate is not None else "?"
+            table.add_row(prov.name, inst.id, inst.name, inst.state, f"{age / 60:.1f} min" if age else "?",
+                          "?" if rate is None else f"{rate:.4f}", so_far)
     console.print(table)
     if not yes:
-        _confirm(f"Terminate these {len(orphans)} instance(s)?")
-    for prov, inst in orphans:
-        prov.terminate(inst.id)
-        for _ in range(120):
-            if prov.get(inst.id).gone:
+        _confirm(f"Terminate these {sum(len(o) for _, o in found)} instance(s)?")
+    root = runs_root(runs_dir)
+    failures = 0
+    for prov, orphans in found:
+        for group in teardown_mod.group_orphans(ledger, orphans):
+            try:
+                ended = teardown_mod.end_orphans(ledger, prov, group, root)
+            except VerifyFailed as exc:
+                err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False, soft_wrap=True)
+                failures += 1
+                continue
+            for inst in group:
                 console.print(f"{prov.name} {inst.id}: terminated (verified)")
-                break
-            time.sleep(1)
-        else:
-            raise RunFailed(f"{prov.name} {inst.id}: terminate requested but not confirmed after 120 s")
+            console.print(f"shutdown proof: {ended.proof_path} (ledger run {ended.run_id})", highlight=False)
+    if failures:
+        sys.exit(3)
 
 
 @main.command()

@@ -15,6 +15,7 @@ Verdicts:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -39,7 +40,6 @@ _PARAMS_RE = re.compile(
 _STEP_RE = re.compile(
     r"^\s*(?:\[[^\]]*\]\s*)?step\s+(?P<step>\d+)\s*\|.*\bloss\s+(?P<loss>[0-9.eE+\-]+|nan|inf)"
 )
-_ELAPSED_RE = re.compile(r"\belapsed\s+(?P<s>[0-9.]+)s")
 _CKPT_LINE_RE = re.compile(
     r"^\s*(?:\[[^\]]*\]\s*)?checkpoint:\s*(?P<file>\S+)\s+sha256\s+(?P<sha>[0-9a-f]{64})"
 )
@@ -682,8 +682,6 @@ def _plot_loss(curve: Mapping[str, Any], path: Path) -> dict[str, Any]:
         from matplotlib.figure import Figure
     except ImportError:
         return {"path": None, "note": "not written (matplotlib is not installed)"}
-    import io
-
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

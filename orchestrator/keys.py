@@ -16,16 +16,14 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from orchestrator import settings
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_NAME = "gpurun"
 
 
-def gpurun_home() -> Path:
-    return Path(os.environ.get("GPURUN_HOME") or Path.home() / ".gpurun").expanduser()
-
-
 def keys_dir() -> Path:
-    d = gpurun_home() / "keys"
+    d = settings.home() / "keys"
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(d, 0o700)  # mkdir's mode is masked by umask and ignored when the dir exists
     return d

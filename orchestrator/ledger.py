@@ -4,7 +4,8 @@ One file, `$GPURUN_HOME/ledger.db` (WAL mode), shared by every gpurun process on
 lifecycle writes its intent here BEFORE acting (write-ahead), so a controller killed at any point
 can be resumed or torn down by a later command. Read-modify-write sequences run inside
 `Ledger.transaction()`, which takes SQLite's write lock up front (BEGIN IMMEDIATE): two launches
-checking the same budget cap are serialised instead of both seeing the old total.
+checking the same budget cap are serialised instead of both seeing the old total. A phase moves
+only along `orchestrator.phases.ALLOWED_TRANSITIONS` (`set_phase` refuses anything else).
 
 Nothing secret is stored: JSON payloads (events, plans, instance info) and error texts go through
 `orchestrator.redact.redact` first.
@@ -26,25 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator import phases
+from orchestrator.phases import Phase, TransitionError
+
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
-
-PHASES = (
-    "planned",
-    "creating",
-    "booting",
-    "ssh_ready",
-    "bootstrapped",
-    "running",
-    "stopping",
-    "syncing_final",
-    "terminating",
-    "verified",
-)
-# A failure is recorded as failed_<the phase it happened in>; "verified" cannot fail (it is the end).
-FAILED_PHASES = tuple(f"failed_{p}" for p in PHASES if p != "verified")
-ALL_PHASES = PHASES + FAILED_PHASES
-CLOSED_PHASE = "verified"
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -139,11 +126,11 @@ class Run:
 
     @property
     def open(self) -> bool:
-        return self.phase != CLOSED_PHASE
+        return Phase(self.phase).is_open()
 
     @property
     def failed(self) -> bool:
-        return self.phase.startswith("failed_")
+        return Phase(self.phase).is_failed()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,7 +158,9 @@ class InstanceRow:
 
 
 _RUN_FIELDS = tuple(f.name for f in fields(Run))
-_UPDATABLE = frozenset(_RUN_FIELDS) - {"run_id"}
+# The phase changes only through set_phase, which checks the transition and writes its event.
+_UPDATABLE = frozenset(_RUN_FIELDS) - {"run_id", "phase"}
+_CLOSED_PHASES = tuple(p.value for p in Phase if not p.is_open())
 
 
 def default_home() -> Path:
@@ -220,11 +209,11 @@ def _loads(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _check_phase(phase: str) -> None:
-    if phase not in ALL_PHASES:
-        raise LedgerError(
-            f"unknown phase {phase!r}: use one of {', '.join(PHASES)} or failed_<phase>"
-        )
+def _check_phase(phase: str) -> Phase:
+    try:
+        return phases.parse(phase)
+    except ValueError as exc:
+        raise LedgerError(str(exc)) from None
 
 
 def _check_usd(name: str, usd: float) -> float:
@@ -371,17 +360,19 @@ class Ledger:
 
     def list_runs(self, open_only: bool = False) -> list[Run]:
         sql = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if open_only:
-            sql += f" WHERE phase != '{CLOSED_PHASE}'"
+            sql += f" WHERE phase NOT IN ({', '.join('?' * len(_CLOSED_PHASES))})"
+            args = _CLOSED_PHASES
         sql += " ORDER BY created_at DESC, rowid DESC"
-        return [self._row_to_run(r) for r in self._conn().execute(sql).fetchall()]
+        return [self._row_to_run(r) for r in self._conn().execute(sql, args).fetchall()]
 
     def update_run(self, run_id: str, /, **fields_: Any) -> None:
+        if "phase" in fields_:
+            raise LedgerError("the phase changes only through set_phase (it checks the transition)")
         unknown = sorted(set(fields_) - _UPDATABLE)
         if unknown:
             raise LedgerError(f"cannot update run field(s) {', '.join(unknown)}: not a field, or run_id")
-        if "phase" in fields_:
-            _check_phase(fields_["phase"])
         with self.transaction() as conn:
             row = conn.execute("SELECT plan FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
@@ -412,13 +403,22 @@ class Ledger:
             (run_id, when, phase, int(is_phase), _dumps(payload)),
         )
 
-    def set_phase(self, run_id: str, phase: str, **payload: Any) -> None:
-        _check_phase(phase)
+    def set_phase(self, run_id: str, phase: str | Phase, **payload: Any) -> None:
+        """Move the run to `phase` and record the event; a transition the lifecycle does not allow
+        (orchestrator.phases.ALLOWED_TRANSITIONS) is refused with LedgerError and changes nothing."""
+        target = _check_phase(phase)
+        phase = target.value
         now = time.time()
         with self.transaction() as conn:
-            self._require_run(conn, run_id)
+            row = conn.execute("SELECT phase FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
+            try:  # read and write in one transaction: two controllers cannot both pass the check
+                phases.check_transition(row["phase"], target)
+            except TransitionError as exc:
+                raise LedgerError(f"run {run_id}: {exc}") from None
             self._insert_event(conn, run_id, now, phase, True, payload)
-            if phase.startswith("failed_") and payload.get("error") is not None:
+            if target.is_failed() and payload.get("error") is not None:
                 conn.execute(
                     "UPDATE runs SET phase = ?, updated_at = ?, error = ? WHERE run_id = ?",
                     (phase, now, _redact(str(payload["error"])), run_id),
@@ -427,7 +427,7 @@ class Ledger:
                 conn.execute("UPDATE runs SET phase = ?, updated_at = ? WHERE run_id = ?", (phase, now, run_id))
 
     def record_event(self, run_id: str, kind: str, **payload: Any) -> None:
-        if kind in ALL_PHASES:
+        if phases.is_phase(kind):
             raise LedgerError(f"{kind!r} is a phase: record it with set_phase so timings stay right")
         if not kind:
             raise LedgerError("an event needs a kind, e.g. 'sync' or 'guard'")

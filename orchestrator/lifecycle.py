@@ -21,17 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
-
 import trainer
 from orchestrator import budget as budget_mod
+from orchestrator import teardown as teardown_mod
 from orchestrator.budget import Plan
+from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
+from orchestrator.phases import Phase
 from orchestrator.plan import LaunchOptions, LaunchPlan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
+from orchestrator.transports import open_transport
 from providers import get_provider
-from providers.base import Instance, InstanceSpec, Offer, Provider, ProviderError, SSHEndpoint
+from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
@@ -39,10 +41,6 @@ POLL_S = 1.0
 
 class RunFailed(Exception):
     """The run could not go on; it has been (or must be) torn down."""
-
-
-class VerifyFailed(Exception):
-    """Termination could not be verified: the instance may still be billing."""
 
 
 @dataclass
@@ -121,9 +119,10 @@ class Controller:
         self.run = run
         return run
 
-    def phase(self, name: str, **payload: Any) -> None:
+    def phase(self, name: str | Phase, **payload: Any) -> None:
+        """Record the phase (the ledger refuses a transition the lifecycle does not allow)."""
         self.ledger.set_phase(self.run.run_id, name, **payload)
-        self.run.phase = name
+        self.run.phase = Phase(name).value
         self.report(self.status(message=payload.get("message", "")))
 
     def spent_usd(self, at: float | None = None) -> float:
@@ -177,14 +176,14 @@ class Controller:
         spec = InstanceSpec(
             run_id=self.run.run_id,
             offer=self.offer,
-            ssh_public_key=self._public_key() if self.provider.transport == "ssh" else "",
+            ssh_public_key=self._public_key() if self.provider.needs_ssh_key else "",
             image=self.options.image,
         )
         instance = self.provider.create(spec)
         self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)
         return instance
 
-    def _boot(self, instance: Instance) -> SSHEndpoint | None:
+    def _boot(self, instance: Instance) -> Access:
         self.phase("booting", instance_id=instance.id)
         limit = min(self.run.stop_at_epoch or time.time() + 600, time.time() + 900)
         while True:
@@ -192,15 +191,15 @@ class Controller:
             self.ledger.update_instance(instance.id, state=inst.state)
             if inst.gone:
                 raise RunFailed(f"instance {instance.id} went away while booting ({inst.state})")
-            endpoint = self.provider.ssh_endpoint(inst)
-            if inst.state == "running" and (endpoint or self.provider.transport == "local"):
-                return endpoint
+            access = self.provider.access(inst)
+            if inst.state == "running" and access is not None:
+                return access
             if time.time() > limit:
                 raise RunFailed(f"instance {instance.id} did not come up before the guard's stop time")
             time.sleep(POLL_S)
 
-    def _connect(self, instance: Instance, endpoint: SSHEndpoint | None) -> None:
-        transport = self._make_transport(instance, endpoint)
+    def _connect(self, instance: Instance, access: Access) -> None:
+        transport = self._make_transport(instance, access)
         budget_left = (self.run.stop_at_epoch or time.time() + 300) - time.time()
         transport.wait_ready(timeout_s=max(5.0, min(300.0, budget_left)))
         self.transport = transport  # only a reachable instance has outputs worth a final sync
@@ -364,32 +363,16 @@ class Controller:
         opts = self.options
         if opts.sync_interval_s:
             return float(opts.sync_interval_s)
-        return 5.0 if self.provider.transport == "local" else 30.0
+        return self.provider.default_sync_interval_s
 
     # --- transport ------------------------------------------------------------------------------
     def _public_key(self) -> str:
-        from orchestrator.keys import run_key
-
         return run_key().public_line
 
-    def _make_transport(self, instance: Instance, endpoint: SSHEndpoint | None) -> Transport:
-        if self.provider.transport == "local":
-            from orchestrator.local_transport import LocalTransport
-
-            return LocalTransport(Path(instance.raw["sandbox"]))
-        from orchestrator.keys import run_key
-        from orchestrator.remote import LedgerHostKeys, SSHTransport, resolve_endpoint
-
-        if endpoint is None:
-            raise RunFailed(f"instance {instance.id} has no SSH endpoint")
-        endpoint = resolve_endpoint(endpoint)
-        return SSHTransport(
-            endpoint,
-            run_key().private_path,
-            root=f"{os.environ.get('GPURUN_REMOTE_ROOT', 'gpurun')}/{self.run.run_id}",
-            instance_id=instance.id,
-            host_keys=LedgerHostKeys(self.ledger),
-        )
+    def _make_transport(self, instance: Instance, access: Access | None) -> Transport:
+        if access is None:
+            raise RunFailed(f"instance {instance.id} is not reachable (the provider gives no access to it yet)")
+        return open_transport(access, run_id=self.run.run_id, instance_id=instance.id, ledger=self.ledger)
 
     def ensure_transport(self) -> Transport:
         if self.transport is None:
@@ -399,15 +382,19 @@ class Controller:
             inst = self.provider.get(rows[-1].instance_id)
             if inst.gone:
                 raise RunFailed(f"instance {inst.id} is already {inst.state}")
-            self.transport = self._make_transport(inst, self.provider.ssh_endpoint(inst))
+            self.transport = self._make_transport(inst, self.provider.access(inst))
             self.transport.wait_ready(timeout_s=30)
         return self.transport
 
     # --- teardown: request -> verify -> record --------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
-        phase = self.run.phase if not self.run.phase.startswith("failed_") else self.run.phase[7:]
-        self.phase(f"failed_{phase}", error=f"{type(exc).__name__}: {exc}")
-        self.ledger.update_run(self.run.run_id, error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        current = Phase(self.run.phase)
+        if current.is_failed():  # already recorded as failed: keep that phase, add the error
+            self.ledger.record_event(self.run.run_id, "error", message=error)
+        else:
+            self.phase(current.failure, error=error)
+        self.ledger.update_run(self.run.run_id, error=error)
         if self.transport is not None:
             try:
                 self._sync(final=True)
@@ -416,89 +403,28 @@ class Controller:
         self.teardown()
 
     def instance_ids(self) -> list[str]:
-        ids = [row.instance_id for row in self.ledger.instances(self.run.run_id)]
-        # A create that was in flight when a controller died: find it by the run's tag/name.
-        for inst in self.provider.list_run(self.run.run_id):
-            if inst.id not in ids:
-                self.ledger.add_instance(self.run.run_id, self.provider.name, inst.id, inst.state, inst.raw)
-                ids.append(inst.id)
-        return ids
+        """The run's instances, including one whose create was in flight when a controller died."""
+        return teardown_mod.run_instance_ids(self.ledger, self.provider, self.run.run_id, self.run.run_id)
 
     def teardown(self, verify_timeout_s: float | None = None) -> Path:
-        """Terminate every instance of the run and verify with the provider; write the proof."""
-        from orchestrator.proof import TerminateRequest, build_proof, write_proof
-
+        """Terminate every instance of the run, verify with the provider, record the proof, settle,
+        write the evidence card: `orchestrator.teardown.end`. VerifyFailed if not verified gone."""
         if self.transport is not None:
             self.transport.close()
-        self.phase("terminating")
-        ids = self.instance_ids()
-        requests: list[TerminateRequest] = []
-        timeout = verify_timeout_s or float(os.environ.get("GPURUN_VERIFY_TIMEOUT_S", "600"))
-
-        def request_all() -> None:
-            for iid in ids:
-                t = time.time()
-                try:
-                    resp: Any = self.provider.terminate(iid)
-                    requests.append(TerminateRequest(iid, t, resp))
-                except ProviderError as exc:
-                    requests.append(TerminateRequest(iid, t, None, error=str(exc)))
-                self.ledger.record_event(self.run.run_id, "terminate_request", instance_id=iid,
-                                         response=requests[-1].response, error=requests[-1].error)
-
-        def all_gone() -> bool:
-            states = {iid: self.provider.get(iid) for iid in ids}
-            for iid, inst in states.items():
-                self.ledger.update_instance(iid, state=inst.state)
-            if all(i.gone for i in states.values()) and not self.provider.list_run(self.run.run_id):
-                return True
-            request_all()  # a terminate that "succeeded" but left it running: ask again
-            return False
-
-        request_all()
-        try:
-            Retrying(
-                retry=retry_if_result(lambda gone: not gone),
-                wait=wait_exponential(multiplier=0.5, max=10),
-                stop=stop_after_delay(timeout),
-            )(all_gone)
-        except RetryError as exc:
-            self.phase("failed_terminating", error="termination not verified")
-            raise VerifyFailed(
-                f"run {self.run.run_id}: {', '.join(ids)} still not terminated after {timeout:.0f} s; "
-                f"it may still be billing: check the provider console and run `gpurun teardown {self.run.run_id}`"
-            ) from exc
-        verified_at = time.time()
-        deleted = self.provider.cleanup(self.run.run_id)
-        final = [self.provider.get(i).to_dict() for i in ids]
-        listing = [i.to_dict() for i in self.provider.list_run(self.run.run_id)]
-        start = self.run.clock_start_epoch
-        cost = self.plan.cost_at(verified_at - start) if start else 0.0
-        proof = build_proof(
+        target = teardown_mod.Target(
+            ledger=self.ledger,
+            provider=self.provider,
             run_id=self.run.run_id,
-            provider=self.provider.name,
-            instance_ids=ids,
-            terminate_requests=requests,
-            final_describe=final,
-            zero_match_listing=listing,
-            deleted_resources=deleted,
-            estimated_cost_usd=cost,
+            tag=self.run.run_id,
+            proof_dir=self.run_dir,
+            record_phase=self.phase,
             max_usd=self.plan.max_usd,
+            started_at=self.run.clock_start_epoch,
+            cost_at=self.plan.cost_at,
             billing={**self.plan.billing.__dict__, "usd_per_hour": self.plan.usd_per_hour},
-            verified=True,
-            prev_sha256=self.ledger.last_proof_sha256(),
-            started_at=start,
-            verified_at=verified_at,
+            evidence=self.write_evidence,
         )
-        if not proof["verified"]:  # the proof's own reading of what the provider reported wins
-            self.phase("failed_terminating", error="; ".join(proof.get("contradictions", [])))
-            raise VerifyFailed(f"run {self.run.run_id}: termination not verified: {proof.get('contradictions')}")
-        path, sha = write_proof(self.run_dir, proof)
-        self.ledger.add_proof(self.run.run_id, sha, str(path), proof.get("prev_sha256"))
-        budget_mod.settle(self.ledger, self.run.run_id, cost)
-        self.phase("verified", cost_usd=cost, proof_sha256=sha)
-        self.write_evidence(path, cost, (verified_at - start) if start else None)
-        return path
+        return teardown_mod.end(target, verify_timeout_s).proof_path
 
     def write_evidence(self, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
         from orchestrator.evidence import write_evidence

@@ -1,7 +1,7 @@
 """Transport for the `local` provider: the instance is a sandbox directory on this machine.
 
-It follows the same on-instance layout and detached-job convention as the SSH transport, so
-bootstrap, the watchdog and the lifecycle run unchanged on it.
+It follows the same on-instance layout, upload rule (orchestrator/upload.py) and detached-job
+convention as the SSH transport, so bootstrap, the watchdog and the lifecycle run unchanged on it.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from orchestrator.sync import pull_outputs
 from orchestrator.transport import CommandResult, JobState, SyncResult, detached_script
-
-UPLOAD_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".git", ".venv", "out", "runs", "*.egg-info")
+from orchestrator.upload import upload_files
 
 
 class LocalTransport:
@@ -37,7 +37,25 @@ class LocalTransport:
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
     def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
-        shutil.copytree(local_dir, self._path(remote_subdir), ignore=UPLOAD_IGNORE, dirs_exist_ok=True)
+        """Copy the files the upload rule selects to root/remote_subdir, replacing it (as SSH does)."""
+        local_dir = Path(local_dir)
+        sub = remote_subdir.strip("/")
+        if not sub or ".." in sub.split("/"):
+            raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
+        if not local_dir.is_dir():
+            raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+        dest, part = self._path(sub), self._path(sub + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        for rel in upload_files(local_dir):
+            src, target = local_dir / rel, part / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_symlink():  # a link stays a link, as in the SSH transport's tarball
+                target.symlink_to(os.readlink(src))
+            else:
+                shutil.copy2(src, target)
+        part.mkdir(parents=True, exist_ok=True)  # an upload with no files still leaves the dir
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
 
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None:
         path = self._path(remote_path)
@@ -87,8 +105,6 @@ class LocalTransport:
                 pass
 
     def pull(self, local_dir: Path) -> SyncResult:
-        from orchestrator.sync import pull_outputs
-
         return pull_outputs(self.root, Path(local_dir), None)
 
     def close(self) -> None:

@@ -6,13 +6,14 @@ too small, a cap already spent, a balance too low) refuses here, before anything
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.budget import Budgets, Plan, check_caps, load_budgets, plan_run
+from orchestrator import settings
+from orchestrator.budget import Plan, check_caps, plan_run
+from orchestrator.budgets_file import Budgets, load_budgets
 from orchestrator.ledger import Ledger
 from providers import get_provider
 from providers.base import Offer, Provider, ProviderError, pick_offer
@@ -94,7 +95,7 @@ def _duration(seconds: float) -> str:
 
 
 def runs_root(explicit: str | None = None) -> Path:
-    return Path(explicit or os.environ.get("GPURUN_RUNS_DIR") or "runs").resolve()
+    return settings.runs_dir(explicit)
 
 
 def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:

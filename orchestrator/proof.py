@@ -109,8 +109,8 @@ def build_proof(
     final_describe: list[dict],
     zero_match_listing: list[dict],
     deleted_resources: list[str],
-    estimated_cost_usd: float,
-    max_usd: float,
+    estimated_cost_usd: float | None,
+    max_usd: float | None,
     billing: dict,
     verified: bool,
     prev_sha256: str | None,
@@ -205,10 +205,6 @@ def write_proof(run_dir: Path, proof: dict) -> tuple[Path, str]:
 
 def archived_path(path: Path, sha256: str) -> Path:
     return Path(path).with_name(f"{Path(path).stem}.{sha256[:16]}.json")
-
-
-def load_proof(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _row_get(row: Any, key: str) -> Any:

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -253,10 +253,6 @@ def redact(obj: Any) -> Any:
         except UnicodeDecodeError:
             return obj
     return obj  # numbers, None, Path, ...: immutable and nothing to hide
-
-
-def redact_all(items: Iterable[Any]) -> list[Any]:
-    return [redact(i) for i in items]
 
 
 class RedactingFilter(logging.Filter):

@@ -7,25 +7,23 @@
 - Every operation that loses the connection reconnects (bounded) and is retried once. Operations
   are written to be safe to repeat: uploads replace atomically, `start_detached` returns the live
   job instead of starting a second one.
+- One SSH connection per transport: the guard's commands and the sync's SFTP fallback (on its own
+  channel, from the sync thread) share it; rsync, the primary sync, runs its own OpenSSH client.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import io
 import logging
-import os
 import select
 import shlex
 import signal as _signal
 import socket
-import subprocess
-import tarfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import paramiko
 from tenacity import (
@@ -36,23 +34,17 @@ from tenacity import (
     wait_exponential,
 )
 
+from orchestrator import upload as upload_rule
 from orchestrator.keys import load_private_key
+from orchestrator.ssh import HostKeyChangedError, SSHOptions, connect
+from orchestrator.sync import pull_outputs
 from orchestrator.transport import CommandResult, JobState, SyncResult, detached_script
 from providers.base import SSHEndpoint
-
-if TYPE_CHECKING:
-    from orchestrator.sync import SSHOptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_UPLOAD_LIMIT = 64 * 1024 * 1024
-# Never shipped, whatever .gitignore says: caches, VCS data and the usual secret files.
-ALWAYS_EXCLUDE = ("__pycache__", "*.pyc", ".git", ".env", "*.pem", "id_rsa*", "id_ed25519*")
-
-
-class HostKeyChangedError(Exception):
-    """The instance presented a host key other than the one pinned on first contact."""
 
 
 class SSHUnreachableError(Exception):
@@ -61,10 +53,6 @@ class SSHUnreachableError(Exception):
 
 class CommandTimeoutError(Exception):
     """A remote command ran past its timeout (deliberately not an OSError: it is not a drop)."""
-
-
-class UploadTooLargeError(Exception):
-    """The workdir to upload is over the size limit."""
 
 
 class HostKeyStore(Protocol):
@@ -86,141 +74,10 @@ class MemoryHostKeyStore:
         self.keys[instance_id] = (key_type, key_b64)
 
 
-def resolve_endpoint(endpoint: SSHEndpoint) -> SSHEndpoint:
-    """Apply GPURUN_SSH_OVERRIDE=host:port[:user] (a tunnel or bastion; the tests' loopback sshd)."""
-    override = os.environ.get("GPURUN_SSH_OVERRIDE", "").strip()
-    if not override:
-        return endpoint
-    parts = override.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise ValueError(f"GPURUN_SSH_OVERRIDE={override!r}: expected host:port[:user]")
-    return SSHEndpoint(parts[0], int(parts[1]), parts[2] if len(parts) == 3 else endpoint.user)
-
-
-def _key_family(name: str) -> str:
-    return "rsa" if name.startswith(("ssh-rsa", "rsa-sha2")) else name
-
-
-def open_transport(host: str, port: int, user: str, pkey: paramiko.PKey,
-                   pinned: tuple[str, str] | None, timeout_s: float) -> paramiko.Transport:
-    """An authenticated paramiko Transport whose host key equals `pinned` (when given).
-
-    With a pin, only the pinned key's algorithm is negotiated, so a server that merely prefers
-    another key type cannot slip past the comparison.
-    """
-    sock = socket.create_connection((host, port), timeout=timeout_s)
-    disabled = None
-    if pinned:
-        family = _key_family(pinned[0])
-        disabled = {"keys": [k for k in paramiko.Transport._preferred_keys if _key_family(k) != family]}
-    t = paramiko.Transport(sock, disabled_algorithms=disabled)
-    t.banner_timeout = timeout_s
-    t.auth_timeout = timeout_s
-    try:
-        try:
-            t.start_client(timeout=timeout_s)
-        except paramiko.SSHException as e:
-            if pinned and "host key" in str(e).lower():
-                raise HostKeyChangedError(_changed_msg(host, port, pinned, None)) from e
-            raise
-        key = t.get_remote_server_key()
-        if pinned and (key.get_name(), key.get_base64()) != tuple(pinned):
-            raise HostKeyChangedError(_changed_msg(host, port, pinned, key))
-        t.auth_publickey(user, pkey)
-        t.set_keepalive(10)  # a half-dead link shows up as a dropped transport, not a hang
-        return t
-    except BaseException:
-        t.close()
-        raise
-
-
-def _changed_msg(host: str, port: int, pinned: tuple[str, str], key: paramiko.PKey | None) -> str:
-    got = f"{key.get_name()} {key.get_fingerprint().hex()}" if key else "no key of that type"
-    return (f"host key of {host}:{port} changed: pinned {pinned[0]} {pinned[1][:24]}..., server offered {got}. "
-            "Refusing to connect (possible man-in-the-middle, or the instance was replaced); "
-            "terminate and relaunch, or clear the pin if you know why it changed")
-
-
 def _is_drop(e: BaseException) -> bool:
     if isinstance(e, (HostKeyChangedError, CommandTimeoutError, paramiko.AuthenticationException)):
         return False
     return isinstance(e, (paramiko.SSHException, EOFError, ConnectionError, socket.timeout, socket.gaierror))
-
-
-# ---------------------------------------------------------------- upload file selection
-
-
-def upload_files(local_dir: Path) -> list[str]:
-    """Relative paths to ship from local_dir: git's view of it when in a repo, else .gitignore by fnmatch."""
-    files = _git_files(local_dir)
-    if files is None:
-        files = _walk_files(local_dir, _gitignore_patterns(local_dir))
-    return sorted(f for f in files if not _always_excluded(f) and (local_dir / f).is_file())
-
-
-def _always_excluded(rel: str) -> bool:
-    return any(fnmatch.fnmatch(part, pat) for part in rel.split("/") for pat in ALWAYS_EXCLUDE)
-
-
-def _git_files(local_dir: Path) -> list[str] | None:
-    try:
-        inside = subprocess.run(["git", "-C", str(local_dir), "rev-parse", "--is-inside-work-tree"],
-                                capture_output=True, text=True, timeout=30)
-        if inside.returncode != 0 or inside.stdout.strip() != "true":
-            return None
-        out = subprocess.run(["git", "-C", str(local_dir), "ls-files", "-z", "--cached", "--others",
-                              "--exclude-standard", "--", "."], capture_output=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None  # no git here: fall back to reading .gitignore ourselves
-    return [p for p in out.stdout.decode().split("\0") if p]
-
-
-def _gitignore_patterns(local_dir: Path) -> list[str]:
-    gi = local_dir / ".gitignore"
-    if not gi.is_file():
-        return []
-    lines = (ln.strip() for ln in gi.read_text(errors="replace").splitlines())
-    return [ln for ln in lines if ln and not ln.startswith("#")]
-
-
-def _ignored(rel: str, is_dir: bool, patterns: list[str]) -> bool:
-    """A small .gitignore: last match wins, `!` negates, trailing `/` = dirs, `/` inside = anchored."""
-    ignored = False
-    name = rel.rsplit("/", 1)[-1]
-    for pat in patterns:
-        neg = pat.startswith("!")
-        p = pat[1:] if neg else pat
-        if p.endswith("/"):
-            if not is_dir:
-                continue
-            p = p.rstrip("/")
-        hit = fnmatch.fnmatch(rel, p.lstrip("/")) if "/" in p else fnmatch.fnmatch(name, p)
-        if hit:
-            ignored = not neg
-    return ignored
-
-
-def _walk_files(local_dir: Path, patterns: list[str]) -> list[str]:
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(local_dir):
-        rel_dir = os.path.relpath(dirpath, local_dir)
-        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-        dirnames[:] = [d for d in dirnames if not _ignored(prefix + d, True, patterns)
-                       and not _always_excluded(prefix + d)]
-        out += [prefix + f for f in filenames if not _ignored(prefix + f, False, patterns)]
-    return out
-
-
-def _tarball(local_dir: Path, files: list[str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in files:
-            info = tar.gettarinfo(str(local_dir / rel), arcname=rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with open(local_dir / rel, "rb") as f:
-                tar.addfile(info, f)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------- the transport
@@ -266,13 +123,15 @@ class SSHTransport:
         self.upload_limit_bytes = upload_limit_bytes
         self._pkey = load_private_key(self.key_path)
         self._conn: _Conn | None = None
+        # The guard thread and the sync thread share the connection: one of them (re)connects at a time.
+        self._lock = threading.RLock()
 
     # -- connection ------------------------------------------------------------------------
 
     def _connect_once(self, timeout_s: float) -> _Conn:
         ep = self.endpoint
         pinned = self.host_keys.get(self.instance_id)
-        t = open_transport(ep.host, ep.port, ep.user, self._pkey, pinned, timeout_s)
+        t = connect(ep.host, ep.port, ep.user, self._pkey, pinned, timeout_s)
         if pinned is None:
             key = t.get_remote_server_key()
             self.host_keys.put(self.instance_id, key.get_name(), key.get_base64())
@@ -325,25 +184,30 @@ class SSHTransport:
             raise paramiko.SSHException(f"port open but no SSH banner (got {banner[:40]!r})")
 
     def _ensure(self) -> _Conn:
-        if self._conn is None or not self._conn.transport.is_active():
-            self._drop()
-            self._conn = self._connect(self.reconnect_timeout)
-        return self._conn
+        with self._lock:
+            if self._conn is None or not self._conn.transport.is_active():
+                self._drop()
+                self._conn = self._connect(self.reconnect_timeout)
+            return self._conn
 
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.transport.close()
-            self._conn = None
+    def _drop(self, conn: _Conn | None = None) -> None:
+        """Close the connection; given `conn`, only if it is still the current one (another thread
+        may already have replaced a connection that dropped under both)."""
+        with self._lock:
+            if self._conn is not None and (conn is None or conn is self._conn):
+                self._conn.transport.close()
+                self._conn = None
 
     def _call(self, fn: Callable[[_Conn], T]) -> T:
         """Run fn on a live connection; on a drop, reconnect (bounded) and run it once more."""
+        conn = self._ensure()
         try:
-            return fn(self._ensure())
+            return fn(conn)
         except Exception as e:
-            if not (_is_drop(e) or (self._conn is not None and not self._conn.transport.is_active())):
+            if not (_is_drop(e) or not conn.transport.is_active()):
                 raise
             log.warning("SSH connection to %s lost (%s); reconnecting", self.endpoint.host, e)
-            self._drop()
+            self._drop(conn)
             return fn(self._ensure())
 
     def _sftp(self, conn: _Conn) -> paramiko.SFTPClient:
@@ -385,8 +249,9 @@ class SSHTransport:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Bounded wait for banner + authenticated `true`; pins the host key on first contact."""
-        self._drop()
-        self._conn = self._connect(timeout_s, probe_banner=True)
+        with self._lock:
+            self._drop()
+            self._conn = self._connect(timeout_s, probe_banner=True)
 
     def run(self, command: str, timeout_s: float | None = None) -> CommandResult:
         return self._call(lambda c: self._exec(c, command, None, timeout_s))
@@ -395,23 +260,16 @@ class SSHTransport:
         return shlex.quote(f"{self.root}/{rel}")
 
     def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
-        """Ship local_dir's contents (per .gitignore) to root/remote_subdir, replacing it atomically."""
+        """Ship local_dir's files (orchestrator/upload.py's rule) to root/remote_subdir, replacing it atomically."""
         local_dir = Path(local_dir)
         sub = remote_subdir.strip("/")
         if not sub or ".." in sub.split("/"):
             raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
         if not local_dir.is_dir():
             raise FileNotFoundError(f"upload: {local_dir} is not a directory")
-        files = upload_files(local_dir)
-        sizes = {f: (local_dir / f).stat().st_size for f in files}
-        total = sum(sizes.values())
-        if total > self.upload_limit_bytes:
-            biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:5]
-            names = ", ".join(f"{f} ({n / 1e6:.1f} MB)" for f, n in biggest)
-            raise UploadTooLargeError(
-                f"{local_dir} is {total / 1e6:.1f} MB to upload, over the {self.upload_limit_bytes / 1e6:.0f} MB "
-                f"limit; biggest: {names}. Add them to .gitignore or raise the limit")
-        data = _tarball(local_dir, files)
+        files = upload_rule.upload_files(local_dir)
+        total = upload_rule.check_size(local_dir, files, self.upload_limit_bytes)
+        data = upload_rule.tarball(local_dir, files)
         dest, part = self._q(sub), self._q(sub + ".partial")
         cmd = (f"rm -rf {part} && mkdir -p {part} && tar -xzf - --no-same-owner -C {part} && "
                f"rm -rf {dest} && mv {part} {dest}")
@@ -505,8 +363,6 @@ class SSHTransport:
 
     def ssh_options(self) -> SSHOptions:
         """What rsync/ssh need to reach this instance with the same key and the PINNED host key."""
-        from orchestrator.sync import SSHOptions
-
         pinned = self.host_keys.get(self.instance_id)
         if pinned is None:
             self._ensure()  # first contact pins it
@@ -516,12 +372,19 @@ class SSHTransport:
         return SSHOptions(ep.host, ep.port, ep.user, self.key_path, pinned[0], pinned[1],
                           connect_timeout=self.connect_timeout)
 
-    def pull(self, local_dir: Path) -> SyncResult:
-        from orchestrator.sync import pull_outputs
+    def open_sftp(self) -> paramiko.SFTPClient:
+        """A new SFTP session on this transport's connection (reconnecting if it dropped): the sync's
+        fallback. Its own channel, so it never shares an SFTPClient with write_file across threads."""
+        sftp = paramiko.SFTPClient.from_transport(self._ensure().transport)
+        if sftp is None:
+            raise paramiko.SSHException("the server refused an SFTP session")
+        sftp.get_channel().settimeout(max(60.0, self.connect_timeout))
+        return sftp
 
+    def pull(self, local_dir: Path) -> SyncResult:
         if self.root.startswith("~/"):
             self._ensure()
-        return pull_outputs(self.root, Path(local_dir), self.ssh_options())
+        return pull_outputs(self.root, Path(local_dir), self.ssh_options(), open_sftp=self.open_sftp)
 
     def close(self) -> None:
         self._drop()

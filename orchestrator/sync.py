@@ -1,5 +1,8 @@
 """Pull a run's outputs home: rsync over the run's SSH key and PINNED host key, SFTP when rsync is missing.
 
+The SFTP fallback opens no connection of its own: it asks the caller (the SSH transport) for an
+SFTP session on the transport's live connection (`open_sftp`).
+
 What comes back, mirroring the instance layout under the run root: `out/` and the root's `*.log`.
 Checkpoints are special: only files listed in `out/checkpoints/MANIFEST.json` are complete, so the
 manifest is read first, exactly the listed files are pulled, each is checked against its SHA-256,
@@ -9,16 +12,13 @@ pulled again (bounded); a dropped connection is retried with backoff and resumes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,14 +36,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from orchestrator.keys import load_private_key
-from orchestrator.remote import HostKeyChangedError, open_transport
+from orchestrator.ssh import HostKeyChangedError, SSHOptions
 from orchestrator.transport import SyncResult
 from trainer.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
-HOST_ALIAS = "gpurun-instance"  # known_hosts holds only the pinned key, under this alias
 STAGING = ".gpurun-sync"  # under the local run dir: the fetched remote manifest + hash cache
 CKPT = "out/checkpoints"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # no paths, no rsync wildcards
@@ -63,49 +61,11 @@ class _RsyncMissing(Exception):
     """rsync is not installed on the instance: fall back to SFTP."""
 
 
-@dataclass(frozen=True)
-class SSHOptions:
-    host: str
-    port: int
-    user: str
-    key_path: Path
-    host_key_type: str
-    host_key_b64: str
-    connect_timeout: float = 10.0
-
-    def known_hosts_line(self) -> str:
-        return f"{HOST_ALIAS} {self.host_key_type} {self.host_key_b64}\n"
-
-    def control_path(self, local_dir: Path) -> str:
-        """Short socket path (unix limit ~104 bytes) for ssh multiplexing, unique per run dir AND pin,
-        so a master connection made under one pinned key is never reused under another."""
-        ident = f"{local_dir.resolve()}|{self.user}@{self.host}:{self.port}|{self.host_key_b64}"
-        return os.path.join(tempfile.gettempdir(), "gpurun-cm-" + hashlib.sha256(ident.encode()).hexdigest()[:16])
-
-    def ssh_command(self, known_hosts: Path, control_path: str | None = None) -> str:
-        algos = "rsa-sha2-512,rsa-sha2-256" if self.host_key_type == "ssh-rsa" else self.host_key_type
-        opts = {
-            "IdentitiesOnly": "yes", "BatchMode": "yes", "StrictHostKeyChecking": "yes",
-            "UserKnownHostsFile": str(known_hosts), "GlobalKnownHostsFile": "/dev/null",
-            "HostKeyAlias": HOST_ALIAS, "HostKeyAlgorithms": algos,
-            "ConnectTimeout": str(max(1, int(self.connect_timeout))),
-            "ServerAliveInterval": "5", "ServerAliveCountMax": "3", "LogLevel": "ERROR",
-        }
-        if control_path:  # one SSH handshake for the passes of a sync (and the next sync, if soon)
-            opts.update(ControlMaster="auto", ControlPath=control_path, ControlPersist="15")
-        argv = ["ssh", "-F", "/dev/null", "-i", str(self.key_path), "-p", str(self.port)]
-        for k, v in opts.items():
-            argv += ["-o", f"{k}={v}"]
-        return " ".join(shlex.quote(a) for a in argv)
-
-    def remote(self, path: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.user}@{host}:{path}"
+#: Opens an SFTP session on the transport's connection (SSHTransport.open_sftp); the caller closes it.
+SftpOpener = Callable[[], paramiko.SFTPClient]
 
 
-# ---------------------------------------------------------------- hashing (trainer/manifest.py if present)
-
-
+# ---------------------------------------------------------------- manifests
 
 
 def _parse_manifest(data: bytes | None) -> dict[str, Any]:
@@ -147,11 +107,9 @@ def _run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_ho
     if p.returncode in (0, 24):  # 24: a source file vanished (rotated checkpoint): not an error here
         return _parse_stats(p.stdout)
     err = p.stderr.strip()
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in err or "Host key verification failed" in err:
-        assert ssh is not None
-        raise HostKeyChangedError(
-            f"host key of {ssh.host}:{ssh.port} no longer matches the pinned {ssh.host_key_type} key; "
-            "refusing to sync (possible man-in-the-middle, or the instance was replaced)")
+    changed = ssh.host_key_error(err) if ssh is not None else None
+    if changed is not None:
+        raise changed
     if re.search(r"rsync: (command )?not found|rsync: No such file or directory$", err, re.M):
         raise _RsyncMissing(err)
     if p.returncode in DROP_CODES:
@@ -292,16 +250,12 @@ def _tree_pass(tree: _Tree, local_dir: Path) -> tuple[_Pass, bytes | None]:
     return res, manifest_bytes
 
 
-def _sftp_pass(src: str, local_dir: Path, ssh: SSHOptions) -> tuple[_Pass, bytes | None]:
-    t = open_transport(ssh.host, ssh.port, ssh.user, load_private_key(ssh.key_path),
-                       (ssh.host_key_type, ssh.host_key_b64), ssh.connect_timeout)
+def _sftp_pass(src: str, local_dir: Path, open_sftp: SftpOpener) -> tuple[_Pass, bytes | None]:
+    sftp = open_sftp()
     try:
-        sftp = paramiko.SFTPClient.from_transport(t)
-        assert sftp is not None
-        sftp.get_channel().settimeout(60)
         return _tree_pass(_SftpTree(sftp, src), local_dir)
     finally:
-        t.close()
+        sftp.close()  # the session only: the connection is the transport's
 
 
 # ---------------------------------------------------------------- verification
@@ -375,13 +329,15 @@ def _write_local_manifest(ckpt: Path, remote: dict[str, Any], raw: bytes, good: 
 # ---------------------------------------------------------------- entry point
 
 
-def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = None, *, method: str = "auto",
-                 rsync_bin: str = "rsync", remote_rsync: str = "rsync", extra_rsync_args: Sequence[str] = (),
-                 attempts: int = 6, max_wait_s: float = 120.0, io_timeout_s: int = 60) -> SyncResult:
+def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = None, *,
+                 open_sftp: SftpOpener | None = None, method: str = "auto", rsync_bin: str = "rsync",
+                 remote_rsync: str = "rsync", extra_rsync_args: Sequence[str] = (), attempts: int = 6,
+                 max_wait_s: float = 120.0, io_timeout_s: int = 60) -> SyncResult:
     """Pull out/ and *.log from source_root into local_dir; verify checkpoints.
 
     ssh=None: source_root is a directory on this machine (the local provider). method: "auto"
     (rsync when installed on both sides, else SFTP / plain copy), "rsync", "sftp" or "copy".
+    SFTP runs over `open_sftp`, a session on the caller's connection (SSHTransport.open_sftp).
     """
     local_dir = Path(local_dir)
     (local_dir / STAGING).mkdir(parents=True, exist_ok=True)
@@ -413,8 +369,10 @@ def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = Non
                     result.method = "sftp"
                     return one_pass()
             elif result.method == "sftp":
-                assert ssh is not None
-                moved, manifest = _sftp_pass(src, local_dir, ssh)
+                if open_sftp is None:
+                    raise SyncError("SFTP sync needs the transport's connection (open_sftp); "
+                                    "sync through the run's transport, or install rsync on both sides")
+                moved, manifest = _sftp_pass(src, local_dir, open_sftp)
             else:
                 moved, manifest = _tree_pass(_LocalTree(src), local_dir)
         except HostKeyChangedError:

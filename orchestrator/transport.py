@@ -1,8 +1,10 @@
 """How the controller reaches an instance: run a command, upload, start a detached job, pull outputs.
 
 Two implementations: `LocalTransport` (orchestrator/local_transport.py, the `local` provider's
-sandbox on this machine) and `SSHTransport` (orchestrator/remote.py, every cloud). Bootstrap, the
-watchdog and the lifecycle are written once against this protocol.
+sandbox on this machine) and `SSHTransport` (orchestrator/remote.py, every cloud), picked by
+orchestrator/transports.py from what the provider's `access()` returns. Both upload the files that
+orchestrator/upload.py selects. Bootstrap, the watchdog and the lifecycle are written once against
+this protocol.
 
 Layout of a run on the instance, under `transport.root` (the same for both transports):
 

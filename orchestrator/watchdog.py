@@ -13,7 +13,6 @@ import math
 import re
 import shlex
 import signal
-import time
 from importlib import resources
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -89,11 +88,6 @@ def move_deadline_earlier(transport: Transport, new_deadline: float, ack_timeout
         transport.write_file(f"{transport.root}/watchdog.deadline", f"{new}\n", 0o644)
     _wait_armed(transport, new, ack_timeout_s)
     return new
-
-
-def seconds_left(transport: Transport) -> float | None:
-    d = read_deadline(transport)
-    return None if d is None else d - time.time()
 
 
 def disarm_watchdog(transport: Transport) -> None:

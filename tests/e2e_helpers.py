@@ -41,7 +41,7 @@ ENDLESS_TRAIN = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--se
 def write_budgets(path: Path, provider: str, *, reserve_s: int = 20, min_runtime_s: int = 10,
                   billing: dict[str, Any] | None = None) -> Path:
     """The packaged budgets.yaml with a test-sized reserve / minimum runtime for `provider`."""
-    from orchestrator.budget import packaged_budgets_file
+    from orchestrator.budgets_file import packaged_budgets_file
 
     doc = yaml.safe_load(packaged_budgets_file().read_text())
     prov = doc.setdefault("providers", {}).setdefault(provider, {})

@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.budgets_file import load_budgets, packaged_budgets_file
 from providers import get_provider
 from providers.aws import (
-    AWS_BILLING,
     DLAMI_SSM_PATH,
     STATIC_PRICE_DATE,
     TAG_OWNER,
     TAG_RUN_ID,
     AWSProvider,
-    billed_cost,
-    billed_seconds,
     ebs_usd_per_hour,
+    elapsed_seconds,
     termination_time,
 )
+from providers.aws.instance import self_destruct_script
 from providers.base import (
     NOT_FOUND,
     RUNNING,
     TERMINATED,
+    BillingRule,
     CredentialsError,
     InstanceSpec,
     Offer,
@@ -37,6 +38,8 @@ from providers.base import (
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
 
 STATIC = f"static table ({STATIC_PRICE_DATE})"
+# The provider carries no billing rule of its own: AWS's (per second, 60 s minimum) is budgets.yaml's.
+AWS_RULE = load_budgets(packaged_budgets_file()).billing_for("aws")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -103,6 +106,10 @@ def fail_next(client: Any, operation: str, code: str, times: int, message: str =
     return calls
 
 
+def runs_the_shipped_self_destruct(command: str) -> bool:
+    return shlex.split(command) == ["sh", "-c", self_destruct_script(), "gpurun-self-destruct"]
+
+
 def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
     text = str(exc.value)
     assert "\n" not in text and text, text
@@ -116,7 +123,7 @@ def test_registry_builds_the_aws_provider(moto_aws: MotoAWS) -> None:  # noqa: F
     p = get_provider("aws", region="us-east-1", disk_gb=120)
     assert isinstance(p, AWSProvider)
     assert p.region == "us-east-1" and p.disk_gb == 120
-    assert p.self_destruct_command(None) == "sudo shutdown -h now"  # type: ignore[arg-type]
+    assert runs_the_shipped_self_destruct(p.self_destruct_command(None))  # type: ignore[arg-type]
 
 
 def test_offers_fall_back_to_the_dated_static_table_when_pricing_is_unreachable(moto_aws: MotoAWS) -> None:  # noqa: F811
@@ -129,7 +136,7 @@ def test_offers_fall_back_to_the_dated_static_table_when_pricing_is_unreachable(
     best = pick_offer(offers, "a10g")
     assert best.instance_type == "g5.xlarge" and best.usd_per_hour == pytest.approx(1.006)
     assert best.extra_usd_per_hour == pytest.approx(100 * 0.08 / 730, abs=1e-6)  # 100 GB gp3 root
-    assert best.billing.increment_s == 1 and best.billing.minimum_s == 60
+    assert best.billing == BillingRule()  # the plan sets budgets.yaml's rule; the provider has none
     assert best.memory_gb == pytest.approx(22.4, abs=0.1) and best.region == "us-east-1"
     # Multi-GPU types are offered for their own count.
     eight = p.offers(gpu="H100", count=8)
@@ -217,7 +224,24 @@ def test_create_sets_every_property_the_cap_and_the_teardown_rely_on(
 
     assert inst.ssh is not None and p.ssh_endpoint(inst) == inst.ssh
     assert (inst.ssh.host, inst.ssh.port, inst.ssh.user) == (desc["PublicDnsName"], 22, "ubuntu")
-    assert p.self_destruct_command(inst) == "sudo shutdown -h now"
+    assert runs_the_shipped_self_destruct(p.self_destruct_command(inst))
+    assert p.self_destruct_files(inst) == []  # the script travels inside the command
+
+
+def test_the_self_destruct_shuts_the_instance_down(tmp_path: Path) -> None:
+    # A halt from inside = termination (InstanceInitiatedShutdownBehavior=terminate, asserted above).
+    # Run the command as the watchdog does, with a `sudo` on PATH that records what it was asked.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    asked = tmp_path / "sudo.args"
+    (bin_dir / "sudo").write_text(f'#!/bin/sh\necho "$@" >> {asked}\n')
+    (bin_dir / "sudo").chmod(0o755)
+    command = AWSProvider().self_destruct_command(None)  # type: ignore[arg-type]
+    (tmp_path / "watchdog.selfdestruct").write_text(command + "\n")
+    res = subprocess.run(["sh", str(tmp_path / "watchdog.selfdestruct")], cwd=tmp_path, capture_output=True,
+                         text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert asked.read_text().splitlines() == ["shutdown -h now"]
 
 
 def test_create_is_idempotent_by_run_id(moto_aws: MotoAWS, ec2: Any, pubkey: str) -> None:  # noqa: F811
@@ -380,7 +404,7 @@ def test_get_and_terminate_reach_terminated(moto_aws: MotoAWS, ec2: Any, pubkey:
     assert resp["requested_at"] and resp["already_gone"] is False
     after = p.get(inst.id)
     assert after.state == TERMINATED and after.gone and after.ssh is None
-    assert after.raw["terminated_at"] and after.raw["cost_usd"] > 0
+    assert after.raw["terminated_at"] and AWS_RULE.cost(after.raw["elapsed_s"], after.usd_per_hour) > 0
     again = p.terminate(inst.id)  # already terminated is fine
     assert again["already_gone"] is True
     assert p.list_run("aws-term") == []  # the zero-match check of a proof
@@ -404,7 +428,8 @@ def test_list_owned_finds_instances_by_the_run_id_tag(moto_aws: MotoAWS, ec2: An
     assert owned[a.id].run_id == "aws-list-a" and owned[a.id].state == RUNNING
     assert owned[b.id].state == TERMINATED
     assert owned[a.id].raw["launch_time"]
-    assert owned[a.id].raw["cost_usd"] == pytest.approx(a.usd_per_hour * 60 / 3600, rel=0.05)  # the 60 s minimum
+    # Just launched: its elapsed time bills as the 60 s minimum.
+    assert AWS_RULE.cost(owned[a.id].raw["elapsed_s"], a.usd_per_hour) == pytest.approx(a.usd_per_hour * 60 / 3600)
 
 
 def test_sweep_sees_an_instance_tagged_gpurun_made_outside_gpurun(moto_aws: MotoAWS, ec2: Any) -> None:  # noqa: F811
@@ -418,7 +443,7 @@ def test_sweep_sees_an_instance_tagged_gpurun_made_outside_gpurun(moto_aws: Moto
     # No price tag: priced from the (static) list price plus its 50 GB of gp3.
     assert stray.usd_per_hour == pytest.approx(1.006 + ebs_usd_per_hour(50), abs=1e-6)
     minimum = stray.usd_per_hour * 60 / 3600
-    assert stray.raw["cost_usd"] == pytest.approx(minimum, rel=0.05)  # just launched: the 60 s minimum
+    assert AWS_RULE.cost(stray.raw["elapsed_s"], stray.usd_per_hour) == pytest.approx(minimum)  # the 60 s minimum
 
 
 # -------------------------------------------------------------------------------------- cleanup
@@ -448,14 +473,19 @@ def test_cleanup_waits_for_the_instance_then_deletes_the_group(
     assert "still in use" in one_line(err) and inst.id in str(err.value)
 
     p.sg_delete_timeout_s = 30
-    timer = threading.Timer(1.0, lambda: provider().terminate(inst.id))
+    terminated = threading.Event()
+
+    def terminate() -> None:
+        provider().terminate(inst.id)
+        terminated.set()
+
+    timer = threading.Timer(1.0, terminate)
     timer.start()
-    started = time.monotonic()
     try:
         gone = p.cleanup("aws-wait")
+        assert terminated.is_set()  # the group went only after the instance did
     finally:
         timer.join()
-    assert time.monotonic() - started >= 0.9
     assert [g.split()[0] for g in gone] == ["security-group"]  # the key pair went on the first try
 
 
@@ -479,12 +509,12 @@ def test_billed_cost_from_moto_launch_and_termination_times(moto_aws: MotoAWS, e
     # moto records the termination only in StateTransitionReason: "User initiated (YYYY-MM-DD HH:MM:SS UTC)".
     ended = termination_time(desc)
     assert ended is not None and abs((ended - desc["LaunchTime"]).total_seconds()) <= 2
-    assert billed_seconds(desc) == 60  # terminated within seconds: the 60 s minimum
-    assert billed_cost(desc, 3.6) == pytest.approx(0.06)
+    assert AWS_RULE.billed_seconds(elapsed_seconds(desc)) == 60  # terminated within seconds: the 60 s minimum
+    assert AWS_RULE.cost(elapsed_seconds(desc), 3.6) == pytest.approx(0.06)
     # With a termination time recorded by the caller instead (per second, rounded up).
     later = desc["LaunchTime"] + timedelta(seconds=125.2)
-    assert billed_seconds(desc, ended_at=later) == 126
-    assert billed_cost(desc, 3.6, ended_at=later) == pytest.approx(AWS_BILLING.cost(125.2, 3.6))
+    assert elapsed_seconds(desc, ended_at=later) == pytest.approx(125.2)
+    assert AWS_RULE.billed_seconds(elapsed_seconds(desc, ended_at=later)) == 126
 
 
 def test_termination_time_parses_real_ec2_and_moto_reasons() -> None:
@@ -492,10 +522,11 @@ def test_termination_time_parses_real_ec2_and_moto_reasons() -> None:
     real = {**base, "State": {"Name": "terminated"}, "StateTransitionReason": "User initiated (2026-01-01 12:10:00 GMT)"}
     moto = {**base, "State": {"Name": "terminated"}, "StateTransitionReason": "User initiated (2026-01-01 12:00:30 UTC)"}
     assert termination_time(real) == datetime(2026, 1, 1, 12, 10, tzinfo=timezone.utc)
-    assert billed_seconds(real) == 600 and billed_seconds(moto) == 60
+    assert elapsed_seconds(real) == 600 and elapsed_seconds(moto) == 30
     running = {**base, "State": {"Name": "running"}, "StateTransitionReason": ""}
     assert termination_time(running) is None
-    assert billed_seconds(running, now=base["LaunchTime"].timestamp() + 3600.5) == 3601
+    assert elapsed_seconds(running, now=base["LaunchTime"].timestamp() + 3600.5) == 3600.5
+    assert elapsed_seconds({"State": {"Name": "running"}}) is None  # no LaunchTime: nothing to count
     self_halted = {**base, "State": {"Name": "terminated"},
                    "StateTransitionReason": "Client.InstanceInitiatedShutdown: Instance initiated shutdown"}
     assert termination_time(self_halted) is None  # no time in it: the caller's own record is needed

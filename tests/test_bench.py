@@ -1,12 +1,16 @@
-"""Smoke test of bench/trainer_bench.py: it runs and writes its figures. No speed is asserted."""
+"""Smoke tests of the bench scripts: they run and write their figures. No speed is asserted."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+from orchestrator.ledger import Event
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,3 +35,47 @@ def test_trainer_bench_writes_its_figures(tmp_path: Path) -> None:
     assert 0 <= row["loader_wait_share"] <= 1
     assert row["mfu"] is None  # a CPU has no known peak
     assert row["device"] == "cpu" and row["threads"] == 1 and row["steps"] == 2
+
+
+def _controller_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("controller_bench", REPO / "bench" / "controller_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_controller_bench_reads_its_intervals_from_the_ledger_events(tmp_path: Path) -> None:
+    bench = _controller_bench()
+    t0 = 1_000_000.0
+    events = [Event("r", t0 + dt, phase, {}) for dt, phase in [
+        (0, "creating"), (1, "booting"), (2, "ssh_ready"), (5, "bootstrapped"), (5.5, "running"),
+        (5.6, "job_started"), (20, "sync"), (40.5, "stopping"), (43, "syncing_final"), (43.25, "terminating"),
+        (44, "terminate_request"), (45, "verified"), (46, "verified"),  # a later duplicate does not count
+    ]]
+    seconds = bench.intervals(events, stop_at=t0 + 40, deadline=t0 + 55, first_step=t0 + 9)
+    assert seconds == {
+        "ssh_ready → bootstrapped": 3.0, "bootstrapped → running": 0.5, "running → first step": 3.5,
+        "ssh_ready → first step": 7.0, "stop time → stopping": 0.5, "stopping → syncing_final": 2.5,
+        "syncing_final → terminating": 0.25, "terminating → verified": 1.75, "stop time → verified": 5.0,
+        "verified before the deadline by": 10.0,
+    }
+    # A run that never reached its first step or a stop time: only what its events show.
+    assert bench.intervals(events[:4], stop_at=None, deadline=None, first_step=None) == {"ssh_ready → bootstrapped": 3.0}
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"type": "eval", "step": 0, "time": 5.0}\nnot json\n{"type": "step", "step": 1, "time": 7.5}\n')
+    assert bench.first_step_time(metrics) == 7.5
+    assert bench.first_step_time(tmp_path / "missing.jsonl") is None
+
+    med = bench.medians([{"a": 1.0, "b": 4.0}, {"a": 3.0}, {"a": 2.0, "b": 2.0}])
+    assert med == {"a": 2.0}  # only what every run measured
+    assert bench.ratios({"a": 2.0, "b": 1.0, "c": 1.0}, {"a": 4.0, "b": 0.0}) == {"a": 0.5}
+    assert bench.ratios({"a": 2.0}, None) == {}
+
+
+def test_controller_bench_help() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "bench/controller_bench.py", "--help"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--baseline" in result.stdout, result.stderr

@@ -13,20 +13,22 @@ from pathlib import Path
 import pytest
 
 from orchestrator.budget import (
-    CONSERVATIVE_BILLING,
-    BudgetError,
-    Budgets,
     Plan,
-    ProviderBudget,
     day_start,
-    find_budgets_file,
-    load_budgets,
     max_runtime_s,
     month_start,
-    packaged_budgets_file,
     plan_run,
     reserve,
     settle,
+)
+from orchestrator.budgets_file import (
+    CONSERVATIVE_BILLING,
+    BudgetError,
+    Budgets,
+    ProviderBudget,
+    find_budgets_file,
+    load_budgets,
+    packaged_budgets_file,
 )
 from orchestrator.ledger import Ledger
 from providers.base import BillingRule
@@ -382,7 +384,7 @@ def test_lookup_order(tmp_path: Path, gpurun_home: Path, monkeypatch: pytest.Mon
 def test_packaged_default_used_outside_the_repo(tmp_path: Path) -> None:
     env = {**os.environ, "GPURUN_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.budget import load_budgets; print(load_budgets().path)"],
+        [sys.executable, "-c", "from orchestrator.budgets_file import load_budgets; print(load_budgets().path)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     )
     assert Path(out.stdout.strip()) == packaged_budgets_file()
@@ -518,7 +520,8 @@ def test_reserve_rejects_bad_hold(tmp_path: Path) -> None:
 _RACE_SCRIPT = r"""
 import sys, time
 from pathlib import Path
-from orchestrator.budget import BudgetError, load_budgets, reserve
+from orchestrator.budget import reserve
+from orchestrator.budgets_file import BudgetError, load_budgets
 from orchestrator.ledger import Ledger
 
 home, budgets_file, run_id, go_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

@@ -15,16 +15,27 @@ from orchestrator.ledger import Ledger
 from tests.e2e_helpers import wait_for
 from tests.test_launch_local import REPO, gpurun
 
+# The phases that stop and end a run: none may come before `launch --detach` returns.
+ENDING = {"stopping", "syncing_final", "terminating", "verified"}
+
 
 def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: Path) -> None:
-    started = time.time()
-    res = gpurun("launch", "--max-usd", "0.02", "--usd-per-hour", "1.2", "--detach", "--yes",
-                 "--set", "max_iters=1000000", cwd=tmp_path, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert time.time() - started < 40, "launch --detach returns once the job runs"
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "launch", "--max-usd", "0.02", "--usd-per-hour", "1.2",
+         "--detach", "--yes", "--set", "max_iters=1000000"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+    )
+    out, _ = launch.communicate(timeout=120)
+    assert launch.returncode == 0, out
     ledger = Ledger()
     (run,) = ledger.list_runs()
-    assert run.phase == "running"
+    # `launch --detach` returns once the job runs, not at the run's end: the run is still open, its
+    # job started, and nothing has asked it to stop yet.
+    at_return = ledger.events(run.run_id)
+    assert run.open and run.phase == "running"
+    assert "job_started" in [e.phase for e in at_return]
+    assert not ENDING & {e.phase for e in at_return}
 
     sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / run.run_id
     wait_for(lambda: (sandbox / "out" / "checkpoints" / "MANIFEST.json").exists(), 40, "a first checkpoint")
@@ -35,11 +46,17 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
     status = gpurun("status", cwd=tmp_path)
     assert run.run_id in status.stdout and "alive" in status.stdout  # the detached guard
 
-    # The guard, not this test, stops the run at the budget and tears it down.
+    # The guard, not this test nor the launch (gone since it returned), stops the run at the budget
+    # and tears it down: every ending phase comes after the events the launch left behind.
     wait_for(lambda: not ledger.resolve_run(run.run_id).open, 90, "the guard to finish the run")
     run = ledger.resolve_run(run.run_id)
     assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.02
-    assert "deadline" in next(e for e in ledger.events(run.run_id) if e.phase == "stopping").payload["reason"]
+    events = ledger.events(run.run_id)
+    assert events[: len(at_return)] == at_return
+    after = [e.phase for e in events[len(at_return):]]
+    assert [p for p in after if p in ENDING] == ["stopping", "syncing_final", "terminating", "verified"]
+    assert run.controller_pid not in (None, launch.pid)  # the guard took the run over
+    assert "deadline" in next(e for e in events if e.phase == "stopping").payload["reason"]
     assert "verified" in (Path(run.run_dir) / "controller.log").read_text()  # the guard's own output
 
     timings = gpurun("status", run.run_id, "--timings", cwd=tmp_path)

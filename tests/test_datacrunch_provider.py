@@ -9,7 +9,9 @@ import subprocess
 import time
 from collections.abc import Iterator
 from decimal import Decimal
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,27 +20,25 @@ from providers.base import (
     NOT_FOUND,
     PENDING,
     RUNNING,
+    STOPPING,
     TERMINATED,
     BillingRule,
     CredentialsError,
+    Instance,
     InstanceSpec,
     Offer,
     ProviderError,
     TransientProviderError,
     pick_offer,
 )
-from providers.datacrunch import (
-    DataCrunchProvider,
-    ProvisioningRefusedError,
-    TerminationNotVerifiedError,
-)
+from providers.datacrunch import DataCrunchProvider, ProvisioningRefusedError
 from tests.fakes.datacrunch_api import PROVISIONING_REFUSAL, FakeDataCrunchAPI
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
 ENV_NAMES = ("DATACRUNCH_CLIENT_ID", "DATACRUNCH_CLIENT_SECRET", "DATACRUNCH_BASE_URL", "VERDA_CLIENT_ID",
              "VERDA_CLIENT_SECRET", "VERDA_BASE_URL", "DATACRUNCH_WATCHDOG_CLIENT_ID",
              "DATACRUNCH_WATCHDOG_CLIENT_SECRET", "DATACRUNCH_IMAGE", "DATACRUNCH_LOCATION")
-FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "poll_s": 0.1, "timeout_s": 2.0}
+FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "timeout_s": 2.0}
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +80,26 @@ def _wait_state(dc: DataCrunchProvider, iid: str, state: str, limit_s: float = 5
     raise AssertionError(f"{iid} never reached {state}: {dc.get(iid).state}")
 
 
+def _delete_until_gone(dc: DataCrunchProvider, iid: str, limit_s: float = 10.0) -> list[dict[str, Any]]:
+    """What the teardown's verify loop does with a provider: look, (re)send the delete while the
+    instance is not on its way out, until it is gone. Returns the terminate records and final looks."""
+    records: list[dict[str, Any]] = []
+    end = time.time() + limit_s
+    while time.time() < end:
+        inst = dc.get(iid)
+        records.append({"kind": "verify", "state": inst.state, "raw": inst.raw})
+        if inst.gone:
+            return records
+        if inst.state != STOPPING:
+            try:
+                records.append(dict(dc.terminate(iid), kind="terminate"))
+            except ProviderError as exc:
+                records.append(dict(getattr(exc, "record", None) or {}, kind="terminate", error=str(exc),
+                                    retryable=isinstance(exc, TransientProviderError)))
+        time.sleep(0.1)
+    raise AssertionError(f"{iid} not gone after {limit_s}s: {records[-1]}")
+
+
 def test_both_names_resolve(fake: FakeDataCrunchAPI) -> None:
     for name in ("datacrunch", "verda", "Verda"):
         p = get_provider(name, client_id="x", client_secret="y", base_url=fake.base_url)
@@ -98,7 +118,7 @@ def test_offers_exact_decimal_prices_locations_and_spot(dc: DataCrunchProvider, 
     assert o.usd_per_hour == 1.29 and o.price_is_live and o.available and o.gpu == "A100 SXM4 80GB"
     # storage: 40 GB x 0.2 USD/GB-month / 730 h
     assert Decimal(o.details["extra_usd_per_hour_exact"]) == Decimal(40) * Decimal("0.2") / Decimal(730)
-    assert o.billing == dc.billing
+    assert o.billing == BillingRule()  # the plan sets the rule from budgets.yaml
     spot = dc.offers(gpu="H100", spot=True)
     assert [(s.instance_type, s.usd_per_hour, s.spot) for s in spot] == [("1H100.80S.30V", 0.99, True)]
     two = dc.offers(count=2)
@@ -136,7 +156,7 @@ def test_create_plain_text_id_then_provisioning_then_running_with_ip(dc: DataCru
     again = dc.create(_spec(dc))
     assert again.id == inst.id and len(fake.calls("POST", "/instances")) == 1
     assert len(fake.ssh_keys) == 1
-    dc.terminate_and_verify(inst.id, time.time() + 10)
+    _delete_until_gone(dc, inst.id)
 
 
 def test_default_image_and_overrides(fake: FakeDataCrunchAPI, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,7 +174,7 @@ def test_delete_refused_while_provisioning_then_retried_until_gone(dc: DataCrunc
         dc.terminate(inst.id)
     assert isinstance(info.value, TransientProviderError) and info.value.status == 400
     assert info.value.record and info.value.record["response"]["body"]["message"] == PROVISIONING_REFUSAL
-    records = dc.terminate_and_verify(inst.id, time.time() + 10, poll_s=0.1)
+    records = _delete_until_gone(dc, inst.id)
     refusals = [r for r in records if r["kind"] == "terminate" and "provisioning" in r.get("error", "")]
     accepted = [r for r in records if r["kind"] == "terminate" and r.get("accepted")]
     assert refusals and refusals[0]["retryable"] and accepted
@@ -181,23 +201,25 @@ def test_207_silent_failure_caught_by_get_and_retried(dc: DataCrunchProvider, fa
     assert rec["per_id_errors"] and rec["per_id_errors"][0]["instanceId"] == inst.id
     assert dc.get(inst.id).state == RUNNING  # the 207 did nothing: only GET tells
     fake.fail_next_delete_silently(inst.id)  # and once more inside the verify loop
-    records = dc.terminate_and_verify(inst.id, time.time() + 10, poll_s=0.1)
+    records = _delete_until_gone(dc, inst.id)
     sent = [r for r in records if r["kind"] == "terminate"]
     assert [r["response"]["status"] for r in sent] == [207, 202]
     assert records[-1]["state"] == TERMINATED and not fake.meter(inst.id)["running"]
 
 
-def test_terminate_already_gone_and_unverified_deadline(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+def test_terminate_already_gone_and_stuck_provisioning(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
     missing = dc.get("0b8e3c5e-0000-4000-8000-000000000000")
     assert missing.state == NOT_FOUND and missing.gone
     assert dc.terminate(missing.id)["already_gone"] is True
     inst = dc.create(_spec(dc))
-    fake.provisioning_s = 60  # stuck provisioning: delete is refused until the deadline
-    with pytest.raises(TerminationNotVerifiedError, match="not verified") as info:
-        dc.terminate_and_verify(inst.id, time.time() + 0.6, poll_s=0.1)
-    assert info.value.records and all(r.get("state") != TERMINATED for r in info.value.records)
+    fake.provisioning_s = 60  # stuck provisioning: every delete is refused, and refused at once (no retry)
+    for _ in range(2):
+        with pytest.raises(ProvisioningRefusedError):
+            dc.terminate(inst.id)
+    assert [r["status"] for r in fake.calls("PUT", "/instances")] == [400, 400]
+    assert dc.get(inst.id).state == PENDING and fake.meter(inst.id)["running"]
     fake.provisioning_s = 0
-    dc.terminate_and_verify(inst.id, time.time() + 10)
+    _delete_until_gone(dc, inst.id)
     fake.forget_discontinued_after_s = 0
     assert dc.get(inst.id).state == NOT_FOUND
 
@@ -221,7 +243,7 @@ def test_cleanup_deletes_ssh_key_and_script(fake: FakeDataCrunchAPI) -> None:
     inst = p.create(_spec(p, run_id="run-clean"))
     p.create(_spec(p, run_id="run-keep"))
     assert fake.instances[inst.id].body["startup_script_id"] in fake.scripts
-    p.terminate_and_verify(inst.id, time.time() + 10)
+    _delete_until_gone(p, inst.id)
     deleted = p.cleanup("run-clean")
     assert sorted(d.split(":")[0] for d in deleted) == ["ssh_key", "startup_script"]
     assert [k["name"] for k in fake.ssh_keys.values()] == ["gpurun-run-keep"]
@@ -259,10 +281,20 @@ def test_env_vars_and_balance(fake: FakeDataCrunchAPI, monkeypatch: pytest.Monke
     p = get_provider("datacrunch", **FAST)
     p.check_credentials()
     acct = p.account()
-    assert acct["balance"] == "250.75" and acct["currency"] == "usd"
-    assert p.check_balance_covers(25)["balance_usd"] == 250.75
-    with pytest.raises(ProviderError, match="below --max-usd 300"):
-        p.check_balance_covers(300)
+    assert acct["balance"] == "250.75" and acct["balance_usd"] == 250.75 and acct["currency"] == "usd"
+
+
+def test_check_spend_refuses_a_cap_the_prepaid_balance_cannot_pay(dc: DataCrunchProvider,
+                                                                 fake: FakeDataCrunchAPI) -> None:
+    dc.check_spend(250.75, 2.19)  # the balance covers the cap exactly: fine, whatever the price
+    with pytest.raises(ProviderError) as info:
+        dc.check_spend(300, 2.19)
+    msg = str(info.value)
+    assert "\n" not in msg and "balance 250.75 usd is below --max-usd 300" in msg and "top up" in msg
+    fake.balance = None  # type: ignore[assignment]
+    with pytest.raises(ProviderError, match="did not report a balance"):
+        dc.check_spend(1, 2.19)
+    assert not fake.instances
 
 
 def test_5xx_and_slow_answers_retried_and_bounded(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
@@ -274,42 +306,47 @@ def test_5xx_and_slow_answers_retried_and_bounded(dc: DataCrunchProvider, fake: 
     fake.fail_next(50, 500, path_prefix="/balance")
     with pytest.raises(TransientProviderError):
         dc.account()
-    assert len(fake.calls("GET", "/balance")) == dc.retry_attempts  # bounded
+    assert len(fake.calls("GET", "/balance")) == dc.api.retry_attempts  # bounded
     fake._faults.clear()
     slow = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, retry_wait_s=0.01,
                               retry_max_wait_s=0.05, timeout_s=0.3)
     slow.check_credentials()
-    fake.delay_next(1, 1.5, path_prefix="/balance")
-    t0 = time.time()
+    before = len(fake.calls("GET", "/balance"))
+    fake.delay_next(1, 5.0, path_prefix="/balance")
     assert slow.account()["balance"] == "250.75"
-    assert time.time() - t0 < 1.4  # the slow answer was abandoned and retried, not waited for
+    # The fake logs a call once it has answered: only the retry had, so the slow one was abandoned.
+    assert [r["status"] for r in fake.calls("GET", "/balance")[before:]] == [200]
 
 
 def test_5xx_on_create_does_not_duplicate(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
     fake.fail_next(2, 503, method="POST", path_prefix="/instances")
     inst = dc.create(_spec(dc, run_id="run-5xx"))
     assert len(fake.instances) == 1 and inst.id in fake.instances
+    _wait_state(dc, inst.id, RUNNING)
     fake.fail_next(1, 503, method="PUT", path_prefix="/instances")
-    dc.terminate_and_verify(inst.id, time.time() + 10)
+    rec = dc.terminate(inst.id)  # the 503 is retried inside the one call
+    assert rec["accepted"] and [r["status"] for r in fake.calls("PUT", "/instances")] == [503, 202]
+    _delete_until_gone(dc, inst.id)
     assert not fake.meter(inst.id)["running"]
 
 
-def _write_credentials(dc: DataCrunchProvider, tmp_path: Path) -> Path:
-    cred = tmp_path / ".gpurun" / "dc_credentials"
-    cred.parent.mkdir()
-    cred.write_text(dc.self_destruct_credentials())
-    cred.chmod(0o600)
-    return cred
+def _write_self_destruct_files(dc: DataCrunchProvider, inst: Instance) -> None:
+    """What the lifecycle does at bootstrap with self_destruct_files (here the instance is this machine)."""
+    for path, content, mode in dc.self_destruct_files(inst):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(content)
+        Path(path).chmod(mode)
 
 
-def _self_destruct(fake: FakeDataCrunchAPI, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+def _self_destruct(fake: FakeDataCrunchAPI, tmp_path: Path, env: dict[str, str] | None = None) -> str:
     dc = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, **FAST,  # type: ignore[arg-type]
                             credentials_path=str(tmp_path / ".gpurun" / "dc_credentials"),
                             self_destruct_timeout_s=30, self_destruct_pause_s=0.3)
-    cred = _write_credentials(dc, tmp_path)
-    assert stat.S_IMODE(cred.stat().st_mode) == 0o600
     inst = dc.create(_spec(dc, run_id="run-sd"))
     _wait_state(dc, inst.id, RUNNING)
+    _write_self_destruct_files(dc, inst)
+    cred = tmp_path / ".gpurun" / "dc_credentials"
+    assert stat.S_IMODE(cred.stat().st_mode) == 0o600
     cmd = dc.self_destruct_command(dc.get(inst.id))
     assert fake.client_secret not in cmd and fake.client_id not in cmd
     fake.fail_next(1, 503, method="PUT", path_prefix="/instances")  # the first try fails: it must retry
@@ -320,10 +357,12 @@ def _self_destruct(fake: FakeDataCrunchAPI, tmp_path: Path, env: dict[str, str] 
     time.sleep(0.3)
     assert fake.status_of(inst.id) == "discontinued" and not fake.meter(inst.id)["running"]
     assert not fake.volumes  # the OS volume was deleted with it
+    return out.stdout
 
 
 def test_self_destruct_command_deletes_instance_python(fake: FakeDataCrunchAPI, tmp_path: Path) -> None:
-    _self_destruct(fake, tmp_path)
+    out = _self_destruct(fake, tmp_path)
+    assert "delete HTTP 503" in out and "delete confirmed" in out  # the python script's own words
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
@@ -332,14 +371,31 @@ def test_self_destruct_command_deletes_instance_curl_only(fake: FakeDataCrunchAP
     bin_dir.mkdir()
     for tool in ("curl", "sed", "date", "sleep"):
         (bin_dir / tool).symlink_to(shutil.which(tool))  # type: ignore[arg-type]
-    _self_destruct(fake, tmp_path, env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")})
+    out = _self_destruct(fake, tmp_path, env={"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/root")})
+    assert "delete HTTP 503" in out and "instance gone" in out and "delete confirmed" not in out  # curl's loop
 
 
 def test_watchdog_credential_separate_and_command_rejects_odd_ids(fake: FakeDataCrunchAPI) -> None:
     p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, watchdog_client_id="wd-id",
                            watchdog_client_secret="wd-secret")
     assert '"client_id": "wd-id"' in p.self_destruct_credentials()
-    from providers.base import Instance
-
     with pytest.raises(ProviderError):
         p.self_destruct_command(Instance(id="x; rm -rf /", provider="datacrunch", state=RUNNING))
+
+
+def test_self_destruct_ships_package_scripts_and_passes_arguments(fake: FakeDataCrunchAPI) -> None:
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url,
+                           credentials_path="/opt/gpurun dc/creds", self_destruct_timeout_s=120)
+    inst = Instance(id="0b8e3c5e-0000-4000-8000-00000000abcd", provider="datacrunch", state=RUNNING)
+    files = {path: (content, mode) for path, content, mode in p.self_destruct_files(inst)}
+    scripts = resources.files("providers").joinpath("scripts")
+    for name in ("datacrunch_self_destruct.sh", "datacrunch_self_destruct.py"):
+        content, mode = files[f"/opt/gpurun dc/{name}"]  # beside the credential
+        assert content == scripts.joinpath(name).read_text() and mode == 0o700
+        assert inst.id not in content and fake.base_url not in content  # nothing pasted into the code
+    assert files["/opt/gpurun dc/creds"][1] == 0o600
+    cmd = p.self_destruct_command(inst)
+    assert cmd == (f"'/opt/gpurun dc/datacrunch_self_destruct.sh' {fake.base_url} {inst.id} "
+                   f"'/opt/gpurun dc/creds' 120 2")
+    with pytest.raises(ProviderError, match="must be absolute"):
+        DataCrunchProvider("a", "b", fake.base_url, credentials_path="dc_credentials")

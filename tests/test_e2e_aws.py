@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.budgets_file import load_budgets, packaged_budgets_file
 from orchestrator.ledger import Ledger
-from providers.aws import AWS_BILLING, PRICE_OVERRIDE_SOURCE, TAG_RUN_ID, billed_seconds, ebs_usd_per_hour
+from providers.aws import PRICE_OVERRIDE_SOURCE, TAG_RUN_ID, ebs_usd_per_hour, elapsed_seconds
 from tests.e2e_helpers import (
     E2E,
     ENDLESS_TRAIN,
@@ -29,6 +30,8 @@ from tests.e2e_helpers import (
     sshd,  # noqa: F401  (fixture)
 )
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+
+AWS_RULE = load_budgets(packaged_budgets_file()).billing_for("aws")  # per second, 60 s minimum
 
 
 @pytest.fixture
@@ -81,7 +84,7 @@ def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any) -> Non
     assert gpurun_keys_and_groups(aws) == ([], [])
     deleted = " ".join(proof["deleted_resources"])
     assert f"key-pair gpurun-{run.run_id}" in deleted and "security-group sg-" in deleted
-    assert run.usd_per_hour is not None and billed_seconds(desc) * run.usd_per_hour / 3600 <= 3
+    assert run.usd_per_hour is not None and AWS_RULE.cost(elapsed_seconds(desc), run.usd_per_hour) <= 3
 
 
 def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E2E,  # noqa: F811
@@ -103,7 +106,7 @@ def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E
     assert desc["InstanceType"] == "g5.xlarge" and desc["State"]["Name"] == "terminated"
     hourly = 36 + ebs_usd_per_hour(100)
     # moto's LaunchTime and its "User initiated (<time>)" termination time, per second, 60 s minimum.
-    billed = billed_seconds(desc, rule=AWS_BILLING)
+    billed = AWS_RULE.billed_seconds(elapsed_seconds(desc))
     assert billed >= 60
     assert billed * hourly / 3600 <= 1.0, f"{billed} s at {hourly:.4f} USD/h"
     assert proof_of(run)["verified"] is True
@@ -135,7 +138,10 @@ def test_sweep_finds_and_terminates_an_orphan(e2e: E2E, aws: Any) -> None:  # no
     assert "cost so far" in res.stdout and " 0.0" in row  # ... and what it has cost so far
     assert f"{iid}: terminated (verified)" in res.stdout
     assert _state(aws, iid) == "terminated"
-    assert Ledger().list_runs() == []  # a sweep owns nothing; it only terminates
+    # The sweep's record of the orphan: a verified ledger row with its proof in the chain, no money held.
+    (swept,) = Ledger().list_runs()
+    assert swept.run_id == f"sweep-{iid}" and swept.phase == "verified" and Ledger().hold(swept.run_id) is None
+    assert [p["run_id"] for p in Ledger().proofs()] == [swept.run_id]
 
 
 def test_sweep_asks_and_terminates_on_y(e2e: E2E, aws: Any) -> None:  # noqa: F811

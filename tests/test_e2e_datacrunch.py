@@ -80,6 +80,7 @@ def test_launch_trains_syncs_deletes_verifies_and_cleans_up(e2e: E2E,  # noqa: F
     # The self-destruct credential went where the test said, 0600, and nowhere near the real /root.
     cred = Path(e2e.env["DATACRUNCH_CREDENTIALS_PATH"])
     assert cred.exists() and stat.S_IMODE(cred.stat().st_mode) == 0o600
+    assert (cred.parent / "datacrunch_self_destruct.sh").is_file()  # the shipped self-destruct, beside it
     assert fake.client_secret not in (Path(run.run_dir) / "shutdown_proof.json").read_text()
 
 

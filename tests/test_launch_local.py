@@ -106,7 +106,7 @@ def test_malformed_budgets_file_is_refused_naming_key_and_line(tmp_path: Path) -
 
 
 def test_spent_monthly_cap_refuses_the_launch(tmp_path: Path) -> None:
-    from orchestrator.budget import load_budgets
+    from orchestrator.budgets_file import load_budgets
 
     default = load_budgets()
     budgets = tmp_path / "budgets.yaml"

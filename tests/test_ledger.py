@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import PHASES, Event, Ledger, LedgerError, Run, default_home
+from orchestrator.ledger import Event, Ledger, LedgerError, Run, default_home
+from orchestrator.phases import MAIN_PHASES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,9 +99,39 @@ def test_phase_validation(ledger: Ledger) -> None:
         ledger.set_phase("ghost", "creating")
     with pytest.raises(LedgerError, match="no run"):
         ledger.record_event("ghost", "sync")
-    for p in PHASES:
+    assert ledger.get_run("r-1").phase == "planned"  # type: ignore[union-attr]
+
+
+def test_phase_transitions_are_enforced(ledger: Ledger) -> None:
+    ledger.create_run("r-1", "aws", 1.0, {}, "/r")
+    for p in MAIN_PHASES[1:]:  # the whole chain from planned, preparing_data included
         ledger.set_phase("r-1", p)
     assert ledger.get_run("r-1").phase == "verified"  # type: ignore[union-attr]
+    assert [e.phase for e in ledger.events("r-1")] == [p.value for p in MAIN_PHASES]
+    with pytest.raises(LedgerError, match="^run r-1: cannot go from verified to terminating$"):
+        ledger.set_phase("r-1", "terminating")
+
+    ledger.create_run("r-2", "aws", 1.0, {}, "/r")
+    for p in ("creating", "booting", "ssh_ready"):
+        ledger.set_phase("r-2", p)
+    with pytest.raises(LedgerError) as info:
+        ledger.set_phase("r-2", "verified")
+    assert str(info.value) == "run r-2: cannot go from ssh_ready to verified"
+    run = ledger.get_run("r-2")
+    assert run is not None and run.phase == "ssh_ready" and run.open  # refused: nothing changed
+    assert [e.phase for e in ledger.events("r-2")][-1] == "ssh_ready"
+    # The other ways out of a job phase, then a failed teardown retried.
+    ledger.set_phase("r-2", "bootstrapped")
+    ledger.set_phase("r-2", "running")  # no data to prepare
+    ledger.set_phase("r-2", "failed_running", error="exit 1")
+    with pytest.raises(LedgerError, match="cannot go from failed_running to stopping"):
+        ledger.set_phase("r-2", "stopping")
+    for p in ("terminating", "failed_terminating", "terminating", "terminating", "verified"):
+        ledger.set_phase("r-2", p)
+    assert ledger.get_run("r-2").phase == "verified"  # type: ignore[union-attr]
+    # The phase never changes behind the transition check.
+    with pytest.raises(LedgerError, match="set_phase"):
+        ledger.update_run("r-2", phase="running")
 
 
 def test_payloads_are_redacted(ledger: Ledger) -> None:
@@ -139,8 +170,8 @@ def test_update_run_fields_and_plan_merge(ledger: Ledger) -> None:
         ledger.update_run("r-1", run_id="other")
     with pytest.raises(LedgerError, match="colour"):
         ledger.update_run("r-1", colour="red")
-    with pytest.raises(LedgerError, match="unknown phase"):
-        ledger.update_run("r-1", phase="bogus")
+    with pytest.raises(LedgerError, match="only through set_phase"):
+        ledger.update_run("r-1", phase="creating")
     with pytest.raises(LedgerError, match="no run"):
         ledger.update_run("ghost", usd_per_hour=1.0)
 
@@ -151,6 +182,7 @@ def test_list_runs_and_resolve_run(ledger: Ledger) -> None:
     for i, rid in enumerate(("alpha-100", "alpha-200", "beta-300")):
         ledger.create_run(rid, "local", 1.0, {}, "/r")
         ledger.update_run(rid, created_at=1000.0 + i)
+    ledger.set_phase("alpha-100", "terminating")
     ledger.set_phase("alpha-100", "verified")
     assert [r.run_id for r in ledger.list_runs()] == ["beta-300", "alpha-200", "alpha-100"]
     assert [r.run_id for r in ledger.list_runs(open_only=True)] == ["beta-300", "alpha-200"]
@@ -189,11 +221,14 @@ def test_timings(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
         ("booting", 1002.5, 10.0),
         ("ssh_ready", 1012.5, 4.0),  # open run: the last phase lasts until now
     ]
+    ledger.set_phase("r-1", "terminating")
+    clock[0] += 2.0
     ledger.set_phase("r-1", "verified")
     clock[0] += 100.0
     t = ledger.timings("r-1")
-    assert t[-2] == ("ssh_ready", 1012.5, 4.0)
-    assert t[-1] == ("verified", 1016.5, 0.0)  # closed: no time accrues after the end
+    assert t[-3] == ("ssh_ready", 1012.5, 4.0)
+    assert t[-2] == ("terminating", 1016.5, 2.0)
+    assert t[-1] == ("verified", 1018.5, 0.0)  # closed: no time accrues after the end
     assert ledger.timings("r-1") == t
     with pytest.raises(LedgerError, match="no run"):
         ledger.timings("ghost")

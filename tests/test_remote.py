@@ -13,17 +13,16 @@ import pytest
 
 from orchestrator import keys
 from orchestrator.bootstrap import bootstrap, trainer_command
+from orchestrator.ledger import Ledger
 from orchestrator.remote import (
     CommandTimeoutError,
-    HostKeyChangedError,
     LedgerHostKeys,
     MemoryHostKeyStore,
     SSHTransport,
     SSHUnreachableError,
-    UploadTooLargeError,
-    resolve_endpoint,
-    upload_files,
 )
+from orchestrator.ssh import HostKeyChangedError, resolve_endpoint
+from orchestrator.upload import UploadTooLargeError, upload_files
 from providers.base import SSHEndpoint
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401
 
@@ -219,8 +218,6 @@ def test_relative_root_resolves_under_home(sshd: SSHServer):  # noqa: F811
 
 
 def test_host_key_pinned_in_the_ledger(sshd: SSHServer, tmp_path):  # noqa: F811
-    from orchestrator.ledger import Ledger
-
     ledger = Ledger()
     ledger.create_run("run-pin", "local", 1.0, {}, str(tmp_path))
     ledger.add_instance("run-pin", "local", "inst-pin", "running")

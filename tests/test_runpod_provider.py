@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,24 +13,30 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.budgets_file import load_budgets
+from orchestrator.ledger import Ledger
+from orchestrator.plan import LaunchOptions, make_plan
 from providers.base import (
     NOT_FOUND,
     PENDING,
     RUNNING,
+    BillingRule,
     CredentialsError,
+    Instance,
     InstanceSpec,
     Offer,
     ProviderError,
     TransientProviderError,
     pick_offer,
 )
-from providers.runpod import (
-    CONTAINER_DISK_USD_PER_GB_MONTH,
-    DEFAULT_IMAGE,
-    HOURS_PER_MONTH,
-    RunPodProvider,
-)
+from providers.common import HOURS_PER_MONTH
+from providers.runpod import CONTAINER_DISK_USD_PER_GB_MONTH, DEFAULT_IMAGE, RunPodProvider
+from providers.runpod.self_destruct import script_text
+from tests.conftest import REPO
 from tests.fakes.runpod_api import FakeRunPodAPI
+
+# The billing rule the plan puts on a RunPod offer: budgets.yaml is the one place it lives.
+RUNPOD_BILLING = load_budgets(REPO / "budgets.yaml").billing_for("runpod")
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0c2VjcmV0bm90cmVhbGx5YWtleWF0YWxs gpurun-run"
 
@@ -70,7 +77,7 @@ def test_import_is_lazy() -> None:
 
 def test_sdk_import_leaves_root_logger_alone() -> None:
     # runpod 1.12 calls logging.basicConfig(level=INFO) on import; the provider undoes it.
-    code = ("import logging, providers.runpod as r; r._import_runpod(); root = logging.getLogger(); "
+    code = ("import logging, providers.runpod as r; r.import_runpod(); root = logging.getLogger(); "
             "print(len(root.handlers), root.level)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
@@ -87,7 +94,7 @@ def test_offers_have_live_prices_and_storage(fake: FakeRunPodAPI, tmp_path: Path
     o = by[("NVIDIA GeForce RTX 4090", "COMMUNITY")]
     assert o.price_is_live and o.gpu == "RTX 4090" and o.memory_gb == 24 and not o.spot
     assert o.extra_usd_per_hour == pytest.approx(40 * CONTAINER_DISK_USD_PER_GB_MONTH / HOURS_PER_MONTH, rel=1e-3)
-    assert o.billing.increment_s == 1 and o.billing.minimum_s == 0 and o.billing.source
+    assert o.billing == BillingRule()  # a placeholder: the plan sets it from budgets.yaml
     assert [x.total_usd_per_hour for x in offers] == sorted(x.total_usd_per_hour for x in offers)
     assert pick_offer(offers, "rtx 4090") is o  # the cheaper cloud wins
 
@@ -214,10 +221,10 @@ def test_5xx_retries_are_bounded(fake: FakeRunPodAPI, tmp_path: Path) -> None:
 
 def test_slow_answer_times_out_and_is_retried(fake: FakeRunPodAPI, tmp_path: Path) -> None:
     p = make(fake, tmp_path, request_timeout_s=0.5)
-    fake.delay_next(1, 2.0)
-    t0 = time.monotonic()
+    fake.delay_next(1, 30.0)  # far longer than the bound: the answer comes from the retry
     assert p.get("doesnotexist1").state == NOT_FOUND
-    assert time.monotonic() - t0 < 1.8  # did not wait for the slow answer
+    # Two requests, and the first is still unanswered (its ops are recorded once it answers).
+    assert [r["ops"] for r in fake.requests] == [[], ["pod"]]
 
 
 @pytest.mark.parametrize("status", [401, 403])
@@ -322,19 +329,45 @@ def test_spot_create_uses_pod_rent_interruptable(fake: FakeRunPodAPI, tmp_path: 
         p.create(spec(low, run_id="spot-low"))
 
 
-def test_account_and_balance_check(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+def test_account_and_spend_check(fake: FakeRunPodAPI, tmp_path: Path) -> None:
     fake.initial_balance = 1.20
     p = make(fake, tmp_path)
     acct = p.account()
     assert acct["balance_usd"] == pytest.approx(1.20) and acct["spend_limit_usd_per_hour"] == 80.0
     with pytest.raises(ProviderError) as info:
-        p.check_balance_covers(3)
+        p.check_spend(3, 0.69)
     assert str(info.value) == ("RunPod balance 1.20 USD cannot cover --max-usd 3: add funds or lower "
                                "the budget")
-    assert p.check_balance_covers(1.0)["balance_usd"] == pytest.approx(1.20)
+    assert p.check_spend(1.0, 0.69) is None
     fake.spend_limit = 0.5
-    with pytest.raises(ProviderError, match="spend limit"):
-        p.check_balance_covers(1.0, usd_per_hour=0.69)
+    with pytest.raises(ProviderError) as info:
+        p.check_spend(1.0, 0.69)
+    assert str(info.value) == ("RunPod spend limit 0.5 USD/h would be exceeded (0 already running + 0.69): "
+                               "raise the limit in the RunPod console or stop other pods")
+    # What already runs counts: 0.3 USD/h elsewhere + 0.3 for this launch is over a 0.5 limit.
+    p.check_spend(1.0, 0.3)
+    fake.other_spend_per_hr = 0.3
+    with pytest.raises(ProviderError, match=r"spend limit 0.5 USD/h would be exceeded \(0.3 already"):
+        p.check_spend(1.0, 0.3)
+
+
+def test_plan_refuses_a_price_over_the_spend_limit(fake: FakeRunPodAPI, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bug: plan never passed the price, so the spend-limit check never ran.
+    monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
+    fake.spend_limit = 0.30  # the cheapest RTX 4090 costs 0.34 USD/h + storage
+    opts = LaunchOptions(provider="runpod", max_usd=2.0, gpu="RTX 4090", budgets=str(REPO / "budgets.yaml"))
+    with pytest.raises(ProviderError) as info:
+        make_plan(opts)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("RunPod spend limit 0.3 USD/h would be exceeded"), msg
+    assert fake.pods == {} and fake.count("podFindAndDeployOnDemand") == 0
+    assert Ledger().list_runs() == []
+
+    fake.spend_limit = 80.0  # the same launch under a limit it fits is planned
+    plan = make_plan(opts)
+    assert plan.offer.gpu == "RTX 4090" and plan.offer.billing == RUNPOD_BILLING
+    assert fake.pods == {}
 
 
 def test_meter_bills_per_second_from_create_to_terminate(fake: FakeRunPodAPI, tmp_path: Path) -> None:
@@ -349,7 +382,9 @@ def test_meter_bills_per_second_from_create_to_terminate(fake: FakeRunPodAPI, tm
     assert cost == pytest.approx(billed * 2.99 / 3600)
     time.sleep(1.1)
     assert fake.meter_usd(inst.id) == cost  # stopped at terminate
-    assert offer.billing.cost(billed, offer.usd_per_hour) == pytest.approx(cost)
+    # budgets.yaml's rule for RunPod (per second, no minimum) prices what the meter billed.
+    assert (RUNPOD_BILLING.increment_s, RUNPOD_BILLING.minimum_s) == (1, 0)
+    assert RUNPOD_BILLING.cost(billed, offer.usd_per_hour) == pytest.approx(cost)
 
 
 def test_self_destruct_command_content(fake: FakeRunPodAPI, tmp_path: Path) -> None:
@@ -361,6 +396,11 @@ def test_self_destruct_command_content(fake: FakeRunPodAPI, tmp_path: Path) -> N
     assert "https://api.runpod.io/graphql" in cmd and fake.base_url not in cmd
     assert fake.api_key not in cmd and "podTerminate" in cmd
     assert "--config -" in cmd  # the pod key goes to curl on stdin, not argv
+    # The packaged script, word for word; the values are its arguments, not pasted into it.
+    assert shlex.split(cmd) == ["sh", "-c", script_text(), "gpurun-self-destruct", "/proc/1/environ",
+                                "https://api.runpod.io/graphql", inst.id]
+    odd = p.self_destruct_command(Instance(id="a'b; rm", provider="runpod", state=RUNNING))
+    assert shlex.split(odd)[-1] == ""  # an id that is not a pod id is not passed on
 
 
 def _environ_file(tmp_path: Path, pod_id: str, key: str) -> Path:
@@ -403,8 +443,6 @@ def test_self_destruct_without_pod_env_fails_clearly(fake: FakeRunPodAPI, tmp_pa
     env_file = tmp_path / "empty-environ"
     env_file.write_bytes(b"PATH=/usr/bin\0")
     p = make(fake, tmp_path, pid1_environ_path=str(env_file))
-    from providers.base import Instance
-
     out = subprocess.run(["/bin/sh", "-c", p.self_destruct_command(Instance(id="abc", provider="runpod",
                                                                                state=RUNNING))],
                          capture_output=True, text=True, timeout=30)

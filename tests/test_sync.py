@@ -10,11 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
-from orchestrator import keys
-from orchestrator.remote import HostKeyChangedError, MemoryHostKeyStore, SSHTransport
-from orchestrator.sync import SSHOptions, Syncer, SyncError, pull_outputs
+from orchestrator import keys, sync
+from orchestrator.remote import MemoryHostKeyStore, SSHTransport
+from orchestrator.ssh import HostKeyChangedError, SSHOptions
+from orchestrator.sync import Syncer, SyncError, pull_outputs
 from tests.fixtures.sshd import SSHServer, sshd, sshd_fn  # noqa: F401
 
 
@@ -44,14 +46,17 @@ def write_manifest(ck: Path, entries: list[tuple[str, int, str, int]]) -> None:
     (ck / "MANIFEST.json").write_text(json.dumps(m))
 
 
-def ssh_opts(srv: SSHServer, root: Path) -> SSHOptions:
+def connected(srv: SSHServer, root: Path, store: MemoryHostKeyStore | None = None) -> SSHTransport:
     kp = keys.ensure_keypair("test")
     srv.authorize(kp.public_line)
-    t = SSHTransport(srv.endpoint, kp.private_path, str(root), "inst", MemoryHostKeyStore())
+    t = SSHTransport(srv.endpoint, kp.private_path, str(root), "inst", store or MemoryHostKeyStore())
     t.wait_ready(10)
-    opts = t.ssh_options()
-    t.close()
-    return opts
+    return t
+
+
+def ssh_opts(srv: SSHServer, root: Path) -> SSHOptions:
+    with connected(srv, root) as t:
+        return t.ssh_options()
 
 
 def local_files(d: Path) -> list[str]:
@@ -137,30 +142,60 @@ def test_drop_mid_sync_is_retried_and_checkpoint_arrives_whole(sshd_fn: SSHServe
 def test_changed_host_key_refused_by_rsync_and_sftp(sshd_fn: SSHServer, tmp_path):  # noqa: F811
     root, home = tmp_path / "inst", tmp_path / "home"
     make_run(root)
-    opts = ssh_opts(sshd_fn, root)
+    store = MemoryHostKeyStore()
+    with connected(sshd_fn, root, store) as t:
+        opts = t.ssh_options()
     sshd_fn.restart(new_host_key=True)
-    for method in ("rsync", "sftp"):
-        with pytest.raises(HostKeyChangedError, match="host key of 127.0.0.1"):
-            pull_outputs(str(root), home, opts, method=method)
+    with SSHTransport(sshd_fn.endpoint, opts.key_path, str(root), "inst", store) as t:  # the old pin
+        for method in ("rsync", "sftp"):
+            with pytest.raises(HostKeyChangedError, match="host key of 127.0.0.1"):
+                pull_outputs(str(root), home, opts, open_sftp=t.open_sftp, method=method)
     assert not (home / "out").exists()
 
 
 def test_sftp_forced_and_detected(sshd: SSHServer, tmp_path):  # noqa: F811
     root = tmp_path / "inst"
     hashes = make_run(root)
-    opts = ssh_opts(sshd, root)
-    forced = pull_outputs(str(root), tmp_path / "a", opts, method="sftp")
-    no_remote = pull_outputs(str(root), tmp_path / "b", opts, remote_rsync="/nonexistent/rsync")
-    no_local = pull_outputs(str(root), tmp_path / "c", opts, rsync_bin="rsync-is-not-installed")
+    t = connected(sshd, root)
+    opts, o = t.ssh_options(), t.open_sftp
+    forced = pull_outputs(str(root), tmp_path / "a", opts, open_sftp=o, method="sftp")
+    no_remote = pull_outputs(str(root), tmp_path / "b", opts, open_sftp=o, remote_rsync="/nonexistent/rsync")
+    no_local = pull_outputs(str(root), tmp_path / "c", opts, open_sftp=o, rsync_bin="rsync-is-not-installed")
     for res, d in ((forced, "a"), (no_remote, "b"), (no_local, "c")):
         assert res.method == "sftp" and res.checkpoints_verified == ["ckpt-000100.pt"], d
         assert local_files(tmp_path / d) == EXPECTED
         got = hashlib.sha256((tmp_path / d / "out/checkpoints/ckpt-000100.pt").read_bytes()).hexdigest()
         assert got == hashes["ckpt-000100.pt"]
-    again = pull_outputs(str(root), tmp_path / "a", opts, method="sftp")
+    again = pull_outputs(str(root), tmp_path / "a", opts, open_sftp=o, method="sftp")
     assert (again.files, again.bytes) == (0, 0)  # same size + mtime: nothing moves
+    t.close()
     with pytest.raises(SyncError, match="not installed"):
         pull_outputs(str(root), tmp_path / "d", opts, method="rsync", rsync_bin="rsync-is-not-installed")
+    with pytest.raises(SyncError, match="transport's connection"):
+        pull_outputs(str(root), tmp_path / "e", opts, method="sftp")  # SFTP never dials on its own
+
+
+def test_sftp_fallback_reuses_the_transports_connection(sshd: SSHServer, tmp_path, monkeypatch):  # noqa: F811
+    root, home = tmp_path / "inst", tmp_path / "home"
+    hashes = make_run(root)
+    handshakes: list[str] = []
+    start_client = paramiko.Transport.start_client
+
+    def counted(self: paramiko.Transport, *a: object, **kw: object) -> None:
+        handshakes.append("ssh")
+        start_client(self, *a, **kw)
+
+    monkeypatch.setattr(paramiko.Transport, "start_client", counted)
+    # No rsync on this machine: the transport's pull falls back to SFTP.
+    which = sync.shutil.which
+    monkeypatch.setattr(sync.shutil, "which", lambda name: None if name == "rsync" else which(name))
+    with connected(sshd, root) as t:
+        assert handshakes == ["ssh"]
+        r = t.pull(home)
+        assert t.run("echo still-open").stdout == "still-open\n"  # the sync closed its session only
+    assert r.method == "sftp" and r.checkpoints_verified == ["ckpt-000100.pt"]
+    assert hashlib.sha256((home / "out/checkpoints/ckpt-000100.pt").read_bytes()).hexdigest() == hashes["ckpt-000100.pt"]
+    assert handshakes == ["ssh"]  # one SSH connection for the commands and the sync
 
 
 def test_local_source_rsync_and_copy(tmp_path):

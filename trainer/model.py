@@ -2,12 +2,12 @@
 
 Parameter names follow Hugging Face's GPT-2 (transformer.h.N.attn.c_attn, ...), so loading its
 weights is a rename-free copy (plus transposing its Conv1D matrices).
+The model and nothing else: the CPU speed path for its linear layers is trainer/onednn.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -49,85 +49,6 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def _onednn_linear_op() -> Any:
-    """oneDNN's fp32 matmul, when this torch build has it and it computes F.linear; else None.
-
-    On CPUs where MKL takes its AVX2 path (AMD), oneDNN's AVX-512 kernels run fp32 matmuls about
-    twice as fast, in the same precision. Opt out with GPURUN_CPU_LINEAR=aten.
-    """
-    if os.environ.get("GPURUN_CPU_LINEAR", "auto") == "aten":
-        return None
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return None
-        op = torch.ops.mkldnn._linear_pointwise
-        gen = torch.Generator().manual_seed(0)  # never the global RNG: resumed runs must replay it exactly
-        x, w, b, g = (torch.randn(*shape, generator=gen) for shape in ((5, 7), (3, 7), (3,), (5, 3)))
-        checks = [
-            (op(x, w, b, "none", [], ""), F.linear(x, w, b)),  # forward
-            (op(x, w, None, "none", [], ""), F.linear(x, w)),
-            (op(g, w.t(), None, "none", [], ""), g @ w),  # the backward's transposed operands
-            (op(g.t(), x.t(), None, "none", [], ""), g.t() @ x),
-        ]
-        if all(torch.allclose(got, want, atol=1e-5, rtol=1e-4) for got, want in checks):
-            return op
-        return None
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_ONEDNN: Any = None
-_ONEDNN_PROBED = False
-
-
-def onednn_linear_op() -> Any:
-    global _ONEDNN, _ONEDNN_PROBED
-    if not _ONEDNN_PROBED:
-        _ONEDNN, _ONEDNN_PROBED = _onednn_linear_op(), True
-    return _ONEDNN
-
-
-class _CPULinear(torch.autograd.Function):
-    """y = x @ w.T + b with oneDNN matmuls forward and backward (fp32 CPU tensors only)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        op = onednn_linear_op()
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        y = op(x.reshape(-1, x.shape[-1]), weight, bias, "none", [], "")
-        return y.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        op = onednn_linear_op()
-        x, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = op(g, weight.t(), None, "none", [], "").view(x.shape)  # g @ W
-        if ctx.needs_input_grad[1]:
-            gw = op(g.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")  # g.T @ x
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb
-
-
-def _cpu_eager(x: torch.Tensor) -> bool:
-    """fp32 on the CPU, outside autocast and torch.compile: where the hand-written CPU paths apply."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state dict) that runs fp32 CPU matmuls on oneDNN."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_eager(x) and self.weight.dtype == torch.float32 and onednn_linear_op() is not None:
-            return _CPULinear.apply(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
-
-
 # Architecture presets (vocab_size comes from the data unless given).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
@@ -146,8 +67,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -166,9 +87,9 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(config.dropout)
 
@@ -203,7 +124,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint
+from trainer import checkpoint, onednn
 from trainer.checkpoint import CheckpointError
 from trainer.data import read_meta
 from trainer.model import GPT, GPTConfig
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = from_meta(meta, args.bpe_dir)
     model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
+    if torch.device(args.device).type == "cpu":
+        onednn.use_onednn_linears(model)
     model.to(args.device).eval()
     if args.prompt:
         prompt = tok.encode(args.prompt)

@@ -12,7 +12,8 @@ Knobs: `boot_delay_s` (runtime is null until then), `ssh_host`/`ssh_port` (what 
 reports: point them at a loopback sshd), `fail_next(n, status)` (401/403/5xx for the next n requests),
 `lose_answer(op)` (done, but answered 502),
 `delay_next(n, seconds)` / `delay_s` (slow answers), `sticky_terminate(polls)` (the next terminate
-answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU type, `balance`.
+answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU type, `balance`,
+`spend_limit` and `other_spend_per_hr` (what `myself` reports as spendLimit / currentSpendPerHr).
 Every pod has a per-second billing meter from create until it is really gone (or stopped), at the
 GPU price; every pod also gets its own pod-scoped key (`pod_api_key(id)`) as RunPod puts in the
 container's RUNPOD_API_KEY, which may act only on that pod.
@@ -111,7 +112,13 @@ class FakeRunPodAPI:
         self.gpu_types = [dict(t) for t in (gpu_types or DEFAULT_GPU_TYPES)]
         self.stock: dict[str, int] = {t["id"]: 8 for t in self.gpu_types}
         self.initial_balance = balance
+        # myself { clientBalance currentSpendPerHr spendLimit }: the account's balance, what runs now
+        # per hour and the hourly cap a new pod must fit under (`runpodctl user` prints these fields:
+        # https://docs.runpod.io/runpodctl/reference/runpodctl-user; the cap counts running pods and
+        # serverless workers: https://docs.runpod.io/api-reference-v2/account/get-account-limits).
         self.spend_limit = spend_limit
+        # Spend the fake has no pods for (serverless workers, pods made elsewhere): part of currentSpendPerHr.
+        self.other_spend_per_hr = 0.0
         self.delay_s = 0.0
         self.pods: dict[str, FakePod] = {}
         self.requests: list[dict[str, Any]] = []
@@ -489,6 +496,8 @@ class FakeRunPodAPI:
         if principal[0] == "pod":
             live = [p for p in live if p.id == principal[1]]
         spend = sum(p.usd_per_hour for p in live if p.ended is None)
+        if principal[0] == "account":
+            spend += self.other_spend_per_hr
         return {
             "id": "user_fake",
             "email": "fake@example.invalid",

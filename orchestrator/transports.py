@@ -1,0 +1,42 @@
+"""The transport factory: how the controller reaches an instance, picked by what the provider's
+`access(instance)` answered (providers/base.py), never by the provider's name.
+
+    LocalSandbox(path)  -> LocalTransport, the sandbox directory on this machine
+    SSHEndpoint         -> SSHTransport with the run key, after GPURUN_SSH_OVERRIDE, host keys pinned
+                           in the ledger, under $GPURUN_REMOTE_ROOT/<run-id> (default ~/gpurun/<run-id>)
+
+The transport is built, not connected: the caller runs `wait_ready` with its own time budget.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from orchestrator.keys import run_key
+from orchestrator.ledger import Ledger
+from orchestrator.local_transport import LocalTransport
+from orchestrator.remote import LedgerHostKeys, SSHTransport
+from orchestrator.ssh import resolve_endpoint
+from orchestrator.transport import Transport
+from providers.base import Access, LocalSandbox, SSHEndpoint
+
+
+def remote_root(run_id: str) -> str:
+    """The run's directory on an SSH instance; relative means under the login user's home."""
+    return f"{os.environ.get('GPURUN_REMOTE_ROOT', 'gpurun')}/{run_id}"
+
+
+def open_transport(access: Access, *, run_id: str, instance_id: str, ledger: Ledger) -> Transport:
+    """The Transport that reaches an instance through `access` (not yet connected)."""
+    if isinstance(access, LocalSandbox):
+        return LocalTransport(Path(access.path))
+    if isinstance(access, SSHEndpoint):
+        return SSHTransport(
+            resolve_endpoint(access),
+            run_key().private_path,
+            root=remote_root(run_id),
+            instance_id=instance_id,
+            host_keys=LedgerHostKeys(ledger),
+        )
+    raise TypeError(f"no transport for access {access!r}: expected SSHEndpoint or LocalSandbox")

@@ -1,0 +1,492 @@
+"""AWSProvider: the lifecycle calls (offers, create, get, terminate, list, cleanup) on EC2.
+
+The SDK wrapping is api.py's, prices and instance types catalog.py's, the AMI image.py's, and the
+VPC / security group / key pair network.py's; this class says which calls a lifecycle step makes
+and reads EC2's answers into Instances.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import math
+import re
+import shlex
+import time
+from datetime import datetime, timezone
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from providers.aws.api import LIVE_STATES, AWSApi, Tolerated, as_utc, chunks, jsonable
+from providers.aws.catalog import (
+    GP3_USD_PER_GB_MONTH,
+    STATIC_OTHER_REGION_FACTOR,
+    STATIC_SAME_PRICE_REGIONS,
+    Catalog,
+    PriceLookup,
+    ebs_usd_per_hour,
+    gpu_matches,
+    static_gpu_count,
+)
+from providers.aws.image import DEFAULT_AMI_SSM_PARAMETER, ami_from_ssm, describe_image
+from providers.aws.network import (
+    delete_key_pair,
+    delete_security_groups,
+    ensure_key_pair,
+    ensure_security_group,
+    find_network,
+    resolve_ssh_cidr,
+    undo_launch_setup,
+)
+from providers.base import (
+    NOT_FOUND,
+    PENDING,
+    RUN_ID_RE,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TERMINATED,
+    CredentialsError,
+    Instance,
+    InstanceSpec,
+    Offer,
+    Provider,
+    ProviderError,
+    SSHEndpoint,
+)
+
+log = logging.getLogger("gpurun.providers.aws")
+
+TAG_RUN_ID = "gpurun:run-id"
+TAG_OWNER = "gpurun:owner"
+TAG_PRICE = "gpurun:usd-per-hour"  # the planned total (compute + EBS), so sweep can price it later
+TAG_GPUS = "gpurun:gpu-count"
+
+DEFAULT_DISK_GB = 100  # the DLAMI's root snapshot is ~75-100 GB; smaller requests are raised to it
+DEFAULT_SSH_USER = "ubuntu"
+SELF_DESTRUCT_SCRIPT = "aws_self_destruct.sh"  # in providers/scripts/
+
+_STATES = {
+    "pending": PENDING,
+    "running": RUNNING,
+    "stopping": STOPPING,
+    "stopped": STOPPED,
+    # shutting-down is on its way to terminated, but a proof must wait for `terminated` itself.
+    "shutting-down": STOPPING,
+    "terminated": TERMINATED,
+}
+
+_REASON_TIME_RE = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:UTC|GMT)\)")
+
+
+def termination_time(desc: dict[str, Any]) -> datetime | None:
+    """When a terminated (or stopped) instance went down, from its StateTransitionReason.
+
+    Real EC2 writes "User initiated (2026-11-21 20:36:39 GMT)", moto "... UTC)"; both have whole
+    seconds. None when the instance is still up or the reason carries no time (e.g. a shutdown
+    initiated on the instance: "Client.InstanceInitiatedShutdown"); callers then use their own
+    recorded time, or now.
+    """
+    if (desc.get("State") or {}).get("Name") not in ("terminated", "shutting-down", "stopped", "stopping"):
+        return None
+    match = _REASON_TIME_RE.search(desc.get("StateTransitionReason") or "")
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+
+
+def elapsed_seconds(desc: dict[str, Any], *, ended_at: datetime | float | None = None,
+                    now: float | None = None) -> float | None:
+    """Seconds an instance ran, from LaunchTime to its end (given, parsed from the
+    StateTransitionReason, or now while it runs); None without a LaunchTime.
+
+    What that costs is the billing rule's business (budgets.yaml, applied by the controller).
+    """
+    launched = as_utc(desc.get("LaunchTime"))
+    if launched is None:
+        return None
+    if isinstance(ended_at, (int, float)):
+        end = float(ended_at)
+    else:
+        end_dt = as_utc(ended_at) or termination_time(desc)
+        end = end_dt.timestamp() if end_dt else (time.time() if now is None else now)
+    return max(0.0, end - launched.timestamp())
+
+
+@cache
+def self_destruct_script() -> str:
+    return resources.files("providers").joinpath("scripts").joinpath(SELF_DESTRUCT_SCRIPT).read_text(encoding="utf-8")
+
+
+def _tags(desc: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in desc.get("Tags") or []}
+
+
+def _group_ids(desc: dict[str, Any]) -> list[str]:
+    # moto leaves the top-level list empty when launched with NetworkInterfaces; the NICs have them.
+    groups = list(desc.get("SecurityGroups") or [])
+    groups += [g for nic in desc.get("NetworkInterfaces") or [] for g in nic.get("Groups") or []]
+    return sorted({str(g["GroupId"]) for g in groups if g.get("GroupId")})
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser() or "unknown"
+    except (KeyError, OSError):  # no login name in some containers
+        return "unknown"
+
+
+class AWSProvider(Provider):
+    """EC2 on-demand or spot GPU instances from the Deep Learning AMI.
+
+    What `create` makes for a run, all named `gpurun-<run id>` and tagged `gpurun:run-id`: an
+    imported key pair, a security group opening TCP 22 only, and one instance launched with
+    InstanceInitiatedShutdownBehavior=terminate (so a shutdown on the box ends the billing) and a
+    gp3 root volume that is deleted with it. `cleanup` removes the key pair, the group and any
+    volume of the run left unattached.
+
+    Options (all keyword): region (else boto3's AWS_DEFAULT_REGION / profile), image (an AMI id,
+    overrides the SSM lookup), ami_ssm_parameter (SSM name that holds the AMI id), disk_gb (floor
+    of the gp3 root volume), ssh_cidr (who may reach port 22: a CIDR or address, "auto" for this
+    machine's public address, default 0.0.0.0/0), price_lookup (callable(type, region) -> USD/hour
+    or None; default: GPURUN_AWS_PRICES if set, else the AWS Pricing API), ssh_user, subnet_id (else
+    the default VPC), profile (a named AWS profile), sg_delete_timeout_s (how long cleanup waits for
+    the group).
+    """
+
+    name = "aws"
+
+    def __init__(
+        self,
+        *,
+        region: str | None = None,
+        image: str | None = None,
+        ami_ssm_parameter: str | None = None,
+        disk_gb: int | None = None,
+        ssh_cidr: str | None = None,
+        price_lookup: PriceLookup | None = None,
+        ssh_user: str = DEFAULT_SSH_USER,
+        subnet_id: str | None = None,
+        profile: str | None = None,
+        sg_delete_timeout_s: float = 300.0,
+        **_ignored: Any,
+    ) -> None:
+        self.api = AWSApi(region=region, profile=profile)
+        self.catalog = Catalog(self.api, price_lookup)
+        self.image = image
+        self.ami_ssm_parameter = ami_ssm_parameter or DEFAULT_AMI_SSM_PARAMETER
+        self.disk_gb = int(disk_gb) if disk_gb else DEFAULT_DISK_GB
+        self.ssh_cidr = ssh_cidr
+        self.ssh_user = ssh_user
+        self.subnet_id = subnet_id
+        self.profile = profile
+        self.sg_delete_timeout_s = float(sg_delete_timeout_s)
+        if _ignored:
+            log.warning("aws: ignoring unknown options %s", sorted(_ignored))
+
+    @property
+    def region(self) -> str:
+        return self.api.region
+
+    @property
+    def ec2(self) -> Any:
+        return self.api.ec2
+
+    # ---- credentials and account
+
+    def check_credentials(self) -> None:
+        if self.api.session().get_credentials() is None:
+            raise CredentialsError(
+                "AWS credentials not found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
+                "(`aws configure`)"
+            )
+        _ = self.region
+        self.api.call("the credentials check (sts get-caller-identity)", self.api.client("sts").get_caller_identity)
+
+    def account(self) -> dict[str, Any]:
+        ident = self.api.call("sts get-caller-identity", self.api.client("sts").get_caller_identity)
+        return {"account": ident.get("Account"), "arn": ident.get("Arn"), "region": self.region}
+
+    # ---- offers
+
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
+        region = self.region
+        if self.image:  # an explicit AMI (--image) is checked when planning: a typo must create nothing
+            describe_image(self.api, self.image)
+        types = self.catalog.gpu_types()
+        wanted = [s for s in types.values() if gpu is None or gpu_matches(gpu, s)]
+        if gpu and not wanted:
+            known = ", ".join(sorted({s.gpu for s in types.values()})) or "none"
+            raise ProviderError(f"AWS has no instance type with GPU {gpu!r} in {region} (GPUs there: {known})")
+        matching = [s for s in wanted if s.gpu_count == count]
+        if gpu and not matching:
+            counts = ", ".join(str(c) for c in sorted({s.gpu_count for s in wanted}))
+            raise ProviderError(f"AWS has no {count}x {gpu!r} instance in {region}: it comes with {counts} GPUs")
+        disk_extra = ebs_usd_per_hour(self.disk_gb)
+        spot_prices = self.catalog.spot_prices([s.instance_type for s in matching]) if spot and matching else {}
+        result: list[Offer] = []
+        for s in sorted(matching, key=lambda x: x.instance_type):
+            on_demand = self.catalog.on_demand_price(s.instance_type)
+            details: dict[str, Any] = {
+                "vcpus": s.vcpus, "memory_gb": s.memory_gb, "gpu_memory_gb": s.gpu_memory_gb,
+                "root_volume_gb": self.disk_gb, "ebs": f"gp3 at {GP3_USD_PER_GB_MONTH} USD/GB-month",
+            }
+            if on_demand is not None:
+                details["on_demand_usd_per_hour"] = on_demand[0]
+                if on_demand[1] != "live" and region not in STATIC_SAME_PRICE_REGIONS:
+                    details["static_note"] = f"us-east-1 price x{STATIC_OTHER_REGION_FACTOR} (upper bound)"
+            if spot:
+                zones = spot_prices.get(s.instance_type)
+                if not zones:
+                    continue  # no spot market for it here
+                # The zone is AWS's choice at launch: plan with the dearest one.
+                price, source = max(zones.values()), "live"
+                details["spot_usd_per_hour_by_zone"] = zones
+            elif on_demand is None:
+                log.info("aws: %s has no known price; not offered", s.instance_type)
+                continue
+            else:
+                price, source = on_demand
+            # billing: the default rule until the plan sets the provider's from budgets.yaml.
+            result.append(Offer(
+                provider=self.name, gpu=s.gpu, gpu_count=s.gpu_count, instance_type=s.instance_type,
+                usd_per_hour=price, extra_usd_per_hour=round(disk_extra, 6), price_source=source,
+                spot=spot, region=region, available=True, memory_gb=s.gpu_memory_gb, details=details,
+            ))
+        return result
+
+    # ---- create
+
+    def _find_live(self, run_id: str, *, shutting_down: bool = False) -> list[dict[str, Any]]:
+        states = [*LIVE_STATES, "shutting-down"] if shutting_down else LIVE_STATES
+        found: list[dict[str, Any]] = []
+        for res in self.api.paginate(
+            "describe-instances", "describe_instances", "Reservations",
+            Filters=[{"Name": f"tag:{TAG_RUN_ID}", "Values": [run_id]},
+                     {"Name": "instance-state-name", "Values": states}],
+        ):
+            found.extend(res.get("Instances") or [])
+        return found
+
+    def _resolve_image(self, spec: InstanceSpec) -> dict[str, Any]:
+        ami = spec.image or self.image or ami_from_ssm(self.api, self.ami_ssm_parameter)
+        return describe_image(self.api, ami)
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        run_id = spec.run_id
+        if not RUN_ID_RE.match(run_id or ""):
+            raise ProviderError(f"run id {run_id!r} is not valid (lowercase letters, digits and '-', 3-41 chars)")
+        # Idempotent by run id: a live instance tagged with it is the answer. (ClientToken below
+        # covers the describe lag of real EC2; moto ignores ClientToken, this lookup does not.)
+        existing = self._find_live(run_id)
+        if existing:
+            log.info("aws: run %s already has instance %s", run_id, existing[0]["InstanceId"])
+            return self._to_instance(existing[0])
+
+        # Everything that can be refused is checked before anything is made.
+        if not spec.ssh_public_key.strip():
+            raise ProviderError("AWS needs the run's SSH public key (spec.ssh_public_key is empty)")
+        offer = spec.offer
+        image = self._resolve_image(spec)
+        type_spec = self.catalog.check_instance_type(offer.instance_type, image)
+        cidr = resolve_ssh_cidr(self.ssh_cidr)
+        vpc_id, subnet_id = find_network(self.api, self.subnet_id)
+        root_device = image.get("RootDeviceName") or "/dev/sda1"
+        snapshot_gb = max(
+            [int((m.get("Ebs") or {}).get("VolumeSize") or 0)
+             for m in image.get("BlockDeviceMappings") or [] if m.get("DeviceName") == root_device] or [0]
+        )
+        # One volume, deleted with the instance: nothing is left billing after termination.
+        disk_gb = max(int(spec.disk_gb or 0), self.disk_gb, snapshot_gb) + max(0, int(spec.volume_gb or 0))
+        compute = float(offer.usd_per_hour)
+        usd_per_hour = round(compute + ebs_usd_per_hour(disk_gb), 6)
+        if disk_gb != self.disk_gb:
+            log.info("aws: root volume %d GB (offer priced %d GB)", disk_gb, self.disk_gb)
+        gpu_count = offer.gpu_count or (type_spec.gpu_count if type_spec else 0)
+
+        name = spec.name
+        owner = (spec.owner or _local_user())[:256]
+        tags = [{"Key": TAG_RUN_ID, "Value": run_id}, {"Key": TAG_OWNER, "Value": owner}, {"Key": "Name", "Value": name}]
+        instance_tags = tags + [{"Key": TAG_PRICE, "Value": f"{usd_per_hour:.6f}"}, {"Key": TAG_GPUS, "Value": str(gpu_count)}]
+
+        ensure_key_pair(self.api, name, spec.ssh_public_key, tags)
+        group_id, made_group = ensure_security_group(self.api, name, vpc_id, cidr, tags)
+        kwargs: dict[str, Any] = {
+            "ImageId": image["ImageId"], "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
+            "KeyName": name, "ClientToken": name,
+            "InstanceInitiatedShutdownBehavior": "terminate",  # a shutdown on the box = terminated
+            "BlockDeviceMappings": [{
+                "DeviceName": root_device,
+                "Ebs": {"VolumeSize": disk_gb, "VolumeType": "gp3", "DeleteOnTermination": True},
+            }],
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": instance_tags},
+                {"ResourceType": "volume", "Tags": tags},
+            ],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        }
+        if subnet_id:
+            kwargs["NetworkInterfaces"] = [{
+                "DeviceIndex": 0, "SubnetId": subnet_id, "Groups": [group_id], "AssociatePublicIpAddress": True,
+            }]
+        else:
+            kwargs["SecurityGroupIds"] = [group_id]
+        if offer.spot:
+            kwargs["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate",
+                    # Never pay more per hour than planned: above it AWS reclaims the instance.
+                    "MaxPrice": f"{math.ceil(compute * 1e6) / 1e6:.6f}",  # rounded up, never below plan
+                },
+            }
+        try:
+            resp = self.api.call(f"run-instances ({offer.instance_type})", self.ec2.run_instances, **kwargs)
+        except ProviderError:
+            undo_launch_setup(self.api, name, group_id if made_group else None)
+            raise
+        desc = resp["Instances"][0]
+        if desc.get("State", {}).get("Name") in ("shutting-down", "terminated"):
+            # Real EC2 answers a reused ClientToken with the old instance, even a terminated one.
+            raise ProviderError(f"run {run_id} already had instance {desc['InstanceId']}, now terminated: start a new run")
+        log.info("aws: created %s (%s) for run %s", desc["InstanceId"], offer.instance_type, run_id)
+        instance = self._to_instance(desc, usd_per_hour=usd_per_hour)
+        instance.raw.update({"ssh_cidr": cidr, "root_volume_gb": disk_gb, "image_name": image.get("Name")})
+        return instance
+
+    # ---- read / terminate / list
+
+    def _to_instance(self, desc: dict[str, Any], *, usd_per_hour: float | None = None,
+                     volume_gb: dict[str, int] | None = None) -> Instance:
+        tags = _tags(desc)
+        itype = desc.get("InstanceType", "")
+        state_name = (desc.get("State") or {}).get("Name", "")
+        if usd_per_hour is None:
+            usd_per_hour = self._hourly_for(desc, tags, volume_gb)
+        host = desc.get("PublicDnsName") or desc.get("PublicIpAddress")
+        launched = as_utc(desc.get("LaunchTime"))
+        ended = termination_time(desc)
+        gpu_count = int(tags.get(TAG_GPUS) or static_gpu_count(itype))
+        raw = {
+            "instance_id": desc.get("InstanceId"),
+            "state_name": state_name,
+            "state_transition_reason": desc.get("StateTransitionReason") or "",
+            "launch_time": launched.isoformat() if launched else None,
+            "terminated_at": ended.isoformat() if ended and state_name in ("terminated", "shutting-down") else None,
+            # Launch to termination (or to now); the controller bills it under budgets.yaml's rule.
+            "elapsed_s": elapsed_seconds(desc),
+            "public_dns": desc.get("PublicDnsName") or "",
+            "public_ip": desc.get("PublicIpAddress") or "",
+            "private_ip": desc.get("PrivateIpAddress") or "",
+            "availability_zone": (desc.get("Placement") or {}).get("AvailabilityZone", ""),
+            "lifecycle": desc.get("InstanceLifecycle") or "on-demand",
+            "image_id": desc.get("ImageId"),
+            "key_name": desc.get("KeyName"),
+            "security_groups": _group_ids(desc),
+            "volumes": [(m.get("Ebs") or {}).get("VolumeId") for m in desc.get("BlockDeviceMappings") or []],
+            "tags": tags,
+            "region": self.region,
+        }
+        return Instance(
+            id=desc["InstanceId"], provider=self.name, state=_STATES.get(state_name, PENDING),
+            run_id=tags.get(TAG_RUN_ID), name=tags.get("Name", ""), instance_type=itype, gpu_count=gpu_count,
+            created_at=launched.timestamp() if launched else None, usd_per_hour=usd_per_hour,
+            ssh=SSHEndpoint(host, 22, self.ssh_user) if host and state_name in ("pending", "running") else None,
+            raw=raw,
+        )
+
+    def _hourly_for(self, desc: dict[str, Any], tags: dict[str, str],
+                    volume_gb: dict[str, int] | None) -> float | None:
+        """What an instance costs per hour: the price tagged at create, else list price + its EBS."""
+        try:
+            if tags.get(TAG_PRICE):
+                return float(tags[TAG_PRICE])
+        except ValueError:
+            pass
+        priced = self.catalog.on_demand_price(desc.get("InstanceType", ""))
+        if priced is None:
+            return None
+        sizes = volume_gb or {}
+        ebs_gb = sum(sizes.get((m.get("Ebs") or {}).get("VolumeId", ""), 0) for m in desc.get("BlockDeviceMappings") or [])
+        return round(priced[0] + ebs_usd_per_hour(ebs_gb), 6)
+
+    def get(self, instance_id: str) -> Instance:
+        got = self.api.call(
+            "describe-instances", self.ec2.describe_instances, InstanceIds=[instance_id],
+            tolerate=("InvalidInstanceID.NotFound",),
+        )
+        descs = [] if isinstance(got, Tolerated) else [
+            i for r in got.get("Reservations") or [] for i in r.get("Instances") or []
+        ]
+        if not descs:
+            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND)
+        return self._to_instance(descs[0])
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        requested_at = datetime.now(timezone.utc).isoformat()
+        resp = self.api.call(
+            "terminate-instances", self.ec2.terminate_instances, InstanceIds=[instance_id],
+            tolerate=("InvalidInstanceID.NotFound",),
+        )
+        if isinstance(resp, Tolerated):  # already gone is success
+            return {
+                "instance_id": instance_id, "requested_at": requested_at, "already_gone": True,
+                "error": {"code": resp.code, "message": resp.message},
+            }
+        out = jsonable({k: v for k, v in resp.items() if k != "ResponseMetadata"})
+        out.update({
+            "instance_id": instance_id, "requested_at": requested_at,
+            "request_id": resp.get("ResponseMetadata", {}).get("RequestId"),
+            "already_gone": any(
+                (i.get("PreviousState") or {}).get("Name") == "terminated"
+                for i in resp.get("TerminatingInstances") or []
+            ),
+        })
+        return out
+
+    def list_owned(self) -> list[Instance]:
+        descs = [
+            i
+            for res in self.api.paginate(
+                "describe-instances", "describe_instances", "Reservations",
+                Filters=[{"Name": "tag-key", "Values": [TAG_RUN_ID]}],
+            )
+            for i in res.get("Instances") or []
+        ]
+        # Volume sizes for the ones that were not priced at create (made outside gpurun).
+        volume_ids = [
+            (m.get("Ebs") or {}).get("VolumeId")
+            for d in descs if not _tags(d).get(TAG_PRICE)
+            for m in d.get("BlockDeviceMappings") or [] if (m.get("Ebs") or {}).get("VolumeId")
+        ]
+        sizes: dict[str, int] = {}
+        for chunk in chunks(volume_ids, 200):
+            for vol in self.api.paginate("describe-volumes", "describe_volumes", "Volumes", VolumeIds=chunk):
+                sizes[vol["VolumeId"]] = int(vol.get("Size") or 0)
+        return [self._to_instance(d, volume_gb=sizes) for d in descs]
+
+    def list_run(self, run_id: str) -> list[Instance]:
+        # Server-side filter; shutting-down still counts: only `terminated` is gone.
+        return [self._to_instance(d) for d in self._find_live(run_id, shutting_down=True)]
+
+    def self_destruct_command(self, instance: Instance) -> str:
+        # providers/scripts/aws_self_destruct.sh, passed whole to `sh -c`: no file of its own to go
+        # missing on the instance, and nothing in it depends on the run.
+        return f"sh -c {shlex.quote(self_destruct_script())} gpurun-self-destruct"
+
+    # ---- cleanup
+
+    def cleanup(self, run_id: str) -> list[str]:
+        """Delete the run's key pair, left-over volumes and security group (the group only once no
+        instance uses it: it waits, bounded by sg_delete_timeout_s, for termination to finish)."""
+        name = f"gpurun-{run_id}"
+        gone = delete_key_pair(self.api, name)
+        # A data volume that outlived its instance still bills.
+        for vol in self.api.paginate(
+            "describe-volumes", "describe_volumes", "Volumes",
+            Filters=[{"Name": f"tag:{TAG_RUN_ID}", "Values": [run_id]}, {"Name": "status", "Values": ["available"]}],
+        ):
+            self.api.call("delete-volume", self.ec2.delete_volume, VolumeId=vol["VolumeId"])
+            gone.append(f"volume {vol['VolumeId']}")
+        return gone + delete_security_groups(self.api, name, self.sg_delete_timeout_s)

@@ -1,0 +1,106 @@
+"""What DataCrunch rents and for how much: instance types, live prices, where they are, storage.
+
+Prices are kept as Decimals parsed from the API's strings (`price_per_hour` is a STRING), so what the
+plan shows is what the API said; the Offer's floats are for the money maths.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from providers.base import CredentialsError, Offer, ProviderError
+from providers.common import HOURS_PER_MONTH
+from providers.datacrunch.api import DataCrunchAPI, sdk_paths
+
+_HOURS_PER_MONTH = Decimal(str(HOURS_PER_MONTH))
+
+
+def decimal_or_none(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        d = Decimal(str(value).strip())  # str() first: a float would carry its binary error into the Decimal
+    except (InvalidOperation, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
+def gpu_name(instance_type: dict[str, Any]) -> str:
+    """"1x A100 SXM4 80GB" -> "A100 SXM4 80GB" (the count is the Offer's gpu_count)."""
+    desc = str((instance_type.get("gpu") or {}).get("description") or "")
+    desc = re.sub(r"^\d+\s*x\s*", "", desc).strip()
+    t = instance_type
+    return desc or str(t.get("name") or t.get("model") or t.get("instance_type"))
+
+
+def availability(api: DataCrunchAPI, spot: bool) -> dict[str, list[str]] | None:
+    """instance type -> the locations that have it now; None when the API would not say."""
+    try:
+        rows = api.request("get", sdk_paths().availability, params={"isSpot": str(bool(spot)).lower()}).json()
+    except CredentialsError:
+        raise
+    except ProviderError:
+        return None  # availability unknown: show the prices, let create find out
+    where: dict[str, list[str]] = {}
+    for row in rows:
+        for t in row.get("availabilities") or []:
+            where.setdefault(t, []).append(row.get("location_code", ""))
+    return where
+
+
+def storage_usd_per_hour(api: DataCrunchAPI, disk_gb: int) -> tuple[Decimal, str]:
+    """The OS volume is billed on top of the instance: disk_gb x NVMe price per GB-month / 730 h.
+    Returns (USD per hour, the GB-month price as the API sent it, or "unknown")."""
+    try:
+        rows = api.request("get", sdk_paths().volume_types).json()
+    except CredentialsError:
+        raise
+    except ProviderError:
+        return Decimal(0), "unknown"
+    for row in rows:
+        if row.get("type") == "NVMe":
+            p = decimal_or_none((row.get("price") or {}).get("price_per_month_per_gb"))
+            if p is not None:
+                return Decimal(disk_gb) * p / _HOURS_PER_MONTH, str(p)
+    return Decimal(0), "unknown"
+
+
+def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, spot: bool, currency: str,
+           disk_gb: int) -> list[Offer]:
+    """One Offer per (instance type, location that has it); every location unknown -> one offer, available.
+    Offers carry the default BillingRule: the plan sets the rule from budgets.yaml."""
+    types = api.request("get", sdk_paths().instance_types, params={"currency": currency}).json()
+    where = availability(api, spot)
+    extra, vol_price = storage_usd_per_hour(api, disk_gb)
+    want = (gpu or "").lower().replace(" ", "")
+    out: list[Offer] = []
+    for t in types:
+        price = decimal_or_none(t.get("spot_price") if spot else t.get("price_per_hour"))
+        n_gpu = int((t.get("gpu") or {}).get("number_of_gpus") or 0)
+        if price is None or n_gpu == 0 or (count and n_gpu != count):
+            continue
+        name = gpu_name(t)
+        itype = str(t.get("instance_type", ""))
+        if want and want not in name.lower().replace(" ", "") and want != itype.lower():
+            continue
+        details = {
+            "price_per_hour": str(t.get("price_per_hour")),  # exact strings as the API sent them
+            "spot_price": str(t.get("spot_price")),
+            "usd_per_hour_exact": str(price),
+            "extra_usd_per_hour_exact": str(extra),
+            "storage": f"{disk_gb} GB NVMe OS volume at {vol_price} USD/GB-month",
+            "currency": t.get("currency", currency),
+            "display_name": t.get("display_name") or t.get("name"),
+        }
+        regions = where.get(itype, []) if where is not None else [""]
+        for region in regions or [""]:
+            out.append(Offer(
+                provider=provider, gpu=name, gpu_count=n_gpu, instance_type=itype,
+                usd_per_hour=float(price), extra_usd_per_hour=float(extra), price_source="live",
+                spot=spot, region=region, available=bool(region) or where is None,
+                memory_gb=float((t.get("gpu_memory") or {}).get("size_in_gigabytes") or 0) or None,
+                details=dict(details, availability="unknown" if where is None else ("yes" if region else "none")),
+            ))
+    return out

@@ -1,0 +1,391 @@
+"""DataCrunch (renamed Verda) behind the Provider interface: the lifecycle calls.
+
+create (idempotent by the run's hostname), get, terminate (a 207 with per-id failures is not a
+success), list_owned, cleanup of the run's ssh keys / scripts / volumes, the prepaid balance, and
+the on-instance self-destruct. Calls go through `api.DataCrunchAPI`; prices come from `catalog`.
+
+Only the `delete` action stops the money. `shutdown` leaves the instance `offline` and billing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shlex
+import time
+from datetime import datetime
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+from providers.base import (
+    NOT_FOUND,
+    OWNER_TAG,
+    PENDING,
+    RUN_ID_RE,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TERMINATED,
+    CredentialsError,
+    Instance,
+    InstanceSpec,
+    Offer,
+    Provider,
+    ProviderError,
+    SSHEndpoint,
+)
+from providers.common import first_env
+from providers.datacrunch import catalog
+from providers.datacrunch.api import (
+    DataCrunchAPI,
+    DataCrunchAPIError,
+    DataCrunchNotFound,
+    body_of,
+    sdk_paths,
+)
+
+# The image the SDK's own examples deploy: Ubuntu 24.04 + NVIDIA open driver + CUDA 12.8 (+ docker).
+# PyTorch is not in it; bootstrap installs torch where missing. Override with image= / DATACRUNCH_IMAGE.
+DEFAULT_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
+DEFAULT_LOCATION = "FIN-03"
+# Where ON THE INSTANCE the self-destruct credential file goes (its scripts go beside it).
+DEFAULT_CREDENTIALS_PATH = "/root/.gpurun/dc_credentials"
+ENV_CREDENTIALS_PATH = ("DATACRUNCH_CREDENTIALS_PATH", "VERDA_CREDENTIALS_PATH")
+ENV_WATCHDOG_ID = ("DATACRUNCH_WATCHDOG_CLIENT_ID", "VERDA_WATCHDOG_CLIENT_ID")
+ENV_WATCHDOG_SECRET = ("DATACRUNCH_WATCHDOG_CLIENT_SECRET", "VERDA_WATCHDOG_CLIENT_SECRET")
+# The self-destruct, shipped as package data (providers/scripts/); the .sh is the entry point.
+SELF_DESTRUCT_SCRIPTS = ("datacrunch_self_destruct.sh", "datacrunch_self_destruct.py")
+
+_STATES: dict[str, str] = {
+    "new": PENDING,
+    "ordered": PENDING,
+    "provisioning": PENDING,
+    "validating": PENDING,
+    "restoring": PENDING,
+    "running": RUNNING,
+    "offline": STOPPED,  # powered off but still billed: only delete stops the money
+    "error": STOPPED,  # not gone, may bill: needs a delete like any other
+    "deleting": STOPPING,
+    "starting_hibernation": STOPPING,
+    "hibernating": STOPPED,
+    "discontinued": TERMINATED,
+}
+_HOSTNAME_RE = re.compile(rf"^{OWNER_TAG}-([a-z0-9][a-z0-9-]{{2,40}})$")
+_DESC_RE = re.compile(rf"\b{OWNER_TAG} run ([a-z0-9][a-z0-9-]{{2,40}})\b")
+_INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9-]+")
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _script_text(name: str) -> str:
+    return resources.files("providers").joinpath("scripts", name).read_text()
+
+
+def per_id_failures(instance_id: str, status: int, body: Any) -> list[Any]:
+    """A 207 carries per-id results; the SDK ignores them. Any entry for our id that is not a success."""
+    if status != 207:
+        return []
+    rows = body if isinstance(body, list) else (body.get("results") if isinstance(body, dict) else None)
+    if not isinstance(rows, list):
+        return [body]  # an unreadable 207: assume it failed, verification decides
+    bad = []
+    for r in rows:
+        if not isinstance(r, dict):
+            continue
+        rid = r.get("instanceId") or r.get("instance_id") or r.get("id")
+        ok = str(r.get("status", "")).lower() in ("success", "ok", "accepted") and not r.get("error")
+        if rid in (instance_id, None) and not ok:
+            bad.append(r)
+    return bad
+
+
+class DataCrunchProvider(Provider):
+    name = "datacrunch"
+
+    def __init__(
+        self,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        base_url: str | None = None,
+        *,
+        image: str | None = None,
+        location: str | None = None,
+        disk_gb: int = 40,
+        currency: str = "usd",
+        ssh_user: str = "root",
+        startup_script: str | None = None,
+        credentials_path: str | None = None,
+        watchdog_client_id: str | None = None,
+        watchdog_client_secret: str | None = None,
+        self_destruct_timeout_s: int = 900,
+        self_destruct_pause_s: float = 2.0,
+        timeout_s: float = 20.0,
+        retry_attempts: int = 5,
+        retry_budget_s: float = 60.0,
+        retry_wait_s: float = 1.0,
+        retry_max_wait_s: float = 10.0,
+    ) -> None:
+        self.api = DataCrunchAPI(client_id, client_secret, base_url, timeout_s=timeout_s,
+                                 retry_attempts=retry_attempts, retry_budget_s=retry_budget_s,
+                                 retry_wait_s=retry_wait_s, retry_max_wait_s=retry_max_wait_s)
+        self.image = image or os.environ.get("DATACRUNCH_IMAGE") or DEFAULT_IMAGE
+        self.location = location or os.environ.get("DATACRUNCH_LOCATION") or DEFAULT_LOCATION
+        self.disk_gb = int(disk_gb)
+        self.currency = currency
+        self.ssh_user = ssh_user
+        self.startup_script = startup_script
+        self.credentials_path = credentials_path or first_env(ENV_CREDENTIALS_PATH) or DEFAULT_CREDENTIALS_PATH
+        if not posixpath.isabs(self.credentials_path):  # the scripts go beside it: it must name one place
+            raise ProviderError(f"DataCrunch credentials path {self.credentials_path!r} must be absolute "
+                                "(a path on the instance; set DATACRUNCH_CREDENTIALS_PATH)")
+        # A separate API client for the instance lets the user revoke it without touching their main one.
+        self.watchdog_client_id = watchdog_client_id or first_env(ENV_WATCHDOG_ID)
+        self.watchdog_client_secret = watchdog_client_secret or first_env(ENV_WATCHDOG_SECRET)
+        self.self_destruct_timeout_s = int(self_destruct_timeout_s)
+        self.self_destruct_pause_s = float(self_destruct_pause_s)
+
+    def check_credentials(self) -> None:
+        self.api.check_credentials()
+
+    # ---- offers, balance ---------------------------------------------------------------------------------
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
+        return catalog.offers(self.api, provider=self.name, gpu=gpu, count=count, spot=spot,
+                              currency=self.currency, disk_gb=self.disk_gb)
+
+    def account(self) -> dict[str, Any]:
+        raw = self.api.request("get", sdk_paths().balance).json()
+        amount = catalog.decimal_or_none(raw.get("amount"))
+        return {"provider": self.name, "balance": str(amount) if amount is not None else None,
+                "balance_usd": float(amount) if amount is not None else None,
+                "currency": str(raw.get("currency", "")).lower(), "raw": raw}
+
+    def check_spend(self, max_usd: float, usd_per_hour: float) -> None:
+        """DataCrunch is prepaid: refuse a cap the balance cannot pay. It has no hourly spend limit,
+        so the price is not compared with anything. A non-USD balance is compared as if USD."""
+        acct = self.account()
+        balance = catalog.decimal_or_none(acct.get("balance"))
+        if balance is None:
+            raise ProviderError("DataCrunch did not report a balance: cannot check it covers --max-usd")
+        if balance < Decimal(str(max_usd)):
+            raise ProviderError(
+                f"DataCrunch balance {balance} {acct['currency'] or 'usd'} is below --max-usd {max_usd}: "
+                "top up the account or lower --max-usd"
+            )
+
+    # ---- instances ---------------------------------------------------------------------------------------
+    def _to_instance(self, raw: dict[str, Any]) -> Instance:
+        status = str(raw.get("status", "")).lower()
+        state = _STATES.get(status, PENDING)
+        hostname = str(raw.get("hostname") or "")
+        m = _HOSTNAME_RE.match(hostname) or _DESC_RE.search(str(raw.get("description") or ""))
+        ip = raw.get("ip")
+        price = catalog.decimal_or_none(raw.get("price_per_hour"))
+        return Instance(
+            id=str(raw.get("id")), provider=self.name, state=state, run_id=m.group(1) if m else None,
+            name=hostname, instance_type=str(raw.get("instance_type") or ""),
+            gpu_count=int((raw.get("gpu") or {}).get("number_of_gpus") or 0),
+            created_at=_parse_time(raw.get("created_at")),
+            usd_per_hour=float(price) if price is not None else None,
+            ssh=SSHEndpoint(str(ip), 22, self.ssh_user) if ip and state == RUNNING else None,
+            raw=raw,
+        )
+
+    def _get_raw(self, instance_id: str) -> dict[str, Any] | None:
+        try:
+            return self.api.request("get", sdk_paths().instances + "/{id}", path_params={"id": instance_id}).json()
+        except DataCrunchNotFound:
+            return None
+
+    def get(self, instance_id: str) -> Instance:
+        raw = self._get_raw(instance_id)
+        if raw is None:
+            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND, raw={"status": 404})
+        return self._to_instance(raw)
+
+    def list_owned(self) -> list[Instance]:
+        rows = self.api.request("get", sdk_paths().instances).json()
+        owned = []
+        for raw in rows:
+            inst = self._to_instance(raw)
+            if inst.run_id or str(raw.get("hostname", "")).startswith(f"{OWNER_TAG}-"):
+                owned.append(inst)
+        return owned
+
+    def _find_named(self, endpoint: str, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.api.request("get", endpoint).json() if r.get("name") == name]
+
+    def _ensure_named(self, endpoint: str, name: str, field: str, value: str) -> str:
+        """Find-or-create an ssh key / startup script by the run's name (idempotent across retries/resumes)."""
+        for row in self._find_named(endpoint, name):
+            if row.get(field) == value:
+                return str(row["id"])
+
+        def create_once() -> str:
+            found = [r for r in self._find_named(endpoint, name) if r.get(field) == value]
+            if found:  # an earlier try that timed out may have landed
+                return str(found[0]["id"])
+            resp = self.api.request("post", endpoint, json_body={"name": name, field: value}, retry=False)
+            return resp.text.strip().strip('"')
+
+        return self.api.retrying(create_once)
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        paths = sdk_paths()
+        if not RUN_ID_RE.match(spec.run_id or ""):
+            raise ProviderError(f"invalid run id {spec.run_id!r}: lower-case letters, digits and '-', 3-41 chars")
+        self.check_credentials()
+        for inst in self.list_run(spec.run_id):
+            return inst  # idempotent: this run already has a live instance
+        key_ids = []
+        if spec.ssh_public_key.strip():
+            key_ids.append(self._ensure_named(paths.ssh_keys, spec.name, "key", spec.ssh_public_key.strip()))
+        script_id = None
+        if self.startup_script:
+            script_id = self._ensure_named(paths.scripts, spec.name, "script", self.startup_script)
+        payload: dict[str, Any] = {  # the keys InstancesService.create() sends
+            "instance_type": spec.offer.instance_type,
+            "image": spec.image or self.image,
+            "ssh_key_ids": key_ids,
+            "startup_script_id": script_id,
+            "hostname": spec.name,
+            "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else ""),
+            "location_code": spec.offer.region or self.location,
+            "os_volume": {"name": f"{spec.name}-os", "size": int(spec.disk_gb)},
+            "volumes": ([{"name": f"{spec.name}-data", "size": int(spec.volume_gb), "type": "NVMe"}]
+                        if spec.volume_gb else []),
+            "existing_volumes": [],
+            "is_spot": bool(spec.offer.spot),
+            "coupon": None,
+        }
+
+        def create_once() -> str:
+            live = self.list_run(spec.run_id)
+            if live:  # a POST that timed out may have created it: never make a second one
+                return live[0].id
+            resp = self.api.request("post", paths.instances, json_body=payload, retry=False)
+            return resp.text.strip().strip('"')  # the new id comes back as plain text, not JSON
+
+        new_id = self.api.retrying(create_once)
+        raw = self._get_raw(new_id)
+        if raw is None:  # accepted but not yet readable: report it pending, never lose the id
+            return Instance(id=new_id, provider=self.name, state=PENDING, run_id=spec.run_id, name=spec.name,
+                            instance_type=spec.offer.instance_type, created_at=time.time(),
+                            usd_per_hour=spec.offer.usd_per_hour, raw={"id": new_id, "status": "ordered"})
+        return self._to_instance(raw)
+
+    # ---- teardown ----------------------------------------------------------------------------------------
+    def _run_volume_ids(self, raw: dict[str, Any]) -> list[str]:
+        """The OS volume and any volume attached to the instance: deleted with it so storage stops billing."""
+        ids = [str(raw["os_volume_id"])] if raw.get("os_volume_id") else []
+        try:
+            for vol in self.api.request("get", sdk_paths().volumes).json():
+                if vol.get("instance_id") == raw.get("id") and str(vol.get("id")) not in ids:
+                    ids.append(str(vol["id"]))
+        except CredentialsError:
+            raise
+        except ProviderError:
+            pass  # the OS volume at least; cleanup() sweeps leftovers by name
+        return ids
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        """PUT /instances {"action": "delete"}; returns request + raw response. Never `shutdown` (still bills).
+
+        A refusal (e.g. "Can't discontinue a provisioning instance") raises with the same record on the
+        exception (`.record`); the teardown's verify loop sends it again. A 207 whose entry for this id
+        failed comes back with accepted=False and the per-id errors: only a later GET tells."""
+        raw = self._get_raw(instance_id)
+        if raw is None:
+            return {"action": "delete", "instance_id": instance_id, "already_gone": True, "accepted": True,
+                    "request": None, "response": {"status": 404, "time": time.time()}}
+        status = str(raw.get("status", "")).lower()
+        if status in ("discontinued", "deleting"):  # nothing to send; verification waits for the end state
+            return {"action": "delete", "instance_id": instance_id, "already_gone": status == "discontinued",
+                    "accepted": True, "request": None, "response": {"status": status, "time": time.time()}}
+        endpoint = sdk_paths().instances
+        volume_ids = self._run_volume_ids(raw)
+        payload: dict[str, Any] = {"id": [instance_id], "action": "delete", "volume_ids": volume_ids or None}
+        if volume_ids:
+            payload["delete_permanently"] = True  # not the trash, where volumes keep billing
+        record: dict[str, Any] = {"action": "delete", "instance_id": instance_id,
+                                  "request": {"method": "PUT", "path": endpoint, "json": payload,
+                                              "time": time.time()}}
+        try:
+            resp = self.api.request("put", endpoint, json_body=payload)
+        except DataCrunchNotFound as exc:
+            record.update(already_gone=True, accepted=True,
+                          response={"status": exc.status, "body": exc.body, "time": time.time()})
+            return record
+        except DataCrunchAPIError as exc:
+            record.update(accepted=False, response={"status": exc.status, "body": exc.body, "time": time.time()})
+            exc.record = record
+            raise
+        body = body_of(resp)
+        failures = per_id_failures(instance_id, resp.status_code, body)
+        record.update(accepted=not failures, per_id_errors=failures,
+                      response={"status": resp.status_code, "body": body, "time": time.time()})
+        return record
+
+    def cleanup(self, run_id: str) -> list[str]:
+        """Delete the run's ssh key(s), startup script(s) and leftover detached volumes (all named gpurun-<run>)."""
+        paths = sdk_paths()
+        name = f"{OWNER_TAG}-{run_id}"
+        deleted: list[str] = []
+        for endpoint, kind in ((paths.ssh_keys, "ssh_key"), (paths.scripts, "startup_script")):
+            for row in self._find_named(endpoint, name):
+                try:
+                    self.api.request("delete", endpoint + "/{id}", path_params={"id": str(row["id"])})
+                except DataCrunchNotFound:
+                    pass
+                deleted.append(f"{kind}:{row['id']} ({name})")
+        for vol in self.api.request("get", paths.volumes).json():
+            vname = str(vol.get("name") or "")
+            if (vname == name or vname.startswith(name + "-")) and not vol.get("instance_id"):
+                try:
+                    self.api.request("delete", paths.volumes + "/{id}", path_params={"id": str(vol["id"])},
+                                     json_body={"is_permanent": True})
+                except DataCrunchNotFound:
+                    pass
+                deleted.append(f"volume:{vol['id']} ({vname})")
+        return deleted
+
+    # ---- the on-instance dead-man's switch -------------------------------------------------------------
+    def self_destruct_credentials(self) -> str:
+        """Content of the 0600 file the lifecycle uploads to `credentials_path`: the OAuth token request body.
+
+        Uses the dedicated watchdog API client when configured (DATACRUNCH_WATCHDOG_CLIENT_ID/SECRET),
+        else the main one. This is a full-account credential: DataCrunch has no instance-scoped token.
+        """
+        cid = self.watchdog_client_id or self.api.client_id
+        secret = self.watchdog_client_secret or self.api.client_secret
+        if not cid or not secret:
+            self.check_credentials()
+        return json.dumps({"grant_type": "client_credentials", "client_id": cid, "client_secret": secret}) + "\n"
+
+    def _script_path(self, name: str) -> str:
+        return posixpath.join(posixpath.dirname(self.credentials_path), name)
+
+    def self_destruct_files(self, instance: Instance) -> list[tuple[str, str, int]]:
+        """(path, content, mode) to write on the instance before the watchdog is armed: the credential
+        (0600) and the self-destruct scripts beside it."""
+        scripts = [(self._script_path(n), _script_text(n), 0o700) for n in SELF_DESTRUCT_SCRIPTS]
+        return [(self.credentials_path, self.self_destruct_credentials(), 0o600), *scripts]
+
+    def self_destruct_command(self, instance: Instance) -> str:
+        """The shipped script with this instance's id, the API base, the credential file and the time
+        bound as arguments: it deletes the instance (+ its OS volume), retried until the API shows it
+        deleting/discontinued/404 or the bound passes. The secret stays in the file, never in argv."""
+        if not _INSTANCE_ID_RE.fullmatch(instance.id or ""):
+            raise ProviderError(f"refusing a self-destruct for an odd instance id {instance.id!r}")
+        args = [self._script_path(SELF_DESTRUCT_SCRIPTS[0]), self.api.base_url, instance.id, self.credentials_path,
+                str(self.self_destruct_timeout_s), f"{self.self_destruct_pause_s:g}"]
+        return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,286 @@
+"""The `runpod` SDK and its GraphQL endpoint, wrapped: key, bounds, retries, errors, safe strings.
+
+Facts this module relies on (read from runpod 1.12.0, `runpod/api/graphql.py` and friends):
+
+- Every SDK call is `run_graphql_query(query, api_key=None)`: it POSTs `{"query": ...}` to
+  `os.environ["RUNPOD_API_BASE_URL"] + "/graphql"` (read on every call, default
+  https://api.runpod.io) with `Authorization: Bearer <key>`, where the key is the argument or the
+  module global `runpod.api_key` (imported from the package at call time). `create_pod`,
+  `terminate_pod` and `stop_pod` take no key argument (and older SDKs take none anywhere), so the
+  global is set before every call and is the only way the key is passed.
+- A 401 raises `runpod.error.AuthenticationError`; any other status is parsed as JSON: a body with
+  `errors` raises `QueryError(first message)`, a non-JSON body (a gateway's 502 page, a CDN's 403)
+  raises `requests.JSONDecodeError`, whose `.doc` is the body text. The status code is not exposed,
+  so errors are classified by type and message (see `classify`).
+- Requests use a fixed 30 s timeout; we bound each call with `request_timeout_s` (a create waits
+  longer than the SDK does, so an abandoned create cannot land behind our back).
+- Importing `runpod` runs `logging.basicConfig(level=INFO)` (serverless/utils/rp_upload.py); undone.
+- Strings are pasted into the GraphQL text unescaped, so everything we pass is validated first.
+- Spot (`podRentInterruptable`) and the balance (`myself { clientBalance ... }`) have no SDK
+  function: they go through the SDK's own `run_graphql_query` (`RunPodClient.graphql`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tenacity import Retrying
+
+from providers.base import CredentialsError, ProviderError, TransientProviderError
+from providers.common import bounded_call, classified, one_line, retry_policy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: tomli, which the runpod SDK depends on
+    import tomli as tomllib
+
+log = logging.getLogger("gpurun.providers.runpod")
+
+T = TypeVar("T")
+
+DEFAULT_API_BASE = "https://api.runpod.io"
+
+# ------------------------------------------------------------------ strings pasted into GraphQL
+
+# What may be pasted into a GraphQL string literal. Everything else (quotes, backslashes, braces,
+# control characters, newlines) is refused: the SDK does not escape, so a quote would end the
+# literal and let the rest of the value rewrite the mutation.
+_FORBIDDEN_IN_STRING = re.compile(r"[\"'\\{}\x00-\x1f\x7f`$]")
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+GPU_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+POD_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MOUNT_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]*$")
+_API_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]{8,512}$")
+
+
+def check_string(field: str, value: str, pattern: re.Pattern[str] | None = None) -> str:
+    """Refuse a value that would break out of a GraphQL string literal (the SDK does not escape)."""
+    if not isinstance(value, str):
+        raise ProviderError(f"RunPod {field} must be a string, got {type(value).__name__}")
+    if _FORBIDDEN_IN_STRING.search(value):
+        raise ProviderError(
+            f"RunPod {field} contains a character that is not allowed (quotes, backslashes, braces, "
+            f"`, $ or control characters such as newlines): refusing to send it to the API"
+        )
+    if pattern is not None and not pattern.match(value):
+        raise ProviderError(f"RunPod {field} {value!r} is not valid (expected {pattern.pattern})")
+    return value
+
+
+def check_pod_id(pod_id: str) -> str:
+    return check_string("pod id", pod_id, POD_ID_RE)
+
+
+def gql_str(value: str) -> str:
+    """A GraphQL string literal (JSON escaping is valid GraphQL), for queries we write ourselves."""
+    return json.dumps(value, ensure_ascii=True)
+
+
+def to_float(value: Any) -> float | None:
+    """A number from an API answer, or None where it is missing or not a number."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------ errors
+
+# Error texts the real API uses for "this pod is already gone".
+GONE_MESSAGES = ("not found", "does not exist", "no pod", "already terminated")
+_AUTH_MESSAGES = ("unauthorized", "unauthorised", "forbidden", "permission denied", "invalid api key",
+                  "api key is invalid", "not authorized")
+_TRANSIENT_MESSAGES = ("internal server error", "something went wrong", "timeout", "timed out",
+                       "temporarily", "try again", "bad gateway", "service unavailable",
+                       "gateway time", "rate limit", "too many requests")
+
+
+def is_gone_error(exc: ProviderError) -> bool:
+    """A definite "no such pod" answer (never a transient failure that happens to say "not found")."""
+    return not isinstance(exc, TransientProviderError) and any(m in str(exc).lower() for m in GONE_MESSAGES)
+
+
+def _first_line(text: str | None) -> str:
+    # The SDK's messages can carry a second line with the query text: only the first is shown.
+    lines = (text or "").strip().splitlines()
+    return one_line(lines[0]) if lines else ""
+
+
+def classify(exc: BaseException) -> ProviderError:
+    """Turn an SDK/requests exception into our error types, without ever quoting a key."""
+    import requests  # the SDK's HTTP client: only ever used through it, so loaded with it
+    from runpod import error as rp_error
+
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, rp_error.AuthenticationError):
+        return CredentialsError(
+            "RunPod rejected the API key (401): check RUNPOD_API_KEY or ~/.runpod/config.toml"
+        )
+    if isinstance(exc, rp_error.QueryError):
+        msg = _first_line(exc.message) or "unknown error"
+        low = msg.lower()
+        if "no longer any instances available" in low or "no instances available" in low:
+            return ProviderError(
+                "RunPod has no machine free for this GPU type / count / cloud right now: try another "
+                "GPU, cloud type or count (`gpurun offers`)"
+            )
+        if any(m in low for m in _AUTH_MESSAGES):
+            return CredentialsError(
+                f"RunPod refused the API key ({msg}): check RUNPOD_API_KEY and the key's permissions"
+            )
+        if any(m in low for m in _TRANSIENT_MESSAGES):
+            return TransientProviderError(f"RunPod API error (will retry): {msg}")
+        return ProviderError(f"RunPod API error: {msg}")
+    if isinstance(exc, requests.exceptions.JSONDecodeError):
+        # A non-JSON body: a gateway error page, a CDN block. Only the body tells which.
+        body = (getattr(exc, "doc", "") or "")[:2000].lower()
+        if re.search(r"\b40[13]\b", body) or "forbidden" in body or "unauthori" in body:
+            return CredentialsError(
+                "RunPod refused the request (401/403): check RUNPOD_API_KEY and the key's permissions"
+            )
+        return TransientProviderError("RunPod API answered with a non-JSON error page (5xx?)")
+    if isinstance(exc, (requests.exceptions.Timeout, requests.exceptions.ConnectionError, TimeoutError)):
+        return TransientProviderError(f"RunPod API unreachable or slow: {type(exc).__name__}")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return TransientProviderError(f"RunPod API request failed: {type(exc).__name__}")
+    if isinstance(exc, ValueError):
+        # The SDK's own checks, e.g. create_pod's "No GPU found with the specified ID".
+        return ProviderError(f"RunPod refused the request: {_first_line(str(exc))}")
+    if isinstance(exc, (KeyError, TypeError)):
+        # A 5xx with a JSON body but no "errors" makes the SDK index a missing "data".
+        return TransientProviderError(f"RunPod API answered without data ({type(exc).__name__})")
+    return ProviderError(f"RunPod SDK error: {type(exc).__name__}: {one_line(exc)}")
+
+
+# ------------------------------------------------------------------ the SDK, loaded lazily
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_runpod() -> Any:
+    """Import the SDK lazily, undoing its import-time `logging.basicConfig(level=INFO)`.
+
+    runpod 1.12's serverless/utils/rp_upload.py configures the ROOT logger on import; left alone it
+    would turn on INFO output for every library in the controller.
+    """
+    with _IMPORT_LOCK:
+        if "runpod" in sys.modules:
+            return sys.modules["runpod"]
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        import runpod  # slow and heavy (aiohttp, boto3, ...): only when RunPod is used
+
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+        return runpod
+
+
+# ------------------------------------------------------------------ the client
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """How long one call may take and how often a transient failure is tried again."""
+
+    request_timeout_s: float = 30.0
+    max_attempts: int = 5
+    retry_deadline_s: float = 90.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 15.0
+
+    @property
+    def create_timeout_s(self) -> float:
+        # Longer than the SDK's own 30 s request timeout: an abandoned create could still land and
+        # leave a second pod behind, so we wait for the SDK to give up first.
+        return max(self.request_timeout_s, 30.0) + 15.0
+
+
+class RunPodClient:
+    """One account's way into the API: finds the key, then bounds, classifies and retries each call."""
+
+    def __init__(self, *, api_key: str | None, config_path: Path, profile: str, policy: CallPolicy) -> None:
+        self._explicit_key = api_key
+        self.config_path = config_path
+        self.profile = profile
+        self.policy = policy
+
+    def api_key(self) -> str | None:
+        """The argument, else RUNPOD_API_KEY, else the SDK's config file (what `runpod config` writes)."""
+        key = self._explicit_key or os.environ.get("RUNPOD_API_KEY")
+        if not key and self.config_path.is_file():
+            try:
+                with self.config_path.open("rb") as fh:
+                    data = tomllib.load(fh)
+            except (OSError, ValueError) as exc:
+                raise CredentialsError(
+                    f"{self.config_path} is not readable TOML ({type(exc).__name__}): fix it or set "
+                    f"RUNPOD_API_KEY"
+                ) from None
+            section = data.get(self.profile)
+            if isinstance(section, dict):
+                key = section.get("api_key")
+        if not key:
+            return None
+        return str(key).strip()
+
+    def require_key(self) -> str:
+        key = self.api_key()
+        if not key:
+            raise CredentialsError(
+                f"no RunPod API key: set RUNPOD_API_KEY or run `runpod config` (writes "
+                f"{self.config_path}, [{self.profile}] api_key)"
+            )
+        if not _API_KEY_RE.match(key):
+            # A stray newline or quote would corrupt the Authorization header; never echo the key.
+            raise CredentialsError(
+                "the RunPod API key has unexpected characters (whitespace, quotes?): copy it again"
+            )
+        return key
+
+    def retrying(self) -> Retrying:
+        p = self.policy
+        return retry_policy(attempts=p.max_attempts, deadline_s=p.retry_deadline_s,
+                            initial_s=p.backoff_initial_s, max_wait_s=p.backoff_max_s, logger=log)
+
+    def sdk(self, what: str, fn: Callable[[Any], T], *, timeout_s: float | None = None,
+            retry: bool = True) -> T:
+        """Call fn(runpod_module) with the key set, bounded, classified and (unless retry=False) retried."""
+        key = self.require_key()
+        bound = self.policy.request_timeout_s if timeout_s is None else timeout_s
+
+        def once() -> T:
+            runpod = import_runpod()
+            # Set on every call: create_pod/terminate_pod read only this global.
+            runpod.api_key = key
+            return classified(lambda: bounded_call(lambda: fn(runpod), bound, "RunPod API"), classify)
+
+        if not retry:
+            return once()
+        try:
+            return self.retrying()(once)
+        except TransientProviderError as exc:
+            raise TransientProviderError(f"{what}: {exc} (gave up after retries)") from None
+
+    def graphql(self, what: str, query: str, *, timeout_s: float | None = None,
+                retry: bool = True) -> dict[str, Any]:
+        """A query the SDK has no function for, through the SDK's own helper (same URL, key, errors)."""
+        def call(runpod: Any) -> dict[str, Any]:
+            from runpod.api.graphql import run_graphql_query
+
+            return run_graphql_query(query)  # the key: runpod.api_key, set by sdk()
+
+        return self.sdk(what, call, timeout_s=timeout_s, retry=retry)

@@ -1,0 +1,422 @@
+"""RunPod pods' lifecycle: create (idempotent by name), get, terminate, list, stop, money checks.
+
+How a call reaches the API is api.py's job, what can be rented is catalog.py's, and the watchdog's
+way out is self_destruct.py's; this class says which calls a lifecycle step makes and reads the
+answers into Instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    NOT_FOUND,
+    PENDING,
+    RUN_ID_RE,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    TERMINATED,
+    CredentialsError,
+    Instance,
+    InstanceSpec,
+    Offer,
+    Provider,
+    ProviderError,
+    SSHEndpoint,
+    TransientProviderError,
+)
+from providers.runpod.api import (
+    DEFAULT_API_BASE,
+    ENV_KEY_RE,
+    GPU_ID_RE,
+    IMAGE_RE,
+    MOUNT_PATH_RE,
+    NAME_RE,
+    CallPolicy,
+    RunPodClient,
+    check_pod_id,
+    check_string,
+    gql_str,
+    is_gone_error,
+    to_float,
+)
+from providers.runpod.catalog import PROVIDER_NAME, check_cloud_type, fetch_offers, storage_usd_per_hour
+from providers.runpod.self_destruct import self_destruct_shell
+
+log = logging.getLogger("gpurun.providers.runpod")
+
+NAME_PREFIX = "gpurun-"
+DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+_API_BASE_RE = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._/-]*)?$")
+
+
+def run_id_from_name(name: str | None) -> str | None:
+    """`gpurun-<run id>` -> run id, or None for a pod gpurun did not name."""
+    if not name or not name.startswith(NAME_PREFIX):
+        return None
+    run_id = name[len(NAME_PREFIX):]
+    return run_id if RUN_ID_RE.match(run_id) else None
+
+
+def endpoint_from_runtime(runtime: dict[str, Any] | None) -> SSHEndpoint | None:
+    """The public mapping of container port 22; a private-only one is unreachable from here."""
+    for p in (runtime or {}).get("ports") or []:
+        if p.get("privatePort") == 22 and p.get("isIpPublic") and p.get("ip") and p.get("publicPort"):
+            return SSHEndpoint(host=str(p["ip"]), port=int(p["publicPort"]), user="root")
+    return None
+
+
+def pod_state(pod: dict[str, Any]) -> str:
+    desired = str(pod.get("desiredStatus") or "").upper()
+    runtime = pod.get("runtime")
+    if desired == "TERMINATED":
+        return TERMINATED
+    if desired == "RUNNING":
+        return RUNNING if runtime else PENDING  # runtime is null until the container is up
+    if desired in ("EXITED", "PAUSED", "DEAD", "STOPPED"):
+        return STOPPING if runtime else STOPPED  # stopped pods still pay for their volume
+    return PENDING  # CREATED, RESTARTING, anything new: not gone, so teardown still acts on it
+
+
+class RunPodProvider(Provider):
+    """RunPod pods. Options (all keyword, all optional):
+
+    api_key              instead of RUNPOD_API_KEY / ~/.runpod/config.toml
+    config_path          the SDK's credentials file (default ~/.runpod/config.toml)
+    profile              section of that file (default "default")
+    image                container image (default: a RunPod PyTorch 2.4 / CUDA 12.4 image)
+    container_disk_gb    container disk priced into offers (default 40)
+    volume_gb            pod volume priced into offers (default 0: nothing survives the pod)
+    cloud_type           "ALL" (both), "SECURE" or "COMMUNITY": which clouds offers() lists
+    request_timeout_s    bound on one API call (default 30)
+    max_attempts         tries per call on 5xx/timeouts (default 5)
+    retry_deadline_s     bound on all tries of one call (default 90)
+    backoff_initial_s / backoff_max_s   exponential backoff with jitter (default 1 / 15)
+    self_destruct_api_base   API base the on-instance watchdog calls (default https://api.runpod.io;
+                         tests point it at the fake). Never read from the environment on purpose.
+    pid1_environ_path    where the watchdog reads RUNPOD_POD_ID/RUNPOD_API_KEY (default /proc/1/environ)
+    volume_mount_path    where the pod volume is mounted (default /workspace)
+    """
+
+    name = PROVIDER_NAME
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        config_path: str | os.PathLike[str] | None = None,
+        profile: str = "default",
+        image: str = DEFAULT_IMAGE,
+        container_disk_gb: int = 40,
+        volume_gb: int = 0,
+        cloud_type: str = "ALL",
+        request_timeout_s: float = 30.0,
+        max_attempts: int = 5,
+        retry_deadline_s: float = 90.0,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 15.0,
+        self_destruct_api_base: str | None = None,
+        pid1_environ_path: str = "/proc/1/environ",
+        volume_mount_path: str = "/workspace",
+    ) -> None:
+        self.image = check_string("image", image, IMAGE_RE)
+        if int(container_disk_gb) < 1 or int(volume_gb) < 0:
+            raise ProviderError("RunPod container_disk_gb must be >= 1 and volume_gb >= 0")
+        self.container_disk_gb = int(container_disk_gb)
+        self.volume_gb = int(volume_gb)
+        self.cloud_type = check_cloud_type(cloud_type, "cloud_type")
+        base = (self_destruct_api_base or DEFAULT_API_BASE).rstrip("/")
+        if not _API_BASE_RE.match(base):
+            raise ProviderError(f"RunPod self_destruct_api_base {base!r} is not a plain http(s) URL")
+        self.self_destruct_api_base = base
+        self.pid1_environ_path = pid1_environ_path
+        self.volume_mount_path = check_string("volume_mount_path", volume_mount_path, MOUNT_PATH_RE)
+        policy = CallPolicy(
+            request_timeout_s=float(request_timeout_s),
+            max_attempts=max(1, int(max_attempts)),
+            retry_deadline_s=float(retry_deadline_s),
+            backoff_initial_s=float(backoff_initial_s),
+            backoff_max_s=float(backoff_max_s),
+        )
+        self.client = RunPodClient(
+            api_key=api_key,
+            config_path=Path(config_path) if config_path else Path.home() / ".runpod" / "config.toml",
+            profile=profile,
+            policy=policy,
+        )
+
+    def check_credentials(self) -> None:
+        """Local check only (no network): the first API call reports a rejected key."""
+        self.client.require_key()
+
+    # ------------------------------------------------------------------ offers
+
+    def storage_usd_per_hour(self, container_disk_gb: int | None = None, volume_gb: int | None = None) -> float:
+        disk = self.container_disk_gb if container_disk_gb is None else container_disk_gb
+        vol = self.volume_gb if volume_gb is None else volume_gb
+        return storage_usd_per_hour(disk, vol)
+
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
+        return fetch_offers(self.client, gpu=gpu, count=count, spot=spot, cloud_type=self.cloud_type,
+                                    container_disk_gb=self.container_disk_gb, volume_gb=self.volume_gb)
+
+    # ------------------------------------------------------------------ reading pods
+
+    def _to_instance(self, pod: dict[str, Any] | None, pod_id: str) -> Instance:
+        if not pod:
+            return Instance(id=pod_id, provider=self.name, state=NOT_FOUND, raw={"pod": None})
+        name = pod.get("name") or ""
+        state = pod_state(pod)
+        machine = pod.get("machine") or {}
+        return Instance(
+            id=str(pod.get("id") or pod_id),
+            provider=self.name,
+            state=state,
+            run_id=run_id_from_name(name),
+            name=name,
+            instance_type=str(machine.get("gpuDisplayName") or ""),
+            gpu_count=int(pod.get("gpuCount") or 0),
+            usd_per_hour=to_float(pod.get("costPerHr")),
+            ssh=endpoint_from_runtime(pod.get("runtime")) if state == RUNNING else None,
+            raw=pod,
+        )
+
+    def ssh_endpoint(self, instance: Instance) -> SSHEndpoint | None:
+        return instance.ssh or endpoint_from_runtime((instance.raw or {}).get("runtime"))
+
+    def get(self, instance_id: str) -> Instance:
+        pod_id = check_pod_id(instance_id)
+        try:
+            pod = self.client.sdk("get pod", lambda rp: rp.get_pod(pod_id))
+        except CredentialsError:
+            raise
+        except ProviderError as exc:
+            if is_gone_error(exc):
+                return Instance(id=pod_id, provider=self.name, state=NOT_FOUND, raw={"error": str(exc)})
+            raise
+        return self._to_instance(pod, pod_id)
+
+    def list_owned(self) -> list[Instance]:
+        pods = list(self.client.sdk("list pods", lambda rp: rp.get_pods()) or [])
+        return [self._to_instance(p, str(p.get("id")))
+                for p in pods if str(p.get("name") or "").startswith(NAME_PREFIX)]
+
+    def _find_by_name(self, name: str) -> Instance | None:
+        live = [i for i in self.list_owned() if i.name == name and not i.gone]
+        if len(live) > 1:
+            log.warning("%d RunPod pods are named %s; using %s", len(live), name, live[0].id)
+        return live[0] if live else None
+
+    # ------------------------------------------------------------------ create
+
+    def _validated_env(self, spec: InstanceSpec) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if spec.ssh_public_key:
+            # The RunPod images' start script appends $PUBLIC_KEY to root's authorized_keys.
+            env["PUBLIC_KEY"] = spec.ssh_public_key.strip()
+        env["GPURUN_RUN_ID"] = spec.run_id
+        env.update(spec.env)
+        for k, v in env.items():
+            check_string("env key", str(k), ENV_KEY_RE)
+            if k in ("RUNPOD_API_KEY", "RUNPOD_POD_ID"):
+                raise ProviderError(f"RunPod env key {k} is set by RunPod itself; do not pass it")
+            check_string(f"env value of {k}", str(v))
+        return {str(k): str(v) for k, v in env.items()}
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        # Validate everything before any call, so a refused spec creates nothing.
+        if not RUN_ID_RE.match(spec.run_id or ""):
+            raise ProviderError(f"run id {spec.run_id!r} is not valid (expected {RUN_ID_RE.pattern})")
+        name = check_string("pod name", spec.name, NAME_RE)
+        image = check_string("image", spec.image or self.image, IMAGE_RE)
+        offer = spec.offer
+        gpu_id = check_string("GPU type id", offer.instance_type, GPU_ID_RE)
+        cloud = check_cloud_type(str(offer.details.get("cloud_type") or self.cloud_type))
+        count = int(offer.gpu_count or 1)
+        disk = int(spec.disk_gb)
+        volume = int(spec.volume_gb)
+        priced_disk = int(offer.details.get("container_disk_gb", self.container_disk_gb))
+        priced_volume = int(offer.details.get("volume_gb", self.volume_gb))
+        if disk > priced_disk or volume > priced_volume:
+            raise ProviderError(
+                f"the plan priced {priced_disk} GB container disk + {priced_volume} GB volume but the "
+                f"spec asks {disk} + {volume}: re-plan with container_disk_gb/volume_gb set"
+            )
+        env = self._validated_env(spec)
+        self.client.require_key()
+
+        existing = self._find_by_name(name)
+        if existing is not None:
+            log.info("RunPod pod %s already exists for run %s; reusing it", existing.id, spec.run_id)
+            return existing
+
+        if offer.spot:
+            bid = to_float(offer.details.get("bid_per_gpu")) or (offer.usd_per_hour / max(1, count))
+            create_call = lambda: self._create_spot(  # noqa: E731
+                name, image, gpu_id, cloud, count, disk, volume, env, bid)
+        else:
+            create_call = lambda: self._create_on_demand(  # noqa: E731
+                name, image, gpu_id, cloud, count, disk, volume, env)
+
+        created_at = time.time()
+        pod = self._create_idempotently(name, create_call)
+        try:
+            inst: Instance | None = self.get(str(pod["id"]))
+        except ProviderError as exc:  # the pod exists: hand its id back rather than lose it
+            log.warning("RunPod pod %s created but not readable yet: %s", pod["id"], exc)
+            inst = None
+        if inst is None or inst.state == NOT_FOUND:
+            # Eventual consistency: the create answered but the read lags; report it as pending.
+            inst = Instance(id=str(pod.get("id")), provider=self.name, state=PENDING, run_id=spec.run_id,
+                            name=name, raw=pod)
+        inst.created_at = created_at
+        inst.run_id = spec.run_id
+        if inst.usd_per_hour is None:
+            inst.usd_per_hour = offer.usd_per_hour
+        return inst
+
+    def _create_idempotently(self, name: str, create_call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Create once; after a transient failure (the create may have landed) look the name up first."""
+        last: TransientProviderError | None = None
+        for attempt in self.client.retrying():
+            with attempt:
+                if last is not None:
+                    found = self._find_by_name(name)
+                    if found is not None:
+                        return found.raw or {"id": found.id}
+                try:
+                    return create_call()
+                except TransientProviderError as exc:
+                    last = exc
+                    raise
+        raise TransientProviderError("create pod: gave up")  # unreachable: reraise=True
+
+    def _create_on_demand(self, name: str, image: str, gpu_id: str, cloud: str, count: int, disk: int,
+                          volume: int, env: dict[str, str]) -> dict[str, Any]:
+        # create_pod first runs gpuTypes(input: {id}) and raises ValueError for an unknown GPU.
+        def call(rp: Any) -> dict[str, Any]:
+            return rp.create_pod(
+                name=name, image_name=image, gpu_type_id=gpu_id, cloud_type=cloud,
+                gpu_count=count, volume_in_gb=volume, container_disk_in_gb=disk,
+                ports="22/tcp", env=env, support_public_ip=True, start_ssh=True,
+                volume_mount_path=self.volume_mount_path,
+            )
+
+        pod = self.client.sdk("create pod", call, timeout_s=self.client.policy.create_timeout_s, retry=False)
+        if not pod or not pod.get("id"):
+            raise ProviderError("RunPod create answered without a pod id (no capacity?)")
+        return pod
+
+    def _create_spot(self, name: str, image: str, gpu_id: str, cloud: str, count: int, disk: int,
+                     volume: int, env: dict[str, str], bid_per_gpu: float) -> dict[str, Any]:
+        # Same input fields as podFindAndDeployOnDemand plus bidPerGpu (RunPod's GraphQL docs and
+        # dstack's RunPod backend build both mutations from one field list). Values are validated
+        # above and JSON-escaped here as well.
+        env_items = ", ".join(f"{{ key: {gql_str(k)}, value: {gql_str(v)} }}" for k, v in env.items())
+        fields = [
+            f"bidPerGpu: {float(bid_per_gpu):.4f}",
+            f"cloudType: {cloud}",
+            f"gpuCount: {int(count)}",
+            f"volumeInGb: {int(volume)}",
+            f"containerDiskInGb: {int(disk)}",
+            "minVcpuCount: 1",
+            "minMemoryInGb: 1",
+            f"gpuTypeId: {gql_str(gpu_id)}",
+            f"name: {gql_str(name)}",
+            f"imageName: {gql_str(image)}",
+            'dockerArgs: ""',
+            'ports: "22/tcp"',
+            f"volumeMountPath: {gql_str(self.volume_mount_path)}",
+            "startSsh: true",
+            "supportPublicIp: true",
+            f"env: [{env_items}]",
+        ]
+        query = (
+            "mutation { podRentInterruptable(input: { " + ", ".join(fields) + " }) "
+            "{ id imageName env machineId machine { podHostId } } }"
+        )
+        data = self.client.graphql("create spot pod", query, timeout_s=self.client.policy.create_timeout_s,
+                                   retry=False)
+        pod = (data.get("data") or {}).get("podRentInterruptable")
+        if not pod or not pod.get("id"):
+            raise ProviderError("RunPod spot create answered without a pod id (bid too low? no capacity?)")
+        return pod
+
+    # ------------------------------------------------------------------ ending pods
+
+    def terminate(self, instance_id: str) -> dict[str, Any]:
+        pod_id = check_pod_id(instance_id)
+        from_ts = time.time()
+
+        def call(rp: Any) -> dict[str, Any]:
+            from runpod.api.graphql import run_graphql_query
+            from runpod.api.mutations.pods import generate_pod_terminate_mutation
+
+            # terminate_pod() drops the response; the proof wants it, so call the helper directly.
+            return run_graphql_query(generate_pod_terminate_mutation(pod_id))
+
+        try:
+            response = self.client.sdk("terminate pod", call)
+        except CredentialsError:
+            raise
+        except ProviderError as exc:
+            if not is_gone_error(exc):
+                raise
+            # "pod not found to terminate": already gone, which is what we wanted.
+            return {"pod_id": pod_id, "requested_at": from_ts, "answered_at": time.time(),
+                    "already_gone": True, "response": {"error": str(exc)}}
+        return {"pod_id": pod_id, "requested_at": from_ts, "answered_at": time.time(),
+                "already_gone": False, "response": response}
+
+    def stop(self, instance_id: str) -> dict[str, Any]:
+        """podStop: the GPU stops billing but the volume keeps billing. gpurun uses terminate."""
+        pod_id = check_pod_id(instance_id)
+        return self.client.sdk("stop pod", lambda rp: rp.stop_pod(pod_id)) or {}
+
+    def self_destruct_command(self, instance: Instance) -> str:
+        """What the watchdog runs at the deadline: the pod terminates itself with its own key."""
+        return self_destruct_shell(pod_id=instance.id, pid1_environ_path=self.pid1_environ_path,
+                                   api_base=self.self_destruct_api_base)
+
+    # ------------------------------------------------------------------ money
+
+    def account(self) -> dict[str, Any]:
+        data = self.client.graphql("read balance",
+                                   "query { myself { clientBalance currentSpendPerHr spendLimit } }")
+        me = (data.get("data") or {}).get("myself") or {}
+        return {
+            "balance_usd": to_float(me.get("clientBalance")),
+            "current_spend_usd_per_hour": to_float(me.get("currentSpendPerHr")),
+            "spend_limit_usd_per_hour": to_float(me.get("spendLimit")),
+            "raw": me,
+        }
+
+    def check_spend(self, max_usd: float, usd_per_hour: float) -> None:
+        """Refuse a budget the account cannot pay, and a price over the account's hourly spend limit.
+
+        RunPod refuses to start a pod when the hourly cost of what runs plus the new pod's would
+        exceed the spend limit (https://docs.runpod.io/api-reference-v2/account/get-account-limits):
+        refusing here says so at plan time, before anything is created.
+        """
+        acct = self.account()
+        balance = acct["balance_usd"]
+        if balance is not None and balance < float(max_usd):
+            raise ProviderError(
+                f"RunPod balance {balance:.2f} USD cannot cover --max-usd {float(max_usd):g}: add funds "
+                f"or lower the budget"
+            )
+        limit = acct["spend_limit_usd_per_hour"]
+        if limit is not None:
+            current = acct["current_spend_usd_per_hour"] or 0.0
+            if current + float(usd_per_hour) > limit:
+                raise ProviderError(
+                    f"RunPod spend limit {limit:g} USD/h would be exceeded ({current:g} already running + "
+                    f"{float(usd_per_hour):g}): raise the limit in the RunPod console or stop other pods"
+                )

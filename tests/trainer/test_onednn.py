@@ -1,0 +1,82 @@
+"""The oneDNN CPU linear path lives beside the model, not in it, and changes nothing but speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from trainer import onednn
+from trainer.config import load_config
+from trainer.model import GPT, GPTConfig
+from trainer.train import StopRequest, Trainer
+
+needs_onednn = pytest.mark.skipif(onednn.linear_op() is None, reason="this torch build has no usable oneDNN linear")
+
+
+def tiny() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16))
+
+
+def test_the_model_is_plain_pytorch() -> None:
+    model = tiny()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 2 * 4 + 1 and all(type(m) is nn.Linear for m in linears)
+
+
+@needs_onednn
+def test_swap_keeps_parameters_ties_and_results() -> None:
+    plain, fast = tiny(), tiny()
+    before = {k: v.clone() for k, v in fast.state_dict().items()}
+    params = [id(p) for p in fast.parameters()]
+    assert onednn.use_onednn_linears(fast) == 9
+    assert all(type(m) is onednn.Linear for m in fast.modules() if isinstance(m, nn.Linear))
+    assert [id(p) for p in fast.parameters()] == params  # same tensors: an optimizer built before still works
+    assert fast.lm_head.weight is fast.transformer.wte.weight  # the tie survives
+    assert fast.state_dict().keys() == before.keys()
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in before.items())
+
+    idx = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for model in (plain, fast):
+        _, loss = model(idx, idx)
+        loss.backward()
+        losses.append(loss)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert onednn.use_onednn_linears(fast) == 0  # idempotent
+
+
+def test_opt_out_leaves_the_model_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(onednn.OPT_OUT_ENV, "aten")
+    assert onednn.probe_linear_op() is None
+    monkeypatch.setattr(onednn, "_PROBED", False)
+    monkeypatch.setattr(onednn, "_OP", None)
+    model = tiny()
+    assert onednn.use_onednn_linears(model) == 0
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_probe_never_touches_the_global_rng() -> None:
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    onednn.probe_linear_op()
+    assert torch.equal(torch.rand(3), want)  # resumed runs replay the global RNG bit for bit
+
+
+@needs_onednn
+def test_the_trainer_uses_it_on_cpu(tmp_path: Path) -> None:
+    cfg = load_config(["--model", "tiny", "--out-dir", str(tmp_path / "out"), "--progress", "off", "--threads", "1"])
+    trainer = Trainer(cfg, StopRequest())
+    try:
+        trainer.setup()
+        assert trainer.device.type == "cpu"
+        assert all(type(m) is onednn.Linear for m in trainer.model.modules() if isinstance(m, nn.Linear))
+    finally:
+        trainer.loader.close()
+        trainer.log.close()
