@@ -35,7 +35,6 @@ def _home() -> Path:
 
 class LoopbackProvider(Provider):
     name = "loopback"
-    transport = "ssh"
 
     def __init__(self, **_: Any) -> None:
         host, port, user = os.environ["GPURUN_LOOPBACK_SSH"].split(":")
