@@ -1,7 +1,7 @@
 """The money maths: what `--max-usd N` buys, the deadline, and the account caps.
 
 budgets.yaml itself is read and validated by `orchestrator.budgets_file`; this module only computes.
-- `plan_run` turns a budget and a live price into a deadline under the provider's billing rule:
+- `allowance_for` turns a budget and a live price into a deadline under the provider's billing rule:
   the instance is verified gone by `deadline_epoch`; the guard starts stopping the job at
   `stop_at_epoch` = deadline - reserve; a budget that leaves less than the minimum useful training
   time is refused with what it buys and what would be needed.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,7 +81,10 @@ def _ceil_cents(usd: float) -> float:
 
 
 @dataclass
-class Plan:
+class Allowance:
+    """What `--max-usd N` allows under the provider's billing rule: how long the instance may bill,
+    and, once the clock starts at the create call, the deadline and the guard's stop time."""
+
     provider: str
     max_usd: float
     usd_per_hour: float
@@ -95,28 +98,17 @@ class Plan:
     train_s: float  # stop_at - clock_start (boot time included: the clock runs during boot)
 
     def cost_at(self, elapsed_s: float) -> float:
-        """Billed cost after `elapsed_s` seconds since the clock started."""
+        """Billed cost after `elapsed_s` seconds since the clock started: THE cost function."""
         return self.billing.cost(elapsed_s, self.usd_per_hour)
 
-    @property
-    def max_cost_usd(self) -> float:
-        """What the run costs if it is gone exactly at the deadline (always <= max_usd)."""
-        return self.cost_at(self.max_runtime_s)
-
-    def with_clock_start(self, epoch: float) -> Plan:
-        """The same plan with the clock started at `epoch` (call it at the create call)."""
-        return Plan(
-            provider=self.provider,
-            max_usd=self.max_usd,
-            usd_per_hour=self.usd_per_hour,
-            billing=self.billing,
-            reserve_s=self.reserve_s,
-            min_runtime_s=self.min_runtime_s,
-            max_runtime_s=self.max_runtime_s,
+    def with_clock_start(self, epoch: float) -> Allowance:
+        """The same allowance with the clock started at `epoch`: the one place the deadline and the
+        stop time are computed (at plan time for the preview, at the create call for real)."""
+        return replace(
+            self,
             clock_start_epoch=epoch,
             deadline_epoch=epoch + self.max_runtime_s,
             stop_at_epoch=epoch + self.max_runtime_s - self.reserve_s,
-            train_s=self.train_s,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +131,7 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
+    def from_dict(cls, data: dict[str, Any]) -> Allowance:
         b = data["billing"]
         billing = b if isinstance(b, BillingRule) else BillingRule(
             increment_s=int(b["increment_s"]), minimum_s=int(b["minimum_s"]), source=str(b.get("source", ""))
@@ -175,10 +167,12 @@ def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
     return value
 
 
-def plan_run(
+def allowance_for(
     budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None
-) -> Plan:
-    """The deadline plan for a launch, or BudgetError saying what the budget buys and what is needed."""
+) -> Allowance:
+    """What the budget allows at this price, or BudgetError saying what it buys and what is needed.
+
+    `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd)."""
     budget = _check_max_usd(budgets, budgets.per_run_default_usd if max_usd is None else max_usd)
     price = _check_price(usd_per_hour)
     rule = budgets.billing_for(provider)
@@ -212,7 +206,7 @@ def plan_run(
             f" raise --max-usd to at least {raise_to:.2f}{above}"
         )
     start = time.time() if now is None else float(now)
-    return Plan(
+    return Allowance(
         provider=provider,
         max_usd=budget,
         usd_per_hour=price,
@@ -221,10 +215,10 @@ def plan_run(
         min_runtime_s=min_runtime_s,
         max_runtime_s=runtime,
         clock_start_epoch=start,
-        deadline_epoch=start + runtime,
-        stop_at_epoch=start + runtime - reserve_s,
+        deadline_epoch=start,
+        stop_at_epoch=start,
         train_s=train_s,
-    )
+    ).with_clock_start(start)
 
 
 # ---- account caps: holds and settlement -------------------------------------------------------

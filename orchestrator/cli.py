@@ -16,10 +16,20 @@ from orchestrator import teardown as teardown_mod
 from orchestrator.budget import day_start, max_runtime_s, month_start
 from orchestrator.budgets_file import BudgetError, load_budgets
 from orchestrator.ledger import Ledger, LedgerError, Run
-from orchestrator.lifecycle import Controller, RunFailed, controller_alive, spawn_guard, take_over
+from orchestrator.lifecycle import (
+    Controller,
+    RunFailed,
+    controller_alive,
+    spawn_guard,
+    take_over,
+    write_run_evidence,
+)
 from orchestrator.live import LiveView
 from orchestrator.plan import LaunchOptions, make_plan, runs_root
+from orchestrator.proof import verify_proof_chain
 from orchestrator.redact import register_secrets_from_env
+from orchestrator.run_record import RunRecord, is_orphan
+from orchestrator.settings import SettingsError
 from orchestrator.teardown import VerifyFailed
 from providers import get_provider, provider_names
 from providers.base import Instance, Provider, ProviderError
@@ -37,7 +47,7 @@ class GpurunGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (BudgetError, ProviderError, LedgerError, RunFailed) as exc:
+        except (BudgetError, ProviderError, LedgerError, RunFailed, SettingsError) as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except VerifyFailed as exc:
@@ -54,7 +64,7 @@ def main() -> None:
 
 # --- launch --------------------------------------------------------------------------------------
 @main.command(context_settings={"ignore_unknown_options": False})
-@click.option("--provider", default="local", show_default=True, help=f"one of: {', '.join(provider_names())}")
+@click.option("--provider", default="local", show_default=True, help=f"one of: {', '.join(provider_names(aliases=True))}")
 @click.option("--max-usd", type=float, help="hard cap for this run (default: budgets.yaml per_run_default_usd)")
 @click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100')
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")
@@ -183,10 +193,8 @@ def status(run_ref: str | None, timings: bool, show_all: bool) -> None:
     for run in runs:
         if run.cost_usd is not None:
             spent = run.cost_usd
-        elif run.clock_start_epoch and run.usd_per_hour is not None:
-            from orchestrator.budget import Plan
-
-            spent = Plan.from_dict(run.plan["budget"]).cost_at(now - run.clock_start_epoch)
+        elif run.clock_start_epoch and not is_orphan(run):
+            spent = RunRecord.of_run(run).allowance.cost_at(now - run.clock_start_epoch)
         else:
             spent = 0.0
         left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
@@ -269,7 +277,7 @@ def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
 
 def _end_run(ledger: Ledger, run: Run) -> None:
     """One open run through orchestrator.teardown: by its controller, or as the orphan a sweep adopted."""
-    if teardown_mod.is_sweep_record(run):  # no controller and no job: only instances to end
+    if is_orphan(run):  # no controller and no job: only instances to end
         teardown_mod.end(teardown_mod.adopted_target(ledger, run, get_provider(run.provider)))
         return
     take_over(ledger, run)
@@ -349,7 +357,7 @@ def sweep(providers_: tuple[str, ...], runs_dir: str | None, yes: bool) -> None:
     """Find instances tagged gpurun that no open run owns; on confirmation end each through the same
     teardown as a run (terminate, verify, shutdown proof chained in the ledger)."""
     ledger = Ledger()
-    names = list(providers_) or [n for n in provider_names() if n != "verda"]
+    names = list(providers_) or provider_names()
     found: list[tuple[Provider, list[Instance]]] = []
     for name in names:
         try:
@@ -370,11 +378,13 @@ def sweep(providers_: tuple[str, ...], runs_dir: str | None, yes: bool) -> None:
     for col in ("provider", "instance", "name", "state", "running for", "USD/h", "cost so far"):
         table.add_column(col)
     now = time.time()
+    conf = load_budgets()
     for prov, orphans in found:
+        rule = conf.billing_for(prov.name)  # the same billing rule a run's own cost uses
         for inst in orphans:
             age = now - inst.created_at if inst.created_at else None
             rate = inst.usd_per_hour
-            so_far = f"{age * rate / 3600:.4f}" if age is not None and rate is not None else "?"
+            so_far = f"{rule.cost(age, rate):.4f}" if age is not None and rate is not None else "?"
             table.add_row(prov.name, inst.id, inst.name, inst.state, f"{age / 60:.1f} min" if age else "?",
                           "?" if rate is None else f"{rate:.4f}", so_far)
     console.print(table)
@@ -404,8 +414,6 @@ def evidence(run_ref: str | None, check_chain: bool) -> None:
     """Print a run's evidence card (re-written from its synced files)."""
     ledger = Ledger()
     if check_chain:
-        from orchestrator.proof import verify_proof_chain
-
         problems = verify_proof_chain(ledger.proofs())
         if problems:
             for p in problems:
@@ -414,13 +422,12 @@ def evidence(run_ref: str | None, check_chain: bool) -> None:
         console.print(f"proof chain intact: {len(ledger.proofs())} proofs")
         return
     run = ledger.resolve_run(run_ref)
-    controller = Controller.load(ledger, run)
     proof = Path(run.run_dir) / "shutdown_proof.json"
     runtime = None
     if run.clock_start_epoch:
         end = run.updated_at if not run.open else time.time()
         runtime = end - run.clock_start_epoch
-    path = controller.write_evidence(proof if proof.exists() else None, run.cost_usd, runtime)
+    path = write_run_evidence(run, proof if proof.exists() else None, run.cost_usd, runtime)
     console.print(path.read_text(), markup=False, highlight=False)
 
 

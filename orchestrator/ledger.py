@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator import phases
+from orchestrator import phases, settings
 from orchestrator.phases import Phase, TransitionError
 
 SCHEMA_VERSION = 1
@@ -165,8 +165,7 @@ _CLOSED_PHASES = tuple(p.value for p in Phase if not p.is_open())
 
 def default_home() -> Path:
     """$GPURUN_HOME, else ~/.gpurun."""
-    env = os.environ.get("GPURUN_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".gpurun"
+    return settings.home()
 
 
 def ensure_home(home: Path) -> Path:

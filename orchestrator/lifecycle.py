@@ -1,9 +1,7 @@
 """The run state machine of DESIGN.md, driving a Provider and a Transport.
 
-    planned -> creating -> booting -> ssh_ready -> bootstrapped -> running -> stopping
-            -> syncing_final -> terminating -> verified        (or failed_* -> terminating -> verified)
-
-Each phase is written to the ledger BEFORE its action is taken, so a controller killed at any
+The phases and the transitions between them are `orchestrator.phases` (the ledger refuses any
+other); docs/ARCHITECTURE.md shows the diagram generated from them. Each phase is written to the ledger BEFORE its action is taken, so a controller killed at any
 point leaves enough behind for `gpurun teardown` (or a detached guard) to finish the run.
 """
 
@@ -12,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,17 +22,21 @@ from typing import Any
 
 import trainer
 from orchestrator import budget as budget_mod
+from orchestrator import settings
 from orchestrator import teardown as teardown_mod
-from orchestrator.budget import Plan
+from orchestrator.bootstrap import bootstrap, trainer_command
+from orchestrator.evidence import write_evidence
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
 from orchestrator.phases import Phase
 from orchestrator.plan import LaunchOptions, LaunchPlan
+from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
 from orchestrator.transports import open_transport
+from orchestrator.watchdog import install_watchdog
 from providers import get_provider
-from providers.base import Access, Instance, InstanceSpec, Offer, Provider
+from providers.base import Access, Instance, InstanceSpec, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
@@ -76,8 +79,9 @@ class Controller:
         self.provider = provider
         self.report = reporter
         self.run_dir = Path(run.run_dir)
-        self.plan = Plan.from_dict(run.plan["budget"])
-        self.offer = Offer(**{**run.plan["offer"], "billing": self.plan.billing})
+        self.record = RunRecord.of_run(run)
+        self.allowance = self.record.allowance
+        self.offer = self.record.offer
         self.transport: Transport | None = None
         self.stop_requested = False
         self.gpu_count = 0  # what bootstrap found on the instance
@@ -89,29 +93,24 @@ class Controller:
     def create(cls, ledger: Ledger, launch: LaunchPlan, reporter: Reporter = _quiet) -> Controller:
         run_id = new_run_id()
         run_dir = launch.run_dir_root / run_id
-        record = {
-            "options": launch.options.to_dict(),
-            "provider_options": launch.options.provider_options(),
-            "offer": launch.offer.to_dict(),
-            "budget": launch.budget.to_dict(),
-            "account": launch.account,
-        }
+        record = RunRecord.of_launch(launch).to_dict()
+        max_usd = launch.allowance.max_usd
         # The hold and the run row land together or not at all: a refusal leaves nothing behind.
         with ledger.transaction():
-            budget_mod.reserve(launch.budgets, ledger, run_id, launch.provider.name, launch.budget.max_usd)
-            run = ledger.create_run(run_id, launch.provider.name, launch.budget.max_usd, record, str(run_dir))
+            budget_mod.reserve(launch.budgets, ledger, run_id, launch.provider.name, max_usd)
+            run = ledger.create_run(run_id, launch.provider.name, max_usd, record, str(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "plan.json").write_text(json.dumps(record, indent=2, default=str))
+        (run_dir / "plan.json").write_text(json.dumps({**record, "max_usd": max_usd}, indent=2, default=str))
         return cls(ledger, run, launch.provider, reporter)
 
     @classmethod
     def load(cls, ledger: Ledger, run: Run, reporter: Reporter = _quiet) -> Controller:
-        provider = get_provider(run.provider, **run.plan.get("provider_options", {}))
+        provider = get_provider(run.provider, **RunRecord.of_run(run).provider_options)
         return cls(ledger, run, provider, reporter)
 
     @property
     def options(self) -> LaunchOptions:
-        return LaunchOptions(**self.run.plan["options"])
+        return self.record.options
 
     def refresh(self) -> Run:
         run = self.ledger.get_run(self.run.run_id)
@@ -129,14 +128,14 @@ class Controller:
         start = self.run.clock_start_epoch
         if start is None:
             return 0.0
-        return self.plan.cost_at((at or time.time()) - start)
+        return self.allowance.cost_at((at or time.time()) - start)
 
     def status(self, **extra: Any) -> LiveStatus:
         stop_at = self.run.stop_at_epoch
         return LiveStatus(
             phase=self.run.phase,
             spent_usd=self.spent_usd(),
-            max_usd=self.plan.max_usd,
+            max_usd=self.allowance.max_usd,
             seconds_to_stop=(stop_at - time.time()) if stop_at else None,
             **extra,
         )
@@ -159,15 +158,14 @@ class Controller:
             spawn_guard(self.run)
 
     def _create(self) -> Instance:
-        now = time.time()
         # The clock starts at the create call: deadlines are fixed before it is made.
-        deadline = now + self.plan.max_runtime_s
-        stop_at = deadline - self.plan.reserve_s
+        clock = self.allowance.with_clock_start(time.time())
+        deadline = clock.deadline_epoch
         self.ledger.update_run(
             self.run.run_id,
-            clock_start_epoch=now,
+            clock_start_epoch=clock.clock_start_epoch,
             deadline_epoch=deadline,
-            stop_at_epoch=stop_at,
+            stop_at_epoch=clock.stop_at_epoch,
             usd_per_hour=self.offer.total_usd_per_hour,
             controller_pid=os.getpid(),
         )
@@ -206,9 +204,6 @@ class Controller:
         self.phase("ssh_ready", root=transport.root)
 
     def _bootstrap(self, instance: Instance) -> None:
-        from orchestrator.bootstrap import bootstrap
-        from orchestrator.watchdog import install_watchdog
-
         assert self.transport is not None
         opts = self.options
         if opts.command and opts.workdir:
@@ -220,7 +215,8 @@ class Controller:
         info = bootstrap(self.transport, need_torch=not opts.command)
         self.gpu_count = info.gpu_count
         self.python = info.python
-        self.ledger.update_run(self.run.run_id, plan={"bootstrap": info.to_dict()})
+        self.record.bootstrap = info.to_dict()
+        self.ledger.update_run(self.run.run_id, plan={"bootstrap": self.record.bootstrap})
         # The dead-man's switch: works with this controller gone. It fires between the guard's stop
         # time and the money deadline, leaving half the reserve for the self-destruct to land.
         wd_deadline = self.watchdog_deadline()
@@ -237,21 +233,19 @@ class Controller:
     def self_destruct_command(self, instance: Instance) -> str:
         # GPURUN_SELF_DESTRUCT_CMD replaces the provider's command where the "instance" is a machine
         # that must survive (the tests' loopback sshd); docs/ARCHITECTURE.md lists it as a test hook.
-        return os.environ.get("GPURUN_SELF_DESTRUCT_CMD") or self.provider.self_destruct_command(instance)
+        return settings.self_destruct_cmd() or self.provider.self_destruct_command(instance)
 
     def watchdog_deadline(self) -> float:
         assert self.run.stop_at_epoch is not None
-        return self.run.stop_at_epoch + self.plan.reserve_s / 2
+        return self.run.stop_at_epoch + self.allowance.reserve_s / 2
 
     def grace_s(self) -> float:
-        return max(3.0, min(30.0, self.plan.reserve_s / 4))
+        return max(3.0, min(30.0, self.allowance.reserve_s / 4))
 
     def job_command(self) -> str:
-        from orchestrator.bootstrap import trainer_command
-
         opts = self.options
         if opts.command:
-            return " ".join(_shell_quote(c) for c in opts.command)
+            return shlex.join(opts.command)
         args = list(opts.trainer_args)
         if opts.config:
             args = ["--config", "gpurun_config.yaml", *args]
@@ -418,33 +412,30 @@ class Controller:
             tag=self.run.run_id,
             proof_dir=self.run_dir,
             record_phase=self.phase,
-            max_usd=self.plan.max_usd,
+            max_usd=self.allowance.max_usd,
             started_at=self.run.clock_start_epoch,
-            cost_at=self.plan.cost_at,
-            billing={**self.plan.billing.__dict__, "usd_per_hour": self.plan.usd_per_hour},
+            cost_at=self.allowance.cost_at,
+            billing={**self.allowance.billing.__dict__, "usd_per_hour": self.allowance.usd_per_hour},
             evidence=self.write_evidence,
         )
         return teardown_mod.end(target, verify_timeout_s).proof_path
 
     def write_evidence(self, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
-        from orchestrator.evidence import write_evidence
-
-        run = self.refresh()
-        return write_evidence(
-            self.run_dir,
-            run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan},
-            offer=run.plan.get("offer"),
-            proof_path=proof_path,
-            runtime_s=runtime_s,
-            cost_usd=cost,
-            max_usd=run.max_usd,
-        )
+        return write_run_evidence(self.refresh(), proof_path, cost, runtime_s)
 
 
-def _shell_quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
+    """The run's evidence card from its synced files; a run adopted by sweep has no offer to show."""
+    offer = None if is_orphan(run) else RunRecord.of_run(run).offer.to_dict()
+    return write_evidence(
+        Path(run.run_dir),
+        run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan},
+        offer=offer,
+        proof_path=proof_path,
+        runtime_s=runtime_s,
+        cost_usd=cost,
+        max_usd=run.max_usd,
+    )
 
 
 def spawn_guard(run: Run) -> int:

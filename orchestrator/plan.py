@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import settings
-from orchestrator.budget import Plan, check_caps, plan_run
+from orchestrator.budget import Allowance, allowance_for, check_caps
 from orchestrator.budgets_file import Budgets, load_budgets
 from orchestrator.ledger import Ledger
 from providers import get_provider
@@ -47,7 +47,11 @@ class LaunchOptions:
                 raise ProviderError("--usd-per-hour applies to the local provider only; cloud prices are read live")
             if self.image:
                 opts["image"] = self.image
-            if self.disk_gb:
+            if self.disk_gb is not None:
+                if self.disk_gb < 1:
+                    raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
+                # Every cloud's constructor takes disk_gb: AWS's root volume floor, DataCrunch's OS
+                # volume, RunPod's container disk; each prices it into its offers.
                 opts["disk_gb"] = self.disk_gb
         return opts
 
@@ -61,13 +65,13 @@ class LaunchPlan:
     provider: Provider
     offer: Offer
     budgets: Budgets
-    budget: Plan
+    allowance: Allowance
     account: dict[str, Any]
     run_dir_root: Path
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
-        o, b = self.offer, self.budget
+        o, b = self.offer, self.allowance
         price_note = "" if o.price_is_live else f"  [{o.price_source}: not a live price]"
         rows = [
             ("provider", f"{o.provider} ({o.region})" if o.region else o.provider),
@@ -112,10 +116,11 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     offers = provider.offers(gpu=options.gpu, count=options.gpus, spot=options.spot)
     offer = pick_offer(offers, options.gpu if provider.name != "local" else None)
     offer.billing = budgets.billing_for(provider.name)
-    budget = plan_run(budgets, provider.name, options.max_usd, offer.total_usd_per_hour, now=now or time.time())
+    allowance = allowance_for(budgets, provider.name, options.max_usd, offer.total_usd_per_hour,
+                              now=now or time.time())
     # The caps are checked again, atomically with the hold, when the run is created.
-    check_caps(budgets, Ledger(), provider.name, budget.max_usd)
+    check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
     # The account must be able to pay the cap, and the price must fit an hourly spend limit.
-    provider.check_spend(budget.max_usd, offer.total_usd_per_hour)
-    return LaunchPlan(options, provider, offer, budgets, budget, account, runs_root(options.runs_dir))
+    provider.check_spend(allowance.max_usd, offer.total_usd_per_hour)
+    return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import paramiko
 
+from orchestrator import settings
 from providers.base import SSHEndpoint
 
 HOST_ALIAS = "gpurun-instance"  # known_hosts holds only the pinned key, under this alias
@@ -30,13 +31,10 @@ class HostKeyChangedError(Exception):
 
 def resolve_endpoint(endpoint: SSHEndpoint) -> SSHEndpoint:
     """Apply GPURUN_SSH_OVERRIDE=host:port[:user] (a tunnel or bastion; the tests' loopback sshd)."""
-    override = os.environ.get("GPURUN_SSH_OVERRIDE", "").strip()
-    if not override:
+    override = settings.ssh_override()
+    if override is None:
         return endpoint
-    parts = override.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise ValueError(f"GPURUN_SSH_OVERRIDE={override!r}: expected host:port[:user]")
-    return SSHEndpoint(parts[0], int(parts[1]), parts[2] if len(parts) == 3 else endpoint.user)
+    return SSHEndpoint(override.host, override.port, override.user or endpoint.user)
 
 
 def _key_family(name: str) -> str:

@@ -29,7 +29,6 @@ tag/name:
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -41,14 +40,13 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from orchestrator import budget as budget_mod
+from orchestrator import settings
 from orchestrator.ledger import Ledger, Run
 from orchestrator.phases import Phase
 from orchestrator.proof import TerminateRequest, build_proof, write_proof
+from orchestrator.run_record import ORPHAN_KEY
 from providers.base import BillingRule, Instance, Provider, ProviderError
 
-VERIFY_TIMEOUT_ENV = "GPURUN_VERIFY_TIMEOUT_S"
-DEFAULT_VERIFY_TIMEOUT_S = 600.0
-ORPHAN_KEY = "orphan"  # run.plan[ORPHAN_KEY] marks a ledger run the sweep adopted
 SWEEP_PREFIX = "sweep-"
 
 #: Records one lifecycle step: (phase, **payload). A Controller passes its `phase`, which also
@@ -96,7 +94,7 @@ class Ended:
 
 
 def verify_timeout_s(explicit: float | None = None) -> float:
-    return float(explicit or os.environ.get(VERIFY_TIMEOUT_ENV) or DEFAULT_VERIFY_TIMEOUT_S)
+    return settings.verify_timeout_s(explicit)
 
 
 def run_instance_ids(ledger: Ledger, provider: Provider, run_id: str, tag: str | None) -> list[str]:
@@ -229,11 +227,6 @@ def _owner(ledger: Ledger, inst: Instance) -> str | None:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
-
-
-def is_sweep_record(run: Run) -> bool:
-    """A ledger run the sweep adopted for an orphan (see the module docstring)."""
-    return ORPHAN_KEY in run.plan
 
 
 def _rate_cost(usd_per_hour: float | None) -> Callable[[float], float] | None:

@@ -10,9 +10,9 @@ The transport is built, not connected: the caller runs `wait_ready` with its own
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from orchestrator import settings
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger
 from orchestrator.local_transport import LocalTransport
@@ -24,7 +24,7 @@ from providers.base import Access, LocalSandbox, SSHEndpoint
 
 def remote_root(run_id: str) -> str:
     """The run's directory on an SSH instance; relative means under the login user's home."""
-    return f"{os.environ.get('GPURUN_REMOTE_ROOT', 'gpurun')}/{run_id}"
+    return f"{settings.remote_root()}/{run_id}"
 
 
 def open_transport(access: Access, *, run_id: str, instance_id: str, ledger: Ledger) -> Transport:

@@ -8,14 +8,15 @@ from typing import Any
 
 from providers.base import Provider, ProviderError
 
-# name -> "module:Class". Aliases point at the same class (DataCrunch was renamed Verda).
+# name -> "module:Class".
 _REGISTRY: dict[str, str] = {
     "local": "providers.local:LocalProvider",
     "runpod": "providers.runpod:RunPodProvider",
     "aws": "providers.aws:AWSProvider",
     "datacrunch": "providers.datacrunch:DataCrunchProvider",
-    "verda": "providers.datacrunch:DataCrunchProvider",
 }
+# Other names users type for a provider: DataCrunch was renamed Verda.
+_ALIASES: dict[str, str] = {"verda": "datacrunch"}
 
 
 class UnknownProviderError(ProviderError):
@@ -31,9 +32,10 @@ def _load_plugins() -> None:
         _REGISTRY.setdefault(name.strip().lower(), target.strip())
 
 
-def provider_names() -> list[str]:
+def provider_names(aliases: bool = False) -> list[str]:
+    """Every provider once (for sweep, audit); with aliases, every name `--provider` accepts."""
     _load_plugins()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *(_ALIASES if aliases else ())})
 
 
 def register(name: str, target: str) -> None:
@@ -41,12 +43,14 @@ def register(name: str, target: str) -> None:
     _REGISTRY[name] = target
 
 
-def get_provider(name: str, **options: Any) -> Provider:
+def provider_class(name: str) -> type[Provider]:
+    """The class registered under `name` (or an alias), its module imported now, not before."""
     _load_plugins()
     key = (name or "").strip().lower()
+    key = _ALIASES.get(key, key)
     if key not in _REGISTRY:
         raise UnknownProviderError(
-            f"unknown provider {name!r}: choose one of {', '.join(provider_names())}"
+            f"unknown provider {name!r}: choose one of {', '.join(provider_names(aliases=True))}"
         )
     module_name, _, class_name = _REGISTRY[key].partition(":")
     try:
@@ -55,4 +59,11 @@ def get_provider(name: str, **options: Any) -> Provider:
         raise ProviderError(
             f"provider {key!r} needs the {exc.name!r} package: pip install 'gpurun[{key}]'"
         ) from exc
-    return getattr(module, class_name)(**options)
+    cls = vars(module).get(class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ProviderError(f"provider {key!r}: {_REGISTRY[key]} is not a Provider class")
+    return cls
+
+
+def get_provider(name: str, **options: Any) -> Provider:
+    return provider_class(name)(**options)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.budget import (
-    Plan,
+    Allowance,
+    allowance_for,
     day_start,
     max_runtime_s,
     month_start,
-    plan_run,
     reserve,
     settle,
 )
@@ -99,7 +99,7 @@ def test_packaged_default_loads_and_is_the_repo_file() -> None:
 def test_packaged_default_allows_the_make_run_launch() -> None:
     # `gpurun launch --provider local --max-usd 0.02 --usd-per-hour 1.2`: 60 s of budget.
     b = load_budgets(packaged_budgets_file())
-    plan = plan_run(b, "local", 0.02, 1.2, now=1000.0)
+    plan = allowance_for(b, "local", 0.02, 1.2, now=1000.0)
     assert plan.max_runtime_s == 60
     assert plan.deadline_epoch == 1060.0
     assert plan.stop_at_epoch == 1045.0 < plan.deadline_epoch
@@ -156,7 +156,7 @@ def test_max_runtime_is_exact(rule: BillingRule, budget: float, price: float) ->
 def test_max_runtime_zero_price_is_unbounded_and_plan_bounds_it(tmp_path: Path) -> None:
     assert math.isinf(max_runtime_s(1.0, 0.0, PER_SECOND))
     b = make_budgets(tmp_path, max_runtime_h=2.0)
-    plan = plan_run(b, "local", 1.0, 0.0, now=0.0)
+    plan = allowance_for(b, "local", 1.0, 0.0, now=0.0)
     assert plan.max_runtime_s == 7200
     assert plan.deadline_epoch == 7200 and plan.stop_at_epoch == 7200 - 15
     assert plan.cost_at(10_000) == 0
@@ -164,13 +164,13 @@ def test_max_runtime_zero_price_is_unbounded_and_plan_bounds_it(tmp_path: Path) 
 
 def test_max_runtime_h_bounds_a_priced_run(tmp_path: Path) -> None:
     b = make_budgets(tmp_path, max_runtime_h=0.5)
-    plan = plan_run(b, "aws", 20.0, 1.0, now=0.0)  # 20 USD buys 20 h; the bound is 30 min
+    plan = allowance_for(b, "aws", 20.0, 1.0, now=0.0)  # 20 USD buys 20 h; the bound is 30 min
     assert plan.max_runtime_s == 1800
 
 
 def test_plan_fields_and_round_trip(tmp_path: Path) -> None:
     b = make_budgets(tmp_path)
-    plan = plan_run(b, "slow", 1.0, 2.0, now=5000.0)
+    plan = allowance_for(b, "slow", 1.0, 2.0, now=5000.0)
     assert plan.billing == TEN_MIN
     assert plan.max_runtime_s == 1800
     assert plan.clock_start_epoch == 5000.0
@@ -179,14 +179,14 @@ def test_plan_fields_and_round_trip(tmp_path: Path) -> None:
     assert plan.train_s == 1800 - 180
     assert plan.cost_at(1) == pytest.approx(600 * 2.0 / 3600)
     assert plan.cost_at(plan.max_runtime_s) <= 1.0
-    assert Plan.from_dict(plan.to_dict()) == plan
+    assert Allowance.from_dict(plan.to_dict()) == plan
     moved = plan.with_clock_start(9000.0)
     assert moved.deadline_epoch == 9000.0 + 1800 and moved.stop_at_epoch == 9000.0 + 1620
 
 
 def test_plan_uses_default_budget_and_default_billing(tmp_path: Path) -> None:
     b = make_budgets(tmp_path)
-    plan = plan_run(b, "unlisted", None, 2.0, now=0.0)
+    plan = allowance_for(b, "unlisted", None, 2.0, now=0.0)
     assert plan.max_usd == 2.0
     assert plan.billing == CONSERVATIVE_BILLING
     assert plan.max_runtime_s == 3600
@@ -211,7 +211,7 @@ def test_plan_uses_default_budget_and_default_billing(tmp_path: Path) -> None:
 def test_plan_refuses_bad_budgets(tmp_path: Path, bad: object, words: str) -> None:
     b = make_budgets(tmp_path)
     with pytest.raises(BudgetError) as info:
-        plan_run(b, "local", bad, 1.2)  # type: ignore[arg-type]
+        allowance_for(b, "local", bad, 1.2)  # type: ignore[arg-type]
     msg = str(info.value)
     assert words in msg and "\n" not in msg
 
@@ -220,49 +220,49 @@ def test_plan_refuses_bad_price(tmp_path: Path) -> None:
     b = make_budgets(tmp_path)
     for price in (-1.0, float("nan"), float("inf")):
         with pytest.raises(BudgetError, match="USD/h"):
-            plan_run(b, "local", 1.0, price)
+            allowance_for(b, "local", 1.0, price)
 
 
 def test_plan_refuses_too_small_budget_with_buys_and_needs(tmp_path: Path) -> None:
     b = make_budgets(tmp_path)
     with pytest.raises(BudgetError) as info:
-        plan_run(b, "local", 0.01, 1.2)
+        allowance_for(b, "local", 0.01, 1.2)
     assert str(info.value) == (
         "--max-usd 0.01 at 1.20 USD/h buys 30 s; a run needs 20 s of training + 15 s reserve = 0.0117 USD:"
         " raise --max-usd to at least 0.02"
     )
     # ... and the suggested budget really is enough.
-    plan = plan_run(b, "local", 0.02, 1.2, now=0.0)
+    plan = allowance_for(b, "local", 0.02, 1.2, now=0.0)
     assert plan.train_s >= plan.min_runtime_s
 
 
 def test_too_small_under_minimum_and_increments(tmp_path: Path) -> None:
     b = make_budgets(tmp_path)
     with pytest.raises(BudgetError) as info:
-        plan_run(b, "aws", 0.01, 1.2)
+        allowance_for(b, "aws", 0.01, 1.2)
     msg = str(info.value)
     assert "buys 0 s (less than the minimum charge of 60 s)" in msg
     assert "5 min of training + 3 min reserve = 0.1600 USD: raise --max-usd to at least 0.16" in msg
-    assert plan_run(b, "aws", 0.16, 1.2, now=0).train_s >= 300
+    assert allowance_for(b, "aws", 0.16, 1.2, now=0).train_s >= 300
 
     with pytest.raises(BudgetError) as info:
-        plan_run(b, "slow", 0.05, 2.0)
+        allowance_for(b, "slow", 0.05, 2.0)
     msg = str(info.value)
     assert "(less than one billing increment of 10 min)" in msg
     assert "(billed as 10 min) = 0.3333 USD: raise --max-usd to at least 0.34" in msg
-    assert plan_run(b, "slow", 0.34, 2.0, now=0).train_s >= 300
+    assert allowance_for(b, "slow", 0.34, 2.0, now=0).train_s >= 300
 
 
 def test_too_small_says_when_needed_budget_is_over_the_max(tmp_path: Path) -> None:
     b = make_budgets(tmp_path, per_run_max_usd=1.0)
     with pytest.raises(BudgetError, match=r"at least 2\.00 \(above per_run_max_usd 1\.00"):
-        plan_run(b, "aws", 1.0, 15.0)
+        allowance_for(b, "aws", 1.0, 15.0)
 
 
 def test_too_short_max_runtime_h(tmp_path: Path) -> None:
     b = make_budgets(tmp_path, max_runtime_h=0.05)  # 3 min
     with pytest.raises(BudgetError) as info:
-        plan_run(b, "aws", 5.0, 1.0)
+        allowance_for(b, "aws", 5.0, 1.0)
     assert str(info.value) == (
         f"max_runtime_h 0.05 in {b.path} allows 3 min; a run needs 5 min of training + 3 min reserve:"
         " raise max_runtime_h"

@@ -92,8 +92,10 @@ class RunPodProvider(Provider):
     config_path          the SDK's credentials file (default ~/.runpod/config.toml)
     profile              section of that file (default "default")
     image                container image (default: a RunPod PyTorch 2.4 / CUDA 12.4 image)
-    container_disk_gb    container disk priced into offers (default 40)
-    volume_gb            pod volume priced into offers (default 0: nothing survives the pod)
+    container_disk_gb    container disk, priced into offers and created (default 40)
+    disk_gb              the same, under the name `gpurun launch --disk-gb` passes to every cloud;
+                         wins over container_disk_gb when given
+    volume_gb            pod volume, priced into offers and created (default 0: nothing survives the pod)
     cloud_type           "ALL" (both), "SECURE" or "COMMUNITY": which clouds offers() lists
     request_timeout_s    bound on one API call (default 30)
     max_attempts         tries per call on 5xx/timeouts (default 5)
@@ -115,6 +117,7 @@ class RunPodProvider(Provider):
         profile: str = "default",
         image: str = DEFAULT_IMAGE,
         container_disk_gb: int = 40,
+        disk_gb: int | None = None,
         volume_gb: int = 0,
         cloud_type: str = "ALL",
         request_timeout_s: float = 30.0,
@@ -127,9 +130,10 @@ class RunPodProvider(Provider):
         volume_mount_path: str = "/workspace",
     ) -> None:
         self.image = check_string("image", image, IMAGE_RE)
-        if int(container_disk_gb) < 1 or int(volume_gb) < 0:
-            raise ProviderError("RunPod container_disk_gb must be >= 1 and volume_gb >= 0")
-        self.container_disk_gb = int(container_disk_gb)
+        disk = int(container_disk_gb if disk_gb is None else disk_gb)
+        if disk < 1 or int(volume_gb) < 0:
+            raise ProviderError("RunPod container disk (--disk-gb) must be >= 1 GB and volume_gb >= 0")
+        self.container_disk_gb = disk
         self.volume_gb = int(volume_gb)
         self.cloud_type = check_cloud_type(cloud_type, "cloud_type")
         base = (self_destruct_api_base or DEFAULT_API_BASE).rstrip("/")
@@ -240,15 +244,12 @@ class RunPodProvider(Provider):
         gpu_id = check_string("GPU type id", offer.instance_type, GPU_ID_RE)
         cloud = check_cloud_type(str(offer.details.get("cloud_type") or self.cloud_type))
         count = int(offer.gpu_count or 1)
-        disk = int(spec.disk_gb)
-        volume = int(spec.volume_gb)
-        priced_disk = int(offer.details.get("container_disk_gb", self.container_disk_gb))
-        priced_volume = int(offer.details.get("volume_gb", self.volume_gb))
-        if disk > priced_disk or volume > priced_volume:
-            raise ProviderError(
-                f"the plan priced {priced_disk} GB container disk + {priced_volume} GB volume but the "
-                f"spec asks {disk} + {volume}: re-plan with container_disk_gb/volume_gb set"
-            )
+        # The pod gets the disks its offer was priced with (this provider's disk_gb / volume_gb at
+        # plan time), so what is created is what the budget paid for. InstanceSpec.disk_gb /
+        # volume_gb are not read: the controller never sets them, and their defaults would undo
+        # --disk-gb (a 40 GB default against a 20 GB plan).
+        disk = int(offer.details.get("container_disk_gb", self.container_disk_gb))
+        volume = int(offer.details.get("volume_gb", self.volume_gb))
         env = self._validated_env(spec)
         self.client.require_key()
 
