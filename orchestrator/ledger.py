@@ -29,6 +29,7 @@ from typing import Any
 
 from orchestrator import phases, settings
 from orchestrator.phases import Phase, TransitionError
+from orchestrator.redact import redact
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -177,9 +178,6 @@ def ensure_home(home: Path) -> Path:
 
 
 def _redact(obj: Any) -> Any:
-    # Imported lazily: redact.py is another module's job and must not be a hard import-time cycle.
-    from orchestrator.redact import redact
-
     return redact(obj)
 
 

@@ -298,7 +298,14 @@ class Controller:
         self.finish(reason)
 
     def finish(self, reason: str) -> None:
-        """Stop the job if it still runs, pull the final outputs, terminate, verify, prove."""
+        """Stop the job if it still runs, pull the final outputs, terminate, verify, prove.
+
+        A run that never reached its instance (Ctrl-C or a guard taking over while it booted) has
+        no job to stop and nothing to pull: it goes straight to teardown."""
+        if not Phase(self.run.phase).is_job():
+            self.ledger.record_event(self.run.run_id, "finish", reason=reason, job=False)
+            self.teardown()
+            return
         try:
             self._stop_job(reason)  # first: the job checkpoints while a periodic pull may finish
             if self.syncer is not None:
