@@ -15,7 +15,7 @@ from orchestrator import settings
 from orchestrator.budget import Allowance, allowance_for, check_caps
 from orchestrator.budgets_file import Budgets, load_budgets
 from orchestrator.ledger import Ledger
-from providers import get_provider
+from providers import get_provider, provider_class
 from providers.base import Offer, Provider, ProviderError, pick_offer
 
 
@@ -38,22 +38,18 @@ class LaunchOptions:
     sync_interval_s: float | None = None
 
     def provider_options(self) -> dict[str, Any]:
-        """Constructor options for the provider: only what that provider understands."""
-        opts: dict[str, Any] = {}
-        if self.provider == "local":
-            opts["usd_per_hour"] = float(self.usd_per_hour or 0.0)
-        else:
-            if self.usd_per_hour is not None:
-                raise ProviderError("--usd-per-hour applies to the local provider only; cloud prices are read live")
-            if self.image:
-                opts["image"] = self.image
-            if self.disk_gb is not None:
-                if self.disk_gb < 1:
-                    raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
-                # Every cloud's constructor takes disk_gb: AWS's root volume floor, DataCrunch's OS
-                # volume, RunPod's container disk; each prices it into its offers.
-                opts["disk_gb"] = self.disk_gb
-        return opts
+        """Constructor options for the provider: only those its class declares it takes
+        (`Provider.launch_options`); an option it does not take is refused in one line."""
+        if self.disk_gb is not None and self.disk_gb < 1:
+            raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
+        given = {"usd_per_hour": self.usd_per_hour, "image": self.image, "disk_gb": self.disk_gb}
+        takes = provider_class(self.provider).launch_options
+        for name, value in given.items():
+            if value is not None and name not in takes:
+                flag = "--" + name.replace("_", "-")
+                raise ProviderError(f"{flag} does not apply to provider {self.provider!r}"
+                                    + (": cloud prices are read live" if name == "usd_per_hour" else ""))
+        return {name: value for name, value in given.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +110,7 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     provider = get_provider(options.provider, **options.provider_options())
     provider.check_credentials()
     offers = provider.offers(gpu=options.gpu, count=options.gpus, spot=options.spot)
-    offer = pick_offer(offers, options.gpu if provider.name != "local" else None)
+    offer = pick_offer(offers, options.gpu)
     offer.billing = budgets.billing_for(provider.name)
     allowance = allowance_for(budgets, provider.name, options.max_usd, offer.total_usd_per_hour,
                               now=now or time.time())

@@ -115,7 +115,7 @@ class InstanceSpec:
     offer: Offer
     ssh_public_key: str = ""  # OpenSSH one-line public key for the run
     image: str | None = None  # provider default (a PyTorch image / DLAMI) when None
-    disk_gb: int = 40
+    disk_gb: int | None = None  # None: the size the provider was configured with (and priced)
     volume_gb: int = 0
     env: dict[str, str] = field(default_factory=dict)
     owner: str = ""
@@ -160,6 +160,9 @@ class Provider(ABC):
     needs_ssh_key: bool = True
     #: Seconds between the guard's periodic pulls when the user sets none.
     default_sync_interval_s: float = 30.0
+    #: The `gpurun launch` options the constructor takes (usd_per_hour, image, disk_gb); the plan
+    #: refuses any other one given for this provider.
+    launch_options: frozenset[str] = frozenset({"image", "disk_gb"})
 
     def check_credentials(self) -> None:  # noqa: B027 - optional hook, default: nothing to check
         """Raise CredentialsError with a one-line fix if the provider cannot be used."""

@@ -61,6 +61,7 @@ class LocalProvider(Provider):
     name = "local"
     needs_ssh_key = False  # the "instance" is a directory on this machine, reached without SSH
     default_sync_interval_s = 5.0  # a pull is a local copy: cheap
+    launch_options = frozenset({"usd_per_hour"})  # the price of the pretend instance
 
     def __init__(self, usd_per_hour: float = 0.0, root: Path | None = None) -> None:
         if usd_per_hour < 0:

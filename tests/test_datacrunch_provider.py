@@ -182,8 +182,15 @@ def test_delete_refused_while_provisioning_then_retried_until_gone(dc: DataCrunc
     assert accepted[0]["request"]["json"]["volume_ids"] == [fake.instances[inst.id].body["os_volume_id"]]
     assert records[-1]["kind"] == "verify" and records[-1]["state"] == TERMINATED
     assert fake.status_of(inst.id) == "discontinued"
+    # The deletes, in order: refused while provisioning, then one accepted, then none (the verify
+    # loop only looks while the instance is deleting).
+    puts = fake.calls("PUT", "/instances")
+    assert [r["status"] for r in puts] == [400] * (len(puts) - 1) + [202], puts
     meter = fake.meter(inst.id)
-    assert not meter["running"] and meter["elapsed_s"] < 5
+    assert not meter["running"]
+    # Billed from the create through every refusal, until deleting_s after the accepted delete.
+    created = fake.instances[inst.id].created
+    assert puts[-2]["time"] - created < meter["elapsed_s"] <= puts[-1]["time"] + fake.deleting_s - created
     stopped_at = meter["usd"]
     time.sleep(0.2)
     assert fake.meter(inst.id)["usd"] == stopped_at  # the meter really stopped
@@ -399,3 +406,14 @@ def test_self_destruct_ships_package_scripts_and_passes_arguments(fake: FakeData
                    f"'/opt/gpurun dc/creds' 120 2")
     with pytest.raises(ProviderError, match="must be absolute"):
         DataCrunchProvider("a", "b", fake.base_url, credentials_path="dc_credentials")
+
+
+def test_disk_gb_sizes_the_os_volume_that_the_offer_priced(fake: FakeDataCrunchAPI) -> None:
+    # `--disk-gb 100` prices 100 GB (offers) and must create 100 GB, not the spec's old default of 40.
+    p = get_provider("datacrunch", client_id=fake.client_id, client_secret=fake.client_secret,
+                     base_url=fake.base_url, disk_gb=100, **FAST)
+    offer = pick_offer(p.offers(gpu="A100"), "A100")
+    assert "100 GB" in offer.details["storage"]
+    inst = p.create(InstanceSpec(run_id="run-disk", offer=offer, ssh_public_key=PUBKEY))
+    os_volumes = [v for v in fake.volumes.values() if v["is_os_volume"] and v["instance_id"] == inst.id]
+    assert [v["size"] for v in os_volumes] == [100]

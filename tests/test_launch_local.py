@@ -47,8 +47,9 @@ def test_local_launch_is_stopped_by_the_guard_under_the_cap(tmp_path: Path) -> N
     run_dir = Path(run.run_dir)
     proof = json.loads((run_dir / "shutdown_proof.json").read_text())
     assert proof["verified"] is True
-    billed_s = proof["verified_at"] - run.clock_start_epoch
-    assert billed_s < 60, f"billed {billed_s:.1f} s of a 60 s budget"
+    # In order: the create (the clock's start), the verified teardown, then the money deadline.
+    assert run.deadline_epoch is not None
+    assert run.clock_start_epoch < proof["verified_at"] <= run.deadline_epoch
 
     # The guard stopped the trainer (it did not run out by itself), leaving a verified checkpoint.
     events = [e.phase for e in ledger.events(run.run_id)]

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ledger import Ledger
 from orchestrator.local_transport import LocalTransport
+from orchestrator.plan import LaunchOptions, make_plan
 from providers import UnknownProviderError, get_provider
 from providers.base import InstanceSpec, ProviderError
 from providers.local import LocalProvider, pgid_alive
@@ -101,3 +103,11 @@ def test_self_destruct_command_spares_the_watchdog_and_kills_the_job(tmp_path: P
     transport.start_detached("watchdog", f"sh -c {__import__('shlex').quote(command)}; sleep 1")
     assert _wait(lambda: not pgid_alive(job))
     assert _wait(lambda: provider.get(inst.id).state == "terminated")
+
+
+def test_a_gpu_the_local_machine_lacks_is_refused_at_plan_time(tmp_path: Path) -> None:
+    # `--provider local --gpu H100` used to be ignored silently; the plan now refuses it in one line.
+    with pytest.raises(ProviderError, match=r"no offer for GPU 'H100'.*available"):
+        make_plan(LaunchOptions(provider="local", gpu="H100", max_usd=0.02, usd_per_hour=1.2,
+                                runs_dir=str(tmp_path)))
+    assert Ledger().list_runs() == []

@@ -43,6 +43,38 @@ def make_transport(srv: SSHServer, root: Path, store: MemoryHostKeyStore | None 
     return SSHTransport(srv.endpoint, kp.private_path, str(root), "inst-1", store or MemoryHostKeyStore(), **kw)
 
 
+def record_connects(monkeypatch: pytest.MonkeyPatch, t: SSHTransport) -> list[str]:
+    """The transport's connection attempts, in order ("connected" / "failed: <error type>"): what the
+    reconnect and refusal tests assert on instead of how long something took."""
+    events: list[str] = []
+    real = t._connect_once
+
+    def connect_once(timeout_s: float):
+        try:
+            conn = real(timeout_s)
+        except Exception as exc:
+            events.append(f"failed: {type(exc).__name__}")
+            raise
+        events.append("connected")
+        return conn
+
+    monkeypatch.setattr(t, "_connect_once", connect_once)
+    return events
+
+
+def record_probe_timeouts(monkeypatch: pytest.MonkeyPatch, t: SSHTransport) -> list[float]:
+    """The socket timeout each of wait_ready's attempts was given, in order."""
+    tries: list[float] = []
+    real = t._probe_banner
+
+    def probe(timeout: float) -> None:
+        tries.append(timeout)
+        real(timeout)
+
+    monkeypatch.setattr(t, "_probe_banner", probe)
+    return tries
+
+
 def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,10 +95,16 @@ def test_wait_ready_pins_key_and_runs(sshd: SSHServer, tmp_path):  # noqa: F811
         t.write_file("out/x/hello.txt", "hello\n", 0o600)
         p = tmp_path / "run" / "out" / "x" / "hello.txt"
         assert p.read_text() == "hello\n" and p.stat().st_mode & 0o777 == 0o600
-        start = time.monotonic()
+        # A command that cannot end before the test lets it (bounded at 60 s, should the timeout
+        # be ignored): the CommandTimeoutError can only come from the 0.5 s timeout, mid-command.
+        root = tmp_path / "run"
+        blocked = (f"touch {root}/started; i=0; while [ ! -e {root}/release ] && [ $i -lt 1200 ]; "
+                   f"do sleep 0.05; i=$((i+1)); done; touch {root}/finished")
         with pytest.raises(CommandTimeoutError):
-            t.run("sleep 5", timeout_s=0.5)
-        assert time.monotonic() - start < 3
+            t.run(blocked, timeout_s=0.5)
+        wait_for(lambda: (root / "started").exists())  # it did run
+        assert not (root / "finished").exists()  # and was still running when the timeout fired
+        (root / "release").touch()
         assert t.run("echo still-ok").stdout == "still-ok\n"
 
 
@@ -130,33 +168,48 @@ def test_reconnects_after_transport_closed_under_it(sshd: SSHServer, tmp_path): 
         assert t.run("echo b").stdout == "b\n"
 
 
-def test_reconnects_after_sshd_restart(sshd_fn: SSHServer, tmp_path):  # noqa: F811
+def test_reconnects_after_sshd_restart(sshd_fn: SSHServer, tmp_path, monkeypatch):  # noqa: F811
     with make_transport(sshd_fn, tmp_path / "run") as t:
         t.wait_ready(10)
+        events = record_connects(monkeypatch, t)
         sshd_fn.stop()
-        threading.Timer(1.0, sshd_fn.start).start()
-        start = time.monotonic()
+
+        def restart_once_refused() -> None:
+            # The server comes back only after the transport has tried it and been refused.
+            wait_for(lambda: any(e.startswith("failed") for e in events), timeout=60)
+            events.append("sshd starting")
+            sshd_fn.start()
+
+        starter = threading.Thread(target=restart_once_refused, daemon=True)
+        starter.start()
         assert t.run("echo back").stdout == "back\n"
-        assert time.monotonic() - start >= 0.9
+        starter.join(60)
+    # The command waited through refused connects for the server, then reconnected once and ran.
+    assert events[0].startswith("failed: ") and events[-1] == "connected", events
+    assert events.index("sshd starting") < events.index("connected") and events.count("connected") == 1
 
 
-def test_changed_host_key_is_refused(sshd_fn: SSHServer, tmp_path):  # noqa: F811
+def test_changed_host_key_is_refused(sshd_fn: SSHServer, tmp_path, monkeypatch):  # noqa: F811
     store = MemoryHostKeyStore()
     with make_transport(sshd_fn, tmp_path / "run", store) as t:
         t.wait_ready(10)
     old = store.get("inst-1")
     sshd_fn.restart(new_host_key=True)
-    start = time.monotonic()
+    refused = "failed: HostKeyChangedError"
     with make_transport(sshd_fn, tmp_path / "run", store) as t:
+        events = record_connects(monkeypatch, t)
         with pytest.raises(HostKeyChangedError, match="host key of 127.0.0.1:.* changed"):
             t.wait_ready(30)
+        # Refused at once: no attempt after the refusal (a retry would keep trying for the 30 s).
+        assert events[-1] == refused and events.count(refused) == 1, events
         with pytest.raises(HostKeyChangedError):
             t.run("true")
-    assert time.monotonic() - start < 10  # refused at once, not retried until the timeout
+        assert events[-1] == refused and events.count(refused) == 2, events
+    assert "connected" not in events
     assert store.get("inst-1") == old  # the pin is never silently replaced
 
 
-def test_unreachable_fails_within_bounded_wait(tmp_path):
+def test_unreachable_fails_within_bounded_wait(tmp_path, monkeypatch):
     dead = SSHEndpoint("127.0.0.1", free_port(), "root")
     silent = socket.socket()  # accepts connections, never says a word (a booting box behind a NAT)
     silent.bind(("127.0.0.1", 0))
@@ -166,10 +219,19 @@ def test_unreachable_fails_within_bounded_wait(tmp_path):
     try:
         for ep in (dead, mute):
             t = SSHTransport(ep, kp.private_path, str(tmp_path), "i", MemoryHostKeyStore(), connect_timeout=2)
-            start = time.monotonic()
+            tries = record_probe_timeouts(monkeypatch, t)
             with pytest.raises(SSHUnreachableError, match=f"127.0.0.1:{ep.port} within 3s"):
                 t.wait_ready(3)
-            assert 1.0 < time.monotonic() - start < 5.5
+            # Each attempt waits at most connect_timeout; the first gets all of it.
+            assert tries and tries[0] == 2 and all(0 < x <= 2 for x in tries), tries
+            if ep is dead:
+                # Refused at once, so retried with backoff; its sleeps (0.25 s, doubling) alone
+                # pass the 3 s budget by the fifth try.
+                assert 2 <= len(tries) <= 5, tries
+            else:
+                # Every attempt blocks for its whole timeout (the server never speaks), and each is
+                # cut to what is left of the budget: together they fit in it (+ the 0.2 s floor).
+                assert sum(tries) <= 3 + 0.2 + 1e-6, tries
     finally:
         silent.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -394,11 +395,15 @@ def test_launch_disk_gb_sizes_and_prices_the_container_disk(fake: FakeRunPodAPI,
 def test_meter_bills_per_second_from_create_to_terminate(fake: FakeRunPodAPI, tmp_path: Path) -> None:
     p = make(fake, tmp_path)
     offer = pick_offer(p.offers(gpu="H100"), "H100")
+    before_create = time.monotonic()
     inst = p.create(spec(offer))
-    time.sleep(1.2)
+    time.sleep(1.2)  # the pod lives at least this long
     p.terminate(inst.id)
+    after_terminate = time.monotonic()
     billed = fake.billed_seconds(inst.id)
-    assert 2 <= billed <= 4
+    # Per second, rounded up, over a window that lies inside [create call, terminate answer]
+    # and holds the 1.2 s the pod lived: bounded by the test's own events, not a fixed number.
+    assert 2 <= billed <= math.ceil(after_terminate - before_create)
     cost = fake.meter_usd(inst.id)
     assert cost == pytest.approx(billed * 2.99 / 3600)
     time.sleep(1.1)

@@ -260,7 +260,7 @@ class DataCrunchProvider(Provider):
             "hostname": spec.name,
             "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else ""),
             "location_code": spec.offer.region or self.location,
-            "os_volume": {"name": f"{spec.name}-os", "size": int(spec.disk_gb)},
+            "os_volume": {"name": f"{spec.name}-os", "size": int(spec.disk_gb or self.disk_gb)},
             "volumes": ([{"name": f"{spec.name}-data", "size": int(spec.volume_gb), "type": "NVMe"}]
                         if spec.volume_gb else []),
             "existing_volumes": [],
