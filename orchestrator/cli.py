@@ -78,6 +78,10 @@ def main() -> None:
 @click.option("--image", help="override the provider's default image / AMI")
 @click.option("--disk-gb", type=int, help="instance disk size")
 @click.option("--sync-interval", type=float, help="seconds between periodic syncs")
+@click.option("--idle-minutes", type=float, default=10.0, show_default=True,
+              help="with the controller gone and the job ended, the instance destroys itself after this")
+@click.option("--stall-minutes", type=float, default=10.0, show_default=True,
+              help="no new training step (or, for a command, no new output) this long: stop as stalled")
 @click.option("--detach", is_flag=True, help="return after the job starts; a background guard keeps watch")
 @click.option("--dry-run", is_flag=True, help="print the plan and exit")
 @click.option("--yes", "-y", is_flag=True, help="skip the confirmation")
@@ -95,6 +99,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         config=kw["config"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
         usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
+        idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"],
     )
     plan = make_plan(options)
     table = Table(title="gpurun plan", show_header=False)

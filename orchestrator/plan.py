@@ -6,6 +6,7 @@ too small, a cap already spent, a balance too low) refuses here, before anything
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ class LaunchOptions:
     image: str | None = None
     disk_gb: int | None = None
     sync_interval_s: float | None = None
+    # The job has ended and no controller was seen for this long: the instance destroys itself.
+    idle_minutes: float = 10.0
+    # No new step (the bundled trainer) or no new output (any command) for this long: stalled.
+    stall_minutes: float = 10.0
 
     def provider_options(self) -> dict[str, Any]:
         """Constructor options for the provider: only those its class declares it takes
@@ -102,6 +107,9 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     """Everything is checked here; raises BudgetError or ProviderError with one actionable line."""
     if options.gpus < 1:
         raise ProviderError(f"--gpus must be at least 1, got {options.gpus}")
+    for flag, minutes in (("--idle-minutes", options.idle_minutes), ("--stall-minutes", options.stall_minutes)):
+        if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+            raise ProviderError(f"{flag} must be a number of minutes > 0 (fractions allowed), got {minutes}")
     if options.config and not Path(options.config).is_file():
         raise ProviderError(f"--config {options.config}: no such file")
     if options.workdir and not Path(options.workdir).is_dir():
