@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from orchestrator import phases
 from orchestrator import teardown as teardown_mod
 from orchestrator.budget import day_start, max_runtime_s, month_start
 from orchestrator.budgets_file import BudgetError, load_budgets
+from orchestrator.exit_codes import Ending, Exit, by_signal, for_run
 from orchestrator.ledger import Ledger, LedgerError, Run
 from orchestrator.lifecycle import (
     Controller,
@@ -25,14 +28,16 @@ from orchestrator.lifecycle import (
     write_run_evidence,
 )
 from orchestrator.live import LiveView
-from orchestrator.plan import LaunchOptions, make_plan, runs_root
+from orchestrator.plan import LaunchError, LaunchOptions, make_plan, runs_root
 from orchestrator.proof import verify_proof_chain
 from orchestrator.redact import register_secrets_from_env
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.settings import SettingsError
+from orchestrator.signals import Received, Terminated, attached
 from orchestrator.teardown import VerifyFailed
 from providers import get_provider, provider_names
 from providers.base import Instance, Provider, ProviderError
+from providers.common import one_line
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,12 +52,15 @@ class GpurunGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (BudgetError, ProviderError, LedgerError, RunFailed, SettingsError) as exc:
+        except (BudgetError, ProviderError, LaunchError, LedgerError, SettingsError) as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            sys.exit(Exit.REFUSED)
+        except RunFailed as exc:
+            err_console.print(f"[red]run failed:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(Exit.RUN_FAILED)
         except VerifyFailed as exc:
             err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(3)
+            sys.exit(Exit.NOT_VERIFIED)
 
 
 @click.group(cls=GpurunGroup)
@@ -114,12 +122,48 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     with LiveView(console) as view:
         controller = Controller.create(ledger, plan, reporter=view)
         console.print(f"run [bold]{controller.run.run_id}[/bold]  ({controller.run_dir})")
-        try:
-            controller.launch(attach=not kw["detach"])
-        except KeyboardInterrupt:
-            _interrupted(controller, view)
-            return
-    _summary(ledger.resolve_run(controller.run.run_id))
+        # SIGTERM tears the run down, SIGHUP hands it to a guard: only while this process holds it.
+        with attached(controller) as got:
+            try:
+                guard_pid = controller.launch(attach=not kw["detach"])
+            except KeyboardInterrupt:
+                sys.exit(_interrupted(controller, view))
+            except Terminated:
+                view.__exit__()
+                console.print("SIGTERM: tearing down ...")
+                controller.finish(f"{Ending.REQUESTED} (SIGTERM)")
+                got.term = signal.SIGTERM
+                guard_pid = None
+            except (RunFailed, VerifyFailed):
+                raise
+            except Exception as exc:  # the run is torn down and verified gone (else VerifyFailed)
+                raise RunFailed(f"run {controller.run.run_id}: {one_line(f'{type(exc).__name__}: {exc}')}; "
+                                f"torn down, verified gone") from exc
+    sys.exit(_launch_exit(ledger.resolve_run(controller.run.run_id), guard_pid, got))
+
+
+def _launch_exit(run: Run, guard_pid: int | None, got: Received) -> int:
+    """Report how the launch ended; its exit status (orchestrator.exit_codes)."""
+    if guard_pid is not None:  # --detach, or a SIGHUP: the run goes on under a detached guard
+        console.print(f"detached: guard pid {guard_pid}; `gpurun status {run.run_id}`, `gpurun teardown {run.run_id}`")
+        return by_signal(signal.SIGHUP) if got.hup else Exit.OK
+    _summary(run)
+    if got.term is not None:
+        return by_signal(got.term)
+    code = for_run(run.end_reason, run.job_exit_code)
+    log = Path(run.run_dir) / "job.log"
+    if code is Exit.JOB_FAILED:
+        status = "killed, no exit status" if run.job_exit_code is None else f"exit {run.job_exit_code}"
+        _say(f"job failed ({status}); its log: {log}")
+    elif code is Exit.STALLED:
+        _say(f"{run.end_reason}; stopped, synced, verified gone; its log: {log}")
+    elif code is Exit.RUN_FAILED:
+        _say(f"{one_line(run.end_reason)}; its log: {log}")
+    return code
+
+
+def _say(line: str) -> None:
+    err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _confirm(question: str) -> None:
@@ -128,8 +172,9 @@ def _confirm(question: str) -> None:
     click.confirm(question, abort=True)
 
 
-def _interrupted(controller: Controller, view: LiveView) -> None:
-    """Ctrl-C while attached: detach (the run goes on under its guard) or tear down now."""
+def _interrupted(controller: Controller, view: LiveView) -> int:
+    """Ctrl-C while attached: detach (the run goes on under its guard; exit 0) or tear down now
+    (exit 130, as for any run ended by a signal)."""
     view.__exit__()
     run = controller.refresh()
     choice = "t"
@@ -141,10 +186,11 @@ def _interrupted(controller: Controller, view: LiveView) -> None:
     if choice == "d":
         pid = spawn_guard(run)
         console.print(f"detached: guard pid {pid}; `gpurun status {run.run_id}`, `gpurun teardown {run.run_id}`")
-        return
+        return Exit.OK
     console.print("tearing down ...")
-    controller.finish("teardown requested (Ctrl-C)")
+    controller.finish(f"{Ending.REQUESTED} (Ctrl-C)")
     _summary(controller.refresh())
+    return by_signal(signal.SIGINT)
 
 
 def _summary(run: Run) -> None:
@@ -164,10 +210,21 @@ def guard(run_ref: str) -> None:
     ledger = Ledger()
     run = ledger.resolve_run(run_ref)
     controller = Controller.load(ledger, run, reporter=LiveView(Console(file=sys.stdout)))
-    if run.phase == "running":
-        controller.guard()
-    elif run.open:
-        controller.finish("guard resumed an interrupted run")
+    if not run.open:
+        return
+    # SIGTERM (a shutdown, `kill`) ends the run as `gpurun teardown` would; it has no terminal to lose.
+    with attached(controller, handoff_on_hup=False) as got:
+        ledger.update_run(run.run_id, controller_pid=os.getpid())  # signals are handled from here on
+        try:
+            if run.phase == "running":
+                controller.guard()
+            else:
+                controller.finish(f"{Ending.RESUMED} an interrupted run")
+        except Terminated:
+            controller.finish(f"{Ending.REQUESTED} (SIGTERM)")
+            got.term = signal.SIGTERM
+    if got.term is not None:
+        sys.exit(by_signal(got.term))
 
 
 # --- status / logs ------------------------------------------------------------------------------
@@ -192,7 +249,10 @@ def status(run_ref: str | None, timings: bool, show_all: bool) -> None:
         console.print("no open runs (gpurun status --all lists finished ones)")
         return
     table = Table(title="gpurun runs")
-    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", "instances", "controller"):
+    # Why a run ended matters once one has: the column shows only then (`status` of open runs stays narrow).
+    ended = any(r.end_reason or not r.open for r in runs)
+    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", "instances", "controller",
+                *(("ended",) if ended else ())):
         table.add_column(col)
     now = time.time()
     for run in runs:
@@ -205,8 +265,15 @@ def status(run_ref: str | None, timings: bool, show_all: bool) -> None:
         left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
         insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
         ctl = "alive" if run.open and controller_alive(run) else "-"
-        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl)
+        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl,
+                      *((_ended(run),) if ended else ()))
     console.print(table)
+
+
+def _ended(run: Run) -> str:
+    """Why the run ended, short: "stalled: no new step for 10 min", "job ended (exit 3)"."""
+    reason = run.end_reason or (f"failed: {run.error}" if run.error else "")
+    return one_line(reason, 48) or "-"
 
 
 @main.command()

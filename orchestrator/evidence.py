@@ -9,7 +9,8 @@ Verdicts:
 - ``PASS``: CUDA was used, the checkpoint re-hashes to its manifest entry, the shutdown proof says
   verified, and every other item of the card is present (cost within the cap when known).
 - ``SMOKE TEST (CPU only) — not a GPU pass``: the trainer ran on the CPU (whatever else holds).
-- ``FAIL``: something contradicts success (hash mismatch, proof not verified, cost over the cap).
+- ``FAIL``: something contradicts success (hash mismatch, proof not verified, cost over the cap,
+  the job exited non-zero, the run stalled or broke: the run's ``end_reason``).
 - ``INCOMPLETE``: CUDA, but items are missing; the card lists which.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from orchestrator.exit_codes import Ending, Exit, ending_of, for_run
 from orchestrator.proof import iso, jsonable, sha256_bytes
 from orchestrator.redact import redact
 from trainer.manifest import atomic_write_bytes, sha256_file
@@ -384,6 +386,17 @@ def _job_log_section(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def _ending_section(run: Mapping[str, Any]) -> dict[str, Any]:
+    """How the run ended, as the controller recorded it (the ledger's end_reason, job_exit_code)."""
+    reason, code = run.get("end_reason"), run.get("job_exit_code")
+    outcome = for_run(reason, code) if reason else None
+    shown = reason or "unknown"
+    if code is not None and ending_of(reason) is not Ending.JOB_ENDED:  # "job ended (exit N)" says it
+        shown += f"; job exit status {code}"
+    return {"reason": reason, "job_exit_code": code, "exit": None if outcome is None else outcome.name,
+            "shown": shown}
+
+
 # --- verdict ---------------------------------------------------------------------------------------
 
 
@@ -423,6 +436,12 @@ def _verdict(ev: dict[str, Any]) -> dict[str, Any]:
         failures.append(f"cost ${cost['cost_usd']:.4f} is over the ${cost['max_usd']:.2f} cap")
     if ev["job_log"]["traceback"]:
         failures.append("job.log contains a Python traceback")
+    ending = ev["ending"]
+    if ending["exit"] == Exit.JOB_FAILED.name:
+        code = ending["job_exit_code"]
+        failures.append("the job failed (" + ("killed, no exit status" if code is None else f"exit {code}") + ")")
+    elif ending["exit"] in (Exit.STALLED.name, Exit.RUN_FAILED.name):
+        failures.append(f"the run ended: {ending['reason']}")
 
     device = hw["device_used"]
     if device is not None and not device.startswith("cuda"):
@@ -486,6 +505,7 @@ def collect_evidence(
         "cost": _cost_section(runtime_s, cost_usd, max_usd),
         "shutdown_proof": _proof_section(proof_path, run_dir),
         "job_log": _job_log_section(run_dir),
+        "ending": _ending_section(run),
         "run": jsonable(run),
     }
     if not ev["provider"]["instance_ids"]:  # the ledger's run row may not carry them; the proof does
@@ -541,6 +561,7 @@ def render_markdown(ev: Mapping[str, Any]) -> str:
         cost_line = f"${cost['cost_usd']:.4f} (cap unknown)"
     else:
         cost_line = "unknown" + (f" (cap ${cost['max_usd']:.2f})" if cost["max_usd"] is not None else "")
+    ended = ev["ending"]["shown"].replace("|", "\\|")  # a reason quoting an error must not split the row
     md += [
         "## Run",
         "",
@@ -553,6 +574,7 @@ def render_markdown(ev: Mapping[str, Any]) -> str:
         f"| price | {price} |",
         f"| runtime | {_fmt_duration(cost['runtime_s'])} |",
         f"| cost | {cost_line} |",
+        f"| ended | {ended} |",
         "",
     ]
 

@@ -1,9 +1,14 @@
-"""What gpurun's exit status tells a script (the README lists these). One home for every code."""
+"""What gpurun's exit status tells a script (the README lists these). One home for every code.
+
+A run's end is recorded as its `end_reason` (the `stopping` event's reason, kept on the run row):
+its leading words are one of `Ending`, so `for_run` can turn a finished run into the launch's
+exit status without guessing from free text.
+"""
 
 from __future__ import annotations
 
 import signal
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class Exit(IntEnum):
@@ -13,6 +18,40 @@ class Exit(IntEnum):
     JOB_FAILED = 4  # the job exited non-zero; the instance is verified gone, outputs are home
     STALLED = 5  # no progress for the stall window: stopped, synced, verified gone
     RUN_FAILED = 6  # the run broke before its job could end (boot, SSH, bootstrap, a lost instance); verified gone
+
+
+class Ending(str, Enum):
+    """Why a run ended: the leading words of its end_reason."""
+
+    JOB_ENDED = "job ended"  # by itself; its exit status decides between OK and JOB_FAILED
+    DEADLINE = "deadline"  # the budget guard stopped it at the stop time: a clean end
+    STALLED = "stalled"  # no new step / output for the stall window
+    REQUESTED = "teardown requested"  # `gpurun teardown`, Ctrl-C, SIGTERM
+    LOST = "lost the instance"  # the guard could not watch it any more
+    RUN_FAILED = "run failed"  # create, boot, SSH or bootstrap failed
+    RESUMED = "guard resumed"  # a guard finished a run whose controller died mid-way
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def ending_of(end_reason: str | None) -> Ending | None:
+    for ending in Ending:
+        if end_reason and end_reason.startswith(ending.value):
+            return ending
+    return None
+
+
+def for_run(end_reason: str | None, job_exit_code: int | None) -> Exit:
+    """The exit status of a launch whose run is verified gone, from how the run ended."""
+    ending = ending_of(end_reason)
+    if ending is Ending.STALLED:
+        return Exit.STALLED
+    if ending in (Ending.LOST, Ending.RUN_FAILED):
+        return Exit.RUN_FAILED
+    if ending is Ending.JOB_ENDED and job_exit_code != 0:  # None: killed before it could say
+        return Exit.JOB_FAILED
+    return Exit.OK
 
 
 def by_signal(signum: int | signal.Signals) -> int:

@@ -31,7 +31,7 @@ from orchestrator import phases, settings
 from orchestrator.phases import Phase, TransitionError
 from orchestrator.redact import redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.end_reason, runs.job_exit_code
 BUSY_TIMEOUT_S = 30.0
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -53,7 +53,9 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir           TEXT NOT NULL DEFAULT '',
     plan              TEXT NOT NULL DEFAULT '{}',
     error             TEXT,
-    controller_pid    INTEGER
+    controller_pid    INTEGER,
+    end_reason        TEXT,
+    job_exit_code     INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 
@@ -124,6 +126,8 @@ class Run:
     plan: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     controller_pid: int | None = None
+    end_reason: str | None = None  # why the run ended (orchestrator.exit_codes.Ending leads it)
+    job_exit_code: int | None = None  # the job's own exit status, once it has ended
 
     @property
     def open(self) -> bool:
@@ -223,6 +227,17 @@ def _check_usd(name: str, usd: float) -> float:
     return value
 
 
+# Columns added after schema 1: a ledger written before them gets them on open (NULL for old runs).
+_ADDED_RUN_COLUMNS = (("end_reason", "TEXT"), ("job_exit_code", "INTEGER"))
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)").fetchall()}
+    for name, kind in _ADDED_RUN_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+
 class Ledger:
     """SQLite ledger under GPURUN_HOME. Safe to share between threads and processes."""
 
@@ -296,6 +311,7 @@ class Ledger:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
+            _add_missing_columns(conn)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -382,7 +398,7 @@ class Ledger:
                     value = _dumps(merged)
                 elif name == "settled":
                     value = int(bool(value))
-                elif name == "error" and value is not None:
+                elif name in ("error", "end_reason") and value is not None:
                     value = _redact(str(value))
                 values[name] = value
             values.setdefault("updated_at", time.time())

@@ -26,15 +26,17 @@ from orchestrator import settings
 from orchestrator import teardown as teardown_mod
 from orchestrator.bootstrap import bootstrap, trainer_command
 from orchestrator.evidence import write_evidence
+from orchestrator.exit_codes import Ending
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
 from orchestrator.phases import Phase
 from orchestrator.plan import LaunchOptions, LaunchPlan
+from orchestrator.progress import Probe, StallWatch, parse_probe, probe_command
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
 from orchestrator.transports import open_transport
-from orchestrator.watchdog import install_watchdog
+from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog
 from providers import get_provider
 from providers.base import Access, Instance, InstanceSpec, Provider
 
@@ -83,7 +85,11 @@ class Controller:
         self.allowance = self.record.allowance
         self.offer = self.record.offer
         self.transport: Transport | None = None
-        self.stop_requested = False
+        self.stop_requested = False  # the guard ends the run at its next poll (SIGTERM)
+        self.stop_cause = ""  # what asked for the stop, for the reason: "SIGTERM"
+        self.handoff_requested = False  # the guard leaves the run to a detached guard (SIGHUP)
+        # Set once the guard or a teardown runs: a signal then only sets a flag (orchestrator.signals).
+        self.deferring_signals = False
         self.gpu_count = 0  # what bootstrap found on the instance
         self.python = "python3"  # the instance's python that has torch
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
@@ -122,7 +128,7 @@ class Controller:
         """Record the phase (the ledger refuses a transition the lifecycle does not allow)."""
         self.ledger.set_phase(self.run.run_id, name, **payload)
         self.run.phase = Phase(name).value
-        self.report(self.status(message=payload.get("message", "")))
+        self.report(self.status(message=payload.get("message") or payload.get("reason", "")))
 
     def spent_usd(self, at: float | None = None) -> float:
         start = self.run.clock_start_epoch
@@ -141,8 +147,11 @@ class Controller:
         )
 
     # --- the launch, phase by phase -------------------------------------------------------------
-    def launch(self, attach: bool = True) -> None:
-        """Create, boot, bootstrap, start the job; then guard it (attached) or hand it to a guard."""
+    def launch(self, attach: bool = True) -> int | None:
+        """Create, boot, bootstrap, start the job; then guard it (attached) or hand it to a guard.
+
+        Returns the pid of the detached guard the run was handed to (--detach, or a handoff asked
+        while attached), else None: the run is verified gone."""
         try:
             instance = self._create()
             endpoint = self._boot(instance)
@@ -150,12 +159,19 @@ class Controller:
             self._bootstrap(instance)
             self._start_job()
         except Exception as exc:
+            self.deferring_signals = True
+            self._record_end(f"{Ending.RUN_FAILED}: {type(exc).__name__}: {exc}")
             self._fail(exc)
             raise
-        if attach:
-            self.guard()
-        else:
-            spawn_guard(self.run)
+        if attach and self.guard():
+            return None
+        return spawn_guard(self.refresh())
+
+    def request_stop(self, cause: str) -> None:
+        self.stop_requested, self.stop_cause = True, cause
+
+    def request_handoff(self) -> None:
+        self.handoff_requested = True
 
     def _create(self) -> Instance:
         # The clock starts at the create call: deadlines are fixed before it is made.
@@ -227,6 +243,10 @@ class Controller:
             deadline_epoch=wd_deadline,
             grace_s=self.grace_s(),
             self_destruct_cmd=self.self_destruct_command(instance),
+            # With this controller gone, an ended job's instance must not idle, nor a stalled job run on.
+            idle_s=opts.idle_minutes * 60,
+            stall_s=opts.stall_minutes * 60,
+            progress_file="job.log" if opts.command else "out/metrics.jsonl",
         )
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
 
@@ -241,6 +261,22 @@ class Controller:
 
     def grace_s(self) -> float:
         return max(3.0, min(30.0, self.allowance.reserve_s / 4))
+
+    _heartbeat_at = float("-inf")  # time.monotonic() of this controller's last heartbeat
+
+    def _heartbeat(self, force: bool = False) -> None:
+        """Touch the instance's heartbeat so its switch leaves idle and stalled runs to this controller.
+        Rate-limited (several per window) unless forced; a failure is only a missed beat."""
+        opts = self.options
+        every = heartbeat_interval_s(opts.idle_minutes * 60, opts.stall_minutes * 60)
+        now = time.monotonic()
+        if self.transport is None or (not force and now - self._heartbeat_at < every):
+            return
+        self._heartbeat_at = now
+        try:
+            heartbeat(self.transport)
+        except Exception:  # noqa: BLE001 - the guard's own poll reports a lost instance
+            pass
 
     def job_command(self) -> str:
         opts = self.options
@@ -265,43 +301,58 @@ class Controller:
         self.ledger.record_event(self.run.run_id, "job_started", pid=pid)
 
     # --- the guard ------------------------------------------------------------------------------
-    def guard(self) -> None:
-        """Follow the job until it ends or the stop time comes; then stop, sync, tear down, verify."""
+    def guard(self) -> bool:
+        """Follow the job until it ends, stalls or the stop time comes; then stop, sync, tear down,
+        verify: True. A handoff request returns False at the next poll, the run still going."""
+        self.deferring_signals = True
         transport = self.ensure_transport()
         self.ledger.update_run(self.run.run_id, controller_pid=os.getpid())
         # Periodic pulls run in the background: a slow pull of a big checkpoint must never make the
         # guard late for the stop time.
         self.syncer = Syncer(lambda: self._sync(final=False), self.sync_interval()).start()
+        stall = StallWatch(self.options.stall_minutes * 60, by_step=not self.options.command, now=time.time())
         reason = "job finished"
         errors = 0
         while True:
             if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
-                reason = "deadline: budget guard"
+                reason = f"{Ending.DEADLINE}: budget guard"
                 break
             if self.stop_requested:
-                reason = "teardown requested"
+                reason = f"{Ending.REQUESTED}" + (f" ({self.stop_cause})" if self.stop_cause else "")
                 break
+            if self.handoff_requested:
+                self.syncer.stop()
+                self.ledger.record_event(self.run.run_id, "handoff", pid=os.getpid())
+                return False
             try:
+                self._heartbeat()
                 state = transport.job_state("job")
                 if not state.running:
-                    reason = f"job ended (exit {state.exit_code})"
+                    reason = f"{Ending.JOB_ENDED} (exit {state.exit_code})"
                     break
-                self.report(self.status(**self._latest_metrics()))
+                probe = self._probe()
+                self.report(self.status(**probe.metrics))
                 errors = 0
+                if stall.look(probe, time.time()):
+                    reason = f"{Ending.STALLED}: no new {stall.what} for {self.options.stall_minutes:g} min"
+                    break
             except Exception as exc:  # an instance we cannot watch is torn down, not left billing
                 errors += 1
                 self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
                 if errors >= 5:
-                    reason = f"lost the instance: {type(exc).__name__}: {exc}"
+                    reason = f"{Ending.LOST}: {type(exc).__name__}: {exc}"
                     break
             time.sleep(POLL_S)
         self.finish(reason)
+        return True
 
     def finish(self, reason: str) -> None:
         """Stop the job if it still runs, pull the final outputs, terminate, verify, prove.
 
         A run that never reached its instance (Ctrl-C or a guard taking over while it booted) has
         no job to stop and nothing to pull: it goes straight to teardown."""
+        self.deferring_signals = True
+        self._record_end(reason)
         if not Phase(self.run.phase).is_job():
             self.ledger.record_event(self.run.run_id, "finish", reason=reason, job=False)
             self.teardown()
@@ -319,15 +370,22 @@ class Controller:
     def _stop_job(self, reason: str) -> None:
         transport = self.ensure_transport()
         self.phase("stopping", reason=reason)
-        if not transport.job_state("job").running:
-            return
-        transport.signal("job", signal.SIGTERM)  # the trainer checkpoints and exits 0
-        limit = time.time() + self.grace_s()
-        while transport.job_state("job").running and time.time() < limit:
-            time.sleep(0.5)
         if transport.job_state("job").running:
-            self.ledger.record_event(self.run.run_id, "job_killed", after_s=self.grace_s())
-            transport.signal("job", signal.SIGKILL)
+            transport.signal("job", signal.SIGTERM)  # the trainer checkpoints and exits 0
+            limit = time.time() + self.grace_s()
+            while transport.job_state("job").running and time.time() < limit:
+                time.sleep(0.5)
+            if transport.job_state("job").running:
+                self.ledger.record_event(self.run.run_id, "job_killed", after_s=self.grace_s())
+                transport.signal("job", signal.SIGKILL)
+        state = transport.job_state("job")
+        if not state.running:  # its own status: the launch's exit code, `status` and the card show it
+            self.ledger.update_run(self.run.run_id, job_exit_code=state.exit_code)
+
+    def _record_end(self, reason: str) -> None:
+        """Keep why the run ended; the first reason stays (a later teardown only finishes the job)."""
+        if self.refresh().end_reason is None:
+            self.ledger.update_run(self.run.run_id, end_reason=reason)
 
     def sync_now(self) -> SyncResult:
         return self._sync(final=False)
@@ -335,6 +393,7 @@ class Controller:
     def _sync(self, final: bool) -> SyncResult:
         transport = self.ensure_transport()
         result = transport.pull(self.run_dir)
+        self._heartbeat(force=True)
         self.ledger.record_event(
             self.run.run_id,
             "sync",
@@ -347,18 +406,10 @@ class Controller:
         )
         return result
 
-    def _latest_metrics(self) -> dict[str, Any]:
-        """The last step line of the job's metrics, read on the instance (cheap: one tail)."""
+    def _probe(self) -> Probe:
+        """The job's log size and last step line, read on the instance (cheap: one command)."""
         assert self.transport is not None
-        res = self.transport.run("tail -n 20 out/metrics.jsonl 2>/dev/null", timeout_s=10)
-        for line in reversed(res.stdout.splitlines()):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("type") == "step":
-                return {"step": rec.get("step"), "loss": rec.get("loss"), "tokens_per_s": rec.get("tokens_per_s")}
-        return {}
+        return parse_probe(self.transport.run(probe_command(self.transport.root), timeout_s=10).stdout)
 
     def sync_interval(self) -> float:
         opts = self.options
@@ -436,7 +487,8 @@ def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, ru
     offer = None if is_orphan(run) else RunRecord.of_run(run).offer.to_dict()
     return write_evidence(
         Path(run.run_dir),
-        run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan},
+        run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan,
+             "end_reason": run.end_reason, "job_exit_code": run.job_exit_code},
         offer=offer,
         proof_path=proof_path,
         runtime_s=runtime_s,

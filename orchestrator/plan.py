@@ -18,6 +18,20 @@ from orchestrator.budgets_file import Budgets, load_budgets
 from orchestrator.ledger import Ledger
 from providers import get_provider, provider_class
 from providers.base import Offer, Provider, ProviderError, pick_offer
+from trainer import config as trainer_config
+
+# Trainer flags the controller passes itself (lifecycle.job_command, bootstrap.trainer_command): a
+# `--set` of one would be overridden on the instance or clash with it.
+SET_BY_GPURUN = {
+    "deadline_epoch": "gpurun sets it from the budget (--max-usd)",
+    "out_dir": "gpurun sets it; the outputs come home to runs/<run-id>/out",
+    "config": "pass the file with --config FILE (it is uploaded with the trainer)",
+    "nproc_per_node": "gpurun runs one rank per GPU: use --gpus",
+}
+
+
+class LaunchError(ValueError):
+    """The launch's own input is wrong (not the provider, not the budget): refused before anything is created."""
 
 
 @dataclass
@@ -104,7 +118,7 @@ def runs_root(explicit: str | None = None) -> Path:
 
 
 def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
-    """Everything is checked here; raises BudgetError or ProviderError with one actionable line."""
+    """Everything is checked here; raises BudgetError, ProviderError or LaunchError with one actionable line."""
     if options.gpus < 1:
         raise ProviderError(f"--gpus must be at least 1, got {options.gpus}")
     for flag, minutes in (("--idle-minutes", options.idle_minutes), ("--stall-minutes", options.stall_minutes)):
@@ -114,6 +128,7 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
         raise ProviderError(f"--config {options.config}: no such file")
     if options.workdir and not Path(options.workdir).is_dir():
         raise ProviderError(f"--workdir {options.workdir}: no such directory")
+    check_trainer_input(options)
     budgets = load_budgets(options.budgets)
     provider = get_provider(options.provider, **options.provider_options())
     provider.check_credentials()
@@ -128,3 +143,24 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     # The account must be able to pay the cap, and the price must fit an hourly spend limit.
     provider.check_spend(allowance.max_usd, offer.total_usd_per_hour)
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir))
+
+
+def check_trainer_input(options: LaunchOptions) -> None:
+    """Bad `--set`/`--config` input for the bundled trainer is refused here, on the controller, by the
+    trainer's own parser and checks (torch-free): on the instance it would fail only after renting."""
+    if options.command:
+        if options.trainer_args:
+            raise LaunchError("--set configures the bundled trainer; with `-- COMMAND` pass its flags in COMMAND")
+        return
+    args = options.trainer_args
+    for flag, value in zip(args[0::2], args[1::2], strict=False):  # cli.launch: `--set k=v` -> `--k v`
+        key = flag.removeprefix("--").replace("-", "_")
+        if key in SET_BY_GPURUN:
+            raise LaunchError(f"--set {key}={value}: {SET_BY_GPURUN[key]}")
+        if (why := trainer_config.unknown_key(key)) is not None:
+            raise LaunchError(f"--set {key}={value}: {why} (trainer/README.md lists the keys)")
+    try:
+        trainer_config.validate(options.config, args, world_size=max(1, options.gpus),
+                                flag_label=lambda key: f"--set {key}")
+    except trainer_config.ConfigError as e:
+        raise LaunchError(f"trainer config refused, nothing was rented: {e}") from None

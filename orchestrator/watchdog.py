@@ -5,6 +5,11 @@ SSH session and the controller. At deadline - grace it SIGTERMs the job's proces
 checkpoints and exits); at the deadline it runs the provider's self-destruct command, and keeps
 re-running it while the machine is up. The deadline lives in <root>/watchdog.deadline and can only
 move earlier: both this module and the script itself refuse a later value.
+
+With the controller gone (no `heartbeat` for the window) it also acts early: a job that ended and
+was left idle for `idle_s`, or one that runs without growing its progress file for `stall_s`
+(SIGTERM, SIGKILL after grace, then the idle rule). Why it acted is <root>/watchdog.reason
+(`read_reason`) and a "reason: ..." line in watchdog.log (which every sync pulls home).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from orchestrator.transport import Transport
 
 NAME = "watchdog"
+HEARTBEAT_FILE = "controller.heartbeat"  # touched by a live controller; the script reads its mtime
+REASON_FILE = "watchdog.reason"  # stalled | idle | deadline: written when the script acts
+REASONS = ("stalled", "idle", "deadline")
+# A live controller touches the heartbeat at least this often, and at least 4 times per window, so
+# one slow poll never makes the script think it is gone.
+HEARTBEAT_MAX_INTERVAL_S = 5.0
 _JOB_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_PROGRESS_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
 def script_text() -> str:
@@ -50,15 +62,25 @@ def _wait_armed(transport: Transport, deadline: int, timeout_s: float) -> None:
 
 
 def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float, self_destruct_cmd: str,
-                     job_name: str = "job", poll_s: float = 1.0, ack_timeout_s: float = 10.0) -> int:
+                     job_name: str = "job", poll_s: float = 1.0, ack_timeout_s: float = 10.0,
+                     idle_s: float | None = None, stall_s: float | None = None,
+                     progress_file: str | None = None) -> int:
     """Arm the switch and wait for it to acknowledge; returns its pid.
 
+    idle_s / stall_s (None: that rule is off) are the idle and stall windows; progress_file is the
+    file, relative to the root, whose growth is the job's progress (default `<job_name>.log`).
     Re-installing (a resumed controller) keeps a running watchdog and never moves the deadline later.
     """
     if not _JOB_RE.match(job_name):
         raise ValueError(f"bad job name {job_name!r}")
     if grace_s < 0 or poll_s <= 0:
         raise ValueError("grace_s must be >= 0 and poll_s > 0")
+    for what, window in (("idle_s", idle_s), ("stall_s", stall_s)):
+        if window is not None and not (math.isfinite(window) and window > 0):
+            raise ValueError(f"{what} must be a number of seconds > 0 (or None: rule off), got {window}")
+    progress = progress_file or f"{job_name}.log"
+    if not _PROGRESS_RE.match(progress) or ".." in progress.split("/"):
+        raise ValueError(f"bad progress file {progress!r}: a plain path relative to the run root")
     if not self_destruct_cmd.strip():
         raise ValueError("the watchdog needs a self-destruct command (the provider's self_destruct_command)")
     deadline = math.floor(deadline_epoch)  # rounding must never move it later
@@ -70,10 +92,35 @@ def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float
     transport.write_file(f"{root}/watchdog.selfdestruct", self_destruct_cmd.rstrip() + "\n", 0o700)
     transport.write_file(f"{root}/watchdog.deadline", f"{deadline}\n", 0o644)
     q = shlex.quote
-    cmd = f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g}"
+    cmd = (f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g} "
+           f"{_whole_s(idle_s)} {_whole_s(stall_s)} {q(progress)}")
     pid = transport.start_detached(NAME, cmd)
     _wait_armed(transport, deadline, ack_timeout_s)
     return pid
+
+
+def _whole_s(window: float | None) -> int:
+    """The script counts whole seconds; 0 turns a rule off, so a tiny window rounds up to 1."""
+    return 0 if window is None else max(1, math.ceil(window))
+
+
+def heartbeat(transport: Transport) -> bool:
+    """Tell the switch a controller is alive: one cheap `touch` on the instance, whose own clock
+    stamps it (the script compares that mtime with its own `date`, so clock skew does not matter)."""
+    res = transport.run(f"touch {shlex.quote(transport.root + '/' + HEARTBEAT_FILE)}", timeout_s=10)
+    return res.ok
+
+
+def heartbeat_interval_s(*windows: float | None) -> float:
+    """How often a controller should touch the heartbeat for the script's windows."""
+    return min([HEARTBEAT_MAX_INTERVAL_S, *(w / 4 for w in windows if w)])
+
+
+def read_reason(transport: Transport) -> str | None:
+    """Why the switch acted ("stalled", "idle", "deadline"), or None while it has not."""
+    res = transport.run(f"head -n 1 {shlex.quote(transport.root + '/' + REASON_FILE)} 2>/dev/null", timeout_s=30)
+    text = res.stdout.strip()
+    return text if res.ok and text in REASONS else None
 
 
 def move_deadline_earlier(transport: Transport, new_deadline: float, ack_timeout_s: float = 10.0) -> int:

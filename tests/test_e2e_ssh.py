@@ -119,6 +119,10 @@ def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Pa
     assert "Failures:" not in (run_dir / "EVIDENCE.md").read_text()
     # The watchdog never had to fire: the guard did the job.
     assert not (Path(loopback["remote"]) / run.run_id / "self_destruct.ran").exists()
+    # ... and told it so: the controller's heartbeat on the instance, beaten while the job ran.
+    remote = Path(loopback["remote"]) / run.run_id
+    assert (remote / "controller.heartbeat").stat().st_mtime > (remote / "job.pid").stat().st_mtime
+    assert not (remote / "watchdog.reason").exists()
 
 
 def test_watchdog_alone_stops_the_job_and_self_destructs_when_the_controller_dies(

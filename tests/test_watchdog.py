@@ -1,15 +1,28 @@
-"""The dead-man's switch on its own: no controller after install, a real sshd and a real detached job."""
+"""The dead-man's switch on its own: no controller after install, a real detached job (over a real sshd,
+or on the local transport for the idle and stall rules)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator import keys
+from orchestrator.local_transport import LocalTransport
 from orchestrator.remote import MemoryHostKeyStore, SSHTransport
-from orchestrator.watchdog import disarm_watchdog, install_watchdog, move_deadline_earlier, read_deadline
+from orchestrator.watchdog import (
+    disarm_watchdog,
+    heartbeat,
+    heartbeat_interval_s,
+    install_watchdog,
+    move_deadline_earlier,
+    read_deadline,
+    read_reason,
+)
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 
 # The stand-in job: on SIGTERM it checkpoints (writes a file with the time) and exits 0.
@@ -78,7 +91,7 @@ def test_deadline_moves_earlier_never_later(sshd: SSHServer, tmp_path):  # noqa:
         try:
             with pytest.raises(ValueError, match="only move earlier"):
                 move_deadline_earlier(t, far + 100)
-            soon = int(time.time()) + 3
+            soon = int(time.time()) + 6  # room for the refusal below on a busy machine
             assert move_deadline_earlier(t, soon) == soon
             # Re-installing with a later deadline keeps the earlier one.
             install_watchdog(t, far + 600, grace_s=1, self_destruct_cmd=f"touch {root}/destructed")
@@ -89,7 +102,7 @@ def test_deadline_moves_earlier_never_later(sshd: SSHServer, tmp_path):  # noqa:
             while read_deadline(t) != soon and time.monotonic() - start < 5:
                 time.sleep(0.2)
             assert read_deadline(t) == soon
-            wait_file(root / "destructed", 8)
+            wait_file(root / "destructed", 20)
             assert time.time() >= soon
             log = (root / "watchdog.log").read_text()
             assert f"deadline moved earlier: {far} -> {soon}" in log and "refused deadline" in log
@@ -97,3 +110,167 @@ def test_deadline_moves_earlier_never_later(sshd: SSHServer, tmp_path):  # noqa:
         finally:
             disarm_watchdog(t)
         assert not t.job_state("watchdog").running
+
+
+# ---- the idle and stall rules (issue 12), on the local transport: same script, same job convention ----
+
+DESTRUCT = "date +%s.%N > {root}/destructed"
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[LocalTransport]:
+    """An "instance" directory on this machine; every process group started there dies with the test."""
+    t = LocalTransport(tmp_path / "run")
+    t.wait_ready(5)
+    for sub in ("code", "out"):  # what upload and bootstrap leave: jobs run in code/, write out/
+        (tmp_path / "run" / sub).mkdir()
+    try:
+        yield t
+    finally:
+        pgids = (Path(t.root) / "pgids").read_text().split() if (Path(t.root) / "pgids").exists() else []
+        for pgid in pgids:
+            try:
+                os.killpg(int(pgid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def arm(t: LocalTransport, *, idle_s: float | None = None, stall_s: float | None = None, grace_s: float = 1,
+        progress_file: str | None = None) -> None:
+    far = int(time.time()) + 3600  # the money deadline is never what acts in these tests
+    install_watchdog(t, far, grace_s=grace_s, self_destruct_cmd=DESTRUCT.format(root=t.root), poll_s=0.2,
+                     idle_s=idle_s, stall_s=stall_s, progress_file=progress_file)
+
+
+def destructed_at(root: Path, timeout: float = 30) -> float:
+    wait_file(root / "destructed", timeout)
+    return float((root / "destructed").read_text())
+
+
+def keep_beating(t: LocalTransport, until: Callable[[], bool], hang_guard_s: float = 60) -> float:
+    """Touch the heartbeat like a live controller (through the module's own call) until `until()`."""
+    end = time.monotonic() + hang_guard_s
+    while not until():
+        assert heartbeat(t)
+        assert time.monotonic() < end, "hang guard"
+        time.sleep(0.2)
+    return time.time()
+
+
+def log_of(root: Path) -> str:
+    return _read(root / "watchdog.log").decode()
+
+
+def test_ended_job_with_no_controller_self_destructs_after_the_idle_window(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "echo trained > ../out/result.txt")
+    arm(box, idle_s=2)
+    fired = destructed_at(root)
+    ended = (root / "job.exit").stat().st_mtime
+    assert (root / "job.exit").read_text().strip() == "0"
+    # The outputs were on disk, untouched, when the instance destroyed itself: after the job's end.
+    assert (root / "out" / "result.txt").read_text() == "trained\n"
+    assert (root / "out" / "result.txt").stat().st_mtime <= ended < fired
+    assert (root / "watchdog.reason").read_text().strip() == "idle" == read_reason(box)
+    log = log_of(root)
+    assert "reason: idle" in log and "idle: running the self-destruct command" in log
+
+
+@pytest.mark.parametrize("stat_works", [True, False], ids=["stat", "no-stat"])
+def test_fresh_heartbeat_keeps_an_ended_jobs_instance(box: LocalTransport, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, stat_works: bool) -> None:
+    if not stat_works:  # an image whose `stat` cannot tell an mtime: the script's fallback must see beats
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        (shim / "stat").write_text("#!/bin/sh\nexit 1\n")
+        (shim / "stat").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    root = Path(box.root)
+    box.start_detached("job", "true")
+    arm(box, idle_s=2)
+    assert heartbeat(box)
+    # A controller that keeps beating past the moment the idle rule would have fired without it.
+    wait_file(root / "job.exit", 10)
+    keep_until = time.time() + 2 + 3
+    last_beat = keep_beating(box, lambda: time.time() >= keep_until)
+    assert not (root / "destructed").exists(), log_of(root)
+    fired = destructed_at(root)  # the controller is gone from here on
+    assert fired >= last_beat, "the idle window counts from the last heartbeat"
+    assert read_reason(box) == "idle"
+
+
+def test_running_job_is_never_idle(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "sleep 3; echo done")
+    arm(box, idle_s=1)  # no heartbeat at all, stall rule off: only the job's end may start the clock
+    fired = destructed_at(root)
+    assert (root / "job.log").read_text() == "done\n"
+    assert fired > (root / "job.exit").stat().st_mtime
+    assert read_reason(box) == "idle"
+
+
+def test_silent_job_with_no_controller_is_stopped_as_stalled_then_destroyed(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "sleep 100000")
+    arm(box, idle_s=1, stall_s=2)
+    fired = destructed_at(root)
+    assert (root / "job.exit").read_text().strip() == "143"  # SIGTERM: the job could checkpoint
+    assert fired > (root / "job.exit").stat().st_mtime
+    assert (root / "watchdog.reason").read_text().strip() == "stalled"
+    log = log_of(root)
+    assert log.index("stalled: job.log has not grown") < log.index("sent SIGTERM to job job")
+    assert log.index("sent SIGTERM to job job") < log.index("running the self-destruct command")
+    assert "reason: idle" not in log  # the first reason stays
+
+
+def test_stalled_job_that_ignores_sigterm_is_killed_after_the_grace(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "trap '' TERM; echo started; sleep 100000")
+    arm(box, idle_s=1, stall_s=2, grace_s=1)
+    destructed_at(root)
+    pgid = int((root / "job.pid").read_text())
+    log = log_of(root)
+    assert log.index("sent SIGTERM to job job") < log.index("sent SIGKILL to job job"), log
+    assert live_in_group(pgid) == [], "nothing of the job is left"
+    assert read_reason(box) == "stalled"
+
+
+def live_in_group(pgid: int) -> list[int]:
+    """Processes of a group that are not zombies (this machine's PID 1 may never reap them)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _read(stat).decode().rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_growing_progress_file_is_not_a_stall(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "for i in 1 2 3 4 5 6 7 8 9 10; do echo step $i >> ../out/metrics.jsonl; "
+                              "sleep 0.5; done")
+    arm(box, idle_s=1, stall_s=3, progress_file="out/metrics.jsonl")
+    destructed_at(root)
+    assert (root / "job.exit").read_text().strip() == "0"  # it ran to its end
+    assert len((root / "out" / "metrics.jsonl").read_text().splitlines()) == 10
+    assert read_reason(box) == "idle" and "stalled" not in log_of(root)
+
+
+def test_fresh_heartbeat_leaves_a_stall_to_the_controller(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "sleep 100000")
+    arm(box, idle_s=1, stall_s=2)
+    keep_until = time.time() + 2 + 3
+    last_beat = keep_beating(box, lambda: time.time() >= keep_until)
+    assert box.job_state("job").running and not (root / "destructed").exists(), log_of(root)
+    fired = destructed_at(root)  # the controller is gone: now the stall rule acts
+    assert fired >= last_beat and read_reason(box) == "stalled"
+
+
+def test_install_refuses_a_bad_window_or_progress_path(box: LocalTransport) -> None:
+    for bad in ({"idle_s": 0}, {"stall_s": -1}, {"idle_s": float("nan")},
+                {"progress_file": "../elsewhere"}, {"progress_file": "/etc/passwd"}, {"progress_file": "a b"}):
+        with pytest.raises(ValueError):
+            install_watchdog(box, time.time() + 60, grace_s=1, self_destruct_cmd="true", **bad)
+    assert not (Path(box.root) / "watchdog.pid").exists()
+    assert heartbeat_interval_s(6.0, 600.0) == 1.5 and heartbeat_interval_s(600.0, None) == 5.0

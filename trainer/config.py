@@ -1,21 +1,22 @@
 """Training configuration: one dataclass, filled from a YAML/JSON file and then from flags (flags win).
 
 Every field is a flag: `max_iters` is `--max-iters` (or `--max_iters`). PyYAML is used when it is
-installed; an instance without it still reads flat `key: value` files.
+installed; an instance without it still reads flat `key: value` files. Torch-free: the controller
+checks a launch's trainer input with `validate` before it rents anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
-import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from trainer.model import PRESETS, GPTConfig
+from trainer.presets import PRESETS, GPTConfig
 
 
 class ConfigError(ValueError):
@@ -113,6 +114,11 @@ class TrainConfig:
                 f"seq_len ({self.seq_len}) is longer than the model's block_size ({model.block_size}): "
                 "lower --seq-len or raise --block-size"
             )
+
+    def check_world_size(self, world_size: int) -> None:
+        """The micro-steps of one optimizer step split evenly over the ranks (one per GPU)."""
+        if self.grad_accum is not None and self.grad_accum % world_size:
+            raise ConfigError(f"grad_accum ({self.grad_accum}) must be a multiple of the world size ({world_size})")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The model this config builds from scratch (preset + overrides); raises ConfigError."""
@@ -222,43 +228,85 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f": did you mean {close[0]}?" if close else ""
+
+
 class _OneLineParser(argparse.ArgumentParser):
+    # A ConfigError, not SystemExit: train.main prints it as one line with exit status 2, and the
+    # controller's validate() refuses the launch with it.
     def error(self, message: str) -> typing.NoReturn:
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(f"{message} (see --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def flag_name(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ap = _OneLineParser(
         prog="python -m trainer.train", argument_default=argparse.SUPPRESS, allow_abbrev=False,
-        description="Train GPT-2 from scratch (single process, or under torchrun for DDP).",
+        description="Train GPT-2 from scratch (single process, or under torchrun for DDP).", add_help=add_help,
     )
     ap.add_argument("--config", help="YAML or JSON file of config keys; flags override it")
     for name in _FIELDS:
         typ, _ = _base_type(_HINTS[name])
-        names = [f"--{name.replace('_', '-')}"] + ([f"--{name}"] if "_" in name else [])
+        names = [flag_name(name)] + ([f"--{name}"] if "_" in name else [])
         default = _FIELDS[name].default
         help_text = f"default: {default!r}" if default != "" else "default: unset"
         if typ is bool:
-            ap.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+            # `--compile`, `--no-compile`, and `--compile true|false` (typed by coerce()): gpurun's
+            # `--set compile=true` reaches the trainer as `--compile true`.
+            ap.add_argument(*names, dest=name, nargs="?", const=True, metavar="BOOL", help=help_text)
+            ap.add_argument(*(f"--no-{n[2:]}" for n in names), dest=name, action="store_const", const=False,
+                            help=f"same as {names[0]} false")
         else:
             ap.add_argument(*names, dest=name, metavar=typ.__name__.upper(), help=help_text)
     return ap
 
 
-def load_config(argv: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from `--config FILE` and flags; raises ConfigError (SystemExit(2) for bad flags)."""
-    ns = vars(build_parser().parse_args(argv))
+def unknown_key(key: str, where: str = "") -> str | None:
+    """None for a config key, else the one-line reason, naming the closest key."""
+    key = key.replace("-", "_")
+    return None if key in _FIELDS else f"unknown config key {key!r}{where}{_did_you_mean(key, _FIELDS)}"
+
+
+def _parse(argv: list[str] | None, add_help: bool, flag_label: typing.Callable[[str], str]) -> TrainConfig:
+    parser = build_parser(add_help=add_help)
+    ns_obj, extra = parser.parse_known_args(argv)
+    if extra:
+        flags = ["--config", *map(flag_name, _FIELDS)]
+        hint = _did_you_mean(extra[0].split("=", 1)[0], flags) if extra[0].startswith("--") else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    ns = vars(ns_obj)
     values: dict[str, Any] = {}
     config_file = ns.pop("config", None)
     if config_file:
         for key, value in load_file(config_file).items():
             key = str(key).replace("-", "_")
-            if key not in _FIELDS:
-                raise ConfigError(f"unknown config key {key!r} in {config_file}")
+            if (why := unknown_key(key, f" in {config_file}")) is not None:
+                raise ConfigError(why)
             values[key] = coerce(key, value, config_file)
     for key, value in ns.items():
-        values[key] = coerce(key, value, f"--{key.replace('_', '-')}")
+        values[key] = coerce(key, value, flag_label(key))
     cfg = TrainConfig(**values)
     cfg.validate()
+    return cfg
+
+
+def load_config(argv: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from `--config FILE` and flags; raises ConfigError with one line."""
+    return _parse(argv, add_help=True, flag_label=flag_name)
+
+
+def validate(config_path: str | None, args: list[str], world_size: int = 1,
+             flag_label: typing.Callable[[str], str] = flag_name) -> TrainConfig:
+    """The config `python -m trainer.train [--config FILE] ARGS` would run with, checked without
+    torch, data or a GPU; raises ConfigError with one line. The same parser, file reading, typing and
+    checks as load_config: the controller calls this before anything is rented. `flag_label` names a
+    flag in messages (the controller says `--set max_iters`); `--help` is refused, not printed."""
+    argv = (["--config", config_path] if config_path else []) + list(args)
+    cfg = _parse(argv, add_help=False, flag_label=flag_label)
+    cfg.check_world_size(world_size)
     return cfg

@@ -15,7 +15,8 @@ import torch
 from trainer import checkpoint, onednn
 from trainer.checkpoint import CheckpointError
 from trainer.data import read_meta
-from trainer.model import GPT, GPTConfig
+from trainer.model import GPT
+from trainer.presets import GPTConfig
 from trainer.tokenizer import from_meta
 
 

@@ -28,7 +28,8 @@ from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.hardware import device_name, hardware_record
 from trainer.manifest import atomic_write_bytes, atomic_write_json
-from trainer.model import GPT, GPTConfig
+from trainer.model import GPT
+from trainer.presets import GPTConfig
 from trainer.runlog import RunLog
 from trainer.shards import ShardError
 from trainer.tokenizer import from_meta
@@ -209,8 +210,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         if cfg.grad_accum is None:
             cfg.grad_accum = d.world_size
-        if cfg.grad_accum % d.world_size:
-            raise ConfigError(f"grad_accum ({cfg.grad_accum}) must be a multiple of the world size ({d.world_size})")
+        cfg.check_world_size(d.world_size)
         data_dir = self.prepare_data()
         meta = data.read_meta(data_dir)
         resume_path = self.find_resume()

@@ -33,7 +33,6 @@ from providers.base import (
     TransientProviderError,
 )
 from providers.runpod.api import (
-    DEFAULT_API_BASE,
     ENV_KEY_RE,
     GPU_ID_RE,
     IMAGE_RE,
@@ -48,7 +47,7 @@ from providers.runpod.api import (
     to_float,
 )
 from providers.runpod.catalog import PROVIDER_NAME, check_cloud_type, fetch_offers, storage_usd_per_hour
-from providers.runpod.self_destruct import self_destruct_shell
+from providers.runpod.self_destruct import api_base_default, pid1_environ_default, self_destruct_shell
 
 log = logging.getLogger("gpurun.providers.runpod")
 
@@ -101,9 +100,10 @@ class RunPodProvider(Provider):
     max_attempts         tries per call on 5xx/timeouts (default 5)
     retry_deadline_s     bound on all tries of one call (default 90)
     backoff_initial_s / backoff_max_s   exponential backoff with jitter (default 1 / 15)
-    self_destruct_api_base   API base the on-instance watchdog calls (default https://api.runpod.io;
-                         tests point it at the fake). Never read from the environment on purpose.
-    pid1_environ_path    where the watchdog reads RUNPOD_POD_ID/RUNPOD_API_KEY (default /proc/1/environ)
+    self_destruct_api_base   API base the on-instance watchdog calls (default $RUNPOD_SELF_DESTRUCT_API_BASE,
+                         else https://api.runpod.io; tests point it at the fake). Never RUNPOD_API_BASE_URL.
+    pid1_environ_path    where the watchdog reads RUNPOD_POD_ID/RUNPOD_API_KEY (default $RUNPOD_PID1_ENVIRON,
+                         else /proc/1/environ)
     volume_mount_path    where the pod volume is mounted (default /workspace)
     """
 
@@ -126,7 +126,7 @@ class RunPodProvider(Provider):
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 15.0,
         self_destruct_api_base: str | None = None,
-        pid1_environ_path: str = "/proc/1/environ",
+        pid1_environ_path: str | None = None,
         volume_mount_path: str = "/workspace",
     ) -> None:
         self.image = check_string("image", image, IMAGE_RE)
@@ -136,11 +136,11 @@ class RunPodProvider(Provider):
         self.container_disk_gb = disk
         self.volume_gb = int(volume_gb)
         self.cloud_type = check_cloud_type(cloud_type, "cloud_type")
-        base = (self_destruct_api_base or DEFAULT_API_BASE).rstrip("/")
+        base = (self_destruct_api_base or api_base_default()).rstrip("/")
         if not _API_BASE_RE.match(base):
             raise ProviderError(f"RunPod self_destruct_api_base {base!r} is not a plain http(s) URL")
         self.self_destruct_api_base = base
-        self.pid1_environ_path = pid1_environ_path
+        self.pid1_environ_path = pid1_environ_path or pid1_environ_default()
         self.volume_mount_path = check_string("volume_mount_path", volume_mount_path, MOUNT_PATH_RE)
         policy = CallPolicy(
             request_timeout_s=float(request_timeout_s),

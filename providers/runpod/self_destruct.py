@@ -10,9 +10,27 @@ import shlex
 from functools import cache
 from importlib import resources
 
-from providers.runpod.api import POD_ID_RE
+from providers.common import first_env
+from providers.runpod.api import DEFAULT_API_BASE, POD_ID_RE
 
 SCRIPT = "runpod_self_destruct.sh"
+# Where RunPod puts the pod's own RUNPOD_POD_ID / RUNPOD_API_KEY: PID 1's environment only.
+DEFAULT_PID1_ENVIRON = "/proc/1/environ"
+# Overrides for an "instance" that is not a RunPod container (the tests' loopback sshd with the
+# GraphQL fake). Dedicated names on purpose: the SDK's RUNPOD_API_BASE_URL (a proxy on the laptop)
+# must never decide where the pod's key is sent from the pod.
+ENV_PID1_ENVIRON = "RUNPOD_PID1_ENVIRON"
+ENV_API_BASE = "RUNPOD_SELF_DESTRUCT_API_BASE"
+
+
+def pid1_environ_default() -> str:
+    """$RUNPOD_PID1_ENVIRON, else /proc/1/environ: where the script reads the pod's id and key."""
+    return first_env([ENV_PID1_ENVIRON]) or DEFAULT_PID1_ENVIRON
+
+
+def api_base_default() -> str:
+    """$RUNPOD_SELF_DESTRUCT_API_BASE, else RunPod's public API: where the script posts podTerminate."""
+    return first_env([ENV_API_BASE]) or DEFAULT_API_BASE
 
 
 @cache

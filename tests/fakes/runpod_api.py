@@ -16,7 +16,10 @@ answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU
 `spend_limit` and `other_spend_per_hr` (what `myself` reports as spendLimit / currentSpendPerHr).
 Every pod has a per-second billing meter from create until it is really gone (or stopped), at the
 GPU price; every pod also gets its own pod-scoped key (`pod_api_key(id)`) as RunPod puts in the
-container's RUNPOD_API_KEY, which may act only on that pod.
+container's RUNPOD_API_KEY, which may act only on that pod. `pid1_environ` (a path): the fake writes
+each new pod's container environment there, NUL-separated like /proc/1/environ, for the on-instance
+self-destruct to read (RUNPOD_PID1_ENVIRON points gpurun's script at it). Each request records the
+`principal` that made it: "account" (the user's key) or "pod" (a pod's own key).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -104,8 +108,10 @@ class FakeRunPodAPI:
         gpu_types: list[dict[str, Any]] | None = None,
         balance: float = 25.0,
         spend_limit: float = 80.0,
+        pid1_environ: Path | None = None,
     ) -> None:
         self.api_key = api_key
+        self.pid1_environ = pid1_environ
         self.ssh_host = ssh_host
         self.ssh_port = ssh_port
         self.boot_delay_s = boot_delay_s
@@ -264,6 +270,7 @@ class FakeRunPodAPI:
             record["status"] = 401
             record["ops"] = ["401"]
             return self._reply(h, 401, {"errors": [{"message": "Unauthorized"}]})
+        record["principal"] = principal[0]
 
         try:
             query = json.loads(raw or b"{}").get("query") or ""
@@ -451,7 +458,18 @@ class FakeRunPodAPI:
             pod_key="rpa_POD" + secrets.token_hex(12),
         )
         self.pods[pod.id] = pod
+        if self.pid1_environ is not None:
+            self._write_container_environ(pod)
         return pod
+
+    def _write_container_environ(self, pod: FakePod) -> None:
+        """RunPod sets RUNPOD_POD_ID and RUNPOD_API_KEY in the container's environment, which PID 1
+        holds and ssh sessions do not inherit (https://docs.runpod.io/pods/templates/environment-variables);
+        the key is "a Pod-scoped API key" (https://docs.runpod.io/runpodctl). The file stands in for that
+        /proc/1/environ: NUL-separated KEY=VALUE, the user's env from podFindAndDeployOnDemand too."""
+        assert self.pid1_environ is not None
+        env = {**pod.env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key}
+        self.pid1_environ.write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
 
     def _own_pod(self, pod_id: str, principal: tuple[str, str | None], missing: str) -> FakePod:
         pod = self.pods.get(pod_id)

@@ -102,3 +102,40 @@ def test_resume_checks_against_the_saved_model(tmp_path: Path, capsys: pytest.Ca
 def test_missing_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails(capsys, ["--text-file", str(tmp_path / "nope.txt"), "--out-dir", str(tmp_path / "o"), "--threads", "1"],
            "cannot prepare the data")
+
+
+def test_bool_flags_take_a_value_as_gpurun_set_passes_them() -> None:
+    # `gpurun launch --set compile=true` reaches the trainer as `--compile true`.
+    assert load_config(["--compile", "true", "--bias", "off"]).compile is True
+    assert load_config(["--compile", "--max-iters", "3"]).compile is True
+    assert load_config(["--compile=yes", "--no-compile"]).compile is False
+    with pytest.raises(ConfigError, match="compile must be bool, got 'maybe'"):
+        load_config(["--compile", "maybe"])
+    with pytest.raises(ConfigError, match="unrecognized arguments: true"):
+        load_config(["--no-compile", "true"])
+
+
+def test_unknown_flag_and_key_name_the_closest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["--max-iter", "5"], "unrecognized arguments: --max-iter 5: did you mean --max-iters?")
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_sise: 4\n")
+    _fails(capsys, ["--config", str(f)], f"unknown config key 'batch_sise' in {f}: did you mean batch_size?")
+
+
+def test_validate_parses_as_the_trainer_does(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("model: baby\nmax_iters: 50\n")
+    # The same order as on the instance: the file, then the flags (which win).
+    cfg = config_mod.validate(str(f), ["--max-iters", "7"])
+    assert cfg == load_config(["--config", str(f), "--max-iters", "7"])
+    assert (cfg.model, cfg.max_iters) == ("baby", 7)
+    with pytest.raises(ConfigError, match=r"max_iters must be int, got 'x' \(--set max_iters\)"):
+        config_mod.validate(None, ["--max-iters", "x"], flag_label=lambda k: f"--set {k}")
+    f.write_text("batch_size: many\n")
+    with pytest.raises(ConfigError, match=f"batch_size must be int, got 'many' \\({f}\\)"):
+        config_mod.validate(str(f), [])
+    with pytest.raises(ConfigError, match="unrecognized arguments: --help"):
+        config_mod.validate(None, ["--help"])  # refused, not printed with an exit
+    with pytest.raises(ConfigError, match=r"grad_accum \(3\) must be a multiple of the world size \(2\)"):
+        config_mod.validate(None, ["--grad-accum", "3"], world_size=2)
+    assert config_mod.validate(None, ["--grad-accum", "4"], world_size=2).grad_accum == 4

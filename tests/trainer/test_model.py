@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.model import GPT, PRESETS, GPTConfig
+from trainer.model import GPT
+from trainer.presets import PRESETS, GPTConfig
 
 
 def test_from_pretrained_matches_hf_logits() -> None:

@@ -1,0 +1,82 @@
+"""Is the job getting anywhere? What the guard reads each poll, and its stall check.
+
+DESIGN.md: a run is stalled when the bundled trainer writes no new step to out/metrics.jsonl, or
+any other command writes no new output to job.log, for the stall window (`--stall-minutes`). One
+cheap command on the instance per poll reads both the log's size and the metrics' last lines.
+GPU utilisation is not read: a trainer that steps is making progress whatever the GPU shows.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+METRICS_TAIL = 20  # lines: enough to find the last step line between eval and checkpoint records
+
+
+def probe_command(root: str) -> str:
+    """Prints job.log's size in bytes, then the last lines of out/metrics.jsonl (absolute paths:
+    an SSH command starts in the login user's home, not in the run's root)."""
+    q = shlex.quote
+    return (f"wc -c < {q(root + '/job.log')} 2>/dev/null || echo; "
+            f"tail -n {METRICS_TAIL} {q(root + '/out/metrics.jsonl')} 2>/dev/null")
+
+
+@dataclass
+class Probe:
+    log_bytes: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # step, loss, tokens_per_s of the last step line
+
+    @property
+    def step(self) -> int | None:
+        return self.metrics.get("step")
+
+
+def parse_probe(stdout: str) -> Probe:
+    first, _, rest = stdout.partition("\n")
+    size = first.strip()
+    probe = Probe(log_bytes=int(size) if size.isdigit() else None)
+    for line in reversed(rest.splitlines()):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("type") == "step":
+            probe.metrics = {"step": rec.get("step"), "loss": rec.get("loss"), "tokens_per_s": rec.get("tokens_per_s")}
+            break
+    return probe
+
+
+class StallWatch:
+    """Stalled = the job's progress mark has not changed for `window_s`. The window starts at the
+    first look. `by_step` (the bundled trainer): the mark is its last step once one was seen (its
+    start-up, before the first step, counts any output); otherwise it is job.log's size."""
+
+    def __init__(self, window_s: float, by_step: bool, now: float) -> None:
+        self.window_s = window_s
+        self.by_step = by_step
+        self._mark: tuple[str, Any] | None = None
+        self._since = now
+        self._saw_step = False
+
+    @property
+    def what(self) -> str:
+        """What did not move, for the reason: "step" or "output"."""
+        return "step" if self.by_step else "output"
+
+    def look(self, probe: Probe, now: float) -> bool:
+        """Record what the job shows now; True once nothing has moved for the whole window."""
+        step = probe.step if self.by_step else None
+        if step is not None:
+            self._saw_step = True
+            mark: tuple[str, Any] | None = ("step", step)
+        elif self._saw_step:
+            mark = self._mark  # a tail without a step line (evals, checkpoints) is no news
+        else:
+            mark = ("output", probe.log_bytes)
+        if mark != self._mark:
+            self._mark, self._since = mark, now
+            return False
+        return now - self._since >= self.window_s
