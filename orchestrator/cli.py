@@ -309,7 +309,7 @@ def sync(run_ref: str | None) -> None:
     ledger = Ledger()
     run = ledger.resolve_run(run_ref)
     if run.phase not in JOB_PHASES:
-        raise RunFailed(f"run {run.run_id} is {run.phase}: its instance is gone; outputs are in {run.run_dir}")
+        raise LedgerError(f"run {run.run_id} is {run.phase}: its instance is gone; outputs are in {run.run_dir}")
     result = Controller.load(ledger, run).sync_now()
     console.print(
         f"synced {result.files} files, {result.bytes} bytes ({result.method}); "
