@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orchestrator.sync import pull_outputs
 from orchestrator.transport import CommandResult, JobState, SyncResult, detached_script
-from orchestrator.upload import upload_files
+from orchestrator.upload import check_destination, upload_files
 
 
 class LocalTransport:
@@ -39,11 +39,7 @@ class LocalTransport:
     def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
         """Copy the files the upload rule selects to root/remote_subdir, replacing it (as SSH does)."""
         local_dir = Path(local_dir)
-        sub = remote_subdir.strip("/")
-        if not sub or ".." in sub.split("/"):
-            raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
-        if not local_dir.is_dir():
-            raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+        sub = check_destination(local_dir, remote_subdir)
         dest, part = self._path(sub), self._path(sub + ".partial")
         shutil.rmtree(part, ignore_errors=True)
         for rel in upload_files(local_dir):

@@ -262,11 +262,7 @@ class SSHTransport:
     def upload(self, local_dir: Path, remote_subdir: str = "code") -> None:
         """Ship local_dir's files (orchestrator/upload.py's rule) to root/remote_subdir, replacing it atomically."""
         local_dir = Path(local_dir)
-        sub = remote_subdir.strip("/")
-        if not sub or ".." in sub.split("/"):
-            raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
-        if not local_dir.is_dir():
-            raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+        sub = upload_rule.check_destination(local_dir, remote_subdir)
         files = upload_rule.upload_files(local_dir)
         total = upload_rule.check_size(local_dir, files, self.upload_limit_bytes)
         data = upload_rule.tarball(local_dir, files)

@@ -45,6 +45,16 @@ def excluded(rel: str) -> bool:
     return any(fnmatch.fnmatchcase(part, pat) for part in parts for pat in SECRET_EXCLUDE + ALWAYS_EXCLUDE)
 
 
+def check_destination(local_dir: Path, remote_subdir: str) -> str:
+    """The subdirectory of the run root an upload replaces, checked (both transports call this)."""
+    sub = remote_subdir.strip("/")
+    if not sub or ".." in sub.split("/"):
+        raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
+    if not Path(local_dir).is_dir():
+        raise FileNotFoundError(f"upload: {local_dir} is not a directory")
+    return sub
+
+
 def upload_files(local_dir: Path) -> list[str]:
     """Relative ("/"-separated, sorted) paths of the files to ship from local_dir."""
     local_dir = Path(local_dir)
