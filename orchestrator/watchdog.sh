@@ -114,7 +114,8 @@ while :; do
     note_heartbeat
     if [ "$termed" = 0 ] && [ "$now" -ge $((deadline - grace)) ]; then
         say "deadline - ${grace}s reached: stopping the job"
-        set_reason deadline
+        # A job that already ended is the controller's teardown under way: not ours to explain yet.
+        [ "$(job_status)" = running ] && set_reason deadline
         signal_job TERM
         termed=1
     fi

@@ -78,6 +78,7 @@ def test_watchdog_stops_job_then_self_destructs_without_controller(sshd: SSHServ
         log = (root / "watchdog.log").read_text()
         assert "sent SIGTERM to job job" in log and "running the self-destruct command" in log
         assert "s3cr3t" not in log
+        assert (root / "watchdog.reason").read_text().strip() == "deadline" and "reason: deadline" in log
     finally:
         with transport(sshd, root) as t2:
             disarm_watchdog(t2)
@@ -274,3 +275,18 @@ def test_install_refuses_a_bad_window_or_progress_path(box: LocalTransport) -> N
             install_watchdog(box, time.time() + 60, grace_s=1, self_destruct_cmd="true", **bad)
     assert not (Path(box.root) / "watchdog.pid").exists()
     assert heartbeat_interval_s(6.0, 600.0) == 1.5 and heartbeat_interval_s(600.0, None) == 5.0
+
+
+def test_deadline_reason_is_written_only_when_the_switch_acts(box: LocalTransport) -> None:
+    root = Path(box.root)
+    box.start_detached("job", "true")  # ended: at deadline - grace the controller is tearing down
+    wait_file(root / "job.exit", 10)
+    deadline = int(time.time()) + 6
+    install_watchdog(box, deadline, grace_s=4, self_destruct_cmd=DESTRUCT.format(root=root), poll_s=0.2)
+    wait_for_log = time.monotonic() + 30
+    while "job job already ended" not in log_of(root):  # printed after the deadline - grace step
+        assert time.monotonic() < wait_for_log, log_of(root)
+        time.sleep(0.1)
+    assert not (root / "watchdog.reason").exists(), "nothing was stopped: no reason yet"
+    assert destructed_at(root) >= deadline
+    assert read_reason(box) == "deadline"
