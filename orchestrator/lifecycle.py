@@ -36,7 +36,7 @@ from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
 from orchestrator.transports import open_transport
-from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog
+from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog, read_reason
 from providers import get_provider
 from providers.base import Access, Instance, InstanceSpec, Provider
 
@@ -329,6 +329,8 @@ class Controller:
                 state = transport.job_state("job")
                 if not state.running:
                     reason = f"{Ending.JOB_ENDED} (exit {state.exit_code})"
+                    if read_reason(transport) == "stalled":  # the switch stopped it while we were away
+                        reason = f"{Ending.STALLED}: stopped by the on-instance switch (no progress, no controller)"
                     break
                 probe = self._probe()
                 self.report(self.status(**probe.metrics))

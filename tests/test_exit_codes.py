@@ -137,6 +137,17 @@ def test_a_job_without_progress_is_stopped_as_stalled_far_below_the_cap(tmp_path
     assert "| ended | stalled: no new output for 0.05 min" in card
 
 
+def test_a_job_the_on_instance_switch_stopped_as_stalled_is_reported_stalled(tmp_path: Path) -> None:
+    # What the switch leaves when it stall-kills a job while the controller is away: its reason file
+    # in the run root (cwd of the job is root/code) and a job that ended. The guard must say stalled.
+    res = gpurun("launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
+                 "--", "sh", "-c", "echo stalled > ../watchdog.reason; exit 143", cwd=tmp_path)
+    assert res.returncode == Exit.STALLED, res.stdout + res.stderr
+    run = only_run()
+    assert run.end_reason is not None and run.end_reason.startswith("stalled: stopped by the on-instance switch")
+    assert_verified_with_proof(run)
+
+
 def test_a_run_that_breaks_before_its_job_ends_exits_run_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("no python on the instance")
