@@ -6,7 +6,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-PYTEST_ARGS ?=
+# Many tests wait on deadlines and processes rather than the CPU: four workers keep the suite
+# under 12 minutes on 2 cores (pytest-xdist; worksteal so the long quality test starts early).
+PYTEST_ARGS ?= -n 4 --dist worksteal
 
 .PHONY: setup sysdeps run test lint bench clean
 
