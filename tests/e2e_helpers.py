@@ -189,11 +189,34 @@ def assert_one_line_error(res: subprocess.CompletedProcess[str], *needles: str) 
     return lines[0]
 
 
-def wait_for(pred: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.25) -> Any:
+def wait_for(pred: Callable[[], Any], timeout_s: float, what: str = "the condition",
+             diagnose: Callable[[], str] = str, every_s: float = 0.2) -> Any:
+    """Poll until pred() is truthy and return it. The timeout is only a hang guard, generous, never
+    the assertion: the tests assert the order of what happened, not how long it took."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
         time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
+    pytest.fail(f"{what}: not seen within {timeout_s:.0f} s. {diagnose()}")
+
+
+def started_job_run_id(ledger: Ledger) -> str | None:
+    """The run whose job has started (the ledger's `job_started` event), for wait_for; None before."""
+    runs = ledger.list_runs()
+    if runs and any(e.phase == "job_started" for e in ledger.events(runs[0].run_id)):
+        return runs[0].run_id
+    return None
+
+
+def point_at_datacrunch_fake(e2e: E2E, api: Any) -> None:
+    """The environment a launch needs to use the DataCrunch fake, with the instance on the loopback sshd."""
+    e2e.env.update({
+        "DATACRUNCH_BASE_URL": api.base_url,
+        "DATACRUNCH_CLIENT_ID": api.client_id,
+        "DATACRUNCH_CLIENT_SECRET": api.client_secret,
+        # The self-destruct credential (and its scripts) go to this path ON the instance (this machine).
+        "DATACRUNCH_CREDENTIALS_PATH": str(e2e.tmp / "instance-home" / "dc_credentials"),
+        "GPURUN_SSH_OVERRIDE": f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}",
+    })

@@ -21,6 +21,7 @@ from tests.e2e_helpers import (
     ledger_instances,
     only_run,
     phases,
+    point_at_datacrunch_fake,
     proof_of,
     sshd,  # noqa: F401  (fixture)
     wait_for,
@@ -33,14 +34,7 @@ def fake(e2e: E2E) -> Iterator[FakeDataCrunchAPI]:  # noqa: F811
     # The meter bills like budgets.yaml's conservative rule for DataCrunch: whole 10 minutes.
     api = FakeDataCrunchAPI(billing=BillingRule(600, 0, "budgets.yaml default"), ip=e2e.sshd.host,
                             ordered_s=0.3, provisioning_s=1.0).start()
-    e2e.env.update({
-        "DATACRUNCH_BASE_URL": api.base_url,
-        "DATACRUNCH_CLIENT_ID": api.client_id,
-        "DATACRUNCH_CLIENT_SECRET": api.client_secret,
-        # The self-destruct credential goes to this path ON the instance (this machine): not /root.
-        "DATACRUNCH_CREDENTIALS_PATH": str(e2e.tmp / "instance-home" / "dc_credentials"),
-        "GPURUN_SSH_OVERRIDE": f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}",
-    })
+    point_at_datacrunch_fake(e2e, api)
     try:
         yield api
     finally:

@@ -22,8 +22,10 @@ from tests.e2e_helpers import (
     e2e,  # noqa: F401  (fixture)
     ledger_instances,
     phases,
+    point_at_datacrunch_fake,
     proof_of,
     sshd,  # noqa: F401  (fixture)
+    started_job_run_id,
     wait_for,
 )
 from tests.fakes.datacrunch_api import FakeDataCrunchAPI
@@ -44,14 +46,8 @@ def launch_and_kill_the_controller(e2e: E2E, *args: str) -> Run:  # noqa: F811
     proc = e2e.popen("launch", "--max-usd", str(CAP_USD), "--yes", *args)
     ledger = Ledger()
 
-    def job_started() -> str | None:
-        runs = ledger.list_runs()
-        if runs and any(e.phase == "job_started" for e in ledger.events(runs[0].run_id)):
-            return runs[0].run_id
-        return None
-
     try:
-        run_id = wait_for(job_started, 120, "the job's start in the ledger")
+        run_id = wait_for(lambda: started_job_run_id(ledger), 120, "the job's start in the ledger")
     finally:
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate(timeout=30)
@@ -139,14 +135,7 @@ def datacrunch(e2e: E2E) -> Iterator[FakeDataCrunchAPI]:  # noqa: F811
     api = FakeDataCrunchAPI(billing=BillingRule(1, 0, "test: per second"), ip=e2e.sshd.host,
                             ordered_s=0.3, provisioning_s=1.0).start()
     real_self_destruct(e2e)
-    e2e.env.update({
-        "DATACRUNCH_BASE_URL": api.base_url,
-        "DATACRUNCH_CLIENT_ID": api.client_id,
-        "DATACRUNCH_CLIENT_SECRET": api.client_secret,
-        # The self-destruct credential (and its scripts) go here ON the instance (this machine).
-        "DATACRUNCH_CREDENTIALS_PATH": str(e2e.tmp / "instance-home" / "dc_credentials"),
-        "GPURUN_SSH_OVERRIDE": f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}",
-    })
+    point_at_datacrunch_fake(e2e, api)
     try:
         yield api
     finally:

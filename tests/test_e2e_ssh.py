@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ import pytest
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger
 from orchestrator.phases import Phase
+from tests.e2e_helpers import started_job_run_id, wait_for
 from tests.fixtures.sshd import SSHServer, free_port, sshd  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,18 +56,6 @@ def loopback(sshd: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield {"budgets": str(budgets), "remote": str(remote)}
-
-
-def wait_for(pred: Callable[[], T | None], timeout_s: float, what: str,
-             diagnose: Callable[[], str] = str, step_s: float = 0.2) -> T:
-    """Poll until pred() is truthy. The timeout is only a hang guard: generous, never the assertion."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step_s)
-    pytest.fail(f"{what}: not seen within {timeout_s:.0f} s. {diagnose()}")
 
 
 def launch(args: list[str], cwd: Path, **kw: object) -> subprocess.Popen[str]:
@@ -135,16 +124,10 @@ def test_watchdog_alone_stops_the_job_and_self_destructs_when_the_controller_die
                    "--set", "ckpt_interval_s=3"], tmp_path)
     ledger = Ledger()
 
-    def job_started() -> str | None:
-        runs = ledger.list_runs()
-        if runs and any(e.phase == "job_started" for e in ledger.events(runs[0].run_id)):
-            return runs[0].run_id
-        return None
-
     try:
         # The controller dies as soon as the job is started (the watchdog was armed before it, at
         # bootstrap): long before the guard's stop time, however slowly the trainer starts.
-        run_id = wait_for(job_started, 120, "the job's start in the ledger")
+        run_id = wait_for(lambda: started_job_run_id(ledger), 120, "the job's start in the ledger")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

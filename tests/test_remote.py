@@ -24,6 +24,7 @@ from orchestrator.remote import (
 from orchestrator.ssh import HostKeyChangedError, resolve_endpoint
 from orchestrator.upload import UploadTooLargeError, upload_files
 from providers.base import SSHEndpoint
+from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401
 
 JOB = """\
@@ -75,16 +76,6 @@ def record_probe_timeouts(monkeypatch: pytest.MonkeyPatch, t: SSHTransport) -> l
     return tries
 
 
-def wait_for(pred, timeout: float = 10.0, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
-
-
 def test_wait_ready_pins_key_and_runs(sshd: SSHServer, tmp_path):  # noqa: F811
     store = MemoryHostKeyStore()
     with make_transport(sshd, tmp_path / "run", store) as t:
@@ -102,7 +93,7 @@ def test_wait_ready_pins_key_and_runs(sshd: SSHServer, tmp_path):  # noqa: F811
                    f"do sleep 0.05; i=$((i+1)); done; touch {root}/finished")
         with pytest.raises(CommandTimeoutError):
             t.run(blocked, timeout_s=0.5)
-        wait_for(lambda: (root / "started").exists())  # it did run
+        wait_for(lambda: (root / "started").exists(), 30, "the command to start")  # it did run
         assert not (root / "finished").exists()  # and was still running when the timeout fired
         (root / "release").touch()
         assert t.run("echo still-ok").stdout == "still-ok\n"
@@ -149,9 +140,9 @@ def test_detached_job_survives_session_and_is_signalled(sshd: SSHServer, tmp_pat
     time.sleep(0.5)
     with make_transport(sshd, root, store) as t2:
         assert t2.job_state("job").running
-        wait_for(lambda: "job started" in (root / "job.log").read_text())
+        wait_for(lambda: "job started" in (root / "job.log").read_text(), 30, "the job to start")
         t2.signal("job", signal.SIGTERM)
-        st = wait_for(lambda: (s := t2.job_state("job")).exit_code is not None and s)
+        st = wait_for(lambda: (s := t2.job_state("job")).exit_code is not None and s, 30, "the job to end")
         assert st.exit_code == 3 and not st.running
         assert (root / "code" / "stopped").read_text() == "SIGTERM"
         with pytest.raises(ProcessLookupError):
@@ -176,7 +167,7 @@ def test_reconnects_after_sshd_restart(sshd_fn: SSHServer, tmp_path, monkeypatch
 
         def restart_once_refused() -> None:
             # The server comes back only after the transport has tried it and been refused.
-            wait_for(lambda: any(e.startswith("failed") for e in events), timeout=60)
+            wait_for(lambda: any(e.startswith("failed") for e in events), 60, "a failed attempt")
             events.append("sshd starting")
             sshd_fn.start()
 

@@ -34,6 +34,7 @@ from providers.common import HOURS_PER_MONTH
 from providers.runpod import CONTAINER_DISK_USD_PER_GB_MONTH, DEFAULT_IMAGE, RunPodProvider
 from providers.runpod.self_destruct import script_text
 from tests.conftest import REPO
+from tests.e2e_helpers import wait_for
 from tests.fakes.runpod_api import FakeRunPodAPI
 
 # The billing rule the plan puts on a RunPod offer: budgets.yaml is the one place it lives.
@@ -154,10 +155,8 @@ def test_runtime_null_then_ssh_endpoint(fake: FakeRunPodAPI, tmp_path: Path) -> 
     p = make(fake, tmp_path)
     inst = p.create(spec(pick_offer(p.offers(), "4090")))
     assert inst.state == PENDING and inst.ssh is None and p.ssh_endpoint(inst) is None
-    deadline = time.monotonic() + 60  # only a hang guard: the order (pending, then running) is the test
-    while (cur := p.get(inst.id)).state != RUNNING:
-        assert time.monotonic() < deadline, "the pod never came up"
-        time.sleep(0.1)
+    # The order (pending, then running) is the test; wait_for's timeout is only a hang guard.
+    cur = wait_for(lambda: (i := p.get(inst.id)).state == RUNNING and i, 60, "the pod to come up")
     ep = p.ssh_endpoint(cur)
     assert ep is not None and (ep.host, ep.port, ep.user) == ("127.0.0.1", 2222, "root")  # not 10.0.0.7
 

@@ -23,6 +23,7 @@ from orchestrator.watchdog import (
     read_deadline,
     read_reason,
 )
+from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 
 # The stand-in job: on SIGTERM it checkpoints (writes a file with the time) and exits 0.
@@ -51,10 +52,7 @@ def _read(p: Path) -> bytes:
 
 
 def wait_file(p: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not p.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert p.exists(), f"{p.name} never appeared"
+    wait_for(p.exists, timeout, f"{p.name} to appear", every_s=0.1)
 
 
 def test_watchdog_stops_job_then_self_destructs_without_controller(sshd: SSHServer, tmp_path):  # noqa: F811
@@ -150,11 +148,11 @@ def destructed_at(root: Path, timeout: float = 30) -> float:
 
 def keep_beating(t: LocalTransport, until: Callable[[], bool], hang_guard_s: float = 60) -> float:
     """Touch the heartbeat like a live controller (through the module's own call) until `until()`."""
-    end = time.monotonic() + hang_guard_s
-    while not until():
+    def beat_until() -> bool:
         assert heartbeat(t)
-        assert time.monotonic() < end, "hang guard"
-        time.sleep(0.2)
+        return until()
+
+    wait_for(beat_until, hang_guard_s, "the watchdog to act while the controller beats")
     return time.time()
 
 
@@ -283,10 +281,9 @@ def test_deadline_reason_is_written_only_when_the_switch_acts(box: LocalTranspor
     wait_file(root / "job.exit", 10)
     deadline = int(time.time()) + 6
     install_watchdog(box, deadline, grace_s=4, self_destruct_cmd=DESTRUCT.format(root=root), poll_s=0.2)
-    wait_for_log = time.monotonic() + 30
-    while "job job already ended" not in log_of(root):  # printed after the deadline - grace step
-        assert time.monotonic() < wait_for_log, log_of(root)
-        time.sleep(0.1)
+    # printed after the deadline - grace step
+    wait_for(lambda: "job job already ended" in log_of(root), 30, "the deadline - grace step",
+             lambda: log_of(root))
     assert not (root / "watchdog.reason").exists(), "nothing was stopped: no reason yet"
     assert destructed_at(root) >= deadline
     assert read_reason(box) == "deadline"
