@@ -52,7 +52,8 @@ def _read(p: Path) -> bytes:
 
 
 def wait_file(p: Path, timeout: float) -> None:
-    wait_for(p.exists, timeout, f"{p.name} to appear", every_s=0.1)
+    # Until its whole line is there: a shell's `>` creates the file before the command writes it.
+    wait_for(lambda: p.exists() and p.read_text().endswith("\n"), timeout, f"{p.name} to be written", every_s=0.1)
 
 
 def test_watchdog_stops_job_then_self_destructs_without_controller(sshd: SSHServer, tmp_path):  # noqa: F811
@@ -86,14 +87,14 @@ def test_deadline_moves_earlier_never_later(sshd: SSHServer, tmp_path):  # noqa:
     root = tmp_path / "run"
     with transport(sshd, root) as t:
         far = int(time.time()) + 300
-        install_watchdog(t, far, grace_s=1, self_destruct_cmd=f"touch {root}/destructed")
+        install_watchdog(t, far, grace_s=1, self_destruct_cmd=f"echo destructed > {root}/destructed")
         try:
             with pytest.raises(ValueError, match="only move earlier"):
                 move_deadline_earlier(t, far + 100)
             soon = int(time.time()) + 6  # room for the refusal below on a busy machine
             assert move_deadline_earlier(t, soon) == soon
             # Re-installing with a later deadline keeps the earlier one.
-            install_watchdog(t, far + 600, grace_s=1, self_destruct_cmd=f"touch {root}/destructed")
+            install_watchdog(t, far + 600, grace_s=1, self_destruct_cmd=f"echo destructed > {root}/destructed")
             assert read_deadline(t) == soon
             # A later value written behind the controller's back is refused by the script itself.
             (root / "watchdog.deadline").write_text(f"{far + 900}\n")
