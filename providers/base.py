@@ -39,6 +39,14 @@ class TransientProviderError(ProviderError):
     """A 5xx, a timeout or a throttle: worth retrying with backoff."""
 
 
+class NoCapacityError(ProviderError):
+    """This offer cannot be had now (out of stock, no capacity in the zone): another offer may.
+
+    Raised by `create` when the provider refuses for capacity; nothing of the refused attempt may be
+    left billing (a create that made an instance and then failed must tear it down or return it).
+    The controller then tries the next offer of the plan (offer fallback)."""
+
+
 @dataclass(frozen=True)
 class BillingRule:
     """How a provider rounds a runtime into billed seconds."""
@@ -138,6 +146,11 @@ class Instance:
     usd_per_hour: float | None = None
     ssh: SSHEndpoint | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: Set by `get` when the provider says this instance will never boot (DataCrunch's terminal
+    #: `no_capacity`, an EC2 state reason of insufficient capacity): one line saying so. The state
+    #: stays what the provider reports (not gone until verified); the controller tears it down and
+    #: tries the next offer instead of waiting out the boot window.
+    boot_failure: str = ""
 
     @property
     def gone(self) -> bool:
@@ -211,6 +224,13 @@ class Provider(ABC):
     def check_spend(self, max_usd: float, usd_per_hour: float) -> None:  # noqa: B027 - optional capability
         """Refuse, with one line, a launch the account cannot pay: a balance below the cap, a price
         over an hourly spend limit. Called at plan time, before anything is created."""
+
+    def check_launchable(self, offer: Offer) -> None:  # noqa: B027 - optional capability
+        """Refuse, with one line, an offer this account cannot launch as configured: a vCPU quota
+        too small for the type, an OS image the type does not support, a credit below what the
+        provider demands to deploy. Called at plan time for each candidate offer, before anything is
+        created; a refused candidate is skipped (the plan says why) and the launch is refused only
+        when no candidate is left."""
 
     def list_run(self, run_id: str) -> list[Instance]:
         """The run's live instances (the zero-match check of a proof)."""
