@@ -96,9 +96,17 @@ class Allowance:
     deadline_epoch: float  # clock_start + max_runtime_s: the instance is verified gone by then
     stop_at_epoch: float  # deadline - reserve_s: the guard starts stopping the job
     train_s: float  # stop_at - clock_start (boot time included: the clock runs during boot)
+    # What earlier attempts of this run already cost (offer fallback: boots that failed, each
+    # verified gone). The attempt this allowance is for may spend max_usd - spent_before_usd.
+    spent_before_usd: float = 0.0
 
     def cost_at(self, elapsed_s: float) -> float:
-        """Billed cost after `elapsed_s` seconds since the clock started: THE cost function."""
+        """The run's billed cost `elapsed_s` seconds after this attempt's clock started, earlier
+        attempts included: THE cost function."""
+        return self.spent_before_usd + self.attempt_cost_at(elapsed_s)
+
+    def attempt_cost_at(self, elapsed_s: float) -> float:
+        """What this attempt alone has cost after `elapsed_s` seconds (its billing rule and price)."""
         return self.billing.cost(elapsed_s, self.usd_per_hour)
 
     def with_clock_start(self, epoch: float) -> Allowance:
@@ -128,6 +136,7 @@ class Allowance:
             "deadline_epoch": self.deadline_epoch,
             "stop_at_epoch": self.stop_at_epoch,
             "train_s": self.train_s,
+            "spent_before_usd": self.spent_before_usd,
         }
 
     @classmethod
@@ -148,6 +157,7 @@ class Allowance:
             deadline_epoch=float(data["deadline_epoch"]),
             stop_at_epoch=float(data["stop_at_epoch"]),
             train_s=float(data["train_s"]),
+            spent_before_usd=float(data.get("spent_before_usd", 0.0)),
         )
 
 
@@ -168,18 +178,26 @@ def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
 
 
 def allowance_for(
-    budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None
+    budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None,
+    spent_before_usd: float = 0.0,
 ) -> Allowance:
     """What the budget allows at this price, or BudgetError saying what it buys and what is needed.
 
-    `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd)."""
+    `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd).
+    `spent_before_usd`: what earlier attempts of the run cost (offer fallback); this attempt may
+    spend only the rest of the cap."""
     budget = _check_max_usd(budgets, budgets.per_run_default_usd if max_usd is None else max_usd)
     price = _check_price(usd_per_hour)
     rule = budgets.billing_for(provider)
     reserve_s = budgets.reserve_for(provider)
     min_runtime_s = budgets.min_runtime_for(provider)
     cap_s = budgets.max_runtime_h * 3600.0
-    bought = max_runtime_s(budget, price, rule)
+    spent = max(0.0, float(spent_before_usd))
+    left = budget - spent
+    if spent and left <= _EPS_USD:
+        raise BudgetError(f"--max-usd {budget:g}: earlier attempts of this run already cost {spent:.4f} USD,"
+                          " nothing is left for another offer")
+    bought = max_runtime_s(max(0.0, left), price, rule)
     runtime = min(bought, cap_s)
     train_s = runtime - reserve_s
     if train_s < min_runtime_s:
@@ -190,7 +208,7 @@ def allowance_for(
                 f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve: raise max_runtime_h"
             )
         need_usd = rule.cost(need_s, price)
-        raise_to = _ceil_cents(need_usd)
+        raise_to = _ceil_cents(need_usd + spent)
         above = (f" (above per_run_max_usd {budgets.per_run_max_usd:.2f}: raise it in {budgets.path} too)"
                  if raise_to > budgets.per_run_max_usd + _EPS_USD else "")
         why = ""
@@ -200,8 +218,9 @@ def allowance_for(
             why = f" (less than {what} of {_fmt_s(first)})"
         billed = rule.billed_seconds(need_s)
         billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
+        spent_note = f" ({spent:.4f} USD already spent on failed boots)" if spent else ""
         raise BudgetError(
-            f"--max-usd {budget:g} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
+            f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
             f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"
             f" raise --max-usd to at least {raise_to:.2f}{above}"
         )
@@ -218,6 +237,7 @@ def allowance_for(
         deadline_epoch=start,
         stop_at_epoch=start,
         train_s=train_s,
+        spent_before_usd=spent,
     ).with_clock_start(start)
 
 

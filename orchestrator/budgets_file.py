@@ -23,6 +23,9 @@ from providers.base import BillingRule
 DEFAULT_RESERVE_S = 180.0
 DEFAULT_MIN_RUNTIME_S = 300.0
 DEFAULT_MAX_RUNTIME_H = 24.0
+# The share of --max-usd that boots which never came up may cost, all offers tried together
+# (--max-boot-usd when the launch gives none).
+DEFAULT_BOOT_SHARE = 0.2
 CONSERVATIVE_SOURCE = "conservative default: no published rule found"
 CONSERVATIVE_BILLING = BillingRule(increment_s=600, minimum_s=0, source=CONSERVATIVE_SOURCE)
 
@@ -52,6 +55,7 @@ class Budgets:
     reserve_s: float = DEFAULT_RESERVE_S
     min_runtime_s: float = DEFAULT_MIN_RUNTIME_S
     max_runtime_h: float = DEFAULT_MAX_RUNTIME_H  # bounds a run whose price is 0
+    boot_share: float = DEFAULT_BOOT_SHARE  # --max-boot-usd default = boot_share x --max-usd
     default_billing: BillingRule = CONSERVATIVE_BILLING
     providers: dict[str, ProviderBudget] = field(default_factory=dict)
 
@@ -189,6 +193,7 @@ _TOP_KEYS = (
     "reserve_s",
     "min_runtime_s",
     "max_runtime_h",
+    "boot_share",
     "default_billing",
     "providers",
 )
@@ -201,6 +206,7 @@ _NUMBER_KEYS = {
     "reserve_s": (False, False),
     "min_runtime_s": (False, False),
     "max_runtime_h": (True, False),
+    "boot_share": (True, False),
 }
 _PROVIDER_KEYS = ("billing", "daily_usd", "monthly_usd", "reserve_s", "min_runtime_s")
 _BILLING_KEYS = ("increment_s", "minimum_s", "source")
@@ -268,9 +274,13 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
         reserve_s=optional("reserve_s", DEFAULT_RESERVE_S),
         min_runtime_s=optional("min_runtime_s", DEFAULT_MIN_RUNTIME_S),
         max_runtime_h=optional("max_runtime_h", DEFAULT_MAX_RUNTIME_H, positive=True),
+        boot_share=optional("boot_share", DEFAULT_BOOT_SHARE, positive=True),
         default_billing=(_billing(doc, top["default_billing"], "default_billing")
                          if "default_billing" in top else CONSERVATIVE_BILLING),
     )
+    if budgets.boot_share > 1:
+        raise doc.fail(top["boot_share"][1], "boot_share",
+                       f"({budgets.boot_share:g}) is a share of --max-usd: use a number in (0, 1], e.g. 0.2")
     if "providers" in top and doc.scalar(top["providers"][1]) is not None:
         for name, (knode, vnode) in doc.mapping(top["providers"][1], "providers", None).items():
             key = f"providers.{name}"

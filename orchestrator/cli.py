@@ -74,9 +74,13 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--provider", default="local", show_default=True, help=f"one of: {', '.join(provider_names(aliases=True))}")
 @click.option("--max-usd", type=float, help="hard cap for this run (default: budgets.yaml per_run_default_usd)")
-@click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100')
+@click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100; "H100,A100" accepts either, first preferred')
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")
 @click.option("--spot", is_flag=True, help="spot / interruptible capacity where the provider has it")
+@click.option("--max-boot-usd", type=float,
+              help="what boots that never come up may cost in total, inside --max-usd (default: budgets.yaml"
+                   " boot_share of it); an offer with no capacity or that does not boot is torn down and the"
+                   " next one tried")
 @click.option("--config", type=click.Path(dir_okay=False), help="trainer YAML config")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="trainer flag, e.g. --set max_iters=200")
 @click.option("--workdir", type=click.Path(file_okay=False), help="directory uploaded for a custom command")
@@ -107,7 +111,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         config=kw["config"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
         usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
-        idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"],
+        idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
     )
     plan = make_plan(options)
     table = Table(title="gpurun plan", show_header=False)

@@ -22,9 +22,11 @@ from typing import Any
 
 import trainer
 from orchestrator import budget as budget_mod
-from orchestrator import settings
+from orchestrator import provisioning, settings
 from orchestrator import teardown as teardown_mod
 from orchestrator.bootstrap import bootstrap, trainer_command
+from orchestrator.budgets_file import Budgets, load_budgets
+from orchestrator.errors import BootFailed, RunFailed
 from orchestrator.evidence import write_evidence
 from orchestrator.exit_codes import Ending
 from orchestrator.keys import run_key
@@ -38,14 +40,10 @@ from orchestrator.transport import SyncResult, Transport
 from orchestrator.transports import open_transport
 from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog, read_reason
 from providers import get_provider
-from providers.base import Access, Instance, InstanceSpec, Provider
+from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
-
-
-class RunFailed(Exception):
-    """The run could not go on; it has been (or must be) torn down."""
 
 
 @dataclass
@@ -93,6 +91,8 @@ class Controller:
         self.gpu_count = 0  # what bootstrap found on the instance
         self.python = "python3"  # the instance's python that has torch
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
+        self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
+        self._budgets: Budgets | None = None  # the launch's budgets.yaml (offer fallback re-reads it)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -107,7 +107,9 @@ class Controller:
             run = ledger.create_run(run_id, launch.provider.name, max_usd, record, str(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.json").write_text(json.dumps({**record, "max_usd": max_usd}, indent=2, default=str))
-        return cls(ledger, run, launch.provider, reporter)
+        ctl = cls(ledger, run, launch.provider, reporter)
+        ctl._budgets = launch.budgets
+        return ctl
 
     @classmethod
     def load(cls, ledger: Ledger, run: Run, reporter: Reporter = _quiet) -> Controller:
@@ -153,9 +155,7 @@ class Controller:
         Returns the pid of the detached guard the run was handed to (--detach, or a handoff asked
         while attached), else None: the run is verified gone."""
         try:
-            instance = self._create()
-            endpoint = self._boot(instance)
-            self._connect(instance, endpoint)
+            instance = provisioning.provision(self)  # the plan's offers in order until one comes up
             self._bootstrap(instance)
             self._start_job()
         except Exception as exc:
@@ -173,7 +173,30 @@ class Controller:
     def request_handoff(self) -> None:
         self.handoff_requested = True
 
-    def _create(self) -> Instance:
+    @property
+    def budgets(self) -> Budgets:
+        if self._budgets is None:
+            self._budgets = load_budgets(self.options.budgets)
+        return self._budgets
+
+    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float) -> None:
+        """Make `offer` the run's current one (offer fallback): its allowance is what is left of the
+        cap after the failed attempts (BudgetError when that buys too little at its price)."""
+        allowance = budget_mod.allowance_for(self.budgets, self.provider.name, self.run.max_usd,
+                                             offer.total_usd_per_hour, spent_before_usd=spent_usd)
+        offer.billing = allowance.billing
+        self.offer, self.allowance = offer, allowance
+        self.record.offer, self.record.allowance, self.record.fallbacks = offer, allowance, list(remaining)
+        self.ledger.update_run(self.run.run_id, plan=self.record.to_dict())
+
+    def record_failed_attempt(self, attempt: dict[str, Any]) -> None:
+        self.record.attempts.append(attempt)
+        self.ledger.update_run(self.run.run_id, plan={"attempts": self.record.attempts})
+        self.ledger.record_event(self.run.run_id, "attempt_failed", **attempt)
+        self.report(self.status(message=f"attempt {attempt['attempt']} failed: {attempt['reason']}"))
+
+    def create_instance(self) -> Instance:
+        """Start the money clock and create the current offer's instance (NoCapacityError: none)."""
         # The clock starts at the create call: deadlines are fixed before it is made.
         clock = self.allowance.with_clock_start(time.time())
         deadline = clock.deadline_epoch
@@ -195,27 +218,38 @@ class Controller:
         )
         instance = self.provider.create(spec)
         self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)
+        self.instance = instance
         return instance
 
-    def _boot(self, instance: Instance) -> Access:
+    def boot_and_connect(self, instance: Instance, until: float) -> None:
+        """Wait for the instance to run and answer (SSH) by `until`; BootFailed if it will not."""
+        access = self._boot(instance, until)
+        self._connect(instance, access, until)
+
+    def _boot(self, instance: Instance, until: float) -> Access:
         self.phase("booting", instance_id=instance.id)
-        limit = min(self.run.stop_at_epoch or time.time() + 600, time.time() + 900)
         while True:
             inst = self.provider.get(instance.id)
             self.ledger.update_instance(instance.id, state=inst.state)
+            if inst.boot_failure:
+                raise BootFailed(f"instance {instance.id} will not boot: {inst.boot_failure}")
             if inst.gone:
-                raise RunFailed(f"instance {instance.id} went away while booting ({inst.state})")
+                raise BootFailed(f"instance {instance.id} went away while booting ({inst.state})")
             access = self.provider.access(inst)
             if inst.state == "running" and access is not None:
                 return access
-            if time.time() > limit:
-                raise RunFailed(f"instance {instance.id} did not come up before the guard's stop time")
+            if time.time() > until:
+                raise BootFailed(f"instance {instance.id} still {inst.state} at the end of its boot window"
+                                 f" ({until - (self.run.clock_start_epoch or until):.0f} s)")
             time.sleep(POLL_S)
 
-    def _connect(self, instance: Instance, access: Access) -> None:
+    def _connect(self, instance: Instance, access: Access, until: float) -> None:
         transport = self._make_transport(instance, access)
-        budget_left = (self.run.stop_at_epoch or time.time() + 300) - time.time()
-        transport.wait_ready(timeout_s=max(5.0, min(300.0, budget_left)))
+        try:
+            transport.wait_ready(timeout_s=max(5.0, until - time.time()))
+        except Exception as exc:  # noqa: BLE001 - whatever the transport raises, this attempt failed
+            transport.close()
+            raise BootFailed(f"instance {instance.id} runs but never answered: {type(exc).__name__}: {exc}") from exc
         self.transport = transport  # only a reachable instance has outputs worth a final sync
         self.phase("ssh_ready", root=transport.root)
 
@@ -477,6 +511,7 @@ class Controller:
             cost_at=self.allowance.cost_at,
             billing={**self.allowance.billing.__dict__, "usd_per_hour": self.allowance.usd_per_hour},
             evidence=self.write_evidence,
+            attempts=self.record.attempts,
         )
         return teardown_mod.end(target, verify_timeout_s).proof_path
 

@@ -96,7 +96,9 @@ _FORWARD: dict[Phase, tuple[Phase, ...]] = {
 
 def _transitions() -> dict[Phase, frozenset[Phase]]:
     allowed: dict[Phase, set[Phase]] = {p: set(_FORWARD.get(p, ())) for p in Phase}
-    allowed[Phase.BOOTING].add(Phase.CREATING)  # offer fallback: a failed boot retries on the next offer
+    # Offer fallback: a failed boot, or a create refused for capacity, tries the next offer.
+    allowed[Phase.BOOTING].add(Phase.CREATING)
+    allowed[Phase.CREATING].add(Phase.CREATING)
     for p in Phase:
         if not p.is_open():
             continue  # verified is the end

@@ -14,10 +14,10 @@ from typing import Any
 
 from orchestrator import settings
 from orchestrator.budget import Allowance, allowance_for, check_caps
-from orchestrator.budgets_file import Budgets, load_budgets
+from orchestrator.budgets_file import BudgetError, Budgets, load_budgets
 from orchestrator.ledger import Ledger
 from providers import get_provider, provider_class
-from providers.base import Offer, Provider, ProviderError, pick_offer
+from providers.base import Offer, Provider, ProviderError, rank_offers, split_gpus
 from trainer import config as trainer_config
 
 # Trainer flags the controller passes itself (lifecycle.job_command, bootstrap.trainer_command): a
@@ -30,6 +30,11 @@ SET_BY_GPURUN = {
 }
 
 
+# Offers a launch keeps in its fallback order (the chosen one included): enough for the other cloud
+# type / region and a second GPU, few enough that a plan stays readable.
+MAX_CANDIDATES = 6
+
+
 class LaunchError(ValueError):
     """The launch's own input is wrong (not the provider, not the budget): refused before anything is created."""
 
@@ -38,7 +43,7 @@ class LaunchError(ValueError):
 class LaunchOptions:
     provider: str = "local"
     max_usd: float | None = None
-    gpu: str | None = None
+    gpu: str | None = None  # one GPU, or "A,B": the ones the user accepts, preferred first
     gpus: int = 1
     spot: bool = False
     config: str | None = None  # trainer YAML config (uploaded with the trainer)
@@ -55,6 +60,9 @@ class LaunchOptions:
     idle_minutes: float = 10.0
     # No new step (the bundled trainer) or no new output (any command) for this long: stalled.
     stall_minutes: float = 10.0
+    # What boots that never came up may cost in total, all offers tried together (None:
+    # budgets.yaml's boot_share of the cap). It is part of --max-usd, never on top of it.
+    max_boot_usd: float | None = None
 
     def provider_options(self) -> dict[str, Any]:
         """Constructor options for the provider: only those its class declares it takes
@@ -83,6 +91,11 @@ class LaunchPlan:
     allowance: Allowance
     account: dict[str, Any]
     run_dir_root: Path
+    # The offers tried next, in order, when the chosen one has no capacity or never boots.
+    fallbacks: list[Offer] = field(default_factory=list)
+    # Candidates the plan dropped, with the one-line reason (a quota, an image, the budget).
+    skipped: list[tuple[Offer, str]] = field(default_factory=list)
+    max_boot_usd: float = 0.0
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -101,9 +114,21 @@ class LaunchPlan:
             ("job", " ".join(self.options.command) if self.options.command else "GPT-2 trainer (bundled)"),
             ("budgets file", str(self.budgets.path)),
         ]
+        if self.fallbacks:
+            rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
+        rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
+                                     "inside the budget; each is torn down and verified before the next offer"))
+        for offer, why in self.skipped:
+            rows.append(("skipped", f"{offer_label(offer)}: {why}"))
         if self.account:
             rows.append(("account", ", ".join(f"{k}={v}" for k, v in self.account.items())))
         return rows
+
+
+def offer_label(o: Offer) -> str:
+    """One offer in a line: `RTX 4090 x1 (NVIDIA GeForce RTX 4090, COMMUNITY) 0.3400 USD/h`."""
+    where = ", ".join(x for x in (o.instance_type, o.region, str(o.details.get("cloud_type") or "")) if x)
+    return f"{o.gpu} x{o.gpu_count} ({where}){' spot' if o.spot else ''} {o.total_usd_per_hour:.4f} USD/h"
 
 
 def _duration(seconds: float) -> str:
@@ -132,17 +157,47 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     budgets = load_budgets(options.budgets)
     provider = get_provider(options.provider, **options.provider_options())
     provider.check_credentials()
-    offers = provider.offers(gpu=options.gpu, count=options.gpus, spot=options.spot)
-    offer = pick_offer(offers, options.gpu)
-    offer.billing = budgets.billing_for(provider.name)
-    allowance = allowance_for(budgets, provider.name, options.max_usd, offer.total_usd_per_hour,
-                              now=now or time.time())
+    offers: list[Offer] = []
+    for gpu in split_gpus(options.gpu) or [None]:
+        offers += provider.offers(gpu=gpu, count=options.gpus, spot=options.spot)
+    ranked = rank_offers(offers, options.gpu)[:MAX_CANDIDATES]
+    accepted: list[tuple[Offer, Allowance]] = []
+    skipped: list[tuple[Offer, str]] = []
+    first_refusal: Exception | None = None
+    for offer in ranked:
+        offer.billing = budgets.billing_for(provider.name)
+        try:
+            allowance = allowance_for(budgets, provider.name, options.max_usd, offer.total_usd_per_hour,
+                                      now=now or time.time())
+            provider.check_launchable(offer)  # quota, image support, credit to deploy
+            # The account must be able to pay the cap, and the price must fit an hourly spend limit.
+            provider.check_spend(allowance.max_usd, offer.total_usd_per_hour)
+        except (BudgetError, ProviderError) as exc:
+            skipped.append((offer, str(exc)))
+            first_refusal = first_refusal or exc
+            continue
+        accepted.append((offer, allowance))
+    if not accepted:
+        assert first_refusal is not None
+        raise first_refusal  # the chosen offer's own reason: one line saying what to change
+    offer, allowance = accepted[0]
     # The caps are checked again, atomically with the hold, when the run is created.
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
-    # The account must be able to pay the cap, and the price must fit an hourly spend limit.
-    provider.check_spend(allowance.max_usd, offer.total_usd_per_hour)
-    return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir))
+    return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
+                      fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,
+                      max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd))
+
+
+def boot_budget_usd(options: LaunchOptions, budgets: Budgets, max_usd: float) -> float:
+    """--max-boot-usd, checked; default budgets.yaml's boot_share of the cap."""
+    if options.max_boot_usd is None:
+        return budgets.boot_share * max_usd
+    value = options.max_boot_usd
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= max_usd + 1e-9):
+        raise LaunchError(f"--max-boot-usd {value}: must be more than 0 and at most --max-usd ({max_usd:g}):"
+                          " it is the part of the budget that failed boots may use")
+    return float(value)
 
 
 def check_trainer_input(options: LaunchOptions) -> None:

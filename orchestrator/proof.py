@@ -117,6 +117,7 @@ def build_proof(
     started_at: float | None,
     verified_at: float | None,
     notes: list[str] | None = None,
+    attempts: list[dict] | None = None,
 ) -> dict:
     """Assemble the proof dict (redacted). ``verified`` is what the caller saw, but the proof never
     claims more than its own contents show: with a non-empty zero-match listing or a described
@@ -178,6 +179,9 @@ def build_proof(
         "verified_at_iso": iso(verified_at) if verified else None,
         "prev_sha256": prev_sha256,
         "notes": notes,
+        # Offer fallback: each boot that failed before the last offer, its instance verified gone
+        # (its terminate requests and final describe) before the next offer was tried.
+        "attempts": [jsonable(a) for a in attempts or []],
     }
     return redact(proof)
 

@@ -27,6 +27,12 @@ class RunRecord:
     allowance: Allowance
     account: dict[str, Any] = field(default_factory=dict)
     bootstrap: dict[str, Any] | None = None  # what bootstrap found on the instance
+    # Offer fallback: the offers still to try, what failed boots may cost in total, and every
+    # attempt that failed (offer, instance, reason, cost), in order. `offer`/`allowance` are the
+    # current attempt's.
+    fallbacks: list[Offer] = field(default_factory=list)
+    max_boot_usd: float = 0.0
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of_launch(cls, launch: LaunchPlan) -> RunRecord:
@@ -36,6 +42,8 @@ class RunRecord:
             offer=launch.offer,
             allowance=launch.allowance,
             account=launch.account,
+            fallbacks=list(launch.fallbacks),
+            max_boot_usd=launch.max_boot_usd,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +57,9 @@ class RunRecord:
             "offer": self.offer.to_dict(),
             "allowance": allowance,
             "account": dict(self.account),
+            "fallbacks": [o.to_dict() for o in self.fallbacks],
+            "max_boot_usd": self.max_boot_usd,
+            "attempts": [dict(a) for a in self.attempts],
         }
         if self.bootstrap is not None:
             out["bootstrap"] = dict(self.bootstrap)
@@ -68,6 +79,9 @@ class RunRecord:
             allowance=allowance,
             account=dict(data.get("account") or {}),
             bootstrap=data.get("bootstrap"),
+            fallbacks=[_offer(o, allowance.billing) for o in data.get("fallbacks") or []],
+            max_boot_usd=float(data.get("max_boot_usd") or 0.0),
+            attempts=[dict(a) for a in data.get("attempts") or []],
         )
 
     @classmethod

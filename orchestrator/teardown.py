@@ -78,6 +78,7 @@ class Target:
     evidence: EvidenceWriter | None = None
     retry_hint: str = ""  # what the user runs when termination cannot be verified (default: gpurun teardown)
     notes: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # failed boots before the last offer
 
 
 @dataclass
@@ -116,13 +117,11 @@ def _live_listing(target: Target, ids: list[str]) -> list[Instance]:
     return [i for i in target.provider.list_owned() if i.id in ids and not i.gone]
 
 
-def end(target: Target, timeout_s: float | None = None) -> Ended:
-    """Terminate, verify with the provider, write and chain the proof, settle; VerifyFailed if not gone."""
-    ledger, provider = target.ledger, target.provider
-    target.record_phase(Phase.TERMINATING)
-    ids = run_instance_ids(ledger, provider, target.run_id, target.tag)
+def _terminate_until_gone(ledger: Ledger, provider: Provider, run_id: str, ids: list[str],
+                          live: Callable[[], list[Instance]], timeout: float) -> list[TerminateRequest]:
+    """Request termination of `ids`, then poll until each is gone and `live()` lists none, asking
+    again at each check that still finds one. RetryError when the timeout passes first."""
     requests: list[TerminateRequest] = []
-    timeout = verify_timeout_s(timeout_s)
 
     def request_all() -> None:
         for iid in ids:
@@ -132,25 +131,63 @@ def end(target: Target, timeout_s: float | None = None) -> Ended:
             except ProviderError as exc:
                 req = TerminateRequest(iid, sent, None, error=str(exc), responded_at=time.time())
             requests.append(req)
-            ledger.record_event(target.run_id, "terminate_request", instance_id=iid,
+            ledger.record_event(run_id, "terminate_request", instance_id=iid,
                                 response=req.response, error=req.error)
 
     def all_gone() -> bool:
         states = {iid: provider.get(iid) for iid in ids}
         for iid, inst in states.items():
             ledger.update_instance(iid, state=inst.state)
-        if all(i.gone for i in states.values()) and not _live_listing(target, ids):
+        if all(i.gone for i in states.values()) and not live():
             return True
         request_all()  # a terminate that "succeeded" but left it running: ask again
         return False
 
     request_all()
+    Retrying(
+        retry=retry_if_result(lambda gone: not gone),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        stop=stop_after_delay(timeout),
+    )(all_gone)
+    return requests
+
+
+@dataclass
+class Retired:
+    """One failed attempt's instance, verified gone (offer fallback): what goes into the run's record."""
+
+    instance_id: str
+    requests: list[TerminateRequest]
+    final_describe: dict[str, Any]
+    verified_at: float
+
+
+def retire(ledger: Ledger, provider: Provider, run_id: str, instance_id: str,
+           timeout_s: float | None = None) -> Retired:
+    """End one instance of a run that goes on (a boot that failed, before the next offer is tried):
+    request -> verify, with the run's tag listing zero live instances (no other attempt is alive
+    yet). The run's phase does not change; VerifyFailed if it is not verified gone."""
+    timeout = verify_timeout_s(timeout_s)
     try:
-        Retrying(
-            retry=retry_if_result(lambda gone: not gone),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            stop=stop_after_delay(timeout),
-        )(all_gone)
+        requests = _terminate_until_gone(ledger, provider, run_id, [instance_id],
+                                         lambda: provider.list_run(run_id), timeout)
+    except RetryError as exc:
+        raise VerifyFailed(
+            f"run {run_id}: the failed attempt's instance {instance_id} still not terminated after"
+            f" {timeout:.0f} s; it may still be billing: run `gpurun teardown {run_id}`"
+        ) from exc
+    return Retired(instance_id, requests, provider.get(instance_id).to_dict(), time.time())
+
+
+def end(target: Target, timeout_s: float | None = None) -> Ended:
+    """Terminate, verify with the provider, write and chain the proof, settle; VerifyFailed if not gone."""
+    ledger, provider = target.ledger, target.provider
+    target.record_phase(Phase.TERMINATING)
+    ids = run_instance_ids(ledger, provider, target.run_id, target.tag)
+    timeout = verify_timeout_s(timeout_s)
+    try:
+        requests = _terminate_until_gone(ledger, provider, target.run_id, ids,
+                                         lambda: _live_listing(target, ids), timeout)
     except RetryError as exc:
         target.record_phase(Phase.FAILED_TERMINATING, error="termination not verified")
         raise VerifyFailed(
@@ -187,6 +224,7 @@ def end(target: Target, timeout_s: float | None = None) -> Ended:
             started_at=start,
             verified_at=verified_at,
             notes=target.notes,
+            attempts=target.attempts,
         )
         if proof["verified"]:  # the proof's own reading of what the provider reported wins
             path, sha = write_proof(target.proof_dir, proof)

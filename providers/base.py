@@ -237,17 +237,40 @@ class Provider(ABC):
         return [i for i in self.list_owned() if i.run_id == run_id and not i.gone]
 
 
-def pick_offer(offers: list[Offer], gpu: str | None) -> Offer:
-    """The cheapest available offer matching `gpu` (case-insensitive substring), or a clear error."""
-    candidates = [o for o in offers if o.available]
-    if gpu:
-        want = gpu.lower().replace(" ", "")
-        candidates = [
-            o for o in candidates
-            if want in o.gpu.lower().replace(" ", "") or want == o.instance_type.lower()
-        ]
-    if not candidates:
+def split_gpus(gpu: str | None) -> list[str]:
+    """`--gpu "H100,A100 80GB"` -> ["H100", "A100 80GB"]: the user's GPUs in the order preferred."""
+    return [g.strip() for g in (gpu or "").split(",") if g.strip()]
+
+
+def _matches(offer: Offer, gpu: str) -> bool:
+    want = gpu.lower().replace(" ", "")
+    return want in offer.gpu.lower().replace(" ", "") or want == offer.instance_type.lower()
+
+
+def rank_offers(offers: list[Offer], gpu: str | None) -> list[Offer]:
+    """The offers a launch may try, in order (offer fallback), or a clear error when there is none.
+
+    For each GPU of `--gpu A,B` in the user's order: its available offers (cloud types, regions,
+    locations), cheapest first. Without --gpu: the cheapest available offer, then the same GPU in
+    its other variants; another GPU is never chosen for the user."""
+    available = [o for o in offers if o.available]
+    wanted = split_gpus(gpu)
+    ranked: list[Offer] = []
+    if wanted:
+        for g in wanted:
+            ranked += sorted((o for o in available if _matches(o, g) and o not in ranked),
+                             key=lambda o: o.total_usd_per_hour)
+    elif available:
+        best = min(available, key=lambda o: o.total_usd_per_hour)
+        ranked = sorted((o for o in available if o.gpu == best.gpu and o.gpu_count == best.gpu_count),
+                        key=lambda o: o.total_usd_per_hour)
+    if not ranked:
         known = sorted({o.gpu for o in offers})
         hint = f"; available: {', '.join(known)}" if known else ""
         raise ProviderError(f"no offer for GPU {gpu!r}{hint} (see `gpurun offers`)")
-    return min(candidates, key=lambda o: o.total_usd_per_hour)
+    return ranked
+
+
+def pick_offer(offers: list[Offer], gpu: str | None) -> Offer:
+    """The cheapest available offer matching `gpu` (case-insensitive substring), or a clear error."""
+    return rank_offers(offers, split_gpus(gpu)[0] if split_gpus(gpu) else None)[0]

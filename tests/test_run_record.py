@@ -51,7 +51,7 @@ def test_a_record_round_trips_and_reads_runs_recorded_before_the_rename(tmp_path
 def test_the_deadline_is_fixed_at_the_create_call(tmp_path: Path) -> None:
     controller = _launch(tmp_path)
     planned = controller.allowance
-    instance = controller._create()
+    instance = controller.create_instance()
     run = controller.refresh()
     assert run.clock_start_epoch is not None and run.clock_start_epoch >= planned.clock_start_epoch
     clock = planned.with_clock_start(run.clock_start_epoch)
@@ -64,7 +64,7 @@ def test_the_deadline_is_fixed_at_the_create_call(tmp_path: Path) -> None:
 def test_finish_before_the_instance_is_reached_goes_straight_to_teardown(tmp_path: Path) -> None:
     # Ctrl-C while booting, or a guard taking over a booting run: there is no job to stop.
     controller = _launch(tmp_path)
-    controller._create()
+    controller.create_instance()
     controller.phase(Phase.BOOTING)
     controller.finish("teardown requested (Ctrl-C)")
     events = Ledger().events(controller.run.run_id)

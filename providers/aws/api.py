@@ -25,8 +25,14 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 _AUTH_CODES = {
     "AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
     "ExpiredTokenException", "UnrecognizedClientException", "InvalidAccessKeyId",
-    "UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "OptInRequired",
+    "UnauthorizedOperation", "AccessDenied", "AccessDeniedException",
 }
+# RunInstances refusals that another zone of the region may not give: try the next zone's subnet.
+# InsufficientInstanceCapacity: "We currently do not have sufficient <type> capacity in the
+# Availability Zone you requested (us-east-1a)..."; Unsupported: "Your requested instance type
+# (<type>) is not supported in your requested Availability Zone (us-east-1e)..." (EC2 API error
+# codes: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
 _TRANSIENT_CODES = {
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
     "ServiceUnavailable", "InternalError", "InternalFailure", "Unavailable",
@@ -38,6 +44,10 @@ _HINTS = {
     "InsufficientInstanceCapacity": "AWS has no capacity for it right now: try another region or type",
     "SpotMaxPriceTooLow": "the spot price rose above the planned price: plan again",
     "Unsupported": "the instance type is not offered in the chosen zone or region",
+    # Not a credentials problem: an AWS Marketplace AMI whose terms were not accepted, or a region
+    # that is not enabled for the account (opt-in regions).
+    "OptInRequired": "opt in to the region/subscription (AWS Marketplace subscription or region opt-in: "
+    "https://console.aws.amazon.com/billing/home#/account, 'AWS Regions')",
 }
 
 

@@ -28,51 +28,73 @@ GPU_FAMILIES = (
     "p6-b200", "p6-b300",
 )
 
-# STATIC: a snapshot, not a live price. Offers priced from it say "static table (STATIC_PRICE_DATE)".
-STATIC_PRICE_DATE = "2025-05-01"
-STATIC_SOURCE = f"static table ({STATIC_PRICE_DATE})"
-# us-east-1 Linux on-demand USD/hour as listed on the AWS pricing page on STATIC_PRICE_DATE:
-# instance type -> (GPU, GPUs, GiB per GPU, USD/hour). Used only when the Pricing API cannot be
-# read. P4d/P4de/P5 were cut up to 45 % in June 2025: the older, higher prices are kept, which errs
-# on the side of the dollar cap.
-STATIC_CATALOGUE: dict[str, tuple[str, int, float, float]] = {
-    "g4dn.xlarge": ("T4", 1, 16, 0.526),
-    "g4dn.2xlarge": ("T4", 1, 16, 0.752),
-    "g4dn.4xlarge": ("T4", 1, 16, 1.204),
-    "g4dn.8xlarge": ("T4", 1, 16, 2.176),
-    "g4dn.16xlarge": ("T4", 1, 16, 4.352),
-    "g4dn.12xlarge": ("T4", 4, 16, 3.912),
-    "g4dn.metal": ("T4", 8, 16, 7.824),
-    "g5.xlarge": ("A10G", 1, 24, 1.006),
-    "g5.2xlarge": ("A10G", 1, 24, 1.212),
-    "g5.4xlarge": ("A10G", 1, 24, 1.624),
-    "g5.8xlarge": ("A10G", 1, 24, 2.448),
-    "g5.16xlarge": ("A10G", 1, 24, 4.096),
-    "g5.12xlarge": ("A10G", 4, 24, 5.672),
-    "g5.24xlarge": ("A10G", 4, 24, 8.144),
-    "g5.48xlarge": ("A10G", 8, 24, 16.288),
-    "g6.xlarge": ("L4", 1, 24, 0.8048),
-    "g6.2xlarge": ("L4", 1, 24, 0.9776),
-    "g6.4xlarge": ("L4", 1, 24, 1.3232),
-    "g6.8xlarge": ("L4", 1, 24, 2.0144),
-    "g6.16xlarge": ("L4", 1, 24, 3.3968),
-    "g6.12xlarge": ("L4", 4, 24, 4.6016),
-    "g6.24xlarge": ("L4", 4, 24, 6.6752),
-    "g6.48xlarge": ("L4", 8, 24, 13.3504),
-    "gr6.4xlarge": ("L4", 1, 24, 1.5392),
-    "gr6.8xlarge": ("L4", 1, 24, 2.4464),
-    "g6e.xlarge": ("L40S", 1, 48, 1.861),
-    "g6e.2xlarge": ("L40S", 1, 48, 2.24208),
-    "g6e.4xlarge": ("L40S", 1, 48, 3.00424),
-    "g6e.8xlarge": ("L40S", 1, 48, 4.52856),
-    "g6e.16xlarge": ("L40S", 1, 48, 7.57719),
-    "g6e.12xlarge": ("L40S", 4, 48, 10.49264),
-    "g6e.24xlarge": ("L40S", 4, 48, 15.06559),
-    "g6e.48xlarge": ("L40S", 8, 48, 30.13118),
-    "p3dn.24xlarge": ("V100", 8, 32, 31.212),
-    "p4d.24xlarge": ("A100", 8, 40, 32.7726),
-    "p4de.24xlarge": ("A100", 8, 80, 40.9657),
-    "p5.48xlarge": ("H100", 8, 80, 98.32),
+# The instance families the default image (the Deep Learning OSS Nvidia Driver AMI GPU PyTorch,
+# Ubuntu 24.04, x86_64) supports. Its release notes list "supported_ec2_instances: G4dn, G5, G6,
+# Gr6, G6e, P4, P4de, P5, P5e, P5en, P6-B200":
+# https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpupt29oss-ul2404-2026-03-20.html
+# (read 2026-12-01; the same list in the 2026-01-08 release). Not there: P3/P3dn (Volta; AWS's
+# last AMIs for them are the Amazon Linux 2 "Base Proprietary Nvidia Driver" ones, without
+# PyTorch, and version 73.1 of 2026-06-05 dropped P3 too), G7e and P6-B300 (only the Base AMIs
+# list them). Offers for these are dropped unless the user brings an image (`image=`).
+DLAMI_FAMILIES = ("g4dn", "g5", "g6", "gr6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200")
+DLAMI_SOURCE = (
+    "https://docs.aws.amazon.com/dlami/latest/devguide/aws-deep-learning-ami-gpupt29oss-ul2404-2026-03-20.html"
+)
+
+# STATIC: snapshots, not live prices. An offer priced from a row says "static table (<its date>)".
+# us-east-1 Linux on-demand USD/hour; each row names where and when its number was read:
+_AWS_PAGE = ("2025-05-01", "https://aws.amazon.com/ec2/pricing/on-demand/")
+_SKY_CATALOG = (  # SkyPilot's catalog, generated from the AWS Pricing API (Price = on-demand)
+    "2026-12-01",
+    "https://github.com/skypilot-org/skypilot-catalog/blob/00148f2af3672e2229b4f7bf8157d5a3f36e3c35"
+    "/catalogs/v8/aws/vms.csv",
+)
+STATIC_PRICE_DATE = _AWS_PAGE[0]  # the date of the G rows (unchanged list prices since)
+# instance type -> (GPU, GPUs, GiB per GPU, USD/hour, (date, source URL)). Used only when the
+# Pricing API cannot be read. P4d keeps its price from before AWS's June 2025 cut of up to 45 %
+# (the catalog row was not re-read): it errs on the side of the dollar cap. Only types the default
+# DLAMI supports are here (no p3/p3dn, g7e, p6-b300); p5e is sold through Capacity Blocks and has no
+# us-east-1 on-demand row in the catalog, so it has no static price (the Pricing API still prices it).
+STATIC_CATALOGUE: dict[str, tuple[str, int, float, float, tuple[str, str]]] = {
+    "g4dn.xlarge": ("T4", 1, 16, 0.526, _AWS_PAGE),
+    "g4dn.2xlarge": ("T4", 1, 16, 0.752, _AWS_PAGE),
+    "g4dn.4xlarge": ("T4", 1, 16, 1.204, _AWS_PAGE),
+    "g4dn.8xlarge": ("T4", 1, 16, 2.176, _AWS_PAGE),
+    "g4dn.16xlarge": ("T4", 1, 16, 4.352, _AWS_PAGE),
+    "g4dn.12xlarge": ("T4", 4, 16, 3.912, _AWS_PAGE),
+    "g4dn.metal": ("T4", 8, 16, 7.824, _AWS_PAGE),
+    "g5.xlarge": ("A10G", 1, 24, 1.006, _AWS_PAGE),
+    "g5.2xlarge": ("A10G", 1, 24, 1.212, _AWS_PAGE),
+    "g5.4xlarge": ("A10G", 1, 24, 1.624, _AWS_PAGE),
+    "g5.8xlarge": ("A10G", 1, 24, 2.448, _AWS_PAGE),
+    "g5.16xlarge": ("A10G", 1, 24, 4.096, _AWS_PAGE),
+    "g5.12xlarge": ("A10G", 4, 24, 5.672, _AWS_PAGE),
+    "g5.24xlarge": ("A10G", 4, 24, 8.144, _AWS_PAGE),
+    "g5.48xlarge": ("A10G", 8, 24, 16.288, _AWS_PAGE),
+    "g6.xlarge": ("L4", 1, 24, 0.8048, _AWS_PAGE),
+    "g6.2xlarge": ("L4", 1, 24, 0.9776, _AWS_PAGE),
+    "g6.4xlarge": ("L4", 1, 24, 1.3232, _AWS_PAGE),
+    "g6.8xlarge": ("L4", 1, 24, 2.0144, _AWS_PAGE),
+    "g6.16xlarge": ("L4", 1, 24, 3.3968, _AWS_PAGE),
+    "g6.12xlarge": ("L4", 4, 24, 4.6016, _AWS_PAGE),
+    "g6.24xlarge": ("L4", 4, 24, 6.6752, _AWS_PAGE),
+    "g6.48xlarge": ("L4", 8, 24, 13.3504, _AWS_PAGE),
+    "gr6.4xlarge": ("L4", 1, 24, 1.5392, _AWS_PAGE),
+    "gr6.8xlarge": ("L4", 1, 24, 2.4464, _AWS_PAGE),
+    "g6e.xlarge": ("L40S", 1, 48, 1.861, _AWS_PAGE),
+    "g6e.2xlarge": ("L40S", 1, 48, 2.24208, _AWS_PAGE),
+    "g6e.4xlarge": ("L40S", 1, 48, 3.00424, _AWS_PAGE),
+    "g6e.8xlarge": ("L40S", 1, 48, 4.52856, _AWS_PAGE),
+    "g6e.16xlarge": ("L40S", 1, 48, 7.57719, _AWS_PAGE),
+    "g6e.12xlarge": ("L40S", 4, 48, 10.49264, _AWS_PAGE),
+    "g6e.24xlarge": ("L40S", 4, 48, 15.06559, _AWS_PAGE),
+    "g6e.48xlarge": ("L40S", 8, 48, 30.13118, _AWS_PAGE),
+    "p4d.24xlarge": ("A100", 8, 40, 32.7726, _AWS_PAGE),
+    "p4de.24xlarge": ("A100", 8, 80, 27.44705, _SKY_CATALOG),
+    "p5.4xlarge": ("H100", 1, 80, 6.88, _SKY_CATALOG),
+    "p5.48xlarge": ("H100", 8, 80, 55.04, _SKY_CATALOG),
+    "p5en.48xlarge": ("H200", 8, 141, 63.296, _SKY_CATALOG),
+    "p6-b200.48xlarge": ("B200", 8, 179, 113.9328, _SKY_CATALOG),
 }
 # The static prices are us-east-1's (us-east-2 and us-west-2 match). Elsewhere they are scaled up
 # by the dearest region's ratio (sa-east-1, ~1.7x) so a static plan never under-prices a run.
@@ -123,12 +145,18 @@ def ebs_usd_per_hour(gb: float) -> float:
     return gb * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH
 
 
-def static_price(instance_type: str, region: str) -> float | None:
+def static_price(instance_type: str, region: str) -> tuple[float, str] | None:
+    """(USD/hour, "static table (<date of the row>)"), or None for a type the table lacks."""
     entry = STATIC_CATALOGUE.get(instance_type)
     if entry is None:
         return None
     factor = 1.0 if region in STATIC_SAME_PRICE_REGIONS else STATIC_OTHER_REGION_FACTOR
-    return round(entry[3] * factor, 6)
+    return round(entry[3] * factor, 6), f"static table ({entry[4][0]})"
+
+
+def dlami_supports(instance_type: str) -> bool:
+    """Whether the default Deep Learning AMI lists the type's family (DLAMI_SOURCE)."""
+    return instance_type.split(".")[0] in DLAMI_FAMILIES
 
 
 def static_gpu_count(instance_type: str) -> int:
@@ -273,8 +301,7 @@ class Catalog:
                 if not self._pricing_injected:
                     self._pricing_down = True
                 log.info("aws: no live price for %s (%s); using the static table", instance_type, one_line(exc))
-        static = static_price(instance_type, region)
-        return (static, STATIC_SOURCE) if static is not None else None
+        return static_price(instance_type, region)
 
     def spot_prices(self, types: list[str]) -> dict[str, dict[str, float]]:
         """Current spot USD/hour per availability zone, for each type (Linux/UNIX)."""

@@ -18,13 +18,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from providers.aws.api import LIVE_STATES, AWSApi, Tolerated, as_utc, chunks, jsonable
+from providers.aws.api import CAPACITY_CODES, LIVE_STATES, AWSApi, Tolerated, as_utc, chunks, jsonable
 from providers.aws.catalog import (
+    DLAMI_SOURCE,
     GP3_USD_PER_GB_MONTH,
     STATIC_OTHER_REGION_FACTOR,
     STATIC_SAME_PRICE_REGIONS,
     Catalog,
     PriceLookup,
+    dlami_supports,
     ebs_usd_per_hour,
     gpu_matches,
     static_gpu_count,
@@ -39,6 +41,8 @@ from providers.aws.network import (
     resolve_ssh_cidr,
     undo_launch_setup,
 )
+from providers.aws.placement import refused_zone, zone_subnets
+from providers.aws.quota import check_vcpu_quota
 from providers.base import (
     NOT_FOUND,
     PENDING,
@@ -50,11 +54,13 @@ from providers.base import (
     CredentialsError,
     Instance,
     InstanceSpec,
+    NoCapacityError,
     Offer,
     Provider,
     ProviderError,
     SSHEndpoint,
 )
+from providers.common import one_line
 
 log = logging.getLogger("gpurun.providers.aws")
 
@@ -75,6 +81,17 @@ _STATES = {
     # shutting-down is on its way to terminated, but a proof must wait for `terminated` itself.
     "shutting-down": STOPPING,
     "terminated": TERMINATED,
+}
+
+# EC2 StateReason codes of an instance that went from pending to shutting-down/terminated without
+# ever booting (the StateReason shape's documentation in botocore's ec2 service model): the launch
+# will not come up, so the controller need not wait out the boot window.
+NEVER_BOOTS = {
+    "Server.InsufficientInstanceCapacity": "EC2 had no capacity for it after all",
+    "Server.InternalError": "an EC2 internal error ended it during launch",
+    "Client.InternalError": "a client error (e.g. an EBS/KMS problem) ended it during launch",
+    "Client.VolumeLimitExceeded": "the account's EBS volume or storage limit was exceeded",
+    "Client.InvalidSnapshot.NotFound": "the AMI's root snapshot was not found",
 }
 
 _REASON_TIME_RE = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:UTC|GMT)\)")
@@ -215,6 +232,9 @@ class AWSProvider(Provider):
         if self.image:  # an explicit AMI (--image) is checked when planning: a typo must create nothing
             describe_image(self.api, self.image)
         types = self.catalog.gpu_types()
+        if not self._custom_image():
+            # Never offer what the default image cannot boot (DLAMI_SOURCE lists the families).
+            types = {t: s for t, s in types.items() if dlami_supports(t)}
         wanted = [s for s in types.values() if gpu is None or gpu_matches(gpu, s)]
         if gpu and not wanted:
             known = ", ".join(sorted({s.gpu for s in types.values()})) or "none"
@@ -256,6 +276,32 @@ class AWSProvider(Provider):
             ))
         return result
 
+    # ---- plan-time checks
+
+    def _custom_image(self, spec: InstanceSpec | None = None) -> bool:
+        """Whether the user chose the AMI (image=, --image, ami_ssm_parameter=): then the type
+        support is theirs to know; gpurun only vouches for the default DLAMI's list."""
+        return bool((spec and spec.image) or self.image or self.ami_ssm_parameter != DEFAULT_AMI_SSM_PARAMETER)
+
+    def _check_image_supports(self, instance_type: str, spec: InstanceSpec | None = None) -> None:
+        if self._custom_image(spec) or dlami_supports(instance_type):
+            return
+        raise ProviderError(
+            f"{instance_type}: the default Deep Learning AMI (PyTorch, Ubuntu 24.04) does not support the "
+            f"{instance_type.split('.')[0]} family ({DLAMI_SOURCE}): pick another type, or pass image=ami-... "
+            "of an AMI that boots it"
+        )
+
+    def check_launchable(self, offer: Offer) -> None:
+        """The default image must support the type, and the account's G/P vCPU quota (Service
+        Quotas, read where the credentials may) must leave room for it; each refusal one line."""
+        self._check_image_supports(offer.instance_type)
+        vcpus = offer.details.get("vcpus")
+        if not vcpus:
+            spec = self.catalog.gpu_types().get(offer.instance_type)
+            vcpus = spec.vcpus if spec else None
+        check_vcpu_quota(self.api, offer.instance_type, int(vcpus or 0), offer.spot)
+
     # ---- create
 
     def _find_live(self, run_id: str, *, shutting_down: bool = False) -> list[dict[str, Any]]:
@@ -288,6 +334,7 @@ class AWSProvider(Provider):
         if not spec.ssh_public_key.strip():
             raise ProviderError("AWS needs the run's SSH public key (spec.ssh_public_key is empty)")
         offer = spec.offer
+        self._check_image_supports(offer.instance_type, spec)
         image = self._resolve_image(spec)
         type_spec = self.catalog.check_instance_type(offer.instance_type, image)
         cidr = resolve_ssh_cidr(self.ssh_cidr)
@@ -342,7 +389,7 @@ class AWSProvider(Provider):
                 },
             }
         try:
-            resp = self.api.call(f"run-instances ({offer.instance_type})", self.ec2.run_instances, **kwargs)
+            resp = self._run_in_some_zone(kwargs, offer, vpc_id, pinned=bool(subnet_id))
         except ProviderError:
             undo_launch_setup(self.api, name, group_id if made_group else None)
             raise
@@ -354,6 +401,45 @@ class AWSProvider(Provider):
         instance = self._to_instance(desc, usd_per_hour=usd_per_hour)
         instance.raw.update({"ssh_cidr": cidr, "root_volume_gb": disk_gb, "image_name": image.get("Name")})
         return instance
+
+    def _run_in_some_zone(self, kwargs: dict[str, Any], offer: Offer, vpc_id: str, *, pinned: bool) -> Any:
+        """RunInstances where AWS picks the zone, then, while zones refuse for capacity
+        (CAPACITY_CODES), in the default subnet of each other zone that offers the type.
+
+        A refused RunInstances makes nothing, so nothing of a refused attempt bills. A pinned
+        subnet (the subnet_id option) is one zone: no other is tried. All refused: NoCapacityError.
+        """
+        what = f"run-instances ({offer.instance_type})"
+        attempt, zone = kwargs, "the zone AWS chose"
+        tried: list[str] = []
+        last: Tolerated | None = None
+        candidates: list[tuple[str, str]] | None = None
+        while True:
+            got = self.api.call(what, self.ec2.run_instances, tolerate=CAPACITY_CODES, **attempt)
+            if not isinstance(got, Tolerated):
+                return got
+            last = got
+            tried.append(refused_zone(got.message) or zone)
+            log.info("aws: %s refused in %s (%s)", offer.instance_type, tried[-1], got.code)
+            if pinned:
+                break
+            if candidates is None:
+                candidates = zone_subnets(self.api, vpc_id, offer.instance_type)
+            left = [(i, z, sid) for i, (z, sid) in enumerate(candidates) if z not in tried]
+            if not left:
+                break
+            i, zone, subnet = left[0]
+            # One token per zone: EC2 answers a reused ClientToken with other parameters with
+            # IdempotentParameterMismatch.
+            attempt = {**kwargs, "SubnetId": subnet, "ClientToken": f"{kwargs['ClientToken']}-z{i}"}
+        market = "spot" if offer.spot else "on-demand"
+        hint = "the subnet_id option pins one zone: unset it to try the others" if pinned else (
+            "another offer (type or region) may have it")
+        raise NoCapacityError(
+            f"AWS has no {market} capacity for {offer.instance_type} in {self.region}: "
+            f"{', '.join(tried)} refused ({last.code if last else '?'}: {one_line(last.message if last else '', 160)}); "
+            f"{hint}"
+        )
 
     # ---- read / terminate / list
 

@@ -10,12 +10,13 @@ them accept a timeout. The endpoint paths are the SDK's own constants (`sdk_path
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from providers.base import CredentialsError, ProviderError, TransientProviderError
+from providers.base import CredentialsError, NoCapacityError, ProviderError, TransientProviderError
 from providers.common import bounded_call, first_env, is_transient, one_line, retry_policy
 
 T = TypeVar("T")
@@ -44,6 +45,14 @@ class DataCrunchTransientError(DataCrunchAPIError, TransientProviderError):
     pass
 
 
+class DataCrunchNoCapacity(DataCrunchAPIError, NoCapacityError):
+    """A create refused because the type is not to be had there now: another offer may be."""
+
+
+class DataCrunchInsufficientFunds(DataCrunchAPIError):
+    """The prepaid balance does not cover the deploy (code `insufficient_funds`, HTTP 402)."""
+
+
 class ProvisioningRefusedError(DataCrunchTransientError):
     """Delete refused while the instance is ordered/provisioning: worth sending again once it is up.
 
@@ -62,6 +71,7 @@ class SDKPaths:
     scripts: str
     volumes: str
     volume_types: str
+    images: str
 
 
 @functools.cache
@@ -69,6 +79,7 @@ def sdk_paths() -> SDKPaths:
     """The API paths as the SDK spells them; imported on first use so `import providers` stays cheap."""
     from verda.authentication._authentication import TOKEN_ENDPOINT
     from verda.balance._balance import BALANCE_ENDPOINT
+    from verda.images._images import IMAGES_ENDPOINT
     from verda.instance_types._instance_types import INSTANCE_TYPES_ENDPOINT
     from verda.instances._instances import INSTANCE_AVAILABILITY_ENDPOINT, INSTANCES_ENDPOINT
     from verda.ssh_keys._ssh_keys import SSHKEYS_ENDPOINT
@@ -79,7 +90,7 @@ def sdk_paths() -> SDKPaths:
     return SDKPaths(token=TOKEN_ENDPOINT, balance=BALANCE_ENDPOINT, instance_types=INSTANCE_TYPES_ENDPOINT,
                     availability=INSTANCE_AVAILABILITY_ENDPOINT, instances=INSTANCES_ENDPOINT,
                     ssh_keys=SSHKEYS_ENDPOINT, scripts=STARTUP_SCRIPTS_ENDPOINT, volumes=VOLUMES_ENDPOINT,
-                    volume_types=VOLUME_TYPES_ENDPOINT)
+                    volume_types=VOLUME_TYPES_ENDPOINT, images=IMAGES_ENDPOINT)
 
 
 def body_of(resp: Any) -> Any:
@@ -88,6 +99,12 @@ def body_of(resp: Any) -> Any:
         return resp.json()
     except ValueError:
         return resp.text
+
+
+# The words of a create refused for capacity are documented nowhere (the SDKs' ErrorCodes have no
+# capacity code; dstack maps every create error to NoCapacityError with a FIXME): match the message.
+_CAPACITY_RE = re.compile(r"capacity|not available|unavailable|out of stock|sold out|not enough resources"
+                          r"|no (?:available )?(?:resources|servers|hosts)", re.I)
 
 
 def classify(method: str, path: str, resp: Any, code: str | None, message: Any) -> ProviderError:
@@ -103,6 +120,10 @@ def classify(method: str, path: str, resp: Any, code: str | None, message: Any) 
         return DataCrunchNotFound(what, status, body)
     if status == 400 and "provisioning" in str(message).lower():
         return ProvisioningRefusedError(what, status, body)
+    if status == 402 or code == "insufficient_funds":  # verda.constants.ErrorCodes; verda-cli agent_error.go
+        return DataCrunchInsufficientFunds(f"{what}; add credit to the DataCrunch account", status, body)
+    if status is not None and 400 <= status < 500 and _CAPACITY_RE.search(str(message)):
+        return DataCrunchNoCapacity(f"{what}; try another location or GPU", status, body)
     if status is None or status == 429 or status >= 500:
         return DataCrunchTransientError(what, status, body)
     return DataCrunchAPIError(what, status, body)

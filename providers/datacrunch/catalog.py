@@ -36,8 +36,10 @@ def gpu_name(instance_type: dict[str, Any]) -> str:
 
 
 def availability(api: DataCrunchAPI, spot: bool) -> dict[str, list[str]] | None:
-    """instance type -> the locations that have it now; None when the API would not say."""
+    """instance type -> the locations that have it now (GET /instance-availability: one row per location
+    with the types in stock, asked for spot or on-demand); None when the API would not say."""
     try:
+        # `isSpot` as the Python SDK spells it (InstancesService.get_availabilities).
         rows = api.request("get", sdk_paths().availability, params={"isSpot": str(bool(spot)).lower()}).json()
     except CredentialsError:
         raise
@@ -67,6 +69,24 @@ def storage_usd_per_hour(api: DataCrunchAPI, disk_gb: int) -> tuple[Decimal, str
     return Decimal(0), "unknown"
 
 
+def in_stock(api: DataCrunchAPI, instance_type: str, location: str, spot: bool) -> bool | None:
+    """GET /instance-availability/{type}?location_code=&isSpot= (InstancesService.is_available): a bool,
+    or the string "true"/"false" (Go SDK CheckInstanceTypeAvailability); None when the API would not say."""
+    try:
+        answer = api.request("get", sdk_paths().availability + "/{instance_type}",
+                             path_params={"instance_type": instance_type},
+                             params={"isSpot": str(bool(spot)).lower(), "location_code": location}).json()
+    except CredentialsError:
+        raise
+    except (ProviderError, ValueError):
+        return None
+    if isinstance(answer, bool):
+        return answer
+    if isinstance(answer, str) and answer.lower() in ("true", "false"):
+        return answer.lower() == "true"
+    return None
+
+
 def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, spot: bool, currency: str,
            disk_gb: int) -> list[Offer]:
     """One Offer per (instance type, location that has it); every location unknown -> one offer, available.
@@ -77,6 +97,13 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
     want = (gpu or "").lower().replace(" ", "")
     out: list[Offer] = []
     for t in types:
+        # `price_per_hour` (and `spot_price`) is the price of the WHOLE instance, all its GPUs, not per GPU.
+        # Sources: the Python SDK's own use (examples/advanced_create_instance.py: `price_per_hour * DURATION
+        # < balance.amount` for an 8V100.48V, no GPU count); verda-cli commit 26d3b11 "API price_per_hour is
+        # total, not per-GPU — remove double multiply" and cmd/vm/CLAUDE.md "Pricing"; the Go SDK's mock
+        # (1H100 3.17). verda-cli's cmd/util/pricing.go multiplies an INSTANCE's price_per_hour (GET
+        # /instances) by its GPUs for a dashboard: that is not this field, and the same CLI's create wizard
+        # and `cost estimate` read this one as the total.
         price = decimal_or_none(t.get("spot_price") if spot else t.get("price_per_hour"))
         n_gpu = int((t.get("gpu") or {}).get("number_of_gpus") or 0)
         if price is None or n_gpu == 0 or (count and n_gpu != count):
@@ -93,6 +120,8 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
             "storage": f"{disk_gb} GB NVMe OS volume at {vol_price} USD/GB-month",
             "currency": t.get("currency", currency),
             "display_name": t.get("display_name") or t.get("name"),
+            "supported_os": list(t.get("supported_os") or []),  # the images this type takes (check_launchable)
+            "deploy_warning": t.get("deploy_warning") or "",
         }
         regions = where.get(itype, []) if where is not None else [""]
         for region in regions or [""]:
@@ -101,6 +130,7 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
                 usd_per_hour=float(price), extra_usd_per_hour=float(extra), price_source="live",
                 spot=spot, region=region, available=bool(region) or where is None,
                 memory_gb=float((t.get("gpu_memory") or {}).get("size_in_gigabytes") or 0) or None,
-                details=dict(details, availability="unknown" if where is None else ("yes" if region else "none")),
+                details=dict(details, location=region,
+                             availability="unknown" if where is None else ("yes" if region else "none")),
             ))
     return out

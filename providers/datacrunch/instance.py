@@ -59,12 +59,16 @@ ENV_WATCHDOG_SECRET = ("DATACRUNCH_WATCHDOG_CLIENT_SECRET", "VERDA_WATCHDOG_CLIE
 # The self-destruct, shipped as package data (providers/scripts/); the .sh is the entry point.
 SELF_DESTRUCT_SCRIPTS = ("datacrunch_self_destruct.sh", "datacrunch_self_destruct.py")
 
+# Statuses: verda.constants.InstanceStatus and the Go SDK's Status* constants (pkg/verda/instances_types.go).
+# A status not listed here reads as PENDING: never gone, so teardown keeps deleting and verifying it.
 _STATES: dict[str, str] = {
     "new": PENDING,
     "ordered": PENDING,
+    "pending": PENDING,  # waiting for capacity (verda-cli: "Waiting for capacity..."); may end in no_capacity
     "provisioning": PENDING,
     "validating": PENDING,
     "restoring": PENDING,
+    "no_capacity": STOPPED,  # terminal (verda-cli InstanceTerminalStatuses): never boots, needs a delete
     "running": RUNNING,
     "offline": STOPPED,  # powered off but still billed: only delete stops the money
     "error": STOPPED,  # not gone, may bill: needs a delete like any other
@@ -73,6 +77,10 @@ _STATES: dict[str, str] = {
     "hibernating": STOPPED,
     "discontinued": TERMINATED,
 }
+NO_CAPACITY = "no_capacity"
+# What a reclaimed spot instance does with its volumes (OSVolume.on_spot_discontinue; the Go SDK's
+# SpotDiscontinueDeletePermanent): the default, keep_detached, leaves a detached volume billing.
+SPOT_VOLUME_POLICY = "delete_permanently"
 _HOSTNAME_RE = re.compile(rf"^{OWNER_TAG}-([a-z0-9][a-z0-9-]{{2,40}})$")
 _DESC_RE = re.compile(rf"\b{OWNER_TAG} run ([a-z0-9][a-z0-9-]{{2,40}})\b")
 _INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9-]+")
@@ -92,10 +100,11 @@ def _script_text(name: str) -> str:
 
 
 def per_id_failures(instance_id: str, status: int, body: Any) -> list[Any]:
-    """A 207 carries per-id results; the SDK ignores them. Any entry for our id that is not a success."""
-    if status != 207:
-        return []
+    """202 and 207 carry a JSON array of per-id results (Go SDK InstanceService.Action / InstanceActionResult;
+    the Python SDK ignores them). Any entry for our id that is not a success."""
     rows = body if isinstance(body, list) else (body.get("results") if isinstance(body, dict) else None)
+    if status != 207 and not isinstance(rows, list):
+        return []  # a 202 without results (older answers were empty) or a 204: nothing to read
     if not isinstance(rows, list):
         return [body]  # an unreadable 207: assume it failed, verification decides
     bad = []
@@ -107,6 +116,19 @@ def per_id_failures(instance_id: str, status: int, body: Any) -> list[Any]:
         if rid in (instance_id, None) and not ok:
             bad.append(r)
     return bad
+
+
+def created_id(body: Any) -> str | None:
+    """The new instance's id from a POST /instances answer: plain text (what the Python SDK reads), a JSON
+    string, or a JSON instance object (the Go SDK's createWithPlainTextResponse tries JSON first, then
+    falls back to the trimmed text). None when the body holds no usable id."""
+    if isinstance(body, dict):
+        body = body.get("id")
+    if isinstance(body, str):
+        text = body.strip().strip('"').strip()
+        if _INSTANCE_ID_RE.fullmatch(text):
+            return text
+    return None
 
 
 class DataCrunchProvider(Provider):
@@ -240,48 +262,120 @@ class DataCrunchProvider(Provider):
         return self.api.retrying(create_once)
 
     def create(self, spec: InstanceSpec) -> Instance:
+        """POST /instances, idempotent by the run's hostname. The id comes back as text or JSON; on any doubt
+        (an unreadable answer, a lost one, a 5xx after the request may have landed) the run's instance is
+        looked for by hostname before giving up. A create refused for capacity raises NoCapacityError with
+        nothing left billing: whatever of it landed is deleted first."""
         paths = sdk_paths()
         if not RUN_ID_RE.match(spec.run_id or ""):
             raise ProviderError(f"invalid run id {spec.run_id!r}: lower-case letters, digits and '-', 3-41 chars")
         self.check_credentials()
         for inst in self.list_run(spec.run_id):
             return inst  # idempotent: this run already has a live instance
+        offer = spec.offer
+        location = offer.region or self.location
+        if catalog.in_stock(self.api, offer.instance_type, location, offer.spot) is False:
+            raise NoCapacityError(f"DataCrunch has no {offer.instance_type}{' spot' if offer.spot else ''} "
+                                  f"in stock in {location} now: try another location or GPU")
         key_ids = []
         if spec.ssh_public_key.strip():
             key_ids.append(self._ensure_named(paths.ssh_keys, spec.name, "key", spec.ssh_public_key.strip()))
         script_id = None
         if self.startup_script:
             script_id = self._ensure_named(paths.scripts, spec.name, "script", self.startup_script)
-        payload: dict[str, Any] = {  # the keys InstancesService.create() sends
-            "instance_type": spec.offer.instance_type,
-            "image": spec.image or self.image,
-            "ssh_key_ids": key_ids,
-            "startup_script_id": script_id,
-            "hostname": spec.name,
-            "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else ""),
-            "location_code": spec.offer.region or self.location,
-            "os_volume": {"name": f"{spec.name}-os", "size": int(spec.disk_gb or self.disk_gb)},
-            "volumes": ([{"name": f"{spec.name}-data", "size": int(spec.volume_gb), "type": "NVMe"}]
-                        if spec.volume_gb else []),
-            "existing_volumes": [],
-            "is_spot": bool(spec.offer.spot),
-            "coupon": None,
-        }
+        payload = self._create_payload(spec, location, key_ids, script_id)
 
-        def create_once() -> str:
+        def create_once() -> str | None:
             live = self.list_run(spec.run_id)
             if live:  # a POST that timed out may have created it: never make a second one
                 return live[0].id
             resp = self.api.request("post", paths.instances, json_body=payload, retry=False)
-            return resp.text.strip().strip('"')  # the new id comes back as plain text, not JSON
+            return created_id(body_of(resp))
 
-        new_id = self.api.retrying(create_once)
+        try:
+            new_id = self.api.retrying(create_once)
+        except CredentialsError:
+            raise
+        except TransientProviderError as exc:  # retries spent: it may still have landed
+            return self._landed_or_raise(spec, f"DataCrunch create did not answer ({one_line(exc, 160)})")
+        except ProviderError:  # refused (capacity, image, funds): nothing of this attempt may bill
+            self._discard_landed(spec)
+            raise
+        if new_id is None:  # a 2xx whose body is no id: the request landed, find it by hostname
+            return self._landed_or_raise(spec, "DataCrunch accepted the create but its answer held no instance id")
         raw = self._get_raw(new_id)
         if raw is None:  # accepted but not yet readable: report it pending, never lose the id
             return Instance(id=new_id, provider=self.name, state=PENDING, run_id=spec.run_id, name=spec.name,
-                            instance_type=spec.offer.instance_type, created_at=time.time(),
-                            usd_per_hour=spec.offer.usd_per_hour, raw={"id": new_id, "status": "ordered"})
+                            instance_type=offer.instance_type, created_at=time.time(),
+                            usd_per_hour=offer.usd_per_hour, raw={"id": new_id, "status": "ordered"})
         return self._to_instance(raw)
+
+    def _create_payload(self, spec: InstanceSpec, location: str, key_ids: list[str],
+                        script_id: str | None) -> dict[str, Any]:
+        """The keys InstancesService.create() sends. Spot volumes are deleted with a reclaimed instance."""
+        spot = bool(spec.offer.spot)
+        os_volume: dict[str, Any] = {"name": f"{spec.name}-os", "size": int(spec.disk_gb or self.disk_gb)}
+        volumes = ([{"name": f"{spec.name}-data", "size": int(spec.volume_gb), "type": "NVMe"}]
+                   if spec.volume_gb else [])
+        if spot:  # only with is_spot (verda-cli: "--os-volume-on-spot-discontinue requires --is-spot")
+            os_volume["on_spot_discontinue"] = SPOT_VOLUME_POLICY
+            for vol in volumes:
+                vol["on_spot_discontinue"] = SPOT_VOLUME_POLICY
+        return {
+            "instance_type": spec.offer.instance_type,
+            "image": spec.image or str(spec.offer.details.get("image") or "") or self.image,
+            "ssh_key_ids": key_ids,
+            "startup_script_id": script_id,
+            "hostname": spec.name,
+            "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else ""),
+            "location_code": location,
+            "os_volume": os_volume,
+            "volumes": volumes,
+            "existing_volumes": [],
+            "is_spot": spot,  # as both SDKs send it (Go: `is_spot,omitempty`)
+            "coupon": None,
+        }
+
+    def _find_landed(self, run_id: str) -> list[Instance]:
+        """The run's instances, looked for a few times (a fresh order may take a moment to be listed)."""
+
+        def look() -> list[Instance]:
+            found = self.list_run(run_id)
+            if not found:
+                raise DataCrunchTransientError(f"no instance listed for run {run_id} yet")
+            return found
+
+        try:
+            return self.api.retrying(look)
+        except DataCrunchTransientError:
+            return []
+
+    def _landed_or_raise(self, spec: InstanceSpec, why: str) -> Instance:
+        """After a doubtful create: the run's instance if it landed (extra copies deleted), else one line."""
+        found = self._find_landed(spec.run_id)
+        if not found:
+            raise ProviderError(f"{why}; no instance named {spec.name} was found, so nothing is billing")
+        keep, *extra = sorted(found, key=lambda i: (i.created_at or 0.0, i.id))
+        for dup in extra:
+            self._delete_quietly(dup.id)
+        return keep
+
+    def _discard_landed(self, spec: InstanceSpec) -> None:
+        """A refused create may still have made something under the run's name: delete it (best effort)."""
+        try:
+            leftovers = self.list_run(spec.run_id)
+        except ProviderError:
+            return
+        for inst in leftovers:
+            self._delete_quietly(inst.id)
+
+    def _delete_quietly(self, instance_id: str) -> None:
+        """Delete, waiting out a "still provisioning" refusal within the retry budget; the teardown's
+        verify loop (list_run by the run id) catches whatever this could not."""
+        try:
+            self.api.retrying(lambda: self.terminate(instance_id), retry_refusals=True)
+        except ProviderError:
+            pass
 
     # ---- teardown ----------------------------------------------------------------------------------------
     def _run_volume_ids(self, raw: dict[str, Any]) -> list[str]:

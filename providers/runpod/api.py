@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from tenacity import Retrying
 
-from providers.base import CredentialsError, ProviderError, TransientProviderError
+from providers.base import CredentialsError, NoCapacityError, ProviderError, TransientProviderError
 from providers.common import bounded_call, classified, one_line, retry_policy
 
 if sys.version_info >= (3, 11):
@@ -101,6 +101,16 @@ def to_float(value: Any) -> float | None:
 GONE_MESSAGES = ("not found", "does not exist", "no pod", "already terminated")
 _AUTH_MESSAGES = ("unauthorized", "unauthorised", "forbidden", "permission denied", "invalid api key",
                   "api key is invalid", "not authorized")
+# A deploy refused for capacity. The first is the API's text word for word (runpodctl
+# cmd/pods/createPods.go falls back to the next GPU on it); the console's wording of the same is in
+# TheLastBen/fast-stable-diffusion#2484 ("this machine does not have the resources to deploy this pod").
+NO_CAPACITY_MESSAGES = ("no longer any instances available", "no instances available",
+                        "does not have the resources to deploy", "out of capacity")
+# A deploy refused for credit: RunPod wants one hour of the pod's price in the balance
+# (https://docs.runpod.io/accounts-billing/billing). Its GraphQL wording is not published; REST v2
+# calls it "402 Insufficient balance" (api-reference-v2/openapi.json, createPod), so match the forms.
+LOW_BALANCE_MESSAGES = ("insufficient balance", "insufficient funds", "not enough funds",
+                        "enough credit", "balance is too low", "low balance", "add funds")
 _TRANSIENT_MESSAGES = ("internal server error", "something went wrong", "timeout", "timed out",
                        "temporarily", "try again", "bad gateway", "service unavailable",
                        "gateway time", "rate limit", "too many requests")
@@ -131,10 +141,15 @@ def classify(exc: BaseException) -> ProviderError:
     if isinstance(exc, rp_error.QueryError):
         msg = _first_line(exc.message) or "unknown error"
         low = msg.lower()
-        if "no longer any instances available" in low or "no instances available" in low:
-            return ProviderError(
+        if any(m in low for m in NO_CAPACITY_MESSAGES):
+            return NoCapacityError(
                 "RunPod has no machine free for this GPU type / count / cloud right now: try another "
                 "GPU, cloud type or count (`gpurun offers`)"
+            )
+        if any(m in low for m in LOW_BALANCE_MESSAGES):
+            return ProviderError(
+                f"RunPod refused the deploy for credit ({msg}): a pod needs at least one hour of its "
+                f"price in the balance (https://docs.runpod.io/accounts-billing/billing); add funds"
             )
         if any(m in low for m in _AUTH_MESSAGES):
             return CredentialsError(

@@ -11,6 +11,7 @@ from typing import Any
 from providers.base import Offer, ProviderError
 from providers.common import HOURS_PER_MONTH
 from providers.runpod.api import RunPodClient, to_float
+from providers.runpod.spot import SPOT_API
 
 PROVIDER_NAME = "runpod"
 CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
@@ -37,9 +38,33 @@ def storage_usd_per_hour(container_disk_gb: int, volume_gb: int) -> float:
             + volume_gb * VOLUME_DISK_USD_PER_GB_MONTH) / HOURS_PER_MONTH
 
 
-def gpu_types_query(count: int) -> str:
+# A sane host per GPU, as SkyPilot asks RunPod for (sky/provision/runpod/utils.py launch():
+# min_vcpu_count=4 * gpu_quantity, min_memory_in_gb=gpu_memory_gb * gpu_quantity): 4 vCPUs feed the
+# data loader and the RAM holds a checkpoint of what fits on the GPU. RunPod's own default is 1 / 1
+# (runpod-python ctl_commands.create_pod), which can land a GPU on a starved host.
+MIN_VCPU_PER_GPU = 4
+
+def host_minimums(memory_in_gb: Any, count: int, *, vcpu_per_gpu: int = MIN_VCPU_PER_GPU,
+                  ram_gb_per_gpu: int | None = None) -> tuple[int, int]:
+    """(minVcpuCount, minMemoryInGb) for `count` GPUs: vCPUs per GPU, and RAM per GPU (default: the
+    GPU's own memory, at least 8 GB)."""
+    ram = ram_gb_per_gpu if ram_gb_per_gpu is not None else max(8, int(to_float(memory_in_gb) or 0))
+    return int(vcpu_per_gpu) * int(count), int(ram) * int(count)
+
+
+def gpu_types_query(count: int, min_vcpu: int = 0) -> str:
     # The SDK's get_gpus() asks only id/displayName/memoryInGb and get_gpu() one type at a time;
-    # this is get_gpu()'s field list for all types in one round trip.
+    # this is get_gpu()'s field list for all types in one round trip, with lowestPrice asked once
+    # per cloud type (aliases): stockStatus is per cloud when `secureCloud` is given (runpod/docs
+    # sdks/graphql/manage-pods.mdx, "Check GPU availability": lowestPrice(input: {gpuCount: 1,
+    # secureCloud: true}) { stockStatus uninterruptablePrice }). minVcpuCount is a GpuLowestPriceInput
+    # field (runpodctl api/cloud.go), so the stock read is for a host we would accept; the RAM minimum
+    # differs per type and cannot be given in one query, so only the deploy carries it.
+    def lowest(alias: str, secure: bool) -> str:
+        vcpu = f", minVcpuCount: {int(min_vcpu)}" if min_vcpu else ""
+        return (f"{alias}: lowestPrice(input: {{gpuCount: {int(count)}, secureCloud: {str(secure).lower()}{vcpu}}}) "
+                f"{{ minimumBidPrice uninterruptablePrice stockStatus }}")
+
     return f"""
     query GpuTypes {{
       gpuTypes {{
@@ -53,10 +78,8 @@ def gpu_types_query(count: int) -> str:
         communityPrice
         secureSpotPrice
         communitySpotPrice
-        lowestPrice(input: {{gpuCount: {int(count)}}}) {{
-          minimumBidPrice
-          uninterruptablePrice
-        }}
+        {lowest("secureLowest", True)}
+        {lowest("communityLowest", False)}
       }}
     }}
     """
@@ -70,9 +93,20 @@ def _matches(t: dict[str, Any], want: str | None) -> bool:
     return want in display or want in gpu_id
 
 
+def _per_gpu_price(listed: Any, lowest: dict[str, Any], spot: bool) -> float | None:
+    """The cloud's price per GPU: the listed one, or lowestPrice's where that is higher or the only one
+    (the budget must never assume less than RunPod will charge)."""
+    live = to_float(lowest.get("minimumBidPrice" if spot else "uninterruptablePrice"))
+    prices = [p for p in (to_float(listed), live) if p and p > 0]
+    return max(prices) if prices else None
+
+
 def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count: int, spot: bool,
-                          cloud_type: str, container_disk_gb: int, volume_gb: int) -> list[Offer]:
-    """One Offer per GPU type and cloud (secure / community) that has a price, cheapest first."""
+                          cloud_type: str, container_disk_gb: int, volume_gb: int,
+                          vcpu_per_gpu: int = MIN_VCPU_PER_GPU,
+                          ram_gb_per_gpu: int | None = None) -> list[Offer]:
+    """One Offer per GPU type and cloud type (SECURE / COMMUNITY) that has a price, cheapest first;
+    `available` is that cloud's own stockStatus (None: nothing to place)."""
     extra = storage_usd_per_hour(container_disk_gb, volume_gb)
     want = gpu.lower().replace(" ", "") if gpu else None
     out: list[Offer] = []
@@ -83,31 +117,34 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
         max_count = t.get("maxGpuCount")
         if max_count is not None and int(count) > int(max_count):
             continue
-        lowest = t.get("lowestPrice") or {}
-        # lowestPrice.uninterruptablePrice is null when no machine has `count` of these free.
-        in_stock = not lowest or lowest.get("uninterruptablePrice") is not None
+        min_vcpu, min_memory = host_minimums(t.get("memoryInGb"), count, vcpu_per_gpu=vcpu_per_gpu,
+                                             ram_gb_per_gpu=ram_gb_per_gpu)
         clouds = []
         if cloud_type in ("ALL", "SECURE") and t.get("secureCloud"):
-            clouds.append(("SECURE", t.get("securePrice"), t.get("secureSpotPrice")))
+            clouds.append(("SECURE", t.get("secureSpotPrice" if spot else "securePrice"), t.get("secureLowest")))
         if cloud_type in ("ALL", "COMMUNITY") and t.get("communityCloud"):
-            clouds.append(("COMMUNITY", t.get("communityPrice"), t.get("communitySpotPrice")))
-        for cloud, on_demand, spot_price in clouds:
-            per_gpu = to_float(spot_price if spot else on_demand)
-            if spot and not per_gpu:
-                per_gpu = to_float(lowest.get("minimumBidPrice"))
-            if not per_gpu or per_gpu <= 0:
+            clouds.append(("COMMUNITY", t.get("communitySpotPrice" if spot else "communityPrice"),
+                           t.get("communityLowest")))
+        for cloud, listed, lowest in clouds:
+            lowest = lowest or {}
+            per_gpu = _per_gpu_price(listed, lowest, spot)
+            if not per_gpu:
                 continue
+            stock = lowest.get("stockStatus") or None
             details: dict[str, Any] = {
                 "cloud_type": cloud,
+                "stock_status": stock,
                 "usd_per_gpu_hour": per_gpu,
                 "container_disk_gb": container_disk_gb,
                 "volume_gb": volume_gb,
                 "storage_rates": STORAGE_RATES,
                 "max_gpu_count": max_count,
-                "in_stock": in_stock,
+                "min_vcpu_count": min_vcpu,
+                "min_memory_gb": min_memory,
             }
             if spot:
                 details["bid_per_gpu"] = per_gpu
+                details["api"] = SPOT_API
             out.append(Offer(
                 provider=PROVIDER_NAME,
                 gpu=t.get("displayName") or gpu_id,
@@ -118,7 +155,7 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
                 price_source="live",
                 spot=spot,
                 region=cloud.lower(),
-                available=in_stock,
+                available=stock is not None,
                 memory_gb=to_float(t.get("memoryInGb")),
                 details=details,
             ))
@@ -127,11 +164,13 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
 
 
 def fetch_offers(client: RunPodClient, *, gpu: str | None, count: int, spot: bool, cloud_type: str,
-                 container_disk_gb: int, volume_gb: int) -> list[Offer]:
+                 container_disk_gb: int, volume_gb: int, vcpu_per_gpu: int = MIN_VCPU_PER_GPU,
+                 ram_gb_per_gpu: int | None = None) -> list[Offer]:
     """Live offers: one gpuTypes query, priced for `count` GPUs and the pod's disks."""
     if int(count) < 1:
         raise ProviderError(f"GPU count must be >= 1, got {count}")
-    data = client.graphql("list GPU types", gpu_types_query(count))
+    data = client.graphql("list GPU types", gpu_types_query(count, int(vcpu_per_gpu) * int(count)))
     types = ((data.get("data") or {}).get("gpuTypes")) or []
     return offers_from_gpu_types(types, gpu=gpu, count=count, spot=spot, cloud_type=cloud_type,
-                                 container_disk_gb=container_disk_gb, volume_gb=volume_gb)
+                                 container_disk_gb=container_disk_gb, volume_gb=volume_gb,
+                                 vcpu_per_gpu=vcpu_per_gpu, ram_gb_per_gpu=ram_gb_per_gpu)

@@ -26,6 +26,7 @@ from providers.base import (
     CredentialsError,
     Instance,
     InstanceSpec,
+    NoCapacityError,
     Offer,
     Provider,
     ProviderError,
@@ -42,17 +43,26 @@ from providers.runpod.api import (
     RunPodClient,
     check_pod_id,
     check_string,
-    gql_str,
     is_gone_error,
     to_float,
 )
-from providers.runpod.catalog import PROVIDER_NAME, check_cloud_type, fetch_offers, storage_usd_per_hour
+from providers.runpod.catalog import (
+    MIN_VCPU_PER_GPU,
+    PROVIDER_NAME,
+    check_cloud_type,
+    fetch_offers,
+    host_minimums,
+    storage_usd_per_hour,
+)
 from providers.runpod.self_destruct import api_base_default, pid1_environ_default, self_destruct_shell
+from providers.runpod.spot import rent_interruptable
+from providers.runpod.ssh_start import check_ssh_setup, docker_args_for
 
 log = logging.getLogger("gpurun.providers.runpod")
 
 NAME_PREFIX = "gpurun-"
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+BILLING_DOCS = "https://docs.runpod.io/accounts-billing/billing"
 _API_BASE_RE = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._/-]*)?$")
 
 
@@ -105,6 +115,11 @@ class RunPodProvider(Provider):
     pid1_environ_path    where the watchdog reads RUNPOD_POD_ID/RUNPOD_API_KEY (default $RUNPOD_PID1_ENVIRON,
                          else /proc/1/environ)
     volume_mount_path    where the pod volume is mounted (default /workspace)
+    ssh_setup            "auto" (default: images other than runpod/* get a start command that installs
+                         sshd + rsync and the run's key, see ssh_start.py), "image" (trust the image),
+                         "install" (always send the start command)
+    min_vcpu_per_gpu     host vCPUs asked per GPU (default 4, as SkyPilot asks)
+    min_ram_gb_per_gpu   host RAM asked per GPU (default: the GPU's own memory, at least 8 GB)
     """
 
     name = PROVIDER_NAME
@@ -128,6 +143,9 @@ class RunPodProvider(Provider):
         self_destruct_api_base: str | None = None,
         pid1_environ_path: str | None = None,
         volume_mount_path: str = "/workspace",
+        ssh_setup: str = "auto",
+        min_vcpu_per_gpu: int = MIN_VCPU_PER_GPU,
+        min_ram_gb_per_gpu: int | None = None,
     ) -> None:
         self.image = check_string("image", image, IMAGE_RE)
         disk = int(container_disk_gb if disk_gb is None else disk_gb)
@@ -142,6 +160,11 @@ class RunPodProvider(Provider):
         self.self_destruct_api_base = base
         self.pid1_environ_path = pid1_environ_path or pid1_environ_default()
         self.volume_mount_path = check_string("volume_mount_path", volume_mount_path, MOUNT_PATH_RE)
+        self.ssh_setup = check_ssh_setup(ssh_setup)
+        if int(min_vcpu_per_gpu) < 1 or (min_ram_gb_per_gpu is not None and int(min_ram_gb_per_gpu) < 1):
+            raise ProviderError("RunPod min_vcpu_per_gpu and min_ram_gb_per_gpu must be >= 1")
+        self.min_vcpu_per_gpu = int(min_vcpu_per_gpu)
+        self.min_ram_gb_per_gpu = None if min_ram_gb_per_gpu is None else int(min_ram_gb_per_gpu)
         policy = CallPolicy(
             request_timeout_s=float(request_timeout_s),
             max_attempts=max(1, int(max_attempts)),
@@ -169,7 +192,8 @@ class RunPodProvider(Provider):
 
     def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
         return fetch_offers(self.client, gpu=gpu, count=count, spot=spot, cloud_type=self.cloud_type,
-                                    container_disk_gb=self.container_disk_gb, volume_gb=self.volume_gb)
+                            container_disk_gb=self.container_disk_gb, volume_gb=self.volume_gb,
+                            vcpu_per_gpu=self.min_vcpu_per_gpu, ram_gb_per_gpu=self.min_ram_gb_per_gpu)
 
     # ------------------------------------------------------------------ reading pods
 
@@ -250,7 +274,13 @@ class RunPodProvider(Provider):
         # --disk-gb (a 40 GB default against a 20 GB plan).
         disk = int(offer.details.get("container_disk_gb", self.container_disk_gb))
         volume = int(offer.details.get("volume_gb", self.volume_gb))
+        # The host minimums the offer was listed with (catalog.host_minimums), else the same rule.
+        vcpu, memory = host_minimums(offer.memory_gb, count, vcpu_per_gpu=self.min_vcpu_per_gpu,
+                                     ram_gb_per_gpu=self.min_ram_gb_per_gpu)
+        vcpu = int(offer.details.get("min_vcpu_count") or vcpu)
+        memory = int(offer.details.get("min_memory_gb") or memory)
         env = self._validated_env(spec)
+        docker_args = docker_args_for(image, self.ssh_setup)
         self.client.require_key()
 
         existing = self._find_by_name(name)
@@ -260,14 +290,24 @@ class RunPodProvider(Provider):
 
         if offer.spot:
             bid = to_float(offer.details.get("bid_per_gpu")) or (offer.usd_per_hour / max(1, count))
-            create_call = lambda: self._create_spot(  # noqa: E731
-                name, image, gpu_id, cloud, count, disk, volume, env, bid)
+            create_call = lambda: rent_interruptable(  # noqa: E731
+                self.client, name=name, image=image, gpu_id=gpu_id, cloud=cloud, count=count, disk_gb=disk,
+                volume_gb=volume, volume_mount_path=self.volume_mount_path, env=env, bid_per_gpu=bid,
+                min_vcpu=vcpu, min_memory_gb=memory, docker_args=docker_args)
         else:
             create_call = lambda: self._create_on_demand(  # noqa: E731
-                name, image, gpu_id, cloud, count, disk, volume, env)
+                name, image, gpu_id, cloud, count, disk, volume, env, vcpu, memory, docker_args)
 
         created_at = time.time()
-        pod = self._create_idempotently(name, create_call)
+        try:
+            pod = self._create_idempotently(name, create_call)
+        except NoCapacityError:
+            # Nothing was made (a lost answer would have been found by name first): the controller
+            # may try the next offer of the plan.
+            raise NoCapacityError(
+                f"RunPod has no machine free for {count}x {gpu_id} in {cloud} cloud"
+                f"{' (spot)' if offer.spot else ''} with {vcpu} vCPUs / {memory} GB RAM right now: "
+                f"try another GPU, cloud type or count (`gpurun offers`)") from None
         try:
             inst: Instance | None = self.get(str(pod["id"]))
         except ProviderError as exc:  # the pod exists: hand its id back rather than lose it
@@ -300,12 +340,16 @@ class RunPodProvider(Provider):
         raise TransientProviderError("create pod: gave up")  # unreachable: reraise=True
 
     def _create_on_demand(self, name: str, image: str, gpu_id: str, cloud: str, count: int, disk: int,
-                          volume: int, env: dict[str, str]) -> dict[str, Any]:
-        # create_pod first runs gpuTypes(input: {id}) and raises ValueError for an unknown GPU.
+                          volume: int, env: dict[str, str], min_vcpu: int, min_memory_gb: int,
+                          docker_args: str) -> dict[str, Any]:
+        # create_pod first runs gpuTypes(input: {id}) and raises ValueError for an unknown GPU. Its
+        # min_vcpu_count / min_memory_in_gb default to 1 / 1 (runpod-python ctl_commands.create_pod):
+        # we ask for a host that can feed the GPU. docker_args is "" or ssh_start's base64 command.
         def call(rp: Any) -> dict[str, Any]:
             return rp.create_pod(
                 name=name, image_name=image, gpu_type_id=gpu_id, cloud_type=cloud,
                 gpu_count=count, volume_in_gb=volume, container_disk_in_gb=disk,
+                min_vcpu_count=min_vcpu, min_memory_in_gb=min_memory_gb, docker_args=docker_args,
                 ports="22/tcp", env=env, support_public_ip=True, start_ssh=True,
                 volume_mount_path=self.volume_mount_path,
             )
@@ -313,41 +357,6 @@ class RunPodProvider(Provider):
         pod = self.client.sdk("create pod", call, timeout_s=self.client.policy.create_timeout_s, retry=False)
         if not pod or not pod.get("id"):
             raise ProviderError("RunPod create answered without a pod id (no capacity?)")
-        return pod
-
-    def _create_spot(self, name: str, image: str, gpu_id: str, cloud: str, count: int, disk: int,
-                     volume: int, env: dict[str, str], bid_per_gpu: float) -> dict[str, Any]:
-        # Same input fields as podFindAndDeployOnDemand plus bidPerGpu (RunPod's GraphQL docs and
-        # dstack's RunPod backend build both mutations from one field list). Values are validated
-        # above and JSON-escaped here as well.
-        env_items = ", ".join(f"{{ key: {gql_str(k)}, value: {gql_str(v)} }}" for k, v in env.items())
-        fields = [
-            f"bidPerGpu: {float(bid_per_gpu):.4f}",
-            f"cloudType: {cloud}",
-            f"gpuCount: {int(count)}",
-            f"volumeInGb: {int(volume)}",
-            f"containerDiskInGb: {int(disk)}",
-            "minVcpuCount: 1",
-            "minMemoryInGb: 1",
-            f"gpuTypeId: {gql_str(gpu_id)}",
-            f"name: {gql_str(name)}",
-            f"imageName: {gql_str(image)}",
-            'dockerArgs: ""',
-            'ports: "22/tcp"',
-            f"volumeMountPath: {gql_str(self.volume_mount_path)}",
-            "startSsh: true",
-            "supportPublicIp: true",
-            f"env: [{env_items}]",
-        ]
-        query = (
-            "mutation { podRentInterruptable(input: { " + ", ".join(fields) + " }) "
-            "{ id imageName env machineId machine { podHostId } } }"
-        )
-        data = self.client.graphql("create spot pod", query, timeout_s=self.client.policy.create_timeout_s,
-                                   retry=False)
-        pod = (data.get("data") or {}).get("podRentInterruptable")
-        if not pod or not pod.get("id"):
-            raise ProviderError("RunPod spot create answered without a pod id (bid too low? no capacity?)")
         return pod
 
     # ------------------------------------------------------------------ ending pods
@@ -399,8 +408,25 @@ class RunPodProvider(Provider):
             "raw": me,
         }
 
+    def check_launchable(self, offer: Offer) -> None:
+        """RunPod deploys a pod only with credit for one hour of it: "To deploy a new Pod, your account
+        must have at least one hour's worth of credits for your selected configuration"
+        (https://docs.runpod.io/accounts-billing/billing; also docs.runpod.io/pods/pricing). So an
+        offer whose hour costs more than the balance is refused here, naming both numbers."""
+        self._check_hour_of_credit(self.account()["balance_usd"], offer.total_usd_per_hour,
+                                   f"{offer.gpu_count}x {offer.gpu} {offer.details.get('cloud_type') or ''}".strip())
+
+    @staticmethod
+    def _check_hour_of_credit(balance: float | None, usd_per_hour: float, what: str = "this pod") -> None:
+        if balance is not None and balance < float(usd_per_hour):
+            raise ProviderError(
+                f"RunPod balance {balance:.2f} USD is below one hour of {what} ({float(usd_per_hour):.2f} USD/h), "
+                f"which RunPod requires to deploy ({BILLING_DOCS}): add funds or pick a cheaper GPU"
+            )
+
     def check_spend(self, max_usd: float, usd_per_hour: float) -> None:
-        """Refuse a budget the account cannot pay, and a price over the account's hourly spend limit.
+        """Refuse a budget the account cannot pay, a pod the balance cannot deploy (one hour of it),
+        and a price over the account's hourly spend limit.
 
         RunPod refuses to start a pod when the hourly cost of what runs plus the new pod's would
         exceed the spend limit (https://docs.runpod.io/api-reference-v2/account/get-account-limits):
@@ -413,6 +439,7 @@ class RunPodProvider(Provider):
                 f"RunPod balance {balance:.2f} USD cannot cover --max-usd {float(max_usd):g}: add funds "
                 f"or lower the budget"
             )
+        self._check_hour_of_credit(balance, usd_per_hour)
         limit = acct["spend_limit_usd_per_hour"]
         if limit is not None:
             current = acct["current_spend_usd_per_hour"] or 0.0

@@ -1,14 +1,21 @@
 """A local stand-in for the DataCrunch (Verda) public REST API, for the real `verda` SDK to talk to.
 
-It speaks the wire format the SDK 1.25 sends and parses (see verda/*/_*.py): OAuth2 client
-credentials at /oauth2/token, /balance, /instance-types (prices as STRINGS), /instance-availability,
-/volume-types, /images, /sshkeys, /scripts, /volumes and /instances (POST answers the new id as
-plain text; PUT carries actions). Instances walk ordered -> provisioning -> running and, after a
-delete, deleting -> discontinued, each step after a configurable delay; the ip stays null until
-running. A billing meter per instance runs from the create call until the instance is discontinued.
+It speaks the wire format the SDK 1.25 sends and parses (see verda/*/_*.py) and the official Go SDK
+(github.com/verda-cloud/verdacloud-sdk-go, pkg/verda/*.go) parses: OAuth2 client credentials at
+/oauth2/token, /balance, /instance-types (prices as STRINGS, `supported_os`), /instance-availability,
+/volume-types, /images (`?instance_type=`), /sshkeys, /scripts, /volumes and /instances (POST answers
+the new id as plain text or as JSON; PUT carries actions and answers a JSON results array).
+Instances walk ordered -> [pending] -> provisioning -> running, or ordered -> pending -> no_capacity,
+and, after a delete, deleting -> discontinued, each step after a configurable delay; the ip stays
+null until running. A billing meter per instance runs from the create call until the instance is
+discontinued; volumes are listed (and so billed) until permanently deleted.
 
-Knobs for the failure modes a real cloud has: 5xx for the next N calls, slow answers, a 207 that
-silently does nothing for one id, and the 400 "Can't discontinue a provisioning instance".
+Knobs (attributes; see the dataclass fields) for what a real account meets: `create_answer` (the
+shape of the POST /instances body), `pending_s` (an order waits for capacity), `no_capacity_where`
+(orders that end in no_capacity), `refuse_create_where` (a create refused for capacity),
+`spot_availability`, `refuse_delete_in`, `min_deploy_balance`; and methods: 5xx / slow answers for the
+next N calls, a 207 that silently does nothing for one id, `reclaim_spot` (the cloud takes a spot
+instance back).
 """
 
 from __future__ import annotations
@@ -90,14 +97,81 @@ DEFAULT_INSTANCE_TYPES: list[dict[str, Any]] = [
         "display_name": "2x A100 SXM4 80GB",
         "supported_os": ["ubuntu-24.04-cuda-12.8-open-docker"],
     },
+    {
+        # price_per_hour is the price of the WHOLE instance (all 8 GPUs), not per GPU: verda-cli
+        # commit 26d3b11 "API price_per_hour is total, not per-GPU" and cmd/vm/CLAUDE.md "Pricing";
+        # the Python SDK's examples/advanced_create_instance.py multiplies it by hours alone.
+        "id": "c9d8e7f6-0000-4000-8000-000000000004",
+        "instance_type": "8H100.80S.176V",
+        "price_per_hour": "17.52",
+        "spot_price": "7.92",
+        "description": "Dedicated Hardware Instance",
+        "cpu": {"description": "176 CPU", "number_of_cores": 176},
+        "gpu": {"description": "8x H100 SXM5 80GB", "number_of_gpus": 8},
+        "memory": {"description": "1480GB RAM", "size_in_gigabytes": 1480},
+        "gpu_memory": {"description": "640GB GPU RAM", "size_in_gigabytes": 640},
+        "storage": {"description": "dynamic"},
+        "best_for": ["Large model training"],
+        "model": "H100",
+        "name": "H100 SXM5 80GB",
+        "p2p": "900 GB/s",
+        "currency": "usd",
+        "manufacturer": "NVIDIA",
+        "display_name": "8x H100 SXM5 80GB",
+        "supported_os": ["ubuntu-24.04-cuda-12.8-open-docker", "ubuntu-24.04-cuda-12.8-pytorch-docker"],
+    },
+    {
+        # Not every image runs on every type: dstack deploys V100s with "Ubuntu 22.04 + CUDA 12.0 +
+        # Docker" and the rest with the 24.04 / CUDA 12.8 image (dstack datacrunch/compute.py
+        # _get_vm_image_id); the SDK's InstanceType.supported_os lists what a type takes.
+        "id": "c9d8e7f6-0000-4000-8000-000000000005",
+        "instance_type": "1V100.6V",
+        "price_per_hour": "0.39",
+        "spot_price": "0.13",
+        "description": "Dedicated Hardware Instance",
+        "cpu": {"description": "6 CPU", "number_of_cores": 6},
+        "gpu": {"description": "1x Tesla V100 16GB", "number_of_gpus": 1},
+        "memory": {"description": "23GB RAM", "size_in_gigabytes": 23},
+        "gpu_memory": {"description": "16GB GPU RAM", "size_in_gigabytes": 16},
+        "storage": {"description": "dynamic"},
+        "best_for": ["Experimentation"],
+        "model": "V100",
+        "name": "Tesla V100 16GB",
+        "p2p": "",
+        "currency": "usd",
+        "manufacturer": "NVIDIA",
+        "display_name": "Tesla V100 16GB",
+        "supported_os": ["ubuntu-22.04-cuda-12.0-docker"],
+    },
+]
+
+# GET /images: the SDK's Image (id, name, image_type, details); the Go SDK adds is_default, category.
+DEFAULT_IMAGES: list[dict[str, Any]] = [
+    {"id": "77777777-4f48-4249-82b3-f199fb9b701b", "name": "Ubuntu 24.04 + CUDA 12.8 Open + Docker",
+     "image_type": "ubuntu-24.04-cuda-12.8-open-docker", "details": ["Ubuntu 24.04", "CUDA 12.8", "Docker"],
+     "is_default": True, "is_cluster": False, "category": "ubuntu"},
+    {"id": "88888888-4f48-4249-82b3-f199fb9b701b", "name": "Ubuntu 24.04 + CUDA 12.8 + PyTorch + Docker",
+     "image_type": "ubuntu-24.04-cuda-12.8-pytorch-docker",
+     "details": ["Ubuntu 24.04", "CUDA 12.8", "PyTorch 2.7", "Docker"],
+     "is_default": False, "is_cluster": False, "category": "ml"},
+    {"id": "2088da25-bb0d-41cc-a191-dccae45d96fd", "name": "Ubuntu 22.04 + CUDA 12.0 + Docker",
+     "image_type": "ubuntu-22.04-cuda-12.0-docker", "details": ["Ubuntu 22.04", "CUDA 12.0", "Docker"],
+     "is_default": False, "is_cluster": False, "category": "ubuntu"},
 ]
 
 DEFAULT_AVAILABILITY: dict[str, list[str]] = {
-    "FIN-01": ["1A100.22V", "2A100.44V"],
-    "FIN-03": ["1H100.80S.30V", "1A100.22V"],
+    "FIN-01": ["1A100.22V", "2A100.44V", "8H100.80S.176V"],
+    "FIN-03": ["1H100.80S.30V", "1A100.22V", "1V100.6V"],
 }
 
 PROVISIONING_REFUSAL = "Can't discontinue a provisioning instance"
+# The exact words of a create refused for capacity are not in the SDKs or the docs; dstack treats
+# every create APIException as NoCapacityError (datacrunch/compute.py _deploy_instance, "FIXME").
+# This fake answers a 400 invalid_request with a message naming the capacity, as a conservative guess.
+CAPACITY_REFUSAL = "Not enough capacity for {itype} in {location}: try another location or instance type"
+# verda.constants.ErrorCodes.INSUFFICIENT_FUNDS; verda-cli maps HTTP 402 to "insufficient balance"
+# (cmd/util/agent_error.go).
+FUNDS_REFUSAL = "Insufficient funds to deploy this instance: add credit"
 
 
 def _iso(epoch: float) -> str:
@@ -114,6 +188,7 @@ class FakeInstance:
     status_since: float = 0.0
     billing_stopped: float | None = None
     delete_requests: int = 0
+    ends_in_no_capacity: bool = False
 
 
 @dataclass
@@ -145,8 +220,30 @@ class FakeDataCrunchAPI:
     token_ttl_s: int = 3600
     forget_discontinued_after_s: float | None = None  # GET by id answers 404 after this
     instance_types: list[dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_INSTANCE_TYPES)))
-    availability: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_AVAILABILITY))
+    availability: dict[str, list[str]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_AVAILABILITY)))
+    # Spot stock is asked for separately (`isSpot` / `is_spot` on /instance-availability); None: as on-demand.
+    spot_availability: dict[str, list[str]] | None = None
+    images: list[dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_IMAGES)))
     nvme_price_per_month_per_gb: float = 0.2
+    # The POST /instances body: "text" (the id, as the Python SDK reads it: `.text`), "json" (the
+    # instance object, as the Go SDK's mock answers and createWithPlainTextResponse unmarshals first),
+    # "json_string" (the id as a JSON string) or "garbage" (a 2xx body that is no id at all).
+    create_answer: str = "text"
+    # Seconds an order waits in `pending` ("Waiting for capacity...", verda-cli status_messages.go;
+    # StatusPending in the Go SDK's instances_types.go) after `ordered`; 0 skips it.
+    pending_s: float = 0.0
+    # Orders for these instance types / locations / "type@location" go pending -> no_capacity
+    # (StatusNoCapacity, terminal in verda-cli InstanceTerminalStatuses) instead of provisioning.
+    no_capacity_where: set[str] = field(default_factory=set)
+    # Creates for these are refused outright (400, CAPACITY_REFUSAL), nothing created; so is a create
+    # for a type the location does not have in stock.
+    refuse_create_where: set[str] = field(default_factory=set)
+    # Statuses in which a delete is refused with PROVISIONING_REFUSAL (the SDK's instance_actions example:
+    # "encounter an error (because it's still provisioning)"; dstack's messages). What the API does for
+    # `pending` is not documented: add it here to model a refusal.
+    refuse_delete_in: set[str] = field(default_factory=lambda: {"ordered", "provisioning"})
+    # A create is refused with insufficient_funds when the balance is below this (no documented minimum).
+    min_deploy_balance: float = 0.0
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -154,6 +251,9 @@ class FakeDataCrunchAPI:
         self.ssh_keys: dict[str, dict[str, str]] = {}
         self.scripts: dict[str, dict[str, str]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
+        self.trash: dict[str, dict[str, Any]] = {}  # volumes moved to the trash (still billed)
+        self.creates: list[dict[str, Any]] = []  # every POST /instances body as received
+        self.spot_flags: list[dict[str, Any]] = []  # where/how a spot flag came in: {"where", "key", "value"}
         self.tokens: dict[str, float] = {}
         self.refresh_tokens: set[str] = set()
         self.requests: list[dict[str, Any]] = []  # (method, path, status) of every call, for assertions
@@ -209,6 +309,33 @@ class FakeDataCrunchAPI:
         with self.lock:
             self._silent_delete_fail.add(instance_id)
 
+    def reclaim_spot(self, instance_id: str) -> None:
+        """The cloud takes a spot instance back: it is discontinued, and each of its volumes follows its
+        `on_spot_discontinue` (keep_detached, the default, keeps it detached and billing; move_to_trash;
+        delete_permanently). verda/instances/_instances.py OSVolume; Go SDK SpotDiscontinue* constants."""
+        with self.lock:
+            inst = self.instances[instance_id]
+            now = time.time()
+            self._set_status(inst, "discontinued", now)
+            inst.billing_stopped, inst.body["ip"] = now, None
+            for vid, vol in list(self.volumes.items()):
+                if vol.get("instance_id") != instance_id:
+                    continue
+                policy = vol.get("_on_spot_discontinue") or "keep_detached"
+                if policy == "delete_permanently":
+                    del self.volumes[vid]
+                elif policy == "move_to_trash":
+                    self.trash[vid] = dict(self.volumes.pop(vid), status="deleted", instance_id=None)
+                else:
+                    vol["instance_id"], vol["status"] = None, "detached"
+
+    def billed_volumes(self) -> list[dict[str, Any]]:
+        """Every volume that still bills: attached, detached or in the trash."""
+        with self.lock:
+            for inst in self.instances.values():
+                self._advance(inst, time.time())
+            return [*self.volumes.values(), *self.trash.values()]
+
     # ---- inspection ------------------------------------------------------------------------------------
     def status_of(self, instance_id: str) -> str:
         with self.lock:
@@ -241,11 +368,20 @@ class FakeDataCrunchAPI:
         inst.status, inst.status_since = status, at
         inst.body["status"] = status
 
+    def _next(self, inst: FakeInstance) -> tuple[float, str] | None:
+        """The next status of the walk and how long the current one lasts (None: it stays)."""
+        if inst.status == "ordered":
+            if self.pending_s > 0 or inst.ends_in_no_capacity:
+                return self.ordered_s, "pending"
+            return self.ordered_s, "provisioning"
+        if inst.status == "pending":
+            return self.pending_s, "no_capacity" if inst.ends_in_no_capacity else "provisioning"
+        steps = {"provisioning": (self.provisioning_s, "running"), "deleting": (self.deleting_s, "discontinued")}
+        return steps.get(inst.status)
+
     def _advance(self, inst: FakeInstance, now: float) -> None:
-        steps = {"ordered": (self.ordered_s, "provisioning"), "provisioning": (self.provisioning_s, "running"),
-                 "deleting": (self.deleting_s, "discontinued")}
-        while inst.status in steps:
-            delay, nxt = steps[inst.status]
+        while (step := self._next(inst)) is not None:
+            delay, nxt = step
             at = inst.status_since + delay
             if now < at:
                 return
@@ -256,7 +392,11 @@ class FakeDataCrunchAPI:
                 inst.billing_stopped = at
                 inst.body["ip"] = None
                 for vid in inst.body.get("_delete_volumes", []):
-                    self.volumes.pop(vid, None)
+                    vol = self.volumes.pop(vid, None)
+                    # volume_ids without delete_permanently go to the trash, where they keep billing
+                    # (SDK 1.20.0 release notes: delete_permanently "skipping trash").
+                    if vol is not None and not inst.body.get("_delete_permanently"):
+                        self.trash[vid] = dict(vol, status="deleted", instance_id=None)
                 for vol in self.volumes.values():
                     if vol.get("instance_id") == inst.id:
                         vol["instance_id"], vol["status"] = None, "detached"
@@ -343,10 +483,11 @@ class FakeDataCrunchAPI:
         if root == "instance-types" and method == "GET":
             return self._json(self.instance_types)
         if root == "instance-availability" and method == "GET":
-            if len(seg) == 2:
-                return self._json(any(seg[1] in v for v in self.availability.values()))
+            stock = self._stock(self._spot_query(query))
             loc = query.get("location_code")
-            return self._json([{"location_code": k, "availabilities": v} for k, v in self.availability.items()
+            if len(seg) == 2:  # GET /instance-availability/{type}: a JSON bool (Go SDK also reads "true")
+                return self._json(any(seg[1] in v for k, v in stock.items() if not loc or loc == k))
+            return self._json([{"location_code": k, "availabilities": v} for k, v in stock.items()
                                if not loc or loc == k])
         if root == "volume-types" and method == "GET":
             return self._json([
@@ -354,8 +495,15 @@ class FakeDataCrunchAPI:
                 {"type": "HDD", "price": {"price_per_month_per_gb": 0.05, "currency": "usd"}},
             ])
         if root == "images" and method == "GET":
-            return self._json([{"id": "img-1", "name": "Ubuntu 24.04 + CUDA 12.8 Open + Docker",
-                                "image_type": "ubuntu-24.04-cuda-12.8-open-docker", "details": ["CUDA 12.8"]}])
+            # ImagesService.get(instance_type=) / Go GetImagesByInstanceType: `?instance_type=` filters
+            # to the images that type supports (its supported_os).
+            want = query.get("instance_type")
+            if not want:
+                return self._json(self.images)
+            itype = self._type(want)
+            if itype is None:
+                return self._error(400, "invalid_request", f"unknown instance type {want!r}")
+            return self._json([i for i in self.images if i["image_type"] in itype.get("supported_os", [])])
         if root == "sshkeys":
             return self._named(self.ssh_keys, "key", "keys", method, seg, payload)
         if root == "scripts":
@@ -365,6 +513,25 @@ class FakeDataCrunchAPI:
         if root == "instances":
             return self._instances(method, seg, query, payload, now)
         return self._error(404, "not_found", f"no route {method} {path}")
+
+    def _type(self, name: Any) -> dict[str, Any] | None:
+        return next((t for t in self.instance_types if t["instance_type"] == name), None)
+
+    def _spot_query(self, query: dict[str, str]) -> bool:
+        """The Python SDK sends `isSpot=true|false` (instances.get_availabilities / is_available), the Go
+        SDK `is_spot=true` and nothing when false (instance_availability.go): accept both, record which."""
+        for key in ("isSpot", "is_spot"):
+            if key in query:
+                self.spot_flags.append({"where": "availability", "key": key, "value": query[key]})
+                return query[key].lower() == "true"
+        return False
+
+    def _stock(self, spot: bool) -> dict[str, list[str]]:
+        return self.spot_availability if spot and self.spot_availability is not None else self.availability
+
+    @staticmethod
+    def _matches(where: set[str], itype: str, location: str) -> bool:
+        return bool(where & {itype, location, f"{itype}@{location}"})
 
     def _named(self, store: dict[str, dict[str, str]], field_name: str, list_key: str, method: str,
                seg: list[str], payload: Any) -> tuple[int, str, str]:
@@ -390,10 +557,10 @@ class FakeDataCrunchAPI:
         for inst in self.instances.values():
             self._advance(inst, now)
         if method == "GET" and len(seg) == 1:
-            return self._json(list(self.volumes.values()))
+            return self._json([self._public_dict(v) for v in self.volumes.values()])
         if method == "GET" and len(seg) == 2:
             vol = self.volumes.get(seg[1])
-            return self._json(vol) if vol else self._error(404, "not_found", "volume not found")
+            return self._json(self._public_dict(vol)) if vol else self._error(404, "not_found", "volume not found")
         if method == "DELETE" and len(seg) == 2:
             vol = self.volumes.get(seg[1])
             if not vol:
@@ -404,11 +571,12 @@ class FakeDataCrunchAPI:
             return 202, "text/plain", ""
         return self._error(405, "invalid_request", "method not allowed")
 
-    def _new_volume(self, name: str, size: int, vtype: str, instance_id: str, is_os: bool, now: float) -> str:
+    def _new_volume(self, name: str, size: int, vtype: str, instance_id: str, is_os: bool, now: float,
+                    location: str, on_spot_discontinue: str | None = None) -> str:
         vid = str(uuid.uuid4())
         self.volumes[vid] = {"id": vid, "status": "attached", "name": name, "size": size, "type": vtype,
                              "is_os_volume": is_os, "created_at": _iso(now), "instance_id": instance_id,
-                             "location": "FIN-03"}
+                             "location": location, "_on_spot_discontinue": on_spot_discontinue}
         return vid
 
     def _instances(self, method: str, seg: list[str], query: dict[str, str], payload: Any,
@@ -436,13 +604,17 @@ class FakeDataCrunchAPI:
         return self._error(405, "invalid_request", "method not allowed")
 
     @staticmethod
-    def _public(inst: FakeInstance) -> dict[str, Any]:
-        return {k: v for k, v in inst.body.items() if not k.startswith("_")}
+    def _public_dict(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    def _public(self, inst: FakeInstance) -> dict[str, Any]:
+        return self._public_dict(inst.body)
 
     def _create(self, p: Any, now: float) -> tuple[int, str, str]:
         if not isinstance(p, dict):
             return self._error(400, "invalid_request", "JSON body required")
-        itype = next((t for t in self.instance_types if t["instance_type"] == p.get("instance_type")), None)
+        self.creates.append(json.loads(json.dumps(p)))
+        itype = self._type(p.get("instance_type"))
         if itype is None:
             return self._error(400, "invalid_request", f"unknown instance type {p.get('instance_type')!r}")
         for k in ("image", "hostname", "location_code"):
@@ -456,72 +628,117 @@ class FakeDataCrunchAPI:
         script = p.get("startup_script_id")
         if script and script not in self.scripts:
             return self._error(400, "invalid_request", f"unknown startup script {script}")
-        price = float(itype["spot_price"] if p.get("is_spot") else itype["price_per_hour"])
+        # The SDKs send `is_spot` (InstancesService.create; Go CreateInstanceRequest `is_spot,omitempty`);
+        # `isSpot` is the availability query's spelling in the Python SDK: accept both, record which came.
+        spot = False
+        for key in ("is_spot", "isSpot"):
+            if key in p:
+                self.spot_flags.append({"where": "create", "key": key, "value": p[key]})
+                spot = spot or bool(p[key])
+        image = str(p["image"])
+        # An image is an image_type from supported_os, or an existing OS volume id (SDK create() docstring).
+        if image not in itype.get("supported_os", []) and image not in self.volumes:
+            return self._error(400, "invalid_request",
+                               f"image {image!r} is not supported on {itype['instance_type']}")
+        location = str(p["location_code"])
+        if self.balance is not None and self.balance < self.min_deploy_balance:
+            return self._error(402, "insufficient_funds", FUNDS_REFUSAL)
+        if (self._matches(self.refuse_create_where, itype["instance_type"], location)
+                or itype["instance_type"] not in self._stock(spot).get(location, [])):
+            return self._error(400, "invalid_request",
+                               CAPACITY_REFUSAL.format(itype=itype["instance_type"], location=location))
+        price = float(itype["spot_price"] if spot else itype["price_per_hour"])
         new_id = str(uuid.uuid4())
         osv = p.get("os_volume") or {}
         os_vol = self._new_volume(osv.get("name") or f"{p['hostname']}-os", int(osv.get("size") or 50), "NVMe",
-                                  new_id, True, now)
-        for v in p.get("volumes") or []:
-            self._new_volume(v.get("name", "data"), int(v.get("size", 1)), v.get("type", "NVMe"), new_id, False, now)
+                                  new_id, True, now, location, osv.get("on_spot_discontinue"))
+        data_vols = [self._new_volume(v.get("name", "data"), int(v.get("size", 1)), v.get("type", "NVMe"), new_id,
+                                      False, now, location, v.get("on_spot_discontinue"))
+                     for v in p.get("volumes") or []]
         body = {
             "id": new_id, "instance_type": itype["instance_type"], "price_per_hour": price,
             "hostname": p["hostname"], "description": p.get("description") or "", "status": "ordered",
             "created_at": _iso(now), "ssh_key_ids": list(p.get("ssh_key_ids") or []),
             "cpu": itype["cpu"], "gpu": itype["gpu"], "memory": itype["memory"], "storage": itype["storage"],
-            "gpu_memory": itype["gpu_memory"], "ip": None, "os_volume_id": os_vol,
-            "location": p["location_code"], "image": p["image"], "startup_script_id": script,
-            "is_spot": bool(p.get("is_spot")), "contract": p.get("contract") or "PAY_AS_YOU_GO",
+            "gpu_memory": itype["gpu_memory"], "ip": None, "os_volume_id": os_vol, "volume_ids": data_vols,
+            "location": location, "image": image, "startup_script_id": script,
+            "is_spot": spot, "contract": p.get("contract") or ("SPOT" if spot else "PAY_AS_YOU_GO"),
             "pricing": p.get("pricing") or "FIXED_PRICE",
         }
-        self.instances[new_id] = FakeInstance(new_id, body, price, now, "ordered", now)
-        return 202, "text/plain", new_id  # the real API answers the id as plain text, not JSON
+        inst = FakeInstance(new_id, body, price, now, "ordered", now,
+                            ends_in_no_capacity=self._matches(self.no_capacity_where, itype["instance_type"], location))
+        self.instances[new_id] = inst
+        # The real API answers the id as plain text (the Python SDK reads `.text`), or sometimes as JSON
+        # (Go SDK createWithPlainTextResponse: "sometimes JSON, sometimes plain text ID"; its mock answers
+        # 201 with the instance object).
+        if self.create_answer == "json":
+            return 201, "application/json", json.dumps(self._public(inst))
+        if self.create_answer == "json_string":
+            return 202, "application/json", json.dumps(new_id)
+        if self.create_answer == "garbage":
+            return 202, "text/html", "<html><body>Accepted</body></html>"
+        return 202, "text/plain", new_id
 
     def _action(self, p: Any, now: float) -> tuple[int, str, str]:
+        """PUT /instances: 202 with a JSON results array when every id succeeded, 207 when some failed, each
+        entry {action, instanceId, status, error?, statusCode?} (Go SDK InstanceActionResult and its mock's
+        handleInstanceAction; TestInstanceService_Action_207_PartialFailure). A single-id refusal is a plain
+        4xx error (TestInstanceService_Action_400_BadRequest)."""
         if not isinstance(p, dict) or not p.get("id") or not p.get("action"):
             return self._error(400, "invalid_request", "id and action are required")
         ids = p["id"] if isinstance(p["id"], list) else [p["id"]]
         action = p["action"]
         results: list[dict[str, Any]] = []
+
+        def fail(iid: str, message: str, code: int) -> None:
+            results.append({"action": action, "instanceId": iid, "status": "error", "error": message,
+                            "statusCode": code})
+
         for iid in ids:
             inst = self.instances.get(iid)
             if inst is None:
                 if len(ids) == 1:
                     return self._error(404, "not_found", "Instance not found")
-                results.append({"instanceId": iid, "action": action, "status": "error", "error": "not found"})
+                fail(iid, "instance not found", 404)
                 continue
             self._advance(inst, now)
             if action == "delete":
                 inst.delete_requests += 1
                 if iid in self._silent_delete_fail:
                     self._silent_delete_fail.discard(iid)
-                    results.append({"instanceId": iid, "action": action, "status": "error",
-                                    "error": "internal error while discontinuing"})
+                    fail(iid, "internal error while discontinuing", 500)
                     continue
-                if inst.status in ("ordered", "provisioning"):
+                if inst.status in self.refuse_delete_in:
                     if len(ids) == 1:
                         return self._error(400, "invalid_request", PROVISIONING_REFUSAL)
-                    results.append({"instanceId": iid, "action": action, "status": "error",
-                                    "error": PROVISIONING_REFUSAL})
+                    fail(iid, PROVISIONING_REFUSAL, 400)
                     continue
-                if inst.status in ("running", "offline", "error"):
+                if inst.status == "discontinued":  # dstack datacrunch/compute.py terminate_instance
+                    if len(ids) == 1:
+                        return self._error(400, "invalid_request", "Can't discontinue a discontinued instance")
+                    fail(iid, "Can't discontinue a discontinued instance", 400)
+                    continue
+                if inst.status != "deleting":
+                    # A no_capacity order is still an instance record: the sources are silent on it, so
+                    # the conservative reading is that it needs (and takes) a delete like any other and
+                    # bills until discontinued (verda-cli: "Delete: always available").
                     self._set_status(inst, "deleting", now)
                     vols = [v for v in (p.get("volume_ids") or []) if v in self.volumes
                             and self.volumes[v].get("instance_id") == iid]
                     inst.body["_delete_volumes"] = vols  # listed volumes go with the instance
-                results.append({"instanceId": iid, "action": action, "status": "success"})
+                    inst.body["_delete_permanently"] = bool(p.get("delete_permanently"))
+                results.append({"action": action, "instanceId": iid, "status": "success"})
             elif action == "shutdown":
                 if inst.status == "running":
                     self._set_status(inst, "offline", now)  # still billing: only delete stops the meter
-                results.append({"instanceId": iid, "action": action, "status": "success"})
+                results.append({"action": action, "instanceId": iid, "status": "success"})
             elif action == "start":
                 if inst.status == "offline":
                     self._set_status(inst, "running", now)
-                results.append({"instanceId": iid, "action": action, "status": "success"})
+                results.append({"action": action, "instanceId": iid, "status": "success"})
             else:
                 return self._error(400, "invalid_request", f"unsupported action {action!r}")
-        if any(r["status"] == "error" for r in results):
-            return self._json(results, 207)
-        return 202, "text/plain", ""
+        return self._json(results, 207 if any(r["status"] == "error" for r in results) else 202)
 
 
 class _Handler(BaseHTTPRequestHandler):

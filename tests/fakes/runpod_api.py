@@ -12,8 +12,24 @@ Knobs: `boot_delay_s` (runtime is null until then), `ssh_host`/`ssh_port` (what 
 reports: point them at a loopback sshd), `fail_next(n, status)` (401/403/5xx for the next n requests),
 `lose_answer(op)` (done, but answered 502),
 `delay_next(n, seconds)` / `delay_s` (slow answers), `sticky_terminate(polls)` (the next terminate
-answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU type, `balance`,
-`spend_limit` and `other_spend_per_hr` (what `myself` reports as spendLimit / currentSpendPerHr).
+answers OK but the pod keeps running for that many `pod` polls), `stock` per GPU type (free GPUs,
+both clouds), `balance`, `spend_limit` and `other_spend_per_hr` (what `myself` reports as
+spendLimit / currentSpendPerHr).
+
+Stock and capacity, per cloud type (issue 13):
+- `stock_status[(gpu_id, "SECURE"|"COMMUNITY")]` / `set_stock_status(gpu_id, cloud, status)`: what
+  `lowestPrice(input: {gpuCount, secureCloud})` reports as `stockStatus` ("High", "Medium", "Low" or
+  None). Default "High" where the type is offered on that cloud, None where it is not. A deploy to a
+  cloud whose stockStatus is None is refused for capacity.
+- `refuse_deploy(gpu_id, cloud=None, times=1)`: the next `times` deploys of that type (to that cloud,
+  or any) are refused for capacity although stockStatus says otherwise: stock changes between the
+  query and the deploy. This is how an end-to-end test makes the first offer fail at create.
+- `host_spec[(gpu_id, cloud)] = (vcpu_per_gpu, ram_gb_per_gpu)`: the biggest machine of that type in
+  that cloud. A deploy whose minVcpuCount / minMemoryInGb exceeds it times gpuCount is refused for
+  capacity, and lowestPrice given those minimums reports stockStatus None.
+- Credit: a deploy is refused (`LOW_BALANCE`) when the balance is below one hour of the pod's price.
+Each pod records what its deploy asked for (`docker_args`, `min_vcpu_count`, `min_memory_gb`,
+`start_ssh`, `ports`, `cloud_type`), and `sshd_started` says whether the container would open SSH.
 Every pod has a per-second billing meter from create until it is really gone (or stopped), at the
 GPU price; every pod also gets its own pod-scoped key (`pod_api_key(id)`) as RunPod puts in the
 container's RUNPOD_API_KEY, which may act only on that pod. `pid1_environ` (a path): the fake writes
@@ -24,8 +40,11 @@ self-destruct to read (RUNPOD_PID1_ENVIRON points gpurun's script at it). Each r
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import re
 import secrets
 import string
 import threading
@@ -57,8 +76,23 @@ DEFAULT_GPU_TYPES: list[dict[str, Any]] = [
     },
 ]
 
+# The deploy refusal for capacity, word for word: runpodctl falls back to the next GPU on exactly this
+# text (runpod/runpodctl cmd/pods/createPods.go, `strings.Contains(err.Error(), "no longer any
+# instances available")`; its e2e/cli_test.go shouldSkipCommunityCreate matches it too).
 NO_CAPACITY = ("There are no longer any instances available with the requested specifications. "
                "Please refresh and try again.")
+# RunPod refuses a deploy without credit for one hour of the pod ("To deploy a new Pod, your account
+# must have at least one hour's worth of credits for your selected configuration",
+# https://docs.runpod.io/accounts-billing/billing, runpod/docs accounts-billing/billing.mdx, and
+# pods/pricing.mdx). The GraphQL wording of that refusal is in no public source we could find
+# (runpod-python, runpodctl, runpod/docs, their issues); REST v2 documents it only as `402
+# Insufficient balance` (api-reference-v2/openapi.json, createPod). This stand-in says the same.
+LOW_BALANCE = ("Insufficient balance: your account must have at least one hour's worth of credits "
+               "for the selected configuration to deploy this pod.")
+STOCK_LEVELS = ("High", "Medium", "Low")
+CLOUDS = ("SECURE", "COMMUNITY")
+# Storage billed with the pod (https://docs.runpod.io/pods/storage): part of "the selected configuration".
+_DISK_USD_PER_GB_HOUR = 0.10 / 730
 
 
 class _QueryFail(Exception):
@@ -82,12 +116,33 @@ class FakePod:
     env: dict[str, str]
     spot: bool
     pod_key: str
+    docker_args: str = ""
+    min_vcpu_count: int = 0
+    min_memory_gb: int = 0
+    vcpu_count: int = 0
+    memory_gb: int = 0
+    start_ssh: bool = False
+    ports: str = ""
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
     desired_status: str = "RUNNING"
     terminate_requests: int = 0
     sticky_polls: int = 0  # `pod` polls left before a requested terminate really happens
     gone: bool = False
+
+    @property
+    def sshd_started(self) -> bool:
+        """Would the container open SSH? RunPod's official images start sshd from PUBLIC_KEY in their
+        start script; any other image needs a start command that installs and starts it
+        (https://docs.runpod.io/pods/configuration/use-ssh, "Full SSH via public IP": "if you're
+        using a custom template, ensure that TCP port 22 is exposed and that the SSH daemon is
+        running"). dockerArgs replaces the image's CMD, so on an official image it also replaces
+        the start script."""
+        if "22/tcp" not in self.ports.split(","):
+            return False
+        if self.docker_args:
+            return "sshd" in _decoded_start_command(self.docker_args)
+        return self.image.startswith("runpod/") and bool(self.env.get("PUBLIC_KEY"))
 
     def billed_seconds(self, now: float | None = None) -> int:
         end = self.ended if self.ended is not None else (now or time.monotonic())
@@ -117,6 +172,20 @@ class FakeRunPodAPI:
         self.boot_delay_s = boot_delay_s
         self.gpu_types = [dict(t) for t in (gpu_types or DEFAULT_GPU_TYPES)]
         self.stock: dict[str, int] = {t["id"]: 8 for t in self.gpu_types}
+        # lowestPrice(input: {gpuCount, secureCloud: true|false}) { stockStatus }: per cloud type, one of
+        # High / Medium / Low / None (runpod/docs sdks/graphql/manage-pods.mdx, "Check GPU availability";
+        # `runpodctl gpu list` prints the same field: runpodctl-gpu.mdx, internal/api/gpu.go).
+        self.stock_status: dict[tuple[str, str], str | None] = {
+            (t["id"], c): ("High" if t.get(f"{c.lower()}Cloud") else None) for t in self.gpu_types for c in CLOUDS
+        }
+        # The biggest host per type and cloud: (vCPUs per GPU, RAM GB per GPU). podFindAndDeployOnDemand
+        # looks for a machine meeting minVcpuCount / minMemoryInGb (its input fields: runpod-python
+        # api/mutations/pods.py; runpodctl api/pod.go CreatePodInput) and, finding none, refuses with
+        # NO_CAPACITY, as for any spec nothing free can meet.
+        self.host_spec: dict[tuple[str, str], tuple[int, int]] = {
+            (t["id"], c): (8, 2 * int(t.get("memoryInGb") or 16)) for t in self.gpu_types for c in CLOUDS
+        }
+        self._refusals: list[tuple[str, str | None]] = []
         self.initial_balance = balance
         # myself { clientBalance currentSpendPerHr spendLimit }: the account's balance, what runs now
         # per hour and the hourly cap a new pod must fit under (`runpodctl user` prints these fields:
@@ -197,6 +266,19 @@ class FakeRunPodAPI:
         """The next podTerminate answers OK, but the pod stays RUNNING for `polls` `pod` queries."""
         with self._lock:
             self._sticky_next = polls
+
+    def set_stock_status(self, gpu_id: str, cloud: str, status: str | None) -> None:
+        """What lowestPrice reports for `gpu_id` in `cloud` ("SECURE", "COMMUNITY" or "ALL" for both)."""
+        assert status is None or status in STOCK_LEVELS, status
+        with self._lock:
+            for c in (CLOUDS if cloud == "ALL" else (cloud,)):
+                self.stock_status[(gpu_id, c)] = status
+
+    def refuse_deploy(self, gpu_id: str, cloud: str | None = None, times: int = 1) -> None:
+        """The next `times` deploys of `gpu_id` (to `cloud`, or to any cloud) answer NO_CAPACITY,
+        whatever stockStatus said: the machine was taken between the query and the deploy."""
+        with self._lock:
+            self._refusals.extend([(gpu_id, cloud)] * times)
 
     def pod_api_key(self, pod_id: str) -> str:
         return self.pods[pod_id].pod_key
@@ -359,19 +441,45 @@ class FakeRunPodAPI:
         gpu_id = t["id"]
 
         def lowest(args: dict[str, Any]) -> dict[str, Any]:
-            count = int((args.get("input") or {}).get("gpuCount") or 1)
-            prices = [p for p in (t.get("securePrice"), t.get("communityPrice")) if p]
-            spots = [p for p in (t.get("secureSpotPrice"), t.get("communitySpotPrice")) if p]
-            in_stock = self.stock.get(gpu_id, 0) >= count
+            # GpuLowestPriceInput: gpuCount, secureCloud, minVcpuCount, minMemoryInGb (runpodctl
+            # api/cloud.go GetCloudInput; runpod/docs manage-pods.mdx). secureCloud true / false asks
+            # one cloud type; left out, the cheaper of both.
+            inp = args.get("input") or {}
+            count = int(inp.get("gpuCount") or 1)
+            secure = inp.get("secureCloud")
+            clouds = CLOUDS if secure is None else (("SECURE",) if secure else ("COMMUNITY",))
+            vcpu, mem = int(inp.get("minVcpuCount") or 0), int(inp.get("minMemoryInGb") or 0)
+            have = [c for c in clouds if self._can_place(t, c, count, vcpu, mem)]
+            prices = [t.get(f"{c.lower()}Price") for c in have if t.get(f"{c.lower()}Price")]
+            spots = [t.get(f"{c.lower()}SpotPrice") for c in have if t.get(f"{c.lower()}SpotPrice")]
+            levels = [self.stock_status.get((gpu_id, c)) for c in have]
+            best = min((lv for lv in levels if lv), key=STOCK_LEVELS.index, default=None)
+            host = [self.host_spec[(gpu_id, c)] for c in have]
             return {
-                "minimumBidPrice": min(spots) if spots and in_stock else None,
-                "uninterruptablePrice": min(prices) if prices and in_stock else None,
+                # Nothing to place: no price and no stock (the old reading of a null lowestPrice).
+                "minimumBidPrice": min(spots) if spots else None,
+                "uninterruptablePrice": min(prices) if prices else None,
+                "stockStatus": best,
+                "minVcpu": min(h[0] for h in host) * count if host else None,
+                "minMemory": min(h[1] for h in host) * count if host else None,
+                "availableGpuCounts": [n for n in range(1, int(t.get("maxGpuCount") or 8) + 1)
+                                       if self.stock.get(gpu_id, 0) >= n] if have else [],
             }
 
         view["lowestPrice"] = lowest
         for extra in ("oneMonthPrice", "threeMonthPrice", "oneWeekPrice"):
             view.setdefault(extra, None)
         return view
+
+    def _can_place(self, t: dict[str, Any], cloud: str, count: int, vcpu: int, mem: int) -> bool:
+        """Is there a machine of this type in this cloud with `count` GPUs free and the host minimums?"""
+        gpu_id = t["id"]
+        if not t.get(f"{cloud.lower()}Cloud") or self.stock_status.get((gpu_id, cloud)) is None:
+            return False
+        if self.stock.get(gpu_id, 0) < count:
+            return False
+        vcpu_per_gpu, ram_per_gpu = self.host_spec[(gpu_id, cloud)]
+        return vcpu <= vcpu_per_gpu * count and mem <= ram_per_gpu * count
 
     def _pod_view(self, pod: FakePod) -> dict[str, Any]:
         booted = time.monotonic() - pod.started >= self.boot_delay_s
@@ -401,14 +509,14 @@ class FakeRunPodAPI:
             "containerDiskInGb": pod.container_disk_gb,
             "volumeInGb": pod.volume_gb,
             "volumeMountPath": "/workspace",
-            "memoryInGb": 62,
-            "vcpuCount": 16,
-            "dockerArgs": "",
+            "memoryInGb": pod.memory_gb,
+            "vcpuCount": pod.vcpu_count,
+            "dockerArgs": pod.docker_args,
             "dockerId": None,
             "lastStatusChange": "Rented by User",
             "podType": "INTERRUPTABLE" if pod.spot else "RESERVED",
             "port": None,
-            "ports": "22/tcp",
+            "ports": pod.ports,
             "uptimeSeconds": int(time.monotonic() - pod.started) if runtime else 0,
             "runtime": runtime,
         }
@@ -425,24 +533,33 @@ class FakeRunPodAPI:
         if cloud not in ("ALL", "SECURE", "COMMUNITY"):
             raise _QueryFail(f'Value "{cloud}" does not exist in "CloudTypeEnum" enum.', 400)
         count = int(inp.get("gpuCount") or 1)
-        if self.stock.get(gpu_id, 0) < count:
+        vcpu, mem = int(inp.get("minVcpuCount") or 0), int(inp.get("minMemoryInGb") or 0)
+        # "Find and deploy": the cheapest cloud (of those asked) with a machine that meets the spec.
+        wanted = list(CLOUDS) if cloud == "ALL" else [cloud]
+        placeable = [c for c in wanted if self._can_place(t, c, count, vcpu, mem)]
+        refusal = next((r for r in self._refusals if r[0] == gpu_id and (r[1] is None or r[1] in wanted)), None)
+        if refusal is not None:
+            self._refusals.remove(refusal)
             raise _QueryFail(NO_CAPACITY)
-        clouds = {"SECURE": ["secure"], "COMMUNITY": ["community"], "ALL": ["community", "secure"]}[cloud]
+        kind = "SpotPrice" if spot else "Price"
+        priced = sorted((float(t[f"{c.lower()}{kind}"]), c) for c in placeable if t.get(f"{c.lower()}{kind}"))
+        if not priced:
+            raise _QueryFail(NO_CAPACITY)
+        floor, placed = priced[0]
         if spot:
-            mins = [t.get(f"{c}SpotPrice") for c in clouds if t.get(f"{c}Cloud") and t.get(f"{c}SpotPrice")]
-            if not mins:
-                raise _QueryFail(NO_CAPACITY)
             bid = float(inp.get("bidPerGpu") or 0)
-            if bid < min(mins):
-                raise _QueryFail(f"Your bid price ({bid}) is lower than the minimum bid price ({min(mins)}).")
+            if bid < floor:
+                raise _QueryFail(f"Your bid price ({bid}) is lower than the minimum bid price ({floor}).")
             per_gpu = bid
         else:
-            prices = [t.get(f"{c}Price") for c in clouds if t.get(f"{c}Cloud") and t.get(f"{c}Price")]
-            if not prices:
-                raise _QueryFail(NO_CAPACITY)
-            per_gpu = min(prices)
+            per_gpu = floor
+        disk, volume = int(inp.get("containerDiskInGb") or 0), int(inp.get("volumeInGb") or 0)
+        hourly = per_gpu * count + (disk + volume) * _DISK_USD_PER_GB_HOUR
+        if self.balance < hourly:
+            raise _QueryFail(LOW_BALANCE)
         env = {str(e["key"]): str(e["value"]) for e in (inp.get("env") or [])}
         alphabet = string.ascii_lowercase + string.digits
+        vcpu_per_gpu, ram_per_gpu = self.host_spec[(gpu_id, placed)]
         pod = FakePod(
             id="".join(secrets.choice(alphabet) for _ in range(14)),
             name=str(inp["name"]),
@@ -451,11 +568,18 @@ class FakeRunPodAPI:
             gpu_count=count,
             cloud_type=cloud,
             usd_per_hour=per_gpu * count,
-            container_disk_gb=int(inp.get("containerDiskInGb") or 0),
-            volume_gb=int(inp.get("volumeInGb") or 0),
+            container_disk_gb=disk,
+            volume_gb=volume,
             env=env,
             spot=spot,
             pod_key="rpa_POD" + secrets.token_hex(12),
+            docker_args=str(inp.get("dockerArgs") or ""),
+            min_vcpu_count=vcpu,
+            min_memory_gb=mem,
+            vcpu_count=vcpu_per_gpu * count,
+            memory_gb=ram_per_gpu * count,
+            start_ssh=bool(inp.get("startSsh")),
+            ports=str(inp.get("ports") or ""),
         )
         self.pods[pod.id] = pod
         if self.pid1_environ is not None:
@@ -524,6 +648,18 @@ class FakeRunPodAPI:
             "currentSpendPerHr": round(spend, 4),
             "spendLimit": self.spend_limit,
         }
+
+
+def _decoded_start_command(docker_args: str) -> str:
+    """dockerArgs as the container would run it, with any base64 payload (SkyPilot's way past the
+    API's quoting: sky/provision/runpod/utils.py launch()) decoded, for the fake's sshd_started."""
+    text = docker_args
+    for word in re.findall(r"[A-Za-z0-9+/=]{16,}", docker_args):
+        try:
+            text += "\n" + base64.b64decode(word, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return text
 
 
 def _project(value: Any, selection: SelectionSetNode | None, type_name: str) -> Any:

@@ -1,0 +1,98 @@
+"""Create and boot a run's instance, trying the plan's offers in order (offer fallback).
+
+An attempt is one offer: create -> booting -> SSH answers. It fails when the provider refuses for
+capacity (NoCapacityError at create), says the instance will never boot (`Instance.boot_failure`),
+loses it while booting, or the attempt's boot window passes first. The window is what is left of
+the boot budget (--max-boot-usd, default budgets.yaml's boot_share of the cap) at the offer's price,
+never less than the provider's minimum charge (the create already incurred it), at most MAX_BOOT_S,
+and never past the guard's stop time. A failed attempt's instance is terminated and verified gone
+(`teardown.retire`) before the next offer is tried; its billed cost joins the run's spend
+(`Allowance.spent_before_usd`), so the next offer's deadline is computed on what is left of
+--max-usd: all attempts together stay inside the cap. Every attempt is an instance row and an
+`attempt_failed` event of the run, and an entry of the run record's `attempts`, which the shutdown
+proof carries. Billing starts during provisioning (pods that never booted still bill), so a boot is
+never waited on for free.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from orchestrator import teardown as teardown_mod
+from orchestrator.budget import max_runtime_s
+from orchestrator.budgets_file import BudgetError
+from orchestrator.errors import BootFailed, RunFailed
+from orchestrator.plan import offer_label
+from providers.base import Instance, NoCapacityError, Offer
+
+if TYPE_CHECKING:
+    from orchestrator.lifecycle import Controller
+
+MAX_BOOT_S = 900.0  # one attempt that has not come up in 15 minutes is stuck, whatever the budget
+
+
+def failed_boots_usd(attempts: list[dict[str, Any]]) -> float:
+    return sum(float(a.get("cost_usd") or 0.0) for a in attempts)
+
+
+def boot_window_s(ctl: Controller, boot_left_usd: float) -> float:
+    """How long this attempt may take to come up: what the boot budget left buys at its price."""
+    allowance = ctl.allowance
+    bought = max_runtime_s(max(0.0, boot_left_usd), allowance.usd_per_hour, allowance.billing)
+    return min(MAX_BOOT_S, max(bought, float(allowance.billing.minimum_s)))
+
+
+def provision(ctl: Controller) -> Instance:
+    """The run's instance, created and reachable; RunFailed naming every offer tried when none came up."""
+    candidates = [ctl.offer, *ctl.record.fallbacks]
+    failures: list[str] = []
+    for n, offer in enumerate(candidates, 1):
+        if n > 1:
+            try:
+                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=failed_boots_usd(ctl.record.attempts))
+            except BudgetError as exc:
+                failures.append(f"{n}. {offer_label(offer)}: not tried: {exc}")
+                break
+        boot_left = ctl.record.max_boot_usd - failed_boots_usd(ctl.record.attempts)
+        if boot_left <= 0:
+            failures.append(f"{n}. {offer_label(offer)}: not tried: failed boots used the"
+                            f" {ctl.record.max_boot_usd:.4f} USD of --max-boot-usd")
+            break
+        reason = _attempt(ctl, n, offer, boot_left)
+        if reason is None:
+            return ctl.instance
+        failures.append(f"{n}. {offer_label(offer)}: {reason}")
+    raise RunFailed("no offer came up: " + "; ".join(failures)
+                    + ". Each attempt was verified gone; try later, another --gpu, or raise --max-boot-usd")
+
+
+def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float) -> str | None:
+    """One offer: None when its instance is up and reachable, else why not (its instance verified gone)."""
+    created_at = time.time()
+    try:
+        instance = ctl.create_instance()
+    except NoCapacityError as exc:
+        _record(ctl, n, offer, None, f"no capacity: {exc}", created_at, time.time(), 0.0)
+        return f"no capacity: {exc}"
+    until = min(created_at + boot_window_s(ctl, boot_left_usd), ctl.run.stop_at_epoch or created_at + MAX_BOOT_S)
+    try:
+        ctl.boot_and_connect(instance, until)
+        return None
+    except BootFailed as exc:
+        reason = str(exc)
+    retired = teardown_mod.retire(ctl.ledger, ctl.provider, ctl.run.run_id, instance.id)
+    cost = ctl.allowance.attempt_cost_at(retired.verified_at - created_at)
+    _record(ctl, n, offer, instance.id, reason, created_at, retired.verified_at, cost,
+            terminate_requests=[r.__dict__ for r in retired.requests], final_describe=retired.final_describe)
+    return f"{reason} (verified gone, {cost:.4f} USD)"
+
+
+def _record(ctl: Controller, n: int, offer: Offer, instance_id: str | None, reason: str,
+            created_at: float, gone_at: float, cost_usd: float, **evidence: Any) -> None:
+    attempt = {
+        "attempt": n, "offer": offer_label(offer), "instance_type": offer.instance_type, "region": offer.region,
+        "usd_per_hour": offer.total_usd_per_hour, "instance_id": instance_id, "reason": reason,
+        "created_at": created_at, "gone_at": gone_at, "cost_usd": cost_usd, **evidence,
+    }
+    ctl.record_failed_attempt(attempt)
