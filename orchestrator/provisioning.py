@@ -2,10 +2,11 @@
 
 An attempt is one offer: create -> booting -> SSH answers. It fails when the provider refuses for
 capacity (NoCapacityError at create), says the instance will never boot (`Instance.boot_failure`),
-loses it while booting, or the attempt's boot window passes first. The window is what is left of
-the boot budget (--max-boot-usd, default budgets.yaml's boot_share of the cap) at the offer's price,
-never less than the provider's minimum charge (the create already incurred it), at most MAX_BOOT_S,
-and never past the guard's stop time. A failed attempt's instance is terminated and verified gone
+loses it while booting, or the attempt's boot window passes first. The window is what its share of
+the boot budget left buys at the offer's price (--max-boot-usd, default budgets.yaml's boot_share of
+the cap; half of what is left while other offers wait, all of it for the last), never less than
+the provider's minimum charge (the create already incurred it), at most MAX_BOOT_S, and never past
+the guard's stop time. A failed attempt's instance is terminated and verified gone
 (`teardown.retire`) before the next offer is tried; its billed cost joins the run's spend
 (`Allowance.spent_before_usd`), so the next offer's deadline is computed on what is left of
 --max-usd: all attempts together stay inside the cap. Every attempt is an instance row and an
@@ -36,10 +37,13 @@ def failed_boots_usd(attempts: list[dict[str, Any]]) -> float:
     return sum(float(a.get("cost_usd") or 0.0) for a in attempts)
 
 
-def boot_window_s(ctl: Controller, boot_left_usd: float) -> float:
-    """How long this attempt may take to come up: what the boot budget left buys at its price."""
+def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
+    """How long this attempt may take to come up: what its share of the boot budget left buys at
+    its price. An attempt with offers after it takes half of what is left (a stuck boot must not
+    leave the next offers no window); the last one may use all of it."""
     allowance = ctl.allowance
-    bought = max_runtime_s(max(0.0, boot_left_usd), allowance.usd_per_hour, allowance.billing)
+    share = max(0.0, boot_left_usd) * (1.0 if last else 0.5)
+    bought = max_runtime_s(share, allowance.usd_per_hour, allowance.billing)
     return min(MAX_BOOT_S, max(bought, float(allowance.billing.minimum_s)))
 
 
@@ -59,7 +63,7 @@ def provision(ctl: Controller) -> Instance:
             failures.append(f"{n}. {offer_label(offer)}: not tried: failed boots used the"
                             f" {ctl.record.max_boot_usd:.4f} USD of --max-boot-usd")
             break
-        reason = _attempt(ctl, n, offer, boot_left)
+        reason = _attempt(ctl, n, offer, boot_left, last=n == len(candidates))
         if reason is None:
             return ctl.instance
         failures.append(f"{n}. {offer_label(offer)}: {reason}")
@@ -67,7 +71,7 @@ def provision(ctl: Controller) -> Instance:
                     + ". Each attempt was verified gone; try later, another --gpu, or raise --max-boot-usd")
 
 
-def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float) -> str | None:
+def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float, last: bool) -> str | None:
     """One offer: None when its instance is up and reachable, else why not (its instance verified gone)."""
     created_at = time.time()
     try:
@@ -75,7 +79,7 @@ def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float) -> str
     except NoCapacityError as exc:
         _record(ctl, n, offer, None, f"no capacity: {exc}", created_at, time.time(), 0.0)
         return f"no capacity: {exc}"
-    until = min(created_at + boot_window_s(ctl, boot_left_usd), ctl.run.stop_at_epoch or created_at + MAX_BOOT_S)
+    until = min(created_at + boot_window_s(ctl, boot_left_usd, last), ctl.run.stop_at_epoch or created_at + MAX_BOOT_S)
     try:
         ctl.boot_and_connect(instance, until)
         return None

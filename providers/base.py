@@ -253,7 +253,10 @@ def rank_offers(offers: list[Offer], gpu: str | None) -> list[Offer]:
     For each GPU of `--gpu A,B` in the user's order: its available offers (cloud types, regions,
     locations), cheapest first. Without --gpu: the cheapest available offer, then the same GPU in
     its other variants; another GPU is never chosen for the user."""
-    available = [o for o in offers if o.available]
+    available: list[Offer] = []
+    for o in offers:  # one query per GPU asked: an offer matching two of them comes twice
+        if o.available and o not in available:
+            available.append(o)
     wanted = split_gpus(gpu)
     ranked: list[Offer] = []
     if wanted:

@@ -1,0 +1,80 @@
+"""A provider with several offers, each scripted to boot or not: the controller's offer fallback
+under test, on this machine (the sandboxes of the `local` provider are its instances).
+
+This is not a model of a cloud's API (tests/fakes/runpod_api.py and datacrunch_api.py are, and the
+e2e fallback tests run against those); it scripts the outcomes the providers report through the
+interface of providers/base.py, so that every path of orchestrator.provisioning can be driven:
+
+    GPURUN_PROVIDERS="shelf=tests.fakes.shelf_provider:ShelfProvider"
+    GPURUN_SHELF='[{"gpu": "A", "region": "r1", "usd_per_hour": 3.6, "boot": "no_capacity"}, ...]'
+
+`boot` is one of: "ok" (runs at once), "no_capacity" (create raises NoCapacityError, nothing made),
+"boot_failure" (made, then `get` says it never will boot), "pending" (made, stays pending: only
+the boot window ends it), "vanishes" (made, then not found while booting).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from providers.base import NOT_FOUND, PENDING, Instance, InstanceSpec, NoCapacityError, Offer
+from providers.local import LocalProvider
+
+
+def _script() -> list[dict[str, Any]]:
+    return json.loads(os.environ.get("GPURUN_SHELF", "[]"))
+
+
+class ShelfProvider(LocalProvider):
+    name = "shelf"
+    launch_options = frozenset()
+
+    def __init__(self, **_: Any) -> None:
+        super().__init__(usd_per_hour=0.0)
+        self.root = self.root.parent / "shelf"
+
+    def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
+        return [Offer(provider=self.name, gpu=o["gpu"], gpu_count=1, instance_type=f"{o['gpu']}-box",
+                      usd_per_hour=float(o["usd_per_hour"]), region=o["region"], price_source="scripted",
+                      available=o.get("available", True), details={"boot": o["boot"]})
+                for o in _script()]
+
+    def create(self, spec: InstanceSpec) -> Instance:
+        boot = spec.offer.details["boot"]
+        if boot == "no_capacity":
+            raise NoCapacityError(f"no {spec.offer.gpu} left in {spec.offer.region}")
+        # One sandbox per attempt: the same run tries several offers.
+        iid = f"local-{spec.run_id}-{spec.offer.region}"
+        sandbox = self._sandbox(iid)
+        sandbox.mkdir(parents=True, exist_ok=True)
+        (sandbox / "pgids").touch()
+        info = {"id": iid, "run_id": spec.run_id, "name": spec.name, "created_at": time.time(),
+                "usd_per_hour": spec.offer.usd_per_hour, "gpu_count": 1, "boot": boot}
+        (sandbox / "instance.json").write_text(json.dumps(info))
+        return self.get(iid)
+
+    def get(self, instance_id: str) -> Instance:
+        inst = super().get(instance_id)
+        boot = inst.raw.get("boot", "ok")
+        if inst.gone or boot == "ok":
+            return inst
+        if boot == "vanishes":
+            inst.state = NOT_FOUND
+        elif boot == "boot_failure":
+            inst.boot_failure = "no_capacity: the order could not be placed"
+            inst.state = PENDING
+        else:
+            inst.state = PENDING
+        return inst
+
+    def list_owned(self) -> list[Instance]:
+        if not self.root.is_dir():
+            return []
+        return [self.get(f"local-{d.name}") for d in sorted(self.root.iterdir()) if (d / "instance.json").exists()]
+
+    def sandboxes(self) -> list[Path]:
+        return sorted(self.root.iterdir()) if self.root.is_dir() else []
