@@ -566,3 +566,34 @@ def test_two_processes_cannot_both_pass_a_cap(tmp_path: Path, gpurun_home: Path)
     results = sorted(o[0].split()[0] for o in outs)
     assert results == ["HELD", "REFUSED"], outs
     assert ledger.committed_usd(0.0) == pytest.approx(3.0)
+
+
+# ---- offer fallback: what earlier attempts cost ----------------------------------------------------
+
+
+def test_an_attempt_after_failed_boots_gets_only_the_rest_of_the_cap(tmp_path: Path) -> None:
+    b = make_budgets(tmp_path)
+    fresh = allowance_for(b, "local", 1.0, 36.0, now=0.0)
+    after = allowance_for(b, "local", 1.0, 36.0, now=0.0, spent_before_usd=0.25)
+    assert after.max_usd == 1.0 and after.spent_before_usd == 0.25
+    assert after.max_runtime_s == 75 and fresh.max_runtime_s == 100  # 0.75 USD at 0.01 USD/s
+    # The cost function is the run's: earlier attempts plus this one; never more than the cap.
+    assert after.cost_at(after.max_runtime_s) == pytest.approx(1.0)
+    assert after.attempt_cost_at(10) == pytest.approx(0.1) and after.cost_at(10) == pytest.approx(0.35)
+    assert Allowance.from_dict(after.to_dict()) == after
+
+
+def test_failed_boots_that_leave_too_little_are_refused_saying_so(tmp_path: Path) -> None:
+    b = make_budgets(tmp_path)
+    with pytest.raises(BudgetError, match=r"0\.9000 USD already spent on failed boots.*raise --max-usd to at least 1\.25"):
+        allowance_for(b, "local", 1.0, 36.0, spent_before_usd=0.9)
+    with pytest.raises(BudgetError, match="nothing is left for another offer"):
+        allowance_for(b, "local", 1.0, 36.0, spent_before_usd=1.0)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "-0.1"])
+def test_boot_share_must_be_a_share_of_the_cap(tmp_path: Path, value: str) -> None:
+    with pytest.raises(BudgetError, match="boot_share"):
+        load_budgets(write(tmp_path, MINIMAL + f"boot_share: {value}\n"))
+    assert load_budgets(write(tmp_path, MINIMAL + "boot_share: 0.5\n")).boot_share == 0.5
+    assert load_budgets(write(tmp_path, MINIMAL)).boot_share == 0.2
