@@ -26,12 +26,15 @@ from providers.base import (
     CredentialsError,
     Instance,
     InstanceSpec,
+    NoCapacityError,
     Offer,
     ProviderError,
     TransientProviderError,
     pick_offer,
 )
-from providers.datacrunch import DataCrunchProvider, ProvisioningRefusedError
+from providers.datacrunch import DataCrunchInsufficientFunds, DataCrunchProvider, ProvisioningRefusedError
+from providers.datacrunch.instance import created_id, per_id_failures
+from tests.e2e_helpers import wait_for
 from tests.fakes.datacrunch_api import PROVISIONING_REFUSAL, FakeDataCrunchAPI
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
@@ -109,7 +112,7 @@ def test_both_names_resolve(fake: FakeDataCrunchAPI) -> None:
 
 def test_offers_exact_decimal_prices_locations_and_spot(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
     offers = dc.offers()
-    assert {o.instance_type for o in offers} == {"1H100.80S.30V", "1A100.22V"}  # count=1 leaves out 2A100
+    assert {o.instance_type for o in offers} == {"1H100.80S.30V", "1A100.22V", "1V100.6V"}  # count=1: no 2A100
     a100 = sorted((o for o in offers if o.instance_type == "1A100.22V"), key=lambda o: o.region)
     assert [o.region for o in a100] == ["FIN-01", "FIN-03"]
     o = a100[0]
@@ -131,11 +134,11 @@ def test_offers_exact_decimal_prices_locations_and_spot(dc: DataCrunchProvider, 
 
 def test_create_plain_text_id_then_provisioning_then_running_with_ip(dc: DataCrunchProvider,
                                                                     fake: FakeDataCrunchAPI) -> None:
-    inst = dc.create(_spec(dc, image="ubuntu-22.04-cuda-12.4-docker"))
+    inst = dc.create(_spec(dc, image="ubuntu-22.04-cuda-12.0-docker"))
     assert inst.id in fake.instances  # the plain-text body was the id
     body = fake.instances[inst.id].body
     assert body["hostname"] == "gpurun-run-0001" and "gpurun run run-0001" in body["description"]
-    assert body["image"] == "ubuntu-22.04-cuda-12.4-docker" and body["location"] == "FIN-01"
+    assert body["image"] == "ubuntu-22.04-cuda-12.0-docker" and body["location"] == "FIN-01"
     assert inst.state == PENDING and inst.run_id == "run-0001" and inst.ssh is None
     assert [k["name"] for k in fake.ssh_keys.values()] == ["gpurun-run-0001"]
     assert body["ssh_key_ids"] == list(fake.ssh_keys)
@@ -160,10 +163,10 @@ def test_create_plain_text_id_then_provisioning_then_running_with_ip(dc: DataCru
 
 
 def test_default_image_and_overrides(fake: FakeDataCrunchAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATACRUNCH_IMAGE", "ubuntu-22.04-cuda-12.1")
+    monkeypatch.setenv("DATACRUNCH_IMAGE", "ubuntu-22.04-cuda-12.0-docker")
     p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, **FAST)  # type: ignore[arg-type]
     inst = p.create(_spec(p, run_id="img-run"))
-    assert fake.instances[inst.id].body["image"] == "ubuntu-22.04-cuda-12.1"
+    assert fake.instances[inst.id].body["image"] == "ubuntu-22.04-cuda-12.0-docker"
     assert DataCrunchProvider("a", "b", fake.base_url, image="my-image").image == "my-image"
 
 
@@ -417,3 +420,218 @@ def test_disk_gb_sizes_the_os_volume_that_the_offer_priced(fake: FakeDataCrunchA
     inst = p.create(InstanceSpec(run_id="run-disk", offer=offer, ssh_public_key=PUBKEY))
     os_volumes = [v for v in fake.volumes.values() if v["is_os_volume"] and v["instance_id"] == inst.id]
     assert [v["size"] for v in os_volumes] == [100]
+
+
+# ---- issue 13: the real API's create answers, statuses, images, spot, prices, stock ------------------------
+@pytest.mark.parametrize("answer", ["text", "json", "json_string"])
+def test_create_reads_the_new_id_as_text_or_json(dc: DataCrunchProvider, fake: FakeDataCrunchAPI,
+                                                answer: str) -> None:
+    # Go SDK createWithPlainTextResponse: "sometimes JSON, sometimes plain text ID".
+    fake.create_answer = answer
+    inst = dc.create(_spec(dc, run_id=f"run-{answer.replace('_', '-')}"))
+    assert list(fake.instances) == [inst.id] and inst.run_id and inst.raw["hostname"] == inst.name
+    assert len(fake.calls("POST", "/instances")) == 1
+
+
+def test_create_whose_answer_holds_no_id_is_found_by_hostname(dc: DataCrunchProvider,
+                                                             fake: FakeDataCrunchAPI) -> None:
+    fake.create_answer = "garbage"  # a 2xx that landed, with a body that is no id
+    inst = dc.create(_spec(dc, run_id="run-garbage"))
+    assert list(fake.instances) == [inst.id] and inst.run_id == "run-garbage"
+    assert len(fake.calls("POST", "/instances")) == 1  # found, not created twice
+
+
+def test_create_whose_answer_is_lost_after_landing_is_found_by_hostname(fake: FakeDataCrunchAPI) -> None:
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, retry_attempts=1,
+                           **FAST)  # type: ignore[arg-type]
+    fake.lost_create_answers = 1  # the order is taken, the 2xx never arrives: a 503 instead
+    inst = p.create(_spec(p, run_id="run-lost"))
+    assert list(fake.instances) == [inst.id] and inst.run_id == "run-lost"
+    assert [r["status"] for r in fake.calls("POST", "/instances")] == [503]
+
+
+def test_create_refused_for_capacity_raises_no_capacity_with_nothing_billing(dc: DataCrunchProvider,
+                                                                           fake: FakeDataCrunchAPI) -> None:
+    offer = _offer(dc)
+    fake.refuse_create_where = {offer.instance_type}  # listed in stock, refused at the POST
+    with pytest.raises(NoCapacityError) as info:
+        dc.create(InstanceSpec(run_id="run-nocap", offer=offer, ssh_public_key=PUBKEY))
+    assert "\n" not in str(info.value) and "capacity" in str(info.value)
+    assert [r["status"] for r in fake.calls("POST", "/instances")] == [400]  # not retried
+    assert not fake.instances and not fake.billed_volumes()
+    # Out of stock where the offer is: refused before any POST (GET /instance-availability/{type}).
+    fake.refuse_create_where = set()
+    fake.availability = {offer.region: []}
+    with pytest.raises(NoCapacityError, match=f"in stock in {offer.region}"):
+        dc.create(InstanceSpec(run_id="run-nostock", offer=offer, ssh_public_key=PUBKEY))
+    assert len(fake.calls("POST", "/instances")) == 1 and not fake.instances
+
+
+def test_create_refused_for_funds_is_one_line_not_capacity(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    fake.min_deploy_balance = 1000.0
+    with pytest.raises(ProviderError) as info:
+        dc.create(_spec(dc, run_id="run-broke"))
+    assert isinstance(info.value, DataCrunchInsufficientFunds) and not isinstance(info.value, NoCapacityError)
+    assert "\n" not in str(info.value) and "add credit" in str(info.value) and not fake.instances
+
+
+def test_pending_then_provisioning_then_running(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    fake.pending_s = 0.4  # the order waits for capacity first
+    inst = dc.create(_spec(dc, run_id="run-pend"))
+    seen: list[str] = []
+    end = time.time() + 5
+    while time.time() < end:
+        cur = dc.get(inst.id)
+        if not seen or seen[-1] != cur.raw["status"]:
+            seen.append(cur.raw["status"])
+        if cur.raw["status"] == "pending":
+            assert cur.state == PENDING and not cur.boot_failure and not cur.gone
+        if cur.state == RUNNING:
+            break
+        time.sleep(0.03)
+    assert [s for s in seen if s != "ordered"] == ["pending", "provisioning", "running"], seen
+
+
+def test_no_capacity_sets_boot_failure_stays_not_gone_and_deletes(dc: DataCrunchProvider,
+                                                                 fake: FakeDataCrunchAPI) -> None:
+    offer = _offer(dc)
+    fake.pending_s = 0.2
+    fake.no_capacity_where = {f"{offer.instance_type}@{offer.region}"}
+    inst = dc.create(InstanceSpec(run_id="run-nocap2", offer=offer, ssh_public_key=PUBKEY))
+    wait_for(lambda: dc.get(inst.id).raw["status"] == "no_capacity", 5, "the order to end in no_capacity")
+    cur = dc.get(inst.id)
+    assert not cur.gone and cur.ssh is None
+    assert "no_capacity" in cur.boot_failure and offer.region in cur.boot_failure and "\n" not in cur.boot_failure
+    assert fake.meter(inst.id)["running"]  # conservative: it bills until deleted
+    records = _delete_until_gone(dc, inst.id)
+    assert records[-1]["state"] == TERMINATED and not fake.meter(inst.id)["running"]
+    assert not fake.billed_volumes()
+
+
+def test_unknown_status_is_never_gone(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    inst = dc.create(_spec(dc, run_id="run-odd"))
+    for status in ("unknown", "notfound", "something_new"):
+        with fake.lock:
+            fake.instances[inst.id].status = fake.instances[inst.id].body["status"] = status
+        assert not dc.get(inst.id).gone and dc.list_run("run-odd")
+
+
+def test_check_launchable_picks_a_cuda_pytorch_image_the_type_takes(dc: DataCrunchProvider,
+                                                                     fake: FakeDataCrunchAPI) -> None:
+    (eight,) = dc.offers(gpu="H100", count=8)
+    dc.check_launchable(eight)
+    assert eight.details["image"] == "ubuntu-24.04-cuda-12.8-pytorch-docker"
+    assert "PyTorch" in eight.details["image_choice"]
+    inst = dc.create(InstanceSpec(run_id="run-8x", offer=eight, ssh_public_key=PUBKEY))
+    assert fake.instances[inst.id].body["image"] == "ubuntu-24.04-cuda-12.8-pytorch-docker"
+    # A V100 does not take the default 24.04 image: the one it takes is picked instead.
+    (v100,) = dc.offers(gpu="V100")
+    dc.check_launchable(v100)
+    assert v100.details["image"] == "ubuntu-22.04-cuda-12.0-docker"
+    assert {r["path"] for r in fake.calls("GET", "/images")} == {"/images"}
+
+
+def test_check_launchable_refuses_an_image_the_type_does_not_take(fake: FakeDataCrunchAPI) -> None:
+    p = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url, image="ubuntu-24.04-cuda-12.8-open-docker",
+                           **FAST)  # type: ignore[arg-type]
+    (v100,) = p.offers(gpu="V100")
+    with pytest.raises(ProviderError) as info:
+        p.check_launchable(v100)
+    msg = str(info.value)
+    assert "\n" not in msg and "ubuntu-24.04-cuda-12.8-open-docker" in msg and "1V100.6V" in msg
+    assert "ubuntu-22.04-cuda-12.0-docker" in msg and "--image" in msg  # names what it takes
+    p.check_launchable(p.offers(gpu="A100")[0])  # the same image on a type that takes it: fine
+    vol = DataCrunchProvider(fake.client_id, fake.client_secret, fake.base_url,
+                             image="0b8e3c5e-0000-4000-8000-000000000001", **FAST)  # type: ignore[arg-type]
+    vol.check_launchable(v100)  # an existing OS volume's id is not an image type: not refused
+    # /images down: supported_os on the offer still decides.
+    fake.fail_next(50, 500, path_prefix="/images")
+    with pytest.raises(ProviderError, match="ubuntu-22.04-cuda-12.0-docker"):
+        p.check_launchable(v100)
+    assert not fake.instances
+
+
+def test_spot_sends_is_spot_and_deletes_its_volumes_when_reclaimed(dc: DataCrunchProvider,
+                                                                   fake: FakeDataCrunchAPI) -> None:
+    (spot,) = dc.offers(gpu="H100", spot=True)
+    assert {"where": "availability", "key": "isSpot", "value": "true"} in fake.spot_flags  # the Python SDK's
+    inst = dc.create(InstanceSpec(run_id="run-spot", offer=spot, ssh_public_key=PUBKEY, volume_gb=10))
+    sent = fake.creates[-1]
+    assert sent["is_spot"] is True and {"where": "create", "key": "is_spot", "value": True} in fake.spot_flags
+    assert sent["os_volume"]["on_spot_discontinue"] == "delete_permanently"
+    assert [v["on_spot_discontinue"] for v in sent["volumes"]] == ["delete_permanently"]
+    assert fake.instances[inst.id].price == 0.99 and len(fake.billed_volumes()) == 2
+    fake.reclaim_spot(inst.id)
+    assert fake.billed_volumes() == []  # nothing left billing after the cloud took it back
+    # On-demand: no spot policy sent (verda-cli refuses one without --is-spot).
+    ondemand = dc.create(_spec(dc, run_id="run-od"))
+    assert "on_spot_discontinue" not in fake.creates[-1]["os_volume"] and fake.creates[-1]["is_spot"] is False
+    assert fake.instances[ondemand.id].body["is_spot"] is False
+
+
+def test_fake_spot_default_keeps_detached_volume_billing(fake: FakeDataCrunchAPI) -> None:
+    """What the provider's policy prevents: the SDK's default (keep_detached) leaves a billing volume."""
+    from verda import VerdaClient
+
+    client = VerdaClient(fake.client_id, fake.client_secret, base_url=fake.base_url)
+    inst = client.instances.create(instance_type="1H100.80S.30V", image="ubuntu-24.04-cuda-12.8-open-docker",
+                                   hostname="spot-default", description="x", is_spot=True, wait_for_status=None)
+    fake.reclaim_spot(inst.id)
+    assert [v["status"] for v in fake.billed_volumes()] == ["detached"]
+
+
+def test_spot_stock_is_asked_for_separately_and_both_spellings_accepted(dc: DataCrunchProvider,
+                                                                        fake: FakeDataCrunchAPI) -> None:
+    fake.spot_availability = {"FIN-01": ["1A100.22V"]}
+    assert {(o.instance_type, o.region) for o in dc.offers(spot=True) if o.available} == {("1A100.22V", "FIN-01")}
+    rows = dc.api.request("get", "/instance-availability", params={"is_spot": "true"}).json()  # the Go SDK's
+    assert rows == [{"location_code": "FIN-01", "availabilities": ["1A100.22V"]}]
+    assert fake.spot_flags[-1] == {"where": "availability", "key": "is_spot", "value": "true"}
+
+
+def test_offers_one_per_location_in_stock_and_create_goes_there(dc: DataCrunchProvider,
+                                                               fake: FakeDataCrunchAPI) -> None:
+    a100 = {o.region: o for o in dc.offers(gpu="A100")}
+    assert set(a100) == {"FIN-01", "FIN-03"} and all(o.available for o in a100.values())
+    assert a100["FIN-03"].details["location"] == "FIN-03"
+    inst = dc.create(InstanceSpec(run_id="run-fin3", offer=a100["FIN-03"], ssh_public_key=PUBKEY))
+    assert fake.instances[inst.id].body["location"] == "FIN-03"
+    fake.availability = {"FIN-01": [], "FIN-03": ["1A100.22V"]}
+    stock = {o.region: o.available for o in dc.offers(gpu="A100") if o.instance_type == "1A100.22V"}
+    assert stock == {"FIN-03": True}
+
+
+def test_price_per_hour_is_per_instance_not_per_gpu(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    (eight,) = dc.offers(gpu="H100", count=8)
+    assert eight.gpu_count == 8 and eight.details["price_per_hour"] == "17.52"
+    # The chosen reading: the API's price is the whole 8-GPU instance.
+    assert eight.usd_per_hour == 17.52 and Decimal(eight.details["usd_per_gpu_hour_exact"]) == Decimal("2.19")
+    # The other reading (per GPU, x8 = 140.16/h) would promise 8x the spend the cloud bills: the fake's meter,
+    # which bills the instance at price_per_hour, catches it.
+    inst = dc.create(InstanceSpec(run_id="run-price", offer=eight, ssh_public_key=PUBKEY))
+    billed_per_hour = fake.instances[inst.id].price
+    assert billed_per_hour == eight.usd_per_hour != 17.52 * eight.gpu_count
+    one_hour = BillingRule(1, 0).cost(3600, eight.total_usd_per_hour)
+    assert one_hour == pytest.approx(billed_per_hour + eight.extra_usd_per_hour)
+
+
+def test_action_answers_as_the_go_sdk_parses_them(dc: DataCrunchProvider, fake: FakeDataCrunchAPI) -> None:
+    inst = dc.create(_spec(dc, run_id="run-202"))
+    _wait_state(dc, inst.id, RUNNING)
+    rec = dc.terminate(inst.id)
+    assert rec["response"]["status"] == 202 and rec["accepted"] and rec["per_id_errors"] == []
+    assert rec["response"]["body"] == [{"action": "delete", "instanceId": inst.id, "status": "success"}]
+    # Shapes from the Go SDK's tests (TestInstanceService_Action_207_PartialFailure).
+    body = [{"action": "delete", "instanceId": "a", "status": "success"},
+            {"action": "delete", "instanceId": "b", "status": "error", "error": "instance not found",
+             "statusCode": 404}]
+    assert per_id_failures("a", 207, body) == [] and per_id_failures("b", 207, body) == [body[1]]
+    assert per_id_failures("b", 202, body) == [body[1]]  # an error entry fails whatever the status
+    assert per_id_failures("a", 202, "") == [] and per_id_failures("a", 207, "oops") == ["oops"]
+
+
+def test_created_id_reads_every_answer_shape() -> None:
+    iid = "0b8e3c5e-0000-4000-8000-00000000abcd"
+    assert created_id(iid) == created_id(f" {iid}\n") == created_id(f'"{iid}"') == iid
+    assert created_id({"id": iid, "status": "ordered"}) == iid
+    assert created_id("<html>Accepted</html>") is None and created_id({}) is None and created_id(None) is None

@@ -16,6 +16,7 @@ from providers.base import BillingRule
 from tests.e2e_helpers import (
     E2E,
     SHORT_TRAIN,
+    assert_one_line_error,
     assert_trained_and_synced,
     e2e,  # noqa: F401  (fixture)
     ledger_instances,
@@ -138,4 +139,39 @@ def test_silent_207_delete_is_caught_by_verification_and_retried(e2e: E2E,  # no
     assert fake.total_usd() <= 3
 
 
+def test_launch_whose_create_answers_json_and_order_waits_pending_trains_and_deletes(
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    # The Go SDK's "sometimes JSON" create answer, and an order that waits for capacity before provisioning.
+    fake.create_answer = "json"
+    fake.pending_s = 1.0
+    res = e2e.gpurun(*launch_args(e2e))
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    (iid,) = ledger_instances()
+    assert iid in fake.instances and len(fake.calls("POST", "/instances")) == 1  # the JSON id was read
+    assert fake.status_of(iid) == "discontinued" and fake.meter(iid)["running"] is False
+    assert [r["status"] for r in deletes(fake)] == [202]
+    assert fake.billed_volumes() == []  # the OS volume went with it
+    # The plan checked the image against the type and sent one the type takes.
+    itype = fake.instances[iid].body["instance_type"]
+    supported = next(t["supported_os"] for t in fake.instance_types if t["instance_type"] == itype)
+    assert fake.instances[iid].body["image"] in supported
+    proof = proof_of(run)
+    assert proof["verified"] is True and proof["zero_match_listing"] == []
+
+
+def test_no_capacity_order_fails_in_one_line_quickly_with_nothing_billing(
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    fake.pending_s = 0.3
+    fake.no_capacity_where = set(fake.availability)  # every location: each order ends in no_capacity
+    res = e2e.gpurun(*launch_args(e2e), timeout=240)
+    assert_one_line_error(res, "capacity")
+    run = only_run()
+    assert run.phase == "verified"  # every attempt deleted and verified gone
+    assert fake.instances and all(fake.status_of(i) == "discontinued" for i in fake.instances)
+    assert all(fake.meter(i)["running"] is False for i in fake.instances)
+    assert fake.billed_volumes() == [] and fake.total_usd() <= 3
+    assert "job_started" not in phases(run)  # it never trained: it failed at boot, not at the boot timeout
 

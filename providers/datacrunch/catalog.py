@@ -115,7 +115,8 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
         details = {
             "price_per_hour": str(t.get("price_per_hour")),  # exact strings as the API sent them
             "spot_price": str(t.get("spot_price")),
-            "usd_per_hour_exact": str(price),
+            "usd_per_hour_exact": str(price),  # the whole instance
+            "usd_per_gpu_hour_exact": str(price / n_gpu),  # derived for display, as verda-cli's wizard does
             "extra_usd_per_hour_exact": str(extra),
             "storage": f"{disk_gb} GB NVMe OS volume at {vol_price} USD/GB-month",
             "currency": t.get("currency", currency),

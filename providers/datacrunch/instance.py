@@ -32,17 +32,21 @@ from providers.base import (
     CredentialsError,
     Instance,
     InstanceSpec,
+    NoCapacityError,
     Offer,
     Provider,
     ProviderError,
     SSHEndpoint,
+    TransientProviderError,
 )
-from providers.common import first_env
+from providers.common import first_env, one_line
 from providers.datacrunch import catalog
+from providers.datacrunch import image as os_image
 from providers.datacrunch.api import (
     DataCrunchAPI,
     DataCrunchAPIError,
     DataCrunchNotFound,
+    DataCrunchTransientError,
     body_of,
     sdk_paths,
 )
@@ -118,6 +122,10 @@ def per_id_failures(instance_id: str, status: int, body: Any) -> list[Any]:
     return bad
 
 
+class _NotListedYet(DataCrunchTransientError):
+    """A doubtful create's instance is not in GET /instances (yet): look again, a few times."""
+
+
 def created_id(body: Any) -> str | None:
     """The new instance's id from a POST /instances answer: plain text (what the Python SDK reads), a JSON
     string, or a JSON instance object (the Go SDK's createWithPlainTextResponse tries JSON first, then
@@ -160,7 +168,10 @@ class DataCrunchProvider(Provider):
         self.api = DataCrunchAPI(client_id, client_secret, base_url, timeout_s=timeout_s,
                                  retry_attempts=retry_attempts, retry_budget_s=retry_budget_s,
                                  retry_wait_s=retry_wait_s, retry_max_wait_s=retry_max_wait_s)
-        self.image = image or os.environ.get("DATACRUNCH_IMAGE") or DEFAULT_IMAGE
+        # What the user asked for (--image / DATACRUNCH_IMAGE) is checked against the type at plan time;
+        # without one, check_launchable picks a CUDA (+ PyTorch) image the type takes.
+        self.image_given = image or os.environ.get("DATACRUNCH_IMAGE") or None
+        self.image = self.image_given or DEFAULT_IMAGE
         self.location = location or os.environ.get("DATACRUNCH_LOCATION") or DEFAULT_LOCATION
         self.disk_gb = int(disk_gb)
         self.currency = currency
@@ -204,10 +215,24 @@ class DataCrunchProvider(Provider):
                 "top up the account or lower --max-usd"
             )
 
+    def check_launchable(self, offer: Offer) -> None:
+        """Plan time: the OS image must run on the offer's type (supported_os, GET /images?instance_type=).
+        The user's --image is refused in one line naming what the type takes; without one, the best CUDA
+        (+ PyTorch) image it takes goes into offer.details["image"] for create."""
+        rows = os_image.supported_images(self.api, offer.instance_type, offer.details.get("supported_os"))
+        choice = os_image.choose(rows, wanted=self.image_given, default=self.image,
+                                 instance_type=offer.instance_type)
+        offer.details["image"] = choice.image
+        offer.details["image_choice"] = choice.reason
+
     # ---- instances ---------------------------------------------------------------------------------------
     def _to_instance(self, raw: dict[str, Any]) -> Instance:
         status = str(raw.get("status", "")).lower()
         state = _STATES.get(status, PENDING)
+        boot_failure = ""
+        if status == NO_CAPACITY:
+            boot_failure = (f"DataCrunch had no capacity for {raw.get('instance_type') or 'this type'} in "
+                            f"{raw.get('location') or 'this location'}: the order ended in no_capacity")
         hostname = str(raw.get("hostname") or "")
         m = _HOSTNAME_RE.match(hostname) or _DESC_RE.search(str(raw.get("description") or ""))
         ip = raw.get("ip")
@@ -219,7 +244,7 @@ class DataCrunchProvider(Provider):
             created_at=_parse_time(raw.get("created_at")),
             usd_per_hour=float(price) if price is not None else None,
             ssh=SSHEndpoint(str(ip), 22, self.ssh_user) if ip and state == RUNNING else None,
-            raw=raw,
+            raw=raw, boot_failure=boot_failure,
         )
 
     def _get_raw(self, instance_id: str) -> dict[str, Any] | None:
@@ -342,13 +367,16 @@ class DataCrunchProvider(Provider):
         def look() -> list[Instance]:
             found = self.list_run(run_id)
             if not found:
-                raise DataCrunchTransientError(f"no instance listed for run {run_id} yet")
+                raise _NotListedYet(f"no instance listed for run {run_id} yet")
             return found
 
         try:
             return self.api.retrying(look)
-        except DataCrunchTransientError:
+        except _NotListedYet:
             return []
+        except ProviderError as exc:
+            raise ProviderError(f"DataCrunch create may have landed but GET /instances fails ({one_line(exc, 120)}):"
+                                f" run `gpurun teardown` for run {run_id} once the API answers") from None
 
     def _landed_or_raise(self, spec: InstanceSpec, why: str) -> Instance:
         """After a doubtful create: the run's instance if it landed (extra copies deleted), else one line."""

@@ -13,7 +13,8 @@ discontinued; volumes are listed (and so billed) until permanently deleted.
 Knobs (attributes; see the dataclass fields) for what a real account meets: `create_answer` (the
 shape of the POST /instances body), `pending_s` (an order waits for capacity), `no_capacity_where`
 (orders that end in no_capacity), `refuse_create_where` (a create refused for capacity),
-`spot_availability`, `refuse_delete_in`, `min_deploy_balance`; and methods: 5xx / slow answers for the
+`spot_availability`, `refuse_delete_in`, `min_deploy_balance`, `lost_create_answers` (a create that
+lands but answers 503); and methods: 5xx / slow answers for the
 next N calls, a 207 that silently does nothing for one id, `reclaim_spot` (the cloud takes a spot
 instance back).
 """
@@ -75,7 +76,7 @@ DEFAULT_INSTANCE_TYPES: list[dict[str, Any]] = [
         "currency": "usd",
         "manufacturer": "NVIDIA",
         "display_name": "A100 SXM4 80GB",
-        "supported_os": ["ubuntu-24.04-cuda-12.8-open-docker"],
+        "supported_os": ["ubuntu-24.04-cuda-12.8-open-docker", "ubuntu-22.04-cuda-12.0-docker"],
     },
     {
         "id": "c9d8e7f6-0000-4000-8000-000000000003",
@@ -171,7 +172,7 @@ PROVISIONING_REFUSAL = "Can't discontinue a provisioning instance"
 CAPACITY_REFUSAL = "Not enough capacity for {itype} in {location}: try another location or instance type"
 # verda.constants.ErrorCodes.INSUFFICIENT_FUNDS; verda-cli maps HTTP 402 to "insufficient balance"
 # (cmd/util/agent_error.go).
-FUNDS_REFUSAL = "Insufficient funds to deploy this instance: add credit"
+FUNDS_REFUSAL = "Not enough balance to deploy this instance"
 
 
 def _iso(epoch: float) -> str:
@@ -244,6 +245,9 @@ class FakeDataCrunchAPI:
     refuse_delete_in: set[str] = field(default_factory=lambda: {"ordered", "provisioning"})
     # A create is refused with insufficient_funds when the balance is below this (no documented minimum).
     min_deploy_balance: float = 0.0
+    # The next N creates land (the instance exists and bills) but answer 503, like a gateway that timed
+    # out after the backend took the order: the answer is lost, the instance is not.
+    lost_create_answers: int = 0
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -425,6 +429,10 @@ class FakeDataCrunchAPI:
                     result = self._error(400, "invalid_request", "body is not JSON")
                 else:
                     result = self._route(method, path, query, headers, payload)
+                    if (method == "POST" and path == "/instances" and result[0] < 300
+                            and self.lost_create_answers > 0):
+                        self.lost_create_answers -= 1
+                        result = self._error(503, "service_unavailable", "upstream timed out")
             action = payload.get("action") if fault is None and isinstance(payload, dict) else None
             self.requests.append({"method": method, "path": path, "status": result[0], "action": action,
                                   "time": time.time()})
