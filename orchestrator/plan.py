@@ -127,7 +127,11 @@ class LaunchPlan:
 
 def offer_label(o: Offer) -> str:
     """One offer in a line: `RTX 4090 x1 (NVIDIA GeForce RTX 4090, COMMUNITY) 0.3400 USD/h`."""
-    where = ", ".join(x for x in (o.instance_type, o.region, str(o.details.get("cloud_type") or "")) if x)
+    parts: list[str] = []
+    for x in (o.instance_type, o.region, str(o.details.get("cloud_type") or "")):
+        if x and x.lower() not in (p.lower() for p in parts):  # RunPod's region is its cloud type
+            parts.append(x)
+    where = ", ".join(parts)
     return f"{o.gpu} x{o.gpu_count} ({where}){' spot' if o.spot else ''} {o.total_usd_per_hour:.4f} USD/h"
 
 

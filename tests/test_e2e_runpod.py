@@ -37,7 +37,8 @@ PRICEY = {
 @pytest.fixture
 def fake(e2e: E2E) -> Iterator[FakeRunPodAPI]:  # noqa: F811
     api = FakeRunPodAPI(ssh_host=e2e.sshd.host, ssh_port=e2e.sshd.port, boot_delay_s=1.0,
-                        gpu_types=[*DEFAULT_GPU_TYPES, PRICEY], balance=25.0, spend_limit=200.0).start()
+                        # 100 USD: RunPod deploys only with credit for an hour of the pod (PRICEY: 80).
+                        gpu_types=[*DEFAULT_GPU_TYPES, PRICEY], balance=100.0, spend_limit=200.0).start()
     e2e.env.update({
         "RUNPOD_API_BASE_URL": api.base_url,
         "RUNPOD_API_KEY": api.api_key,
@@ -155,3 +156,21 @@ def test_offers_lists_the_fakes_gpus_with_price_and_what_the_budget_buys(e2e: E2
         assert f"{price:.4f}" in line, line
         hours = int(2.00 * 3600 / (price + storage)) / 3600  # whole seconds, per-second billing
         assert f"{hours:.2f} h" in line, (line, hours)
+
+
+def test_first_offer_out_of_stock_at_deploy_lands_on_the_next(e2e: E2E, fake: FakeRunPodAPI) -> None:  # noqa: F811
+    # stockStatus says High on both clouds; the community machine is gone by the time we deploy.
+    fake.refuse_deploy("NVIDIA GeForce RTX 4090", "COMMUNITY")
+    res = launch(e2e, "--gpu", "RTX 4090", *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout + res.stderr
+    assert "runpod (community)" in out and "SECURE" in out, out  # the plan shows the offer and its fallback
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    (pod_id,) = ledger_instances()  # the refused deploy made no pod
+    assert fake.pods[pod_id].cloud_type == "SECURE" and fake.pods[pod_id].gone
+    assert fake.count("podFindAndDeployOnDemand") == 2 and not fake.live_pods()
+    failed = event(run, "attempt_failed").payload
+    assert "no machine free" in str(failed), failed
+    assert fake.meter_usd() <= 3

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ from providers.base import (
     CredentialsError,
     Instance,
     InstanceSpec,
+    NoCapacityError,
     Offer,
     ProviderError,
     TransientProviderError,
@@ -472,3 +475,203 @@ def test_self_destruct_without_pod_env_fails_clearly(fake: FakeRunPodAPI, tmp_pa
                                                                                state=RUNNING))],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "RUNPOD_POD_ID" in out.stderr
+
+
+# ------------------------------------------------------------------ issue 13: the real API
+
+
+def _by_cloud(offers: list[Offer], gpu_id: str) -> dict[str, Offer]:
+    return {o.details["cloud_type"]: o for o in offers if o.instance_type == gpu_id}
+
+
+def test_offers_read_stock_status_per_cloud_type(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # The bug: stock was inferred from one lowestPrice across both clouds; RunPod reports stockStatus
+    # per cloud type (lowestPrice(input: {gpuCount, secureCloud: true|false})).
+    p = make(fake, tmp_path)
+    fake.set_stock_status("NVIDIA GeForce RTX 4090", "COMMUNITY", None)
+    fake.set_stock_status("NVIDIA GeForce RTX 4090", "SECURE", "Low")
+    by = _by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")
+    assert set(by) == {"SECURE", "COMMUNITY"}  # one offer per cloud type, each with its own stock
+    assert not by["COMMUNITY"].available and by["COMMUNITY"].details["stock_status"] is None
+    assert by["SECURE"].available and by["SECURE"].details["stock_status"] == "Low"
+    assert (by["SECURE"].region, by["COMMUNITY"].region) == ("secure", "community")
+    query = next(r["query"] for r in fake.requests if "gpuTypes" in r["ops"])
+    assert "secureCloud: true" in query and "secureCloud: false" in query and "stockStatus" in query
+    # The plan's pick is the cloud that has stock, and create honours its cloud type.
+    offer = pick_offer(p.offers(gpu="4090"), "4090")
+    assert offer.details["cloud_type"] == "SECURE"
+    inst = p.create(spec(offer))
+    assert fake.pods[inst.id].cloud_type == "SECURE"
+    assert "cloudType: SECURE" in next(r["query"] for r in fake.requests if "podFindAndDeployOnDemand" in r["ops"])
+
+
+def test_deploy_refused_for_capacity_is_no_capacity_error(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # stockStatus said High, the machine went between the query and the deploy: RunPod answers
+    # "There are no longer any instances available ..."; the controller must be able to try the next offer.
+    p = make(fake, tmp_path)
+    by = _by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")
+    assert by["COMMUNITY"].available and by["SECURE"].available
+    fake.refuse_deploy("NVIDIA GeForce RTX 4090", "COMMUNITY")
+    with pytest.raises(NoCapacityError) as info:
+        p.create(spec(by["COMMUNITY"]))
+    msg = str(info.value)
+    assert "\n" not in msg and "NVIDIA GeForce RTX 4090" in msg and "COMMUNITY" in msg, msg
+    assert fake.count("podFindAndDeployOnDemand") == 1 and fake.live_pods() == []  # no retry, nothing billing
+    # The next offer (same GPU, other cloud type) lands.
+    inst = p.create(spec(by["SECURE"]))
+    assert [x.id for x in fake.live_pods()] == [inst.id] and fake.pods[inst.id].cloud_type == "SECURE"
+
+
+def test_spot_deploy_refused_for_capacity_is_no_capacity_error(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(gpu="4090", spot=True), "4090")
+    fake.refuse_deploy("NVIDIA GeForce RTX 4090")
+    with pytest.raises(NoCapacityError, match="spot"):
+        p.create(spec(offer, run_id="spot-cap"))
+    assert fake.live_pods() == []
+
+
+def test_credit_for_one_hour_is_checked_at_plan_time(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # RunPod deploys only with "at least one hour's worth of credits" (docs.runpod.io/accounts-billing/billing).
+    fake.initial_balance = 0.50
+    p = make(fake, tmp_path)
+    by = _by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")
+    p.check_launchable(by["COMMUNITY"])  # 0.34 USD/h + storage: one hour fits in 0.50
+    with pytest.raises(ProviderError) as info:
+        p.check_launchable(by["SECURE"])
+    hourly = by["SECURE"].total_usd_per_hour
+    assert str(info.value) == (
+        f"RunPod balance 0.50 USD is below one hour of 1x RTX 4090 SECURE ({hourly:.2f} USD/h), which RunPod "
+        f"requires to deploy (https://docs.runpod.io/accounts-billing/billing): add funds or pick a cheaper GPU")
+    # A cap below one hour does not get around it: check_spend says the same.
+    with pytest.raises(ProviderError, match=r"below one hour of this pod \(0.69 USD/h\)"):
+        p.check_spend(0.40, 0.69)
+    assert fake.pods == {}
+
+
+def test_deploy_refused_for_credit_is_classified(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # If the plan-time check is skipped or the balance moved, RunPod itself refuses the deploy.
+    p = make(fake, tmp_path)
+    offer = _by_cloud(p.offers(gpu="H100"), "NVIDIA H100 80GB HBM3")["SECURE"]
+    fake.initial_balance = 1.0  # under one hour of 2.99 USD/h
+    with pytest.raises(ProviderError) as info:
+        p.create(spec(offer))
+    assert not isinstance(info.value, (NoCapacityError, TransientProviderError))
+    msg = str(info.value)
+    assert "\n" not in msg and "one hour" in msg and "add funds" in msg, msg
+    assert fake.count("podFindAndDeployOnDemand") == 1 and fake.pods == {}
+
+
+def test_plan_skips_an_offer_the_balance_cannot_deploy(fake: FakeRunPodAPI, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNPOD_API_KEY", fake.api_key)
+    fake.initial_balance = 0.50
+    fake.set_stock_status("NVIDIA GeForce RTX 4090", "COMMUNITY", None)  # only the 0.69 secure one is left
+    opts = LaunchOptions(provider="runpod", max_usd=0.45, gpu="RTX 4090", budgets=str(REPO / "budgets.yaml"))
+    with pytest.raises(ProviderError, match=r"^RunPod balance 0.50 USD is below one hour of 1x RTX 4090 SECURE"):
+        make_plan(opts)
+    fake.set_stock_status("NVIDIA GeForce RTX 4090", "COMMUNITY", "Medium")
+    plan = make_plan(opts)
+    assert plan.offer.details["cloud_type"] == "COMMUNITY"
+    assert fake.pods == {}
+
+
+def test_spot_offers_are_labelled_and_rented_through_one_function(fake: FakeRunPodAPI, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import providers.runpod.instance as instance_module
+    from providers.runpod import spot
+
+    p = make(fake, tmp_path)
+    offers = p.offers(gpu="4090", spot=True)
+    assert offers and all("podRentInterruptable" in o.details["api"] and "2027" in o.details["api"]
+                          for o in offers)
+    assert all("api" not in o.details for o in p.offers(gpu="4090"))  # on-demand is the SDK's create_pod
+    calls: list[str] = []
+
+    def counted(*args: object, **kw: object) -> dict:
+        calls.append(str(kw["name"]))
+        return spot.rent_interruptable(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(instance_module, "rent_interruptable", counted)
+    inst = p.create(spec(pick_offer(offers, "4090"), run_id="spot-one"))
+    assert calls == ["gpurun-spot-one"] and fake.pods[inst.id].spot
+    query = next(r["query"] for r in fake.requests if "podRentInterruptable" in r["ops"])
+    assert "minVcpuCount: 4" in query and "minMemoryInGb: 24" in query
+
+
+def _start_script(docker_args: str) -> str:
+    encoded = re.search(r"echo ([A-Za-z0-9+/=]+) \| base64 -d", docker_args)
+    assert encoded, docker_args
+    return base64.b64decode(encoded.group(1)).decode()
+
+
+CUSTOM_IMAGE = "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime"
+
+
+def test_custom_image_gets_a_start_command_that_opens_ssh(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # The bug: an image without RunPod's start script never starts sshd, so the pod bills and SSH
+    # never opens. RunPod's docs give the start command (docs.runpod.io/pods/configuration/use-ssh).
+    p = make(fake, tmp_path, image=CUSTOM_IMAGE)
+    offer = pick_offer(p.offers(gpu="4090"), "4090")
+    inst = p.create(spec(offer))
+    pod = fake.pods[inst.id]
+    assert pod.image == CUSTOM_IMAGE and pod.env["PUBLIC_KEY"] == PUBKEY and pod.start_ssh
+    script = _start_script(pod.docker_args)
+    for part in ("openssh-server", "rsync", '"$PUBLIC_KEY" >> /root/.ssh/authorized_keys', "ssh-keygen -A",
+                 "PasswordAuthentication=no", "RUNPOD_API_KEY"):
+        assert part in script, part
+    assert PUBKEY not in pod.docker_args  # the key travels once, in PUBLIC_KEY
+    subprocess.run(["sh", "-n", "-c", script], check=True)  # valid POSIX sh
+    assert pod.sshd_started
+    query = next(r["query"] for r in fake.requests if "podFindAndDeployOnDemand" in r["ops"])
+    assert f'dockerArgs: "{pod.docker_args}"' in query and '"' not in pod.docker_args
+
+    # RunPod's own images keep their start script (dockerArgs would replace it).
+    default = make(fake, tmp_path).create(spec(offer, run_id="run-dflt"))
+    assert fake.pods[default.id].docker_args == "" and fake.pods[default.id].sshd_started
+    # The image given per launch (InstanceSpec.image) decides too.
+    per_launch = make(fake, tmp_path).create(spec(offer, run_id="run-img2", image=CUSTOM_IMAGE))
+    assert fake.pods[per_launch.id].docker_args and fake.pods[per_launch.id].sshd_started
+    # ssh_setup="image" trusts the image: what the old code did, and such a pod never opens SSH.
+    trusted = make(fake, tmp_path, image=CUSTOM_IMAGE, ssh_setup="image").create(spec(offer, run_id="run-trust"))
+    assert fake.pods[trusted.id].docker_args == "" and not fake.pods[trusted.id].sshd_started
+    with pytest.raises(ProviderError, match="ssh_setup"):
+        make(fake, tmp_path, ssh_setup="maybe")
+
+
+def test_spot_pod_of_custom_image_gets_the_start_command(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path, image=CUSTOM_IMAGE)
+    inst = p.create(spec(pick_offer(p.offers(gpu="4090", spot=True), "4090"), run_id="spot-img"))
+    assert "openssh-server" in _start_script(fake.pods[inst.id].docker_args) and fake.pods[inst.id].sshd_started
+
+
+def test_pods_ask_for_a_sane_host(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # RunPod's default is 1 vCPU / 1 GB (create_pod); SkyPilot asks 4 vCPUs and the GPU's memory per GPU.
+    p = make(fake, tmp_path)
+    offer = _by_cloud(p.offers(gpu="4090", count=2), "NVIDIA GeForce RTX 4090")["COMMUNITY"]
+    assert (offer.details["min_vcpu_count"], offer.details["min_memory_gb"]) == (8, 48)
+    inst = p.create(spec(offer))
+    pod = fake.pods[inst.id]
+    assert (pod.min_vcpu_count, pod.min_memory_gb) == (8, 48)
+    query = next(r["query"] for r in fake.requests if "podFindAndDeployOnDemand" in r["ops"])
+    assert "minVcpuCount: 8" in query and "minMemoryInGb: 48" in query
+    gpu_query = next(r["query"] for r in fake.requests if "gpuTypes" in r["ops"])
+    assert "minVcpuCount: 8" in gpu_query  # stock is read for a host we would accept
+
+    # Community 4090 hosts with 2 vCPUs per GPU: no stock for our minimum, and a deploy is refused.
+    fake.host_spec[("NVIDIA GeForce RTX 4090", "COMMUNITY")] = (2, 64)
+    by = _by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")
+    assert not by["COMMUNITY"].available and by["SECURE"].available
+    with pytest.raises(NoCapacityError, match="2x NVIDIA GeForce RTX 4090 in COMMUNITY cloud with 8 vCPUs / 48 GB"):
+        p.create(spec(offer, run_id="run-small"))
+    # RAM is not part of the stock read (it differs per type): the deploy is where it is refused.
+    fake.host_spec[("NVIDIA GeForce RTX 4090", "COMMUNITY")] = (8, 16)
+    assert _by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")["COMMUNITY"].available
+    with pytest.raises(NoCapacityError):
+        p.create(spec(_by_cloud(p.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")["COMMUNITY"], run_id="run-ram"))
+    assert len(fake.live_pods()) == 1
+    # The minimums are options.
+    small = make(fake, tmp_path, min_vcpu_per_gpu=2, min_ram_gb_per_gpu=16)
+    ok = small.create(spec(_by_cloud(small.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")["COMMUNITY"],
+                           run_id="run-tiny"))
+    assert (fake.pods[ok.id].min_vcpu_count, fake.pods[ok.id].min_memory_gb) == (2, 16)

@@ -4,6 +4,8 @@ api.py            the SDK wrapped: lazy import, the key, bounded + retried calls
 catalog.py        gpuTypes -> Offers, storage priced in
 instance.py       RunPodProvider: the lifecycle calls
 self_destruct.py  the watchdog's way out (providers/scripts/runpod_self_destruct.sh)
+spot.py           podRentInterruptable, the one (undocumented, GraphQL-only) way to rent spot pods
+ssh_start.py      the dockerArgs start command that opens SSH on images without RunPod's start script
 
 Importing this package does not import the SDK; the first API call does.
 """
