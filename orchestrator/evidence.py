@@ -369,6 +369,8 @@ def _proof_section(proof_path: Path | None, run_dir: Path) -> dict[str, Any]:
         prev_sha256=proof.get("prev_sha256"),
         contradictions=proof.get("contradictions") or [],
         estimated_cost_usd=(proof.get("cost") or {}).get("estimated_usd"),
+        attempts=[{k: a.get(k) for k in ("attempt", "offer", "instance_id", "reason", "cost_usd")}
+                  for a in proof.get("attempts") or [] if isinstance(a, dict)],
     )
     return section
 
@@ -674,6 +676,9 @@ def render_markdown(ev: Mapping[str, Any]) -> str:
             f"- previous proof in the chain: `{_fmt(pf.get('prev_sha256'), 'none (first)')}`",
         ]
         md += [f"- contradiction: {c}" for c in pf.get("contradictions") or []]
+        for a in pf.get("attempts") or []:  # offer fallback: boots that failed before the last offer
+            md.append(f"- failed attempt {a['attempt']}: {a['offer']}: {a['reason']}"
+                      f" (instance {a['instance_id'] or 'none made'}, {float(a['cost_usd'] or 0):.4f} USD)")
     else:
         md.append(f"- shutdown proof: {pf['status']}" + (f" ({pf['path']})" if pf.get("path") else ""))
     md.append("")

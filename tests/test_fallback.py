@@ -145,6 +145,9 @@ def test_each_failed_offer_is_gone_before_the_next_and_the_run_lands_on_the_firs
     assert [a["attempt"] for a in p["attempts"]] == [1, 2, 3]
     assert p["cost"]["estimated_usd"] <= 1.0
     assert phases(ctl)[:6] == ["planned", "creating", "creating", "booting", "creating", "booting"]
+    card = (Path(run.run_dir) / "EVIDENCE.md").read_text()
+    assert "- failed attempt 1: H100 x1 (H100-box, r1)" in card and "instance none made" in card
+    assert "- failed attempt 3:" in card
 
 
 def test_failed_boots_count_against_the_cap_and_shorten_the_next_deadline(tmp_path, monkeypatch) -> None:

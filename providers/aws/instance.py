@@ -147,6 +147,22 @@ def _group_ids(desc: dict[str, Any]) -> list[str]:
     return sorted({str(g["GroupId"]) for g in groups if g.get("GroupId")})
 
 
+def _aws_message(refusal: Tolerated | None) -> str:
+    # botocore's text is "An error occurred (Code) when calling the X operation: <AWS's message>".
+    text = refusal.message if refusal else ""
+    return one_line(text.split(" operation: ", 1)[-1], 160)
+
+
+def boot_failure(desc: dict[str, Any]) -> str:
+    """One line when EC2 ended the instance during launch (NEVER_BOOTS), else ""."""
+    state = (desc.get("State") or {}).get("Name")
+    reason = desc.get("StateReason") or {}
+    code = str(reason.get("Code") or "")
+    if state not in ("shutting-down", "terminated") or code not in NEVER_BOOTS:
+        return ""
+    return f"EC2 ended {desc.get('InstanceId')} during launch ({code}): {NEVER_BOOTS[code]}"
+
+
 def _local_user() -> str:
     try:
         return getpass.getuser() or "unknown"
@@ -334,9 +350,9 @@ class AWSProvider(Provider):
         if not spec.ssh_public_key.strip():
             raise ProviderError("AWS needs the run's SSH public key (spec.ssh_public_key is empty)")
         offer = spec.offer
-        self._check_image_supports(offer.instance_type, spec)
         image = self._resolve_image(spec)
         type_spec = self.catalog.check_instance_type(offer.instance_type, image)
+        self._check_image_supports(offer.instance_type, spec)
         cidr = resolve_ssh_cidr(self.ssh_cidr)
         vpc_id, subnet_id = find_network(self.api, self.subnet_id)
         root_device = image.get("RootDeviceName") or "/dev/sda1"
@@ -437,7 +453,7 @@ class AWSProvider(Provider):
             "another offer (type or region) may have it")
         raise NoCapacityError(
             f"AWS has no {market} capacity for {offer.instance_type} in {self.region}: "
-            f"{', '.join(tried)} refused ({last.code if last else '?'}: {one_line(last.message if last else '', 160)}); "
+            f"{', '.join(tried)} refused ({last.code if last else '?'}: {_aws_message(last)}); "
             f"{hint}"
         )
 
@@ -458,6 +474,7 @@ class AWSProvider(Provider):
             "instance_id": desc.get("InstanceId"),
             "state_name": state_name,
             "state_transition_reason": desc.get("StateTransitionReason") or "",
+            "state_reason": jsonable(desc.get("StateReason") or {}),
             "launch_time": launched.isoformat() if launched else None,
             "terminated_at": ended.isoformat() if ended and state_name in ("terminated", "shutting-down") else None,
             # Launch to termination (or to now); the controller bills it under budgets.yaml's rule.
@@ -479,7 +496,7 @@ class AWSProvider(Provider):
             run_id=tags.get(TAG_RUN_ID), name=tags.get("Name", ""), instance_type=itype, gpu_count=gpu_count,
             created_at=launched.timestamp() if launched else None, usd_per_hour=usd_per_hour,
             ssh=SSHEndpoint(host, 22, self.ssh_user) if host and state_name in ("pending", "running") else None,
-            raw=raw,
+            raw=raw, boot_failure=boot_failure(desc),
         )
 
     def _hourly_for(self, desc: dict[str, Any], tags: dict[str, str],

@@ -70,17 +70,26 @@ def applied_quota(api: AWSApi, code: str) -> float | None:
 
 def vcpus_in_use(api: AWSApi, letter: str, spot: bool) -> int:
     """vCPUs of the account's pending/running instances of that class and market in the region."""
-    used = 0
+    used, unsized = 0, []
     for res in api.paginate(
         "describe-instances", "describe_instances", "Reservations",
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}],
     ):
         for inst in res.get("Instances") or []:
-            is_spot = inst.get("InstanceLifecycle") == "spot"
-            if is_spot != spot or instance_class(inst.get("InstanceType", "")) != letter:
+            itype = str(inst.get("InstanceType", ""))
+            if (inst.get("InstanceLifecycle") == "spot") != spot or instance_class(itype) != letter:
                 continue
             cpu: dict[str, Any] = inst.get("CpuOptions") or {}
-            used += int(cpu.get("CoreCount") or 0) * int(cpu.get("ThreadsPerCore") or 1)
+            if cpu.get("CoreCount"):
+                used += int(cpu["CoreCount"]) * int(cpu.get("ThreadsPerCore") or 1)
+            else:  # moto describes no CpuOptions: the type's default vCPUs
+                unsized.append(itype)
+    if unsized:
+        described = api.call(
+            "describe-instance-types", api.ec2.describe_instance_types, InstanceTypes=sorted(set(unsized))
+        ).get("InstanceTypes") or []
+        default = {d["InstanceType"]: int((d.get("VCpuInfo") or {}).get("DefaultVCpus") or 0) for d in described}
+        used += sum(default.get(t, 0) for t in unsized)
     return used
 
 
