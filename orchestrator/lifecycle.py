@@ -215,6 +215,7 @@ class Controller:
             offer=self.offer,
             ssh_public_key=self._public_key() if self.provider.needs_ssh_key else "",
             image=self.options.image,
+            attempt=len(self.record.attempts) + 1,
         )
         instance = self.provider.create(spec)
         self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)

@@ -127,6 +127,9 @@ class InstanceSpec:
     volume_gb: int = 0
     env: dict[str, str] = field(default_factory=dict)
     owner: str = ""
+    # 1 for a run's first offer, n for its n-th (offer fallback): an idempotency token made from
+    # the run id must differ between attempts, or the cloud answers with the first one's instance.
+    attempt: int = 1
 
     @property
     def name(self) -> str:

@@ -341,6 +341,19 @@ def test_each_zone_attempt_has_its_own_client_token(moto_aws: MotoAWS, pubkey: s
     assert "SubnetId" not in calls[0] and all("SubnetId" in c for c in calls[1:])
 
 
+def test_the_next_offer_of_a_run_gets_a_new_client_token(moto_aws: MotoAWS, ec2: Any, pubkey: str) -> None:  # noqa: F811
+    # Offer fallback: the run's first instance is gone and its second offer is created. A reused
+    # token would make real EC2 answer with the first (terminated) instance.
+    p = provider()
+    first = p.create(spec_for(p, "aws-fallback", pubkey))
+    p.terminate(first.id)
+    calls = answer(p.ec2, "before-call.ec2.RunInstances", lambda _: None)
+    spec = spec_for(p, "aws-fallback", pubkey)
+    spec.attempt = 2
+    second = p.create(spec)
+    assert [c["ClientToken"] for c in calls] == ["gpurun-aws-fallback-a2"] and second.id != first.id
+
+
 def test_every_zone_refusing_is_no_capacity_with_nothing_left(
     moto_aws: MotoAWS, ec2: Any, pubkey: str, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:

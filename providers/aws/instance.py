@@ -377,7 +377,9 @@ class AWSProvider(Provider):
         group_id, made_group = ensure_security_group(self.api, name, vpc_id, cidr, tags)
         kwargs: dict[str, Any] = {
             "ImageId": image["ImageId"], "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
-            "KeyName": name, "ClientToken": name,
+            # Stable across retries of this create (a lost answer never makes a second instance),
+            # new for each offer the run tries: EC2 answers a reused token with its first instance.
+            "KeyName": name, "ClientToken": name if spec.attempt <= 1 else f"{name}-a{spec.attempt}",
             "InstanceInitiatedShutdownBehavior": "terminate",  # a shutdown on the box = terminated
             "BlockDeviceMappings": [{
                 "DeviceName": root_device,
