@@ -5,7 +5,7 @@ capacity (NoCapacityError at create), says the instance will never boot (`Instan
 loses it while booting, or the attempt's boot window passes first. The window is what its share of
 the boot budget left buys at the offer's price (--max-boot-usd, default budgets.yaml's boot_share of
 the cap; half of what is left while other offers wait, all of it for the last), never less than
-the provider's minimum charge (the create already incurred it), at most MAX_BOOT_S, and never past
+the smallest charge the create already incurred (the billing minimum, or one whole increment), at most MAX_BOOT_S, and never past
 the guard's stop time. A failed attempt's instance is terminated and verified gone
 (`teardown.retire`) before the next offer is tried; its billed cost joins the run's spend
 (`Allowance.spent_before_usd`), so the next offer's deadline is computed on what is left of
@@ -44,7 +44,9 @@ def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
     allowance = ctl.allowance
     share = max(0.0, boot_left_usd) * (1.0 if last else 0.5)
     bought = max_runtime_s(share, allowance.usd_per_hour, allowance.billing)
-    return min(MAX_BOOT_S, max(bought, float(allowance.billing.minimum_s)))
+    # The create already incurred the smallest charge (the minimum, or one whole increment):
+    # waiting that long costs nothing more.
+    return min(MAX_BOOT_S, max(bought, float(allowance.billing.billed_seconds(1))))
 
 
 def provision(ctl: Controller) -> Instance:

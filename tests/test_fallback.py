@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from orchestrator.budgets_file import BudgetError
+from orchestrator.budget import allowance_for
+from orchestrator.budgets_file import BudgetError, Budgets, ProviderBudget
 from orchestrator.errors import RunFailed
 from orchestrator.ledger import Ledger
 from orchestrator.lifecycle import Controller
 from orchestrator.phases import is_phase
 from orchestrator.plan import LaunchError, LaunchOptions, make_plan
+from orchestrator.provisioning import boot_window_s
 from orchestrator.run_record import RunRecord
-from providers.base import ProviderError
+from providers.base import BillingRule, ProviderError
 
 PRICE = 36.0  # USD/h: 0.01 USD a second, so the money in each assertion is easy to read
 
@@ -39,6 +42,11 @@ def budgets(tmp_path: Path) -> str:
                     "reserve_s: 5\nmin_runtime_s: 5\nboot_share: 0.2\n"
                     "providers:\n  shelf:\n    billing: {increment_s: 1, minimum_s: 0, source: test}\n")
     return str(path)
+
+
+def make_budgets(tmp_path: Path, rule: BillingRule) -> Budgets:
+    return Budgets(path=tmp_path / "budgets.yaml", per_run_default_usd=1.0, per_run_max_usd=20.0, daily_usd=None,
+                   monthly_usd=None, reserve_s=5, min_runtime_s=5, providers={"shelf": ProviderBudget(billing=rule)})
 
 
 def options(tmp_path: Path, **kw: Any) -> LaunchOptions:
@@ -195,3 +203,17 @@ def test_the_boot_budget_spent_stops_the_fallback_before_the_next_offer(tmp_path
     with pytest.raises(RunFailed, match="not tried: failed boots used the 0.0100 USD of --max-boot-usd"):
         ctl.launch(attach=True)
     assert len(Ledger().instances(ctl.run.run_id)) == 1
+
+
+@pytest.mark.parametrize(("rule", "last", "window"), [
+    (BillingRule(1, 0, "per second"), False, 3.0),  # half of 0.06 USD at 0.01 USD/s
+    (BillingRule(1, 0, "per second"), True, 6.0),  # the last offer takes all that is left
+    (BillingRule(1, 60, "AWS-like"), False, 60.0),  # the 60 s minimum is paid at create anyway
+    (BillingRule(600, 0, "10-minute"), True, 600.0),  # so is the first whole increment
+    (BillingRule(1, 0, "per second"), None, 900.0),  # a big share: never past MAX_BOOT_S
+])
+def test_the_boot_window_is_the_share_of_the_boot_budget_or_what_the_create_already_paid(
+        tmp_path: Path, rule: BillingRule, last: bool | None, window: float) -> None:
+    allowance = allowance_for(make_budgets(tmp_path, rule), "shelf", 10.0, PRICE)
+    boot_left = 100.0 if last is None else 0.06
+    assert boot_window_s(SimpleNamespace(allowance=allowance), boot_left, bool(last)) == window
