@@ -18,17 +18,33 @@ never waited on for free.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from orchestrator import teardown as teardown_mod
-from orchestrator.budget import max_runtime_s
+from orchestrator.budget import Allowance, max_runtime_s
 from orchestrator.budgets_file import BudgetError
 from orchestrator.errors import BootFailed, RunFailed
+from orchestrator.ledger import Ledger, Run
 from orchestrator.plan import offer_label
-from providers.base import Instance, NoCapacityError, Offer
+from orchestrator.run_record import RunRecord
+from providers.base import Instance, NoCapacityError, Offer, Provider
 
-if TYPE_CHECKING:
-    from orchestrator.lifecycle import Controller
+
+class Controller(Protocol):
+    """What provisioning needs of orchestrator.lifecycle.Controller (which imports this module)."""
+
+    ledger: Ledger
+    provider: Provider
+    run: Run
+    record: RunRecord
+    offer: Offer
+    allowance: Allowance
+    instance: Instance | None
+
+    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float) -> None: ...
+    def create_instance(self) -> Instance: ...
+    def boot_and_connect(self, instance: Instance, until: float) -> None: ...
+    def record_failed_attempt(self, attempt: dict[str, Any]) -> None: ...
 
 MAX_BOOT_S = 900.0  # one attempt that has not come up in 15 minutes is stuck, whatever the budget
 
@@ -67,6 +83,7 @@ def provision(ctl: Controller) -> Instance:
             break
         reason = _attempt(ctl, n, offer, boot_left, last=n == len(candidates))
         if reason is None:
+            assert ctl.instance is not None
             return ctl.instance
         failures.append(f"{n}. {offer_label(offer)}: {reason}")
     raise RunFailed("no offer came up: " + "; ".join(failures)
