@@ -163,6 +163,35 @@ class Instance:
         return asdict(self)
 
 
+@dataclass
+class BilledCost:
+    """What the provider itself says a run's instances cost (reconciliation against our estimate)."""
+
+    usd: float | None  # None: the provider has no figure (yet, or at all: see `source`)
+    source: str  # where the figure comes from, e.g. "RunPod billing history (GraphQL ...)"
+    complete: bool = True  # False while the provider's data may still change (AWS Cost Explorer lags hours)
+    details: dict[str, Any] = field(default_factory=dict)  # the raw rows the figure was summed from
+
+
+@dataclass
+class Billable:
+    """Something on the account that bills now, gpurun's or not (`gpurun audit`)."""
+
+    kind: str  # "instance" | "pod" | "volume" | "disk"
+    id: str
+    provider: str
+    name: str = ""
+    state: str = ""  # the provider's own word (a stopped pod still pays for its volume)
+    usd_per_hour: float | None = None  # what it bills now, per hour, where known
+    created_at: float | None = None  # epoch seconds
+    run_id: str | None = None  # the gpurun run it carries (tag/name); None: not gpurun's
+    note: str = ""  # why it bills in its state, e.g. "stopped pod: its volume still bills"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Provider(ABC):
     """A cloud behind the interface of DESIGN.md. Methods raise ProviderError subclasses.
 
@@ -234,6 +263,16 @@ class Provider(ABC):
         provider demands to deploy. Called at plan time for each candidate offer, before anything is
         created; a refused candidate is skipped (the plan says why) and the launch is refused only
         when no candidate is left."""
+
+    def billed_cost(self, run_id: str, instance_ids: list[str], start: float, end: float) -> BilledCost:
+        """The provider's own figure for what the run's instances cost between `start` and `end`
+        (epoch seconds), where its API says so; ask again later while `complete` is False."""
+        return BilledCost(None, f"{self.name or 'this provider'}: no billing figure in its API")
+
+    def inventory(self) -> list[Billable]:
+        """Everything on the account that bills now, tagged gpurun or not: instances, pods,
+        volumes, disks. Read-only."""
+        return []
 
     def list_run(self, run_id: str) -> list[Instance]:
         """The run's live instances (the zero-match check of a proof)."""
