@@ -18,6 +18,7 @@ class Exit(IntEnum):
     JOB_FAILED = 4  # the job exited non-zero; the instance is verified gone, outputs are home
     STALLED = 5  # no progress for the stall window: stopped, synced, verified gone
     RUN_FAILED = 6  # the run broke before its job could end (boot, SSH, bootstrap, a lost instance); verified gone
+    UNOWNED_BILLING = 7  # `gpurun audit`: something bills that no open run owns (a gpurun orphan, or not gpurun's)
 
 
 class Ending(str, Enum):

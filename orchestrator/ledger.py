@@ -31,7 +31,7 @@ from orchestrator import phases, settings
 from orchestrator.phases import Phase, TransitionError
 from orchestrator.redact import redact
 
-SCHEMA_VERSION = 2  # 2: runs.end_reason, runs.job_exit_code
+SCHEMA_VERSION = 3  # 2: runs.end_reason, runs.job_exit_code; 3: the provider's billed figure (reconciliation)
 BUSY_TIMEOUT_S = 30.0
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -55,7 +55,11 @@ CREATE TABLE IF NOT EXISTS runs (
     error             TEXT,
     controller_pid    INTEGER,
     end_reason        TEXT,
-    job_exit_code     INTEGER
+    job_exit_code     INTEGER,
+    billed_usd        REAL,
+    billed_source     TEXT,
+    billed_complete   INTEGER,
+    reconciled_at     REAL
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 
@@ -128,6 +132,12 @@ class Run:
     controller_pid: int | None = None
     end_reason: str | None = None  # why the run ended (orchestrator.exit_codes.Ending leads it)
     job_exit_code: int | None = None  # the job's own exit status, once it has ended
+    # Reconciliation: what the provider itself says the run cost (None: not asked, or no figure),
+    # where that figure comes from, whether it is final, and when it was last asked.
+    billed_usd: float | None = None
+    billed_source: str | None = None
+    billed_complete: bool | None = None
+    reconciled_at: float | None = None
 
     @property
     def open(self) -> bool:
@@ -228,7 +238,8 @@ def _check_usd(name: str, usd: float) -> float:
 
 
 # Columns added after schema 1: a ledger written before them gets them on open (NULL for old runs).
-_ADDED_RUN_COLUMNS = (("end_reason", "TEXT"), ("job_exit_code", "INTEGER"))
+_ADDED_RUN_COLUMNS = (("end_reason", "TEXT"), ("job_exit_code", "INTEGER"), ("billed_usd", "REAL"),
+                      ("billed_source", "TEXT"), ("billed_complete", "INTEGER"), ("reconciled_at", "REAL"))
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -322,6 +333,8 @@ class Ledger:
         data = dict(row)
         data["settled"] = bool(data["settled"])
         data["plan"] = _loads(data["plan"])
+        if data.get("billed_complete") is not None:
+            data["billed_complete"] = bool(data["billed_complete"])
         return Run(**data)
 
     def _require_run(self, conn: sqlite3.Connection, run_id: str) -> None:
@@ -396,9 +409,9 @@ class Ledger:
                     merged = _loads(row["plan"])
                     merged.update(value or {})
                     value = _dumps(merged)
-                elif name == "settled":
+                elif name in ("settled", "billed_complete") and value is not None:
                     value = int(bool(value))
-                elif name in ("error", "end_reason") and value is not None:
+                elif name in ("error", "end_reason", "billed_source") and value is not None:
                     value = _redact(str(value))
                 values[name] = value
             values.setdefault("updated_at", time.time())
