@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from orchestrator.ledger import default_home
+from orchestrator.notify import EVENTS, NotifyConfig
 from providers.base import BillingRule
 
 # Used when a budgets.yaml leaves these keys out (the packaged budgets.yaml spells them all out).
@@ -56,6 +57,7 @@ class Budgets:
     min_runtime_s: float = DEFAULT_MIN_RUNTIME_S
     max_runtime_h: float = DEFAULT_MAX_RUNTIME_H  # bounds a run whose price is 0
     boot_share: float = DEFAULT_BOOT_SHARE  # --max-boot-usd default = boot_share x --max-usd
+    notify: NotifyConfig | None = None  # where run events go (orchestrator.notify); None: nowhere
     default_billing: BillingRule = CONSERVATIVE_BILLING
     providers: dict[str, ProviderBudget] = field(default_factory=dict)
 
@@ -194,6 +196,7 @@ _TOP_KEYS = (
     "min_runtime_s",
     "max_runtime_h",
     "boot_share",
+    "notify",
     "default_billing",
     "providers",
 )
@@ -210,6 +213,38 @@ _NUMBER_KEYS = {
 }
 _PROVIDER_KEYS = ("billing", "daily_usd", "monthly_usd", "reserve_s", "min_runtime_s")
 _BILLING_KEYS = ("increment_s", "minimum_s", "source")
+
+
+_NOTIFY_KEYS = ("webhook", "ntfy", "command", "events", "timeout_s")
+
+
+def _notify(doc: _Doc, node: yaml.Node) -> NotifyConfig | None:
+    if doc.scalar(node) is None:
+        return None
+    items = doc.mapping(node, "notify", _NOTIFY_KEYS)
+    values: dict[str, Any] = {}
+    for name in ("webhook", "ntfy"):
+        if name in items and doc.scalar(items[name][1]) is not None:
+            url = doc.scalar(items[name][1])
+            # Never echo the value: a webhook URL is its own credential.
+            if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+                raise doc.fail(items[name][1], f"notify.{name}", "must be an http(s):// URL (the value is not shown: it may be a secret)")
+            values[name] = url
+    if "command" in items and doc.scalar(items["command"][1]) is not None:
+        values["command"] = doc.string(items["command"][1], "notify.command")
+    if "events" in items:
+        enode = items["events"][1]
+        names = [doc.scalar(n) for n in enode.value] if isinstance(enode, yaml.SequenceNode) else None
+        if names is None or not names or any(n not in EVENTS for n in names):
+            raise doc.fail(enode, "notify.events", f"must be a list of events from: {', '.join(EVENTS)}")
+        values["events"] = tuple(names)
+    if "timeout_s" in items:
+        timeout = doc.number(items["timeout_s"][1], "notify.timeout_s", positive=True)
+        assert timeout is not None
+        if timeout > 60:
+            raise doc.fail(items["timeout_s"][1], "notify.timeout_s", f"({timeout:g}) must be at most 60 s")
+        values["timeout_s"] = timeout
+    return NotifyConfig(**values)
 
 
 def _billing(doc: _Doc, pair: tuple[yaml.Node, yaml.Node], key: str) -> BillingRule:
@@ -278,6 +313,8 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
         default_billing=(_billing(doc, top["default_billing"], "default_billing")
                          if "default_billing" in top else CONSERVATIVE_BILLING),
     )
+    if "notify" in top:
+        budgets.notify = _notify(doc, top["notify"][1])
     if budgets.boot_share > 1:
         raise doc.fail(top["boot_share"][1], "boot_share",
                        f"({budgets.boot_share:g}) is a share of --max-usd: use a number in (0, 1], e.g. 0.2")
