@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from providers.aws.api import CAPACITY_CODES, LIVE_STATES, AWSApi, Tolerated, as_utc, chunks, jsonable
+from providers.aws.billing import billed_cost as ce_billed_cost
 from providers.aws.catalog import (
     DLAMI_SOURCE,
     GP3_USD_PER_GB_MONTH,
@@ -32,6 +33,7 @@ from providers.aws.catalog import (
     static_gpu_count,
 )
 from providers.aws.image import DEFAULT_AMI_SSM_PARAMETER, ami_from_ssm, describe_image
+from providers.aws.inventory import inventory as region_inventory
 from providers.aws.network import (
     delete_key_pair,
     delete_security_groups,
@@ -51,6 +53,8 @@ from providers.base import (
     STOPPED,
     STOPPING,
     TERMINATED,
+    Billable,
+    BilledCost,
     CredentialsError,
     Instance,
     InstanceSpec,
@@ -574,6 +578,14 @@ class AWSProvider(Provider):
     def list_run(self, run_id: str) -> list[Instance]:
         # Server-side filter; shutting-down still counts: only `terminated` is gone.
         return [self._to_instance(d) for d in self._find_live(run_id, shutting_down=True)]
+
+    # ---- reconciliation and audit (billing.py, inventory.py)
+
+    def billed_cost(self, run_id: str, instance_ids: list[str], start: float, end: float) -> BilledCost:
+        return ce_billed_cost(self.api, run_id, instance_ids, start, end)
+
+    def inventory(self) -> list[Billable]:
+        return region_inventory(self.api, self.catalog)
 
     def self_destruct_command(self, instance: Instance) -> str:
         # providers/scripts/aws_self_destruct.sh, passed whole to `sh -c`: no file of its own to go
