@@ -145,6 +145,25 @@ def bootstrap(transport: Transport, install: bool = True, need_torch: bool = Tru
     return result
 
 
+def ensure_packages(transport: Transport, python: str, packages: Sequence[str], install: bool = True,
+                    pip_timeout_s: float = 900) -> list[str]:
+    """Install the optional packages a recipe needs (tiktoken for GPT-2 BPE) where the instance
+    lacks them; returns those installed. Import name = pip name for every package recipes name."""
+    if not packages:
+        return []
+    probe = ("import importlib.util, sys; "
+             "print(' '.join(p for p in sys.argv[1:] if importlib.util.find_spec(p) is None))")
+    res = transport.run(f"{shlex.quote(python)} -c {shlex.quote(probe)} {' '.join(map(shlex.quote, packages))}",
+                        timeout_s=120)
+    missing = res.stdout.split() if res.ok else list(packages)
+    if missing and not install:
+        raise BootstrapError(f"the instance lacks {', '.join(missing)} (the recipe's data needs it): use an image"
+                             " that has it")
+    if missing:
+        _pip_install(transport, python, missing, pip_timeout_s)
+    return missing
+
+
 def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,
                     python: str = "python3", out_dir: str | None = None) -> str:
     """The job's command line (run with cwd=<root>/code): one DDP rank per GPU, at least one.

@@ -20,6 +20,7 @@ from orchestrator.budgets_file import BudgetError, load_budgets
 from orchestrator.exit_codes import Ending, Exit, by_signal, for_run
 from orchestrator.ledger import Ledger, LedgerError, Run
 from orchestrator.lifecycle import (
+    DATA_FAILED,
     Controller,
     RunFailed,
     controller_alive,
@@ -28,7 +29,17 @@ from orchestrator.lifecycle import (
     write_run_evidence,
 )
 from orchestrator.live import LiveView
-from orchestrator.plan import LaunchError, LaunchOptions, make_plan, runs_root
+from orchestrator.plan import (
+    DEFAULT_CPU_RECIPE,
+    DEFAULT_GPU_RECIPE,
+    LaunchError,
+    LaunchOptions,
+    duration,
+    has_gpu,
+    make_plan,
+    offer_label,
+    runs_root,
+)
 from orchestrator.proof import verify_proof_chain
 from orchestrator.redact import register_secrets_from_env
 from orchestrator.run_record import RunRecord, is_orphan
@@ -36,8 +47,9 @@ from orchestrator.settings import SettingsError
 from orchestrator.signals import Received, Terminated, attached
 from orchestrator.teardown import VerifyFailed
 from providers import get_provider, provider_names
-from providers.base import Instance, Provider, ProviderError
+from providers.base import BillingRule, Instance, Offer, Provider, ProviderError
 from providers.common import one_line
+from trainer import recipes
 
 console = Console()
 err_console = Console(stderr=True)
@@ -81,6 +93,10 @@ def main() -> None:
               help="what boots that never come up may cost in total, inside --max-usd (default: budgets.yaml"
                    " boot_share of it); an offer with no capacity or that does not boot is torn down and the"
                    " next one tried")
+@click.option("--recipe", help="a packaged job (`gpurun recipes`); default: lab with a GPU, the CPU smoke run"
+                               " without; --config and --set override its keys")
+@click.option("--data-from", type=click.Path(file_okay=False),
+              help="a local copy of the recipe's data in its public format: uploaded and prepared from, no download")
 @click.option("--config", type=click.Path(dir_okay=False), help="trainer YAML config")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="trainer flag, e.g. --set max_iters=200")
 @click.option("--workdir", type=click.Path(file_okay=False), help="directory uploaded for a custom command")
@@ -108,7 +124,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         trainer_args += [f"--{key.replace('_', '-')}", value]
     options = LaunchOptions(
         provider=kw["provider"], max_usd=kw["max_usd"], gpu=kw["gpu"], gpus=kw["gpus"], spot=kw["spot"],
-        config=kw["config"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
+        config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
         usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
@@ -155,7 +171,7 @@ def _launch_exit(run: Run, guard_pid: int | None, got: Received) -> int:
     if got.term is not None:
         return by_signal(got.term)
     code = for_run(run.end_reason, run.job_exit_code)
-    log = Path(run.run_dir) / "job.log"
+    log = Path(run.run_dir) / ("data.log" if DATA_FAILED in (run.end_reason or "") else "job.log")
     if code is Exit.JOB_FAILED:
         status = "killed, no exit status" if run.job_exit_code is None else f"exit {run.job_exit_code}"
         _say(f"job failed ({status}); its log: {log}")
@@ -182,7 +198,7 @@ def _interrupted(controller: Controller, view: LiveView) -> int:
     view.__exit__()
     run = controller.refresh()
     choice = "t"
-    if run.phase == "running" and sys.stdin.isatty():
+    if run.phase in ("running", "preparing_data") and sys.stdin.isatty():
         choice = click.prompt(
             "\n[d]etach (the run keeps going under its guard) or [t]ear down now?",
             type=click.Choice(["d", "t"]), default="d",
@@ -220,7 +236,7 @@ def guard(run_ref: str) -> None:
     with attached(controller, handoff_on_hup=False) as got:
         ledger.update_run(run.run_id, controller_pid=os.getpid())  # signals are handled from here on
         try:
-            if run.phase == "running":
+            if run.phase in ("running", "preparing_data"):  # the data phase goes on, then training
                 controller.guard()
             else:
                 controller.finish(f"{Ending.RESUMED} an interrupted run")
@@ -391,6 +407,57 @@ def offers(provider: str, gpu: str | None, gpus: int, spot: bool, usd_per_hour: 
                       f"{o.extra_usd_per_hour:.4f}", o.price_source,
                       "unbounded" if buys == float("inf") else f"{buys / 3600:.2f} h")
     console.print(table)
+
+
+@main.command("recipes")
+@click.option("--provider", default="local", show_default=True, help="price each recipe on this provider's offers")
+@click.option("--gpu", help="only offers of this GPU")
+@click.option("--gpus", type=int, default=1, show_default=True)
+@click.option("--spot", is_flag=True)
+@click.option("--usd-per-hour", type=float, help="local provider price")
+@click.option("--budgets", type=click.Path(dir_okay=False))
+def recipes_(provider: str, gpu: str | None, gpus: int, spot: bool, usd_per_hour: float | None,
+             budgets: str | None) -> None:
+    """The packaged jobs, and what each takes and costs to max_iters on each offer."""
+    options = LaunchOptions(provider=provider, usd_per_hour=usd_per_hour)
+    conf = load_budgets(budgets)
+    prov = get_provider(provider, **options.provider_options())  # a bad provider is refused before any output
+    prov.check_credentials()
+    found = sorted(prov.offers(gpu=gpu, count=gpus, spot=spot), key=lambda o: o.total_usd_per_hour)
+    table = Table(title=f"recipes (gpurun launch --recipe NAME; default {DEFAULT_GPU_RECIPE} with a GPU, "
+                        f"{DEFAULT_CPU_RECIPE} without)")
+    for col in ("recipe", "summary", "data", "tokens/step", "max_iters", "tokens"):
+        table.add_column(col)
+    for r in recipes.RECIPES.values():
+        table.add_row(r.name, r.summary, r.data.describe(), f"{r.tokens_per_step:,}", f"{r.max_iters:,}",
+                      recipes.human(r.max_iters * r.tokens_per_step))
+    console.print(table)
+    rule = conf.billing_for(prov.name)
+    costs = Table(title=f"{prov.name}: time to max_iters (data phase included, boot not) and its billed cost")
+    for col in ("offer", "USD/h", *recipes.RECIPES):
+        costs.add_column(col)
+    for o in found:
+        cells = [recipe_cost(r, o, rule) for r in recipes.RECIPES.values()]
+        costs.add_row(offer_label(o), f"{o.total_usd_per_hour:.4f}", *cells)
+    console.print(costs if found else f"{prov.name}: no offers" + (f" of {gpu}" if gpu else ""))
+    console.print("tokens/s per GPU class, from trainer/recipes.py (no estimate: a GPU outside "
+                  f"{', '.join(recipes.GPU_CLASSES)}):", highlight=False)
+    for r in recipes.RECIPES.values():
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in r.tokens_per_s.items())
+        console.print(f"  {r.name}: {rates}. Source: {r.sources}", highlight=False, markup=False)
+
+
+def recipe_cost(recipe: recipes.Recipe, offer: Offer, rule: BillingRule) -> str:
+    """"~46m, 42.10 USD" on this offer, from the recipe's tokens/s for the offer's GPU class."""
+    gpu = has_gpu(offer)
+    klass = recipes.gpu_class(offer.gpu) if gpu else "cpu"
+    rate = recipe.throughput(klass, max(1, offer.gpu_count))
+    if rate is None:
+        return "no estimate"
+    world = max(1, offer.gpu_count) if gpu else 1
+    seconds = recipe.max_iters * recipes.tokens_per_step(recipe.config, world) / rate
+    seconds += recipe.data.prepare_s(klass)
+    return f"~{duration(seconds)}, {rule.cost(seconds, offer.total_usd_per_hour):.2f} USD"
 
 
 @main.command()

@@ -24,7 +24,7 @@ import trainer
 from orchestrator import budget as budget_mod
 from orchestrator import provisioning, settings
 from orchestrator import teardown as teardown_mod
-from orchestrator.bootstrap import bootstrap, trainer_command
+from orchestrator.bootstrap import BootstrapInfo, bootstrap, ensure_packages, trainer_command
 from orchestrator.budgets_file import Budgets, load_budgets
 from orchestrator.errors import BootFailed, RunFailed
 from orchestrator.evidence import write_evidence
@@ -32,8 +32,24 @@ from orchestrator.exit_codes import Ending
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
 from orchestrator.phases import Phase
-from orchestrator.plan import LaunchOptions, LaunchPlan
-from orchestrator.progress import Probe, StallWatch, parse_probe, probe_command
+from orchestrator.plan import (
+    JOB_CONFIG,
+    LaunchOptions,
+    LaunchPlan,
+    config_text,
+    data_phase,
+    job_config,
+    recipe_for,
+)
+from orchestrator.progress import (
+    DataProbe,
+    Probe,
+    StallWatch,
+    data_probe_command,
+    parse_data_probe,
+    parse_probe,
+    probe_command,
+)
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
@@ -44,6 +60,16 @@ from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
+# The data phase's detached job (transport convention: data.pid, data.exit, data.log at the root).
+DATA_JOB = "data"
+# The leading words of a failed data phase's reason (after Ending.RUN_FAILED).
+DATA_FAILED = "data preparation failed"
+DATA_SOURCE_DIR = "data-src"  # where --data-from's directory is uploaded (under the run root)
+_HANDOFF = "handoff"  # what the data watch returns when a SIGHUP asked for a detached guard
+
+
+class DataFailed(RunFailed):
+    """`python -m trainer.data prepare` exited non-zero on the instance; the message is its line."""
 
 
 @dataclass
@@ -56,6 +82,7 @@ class LiveStatus:
     max_usd: float = 0.0
     seconds_to_stop: float | None = None
     message: str = ""
+    data: str = ""  # the data phase's progress, "tokenize 42% 12.3M tokens"
 
 
 Reporter = Callable[[LiveStatus], None]
@@ -157,7 +184,8 @@ class Controller:
         try:
             instance = provisioning.provision(self)  # the plan's offers in order until one comes up
             self._bootstrap(instance)
-            self._start_job()
+            if not self._start_data():  # the data phase runs under the guard (it may take an hour)
+                self._start_job()
         except Exception as exc:
             self.deferring_signals = True
             self._record_end(f"{Ending.RUN_FAILED}: {type(exc).__name__}: {exc}")
@@ -261,13 +289,12 @@ class Controller:
             self.transport.upload(Path(opts.workdir), "code")
         else:
             self.transport.upload(TRAINER_DIR, "code/trainer")
-        if opts.config:
-            self.transport.write_file("code/gpurun_config.yaml", Path(opts.config).read_text())
         info = bootstrap(self.transport, need_torch=not opts.command)
         self.gpu_count = info.gpu_count
         self.python = info.python
         self.record.bootstrap = info.to_dict()
         self.ledger.update_run(self.run.run_id, plan={"bootstrap": self.record.bootstrap})
+        self._configure_job(info)
         # The dead-man's switch: works with this controller gone. It fires between the guard's stop
         # time and the money deadline, leaving half the reserve for the self-destruct to land.
         wd_deadline = self.watchdog_deadline()
@@ -284,6 +311,55 @@ class Controller:
             progress_file="job.log" if opts.command else "out/metrics.jsonl",
         )
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
+
+    def _configure_job(self, info: BootstrapInfo) -> None:
+        """Pick the recipe (a default one by whether the instance has CUDA), write the config file the
+        trainer reads (recipe < --config; --set stays flags) with data_dir at the data the recipe
+        prepares, install what its data needs, and keep it all in the run's record (`job`)."""
+        assert self.transport is not None
+        opts, root = self.options, self.transport.root
+        recipe, default = recipe_for(opts, info.cuda_available)
+        job: dict[str, Any] = {"recipe": recipe.name if recipe else None, "default": default,
+                               "config_file": False, "data_dir": None, "prepare": None}
+        if recipe is not None and data_phase(opts, recipe):
+            job["data_dir"] = f"{root}/data/{recipe.data.dir_name}"
+            from_dir = None
+            if opts.data_from:
+                self.transport.upload(Path(opts.data_from), DATA_SOURCE_DIR)
+                from_dir = f"{root}/{DATA_SOURCE_DIR}"
+            args = recipe.data.prepare_args(job["data_dir"], from_dir=from_dir)
+            job["prepare"] = f"{shlex.quote(self.python)} -m trainer.data {shlex.join(args)}"
+        if recipe is not None and not opts.command:
+            installed = ensure_packages(self.transport, self.python, recipe.data.packages())
+            if installed:
+                self.ledger.record_event(self.run.run_id, "installed", packages=installed)
+        config = job_config(opts, recipe, job["data_dir"]) if not opts.command else {}
+        if config:
+            self.transport.write_file(f"code/{JOB_CONFIG}", config_text(config))
+            job["config_file"] = True
+        self.ledger.update_run(self.run.run_id, plan={"job": job})
+        self.refresh()
+
+    def job_info(self) -> dict[str, Any]:
+        """What _configure_job decided: recipe, config_file, data_dir, prepare (the data command)."""
+        job = self.run.plan.get("job")
+        return dict(job) if isinstance(job, dict) else {}
+
+    def _start_data(self) -> bool:
+        """Start the data phase when the recipe has one; False when there is none, or its data is
+        already READY (prepared by an earlier attempt on this instance): training starts at once."""
+        assert self.transport is not None
+        job = self.job_info()
+        if not job.get("prepare"):
+            return False
+        ready = self.transport.run(f"test -f {shlex.quote(job['data_dir'] + '/READY')}", timeout_s=30)
+        if ready.ok:
+            self.ledger.record_event(self.run.run_id, "data_reused", data_dir=job["data_dir"])
+            return False
+        self.phase("preparing_data", command=job["prepare"], data_dir=job["data_dir"], recipe=job["recipe"])
+        pid = self.transport.start_detached(DATA_JOB, job["prepare"], env={"PYTHONUNBUFFERED": "1"})
+        self.ledger.record_event(self.run.run_id, "data_started", pid=pid)
+        return True
 
     def self_destruct_command(self, instance: Instance) -> str:
         # GPURUN_SELF_DESTRUCT_CMD replaces the provider's command where the "instance" is a machine
@@ -318,8 +394,8 @@ class Controller:
         if opts.command:
             return shlex.join(opts.command)
         args = list(opts.trainer_args)
-        if opts.config:
-            args = ["--config", "gpurun_config.yaml", *args]
+        if self.job_info().get("config_file"):
+            args = ["--config", JOB_CONFIG, *args]
         # The guard SIGTERMs the job at stop_at; the trainer's own deadline is the next layer, set
         # to the moment the watchdog would send its SIGTERM.
         args += ["--deadline-epoch", f"{self.watchdog_deadline() - self.grace_s():.0f}"]
@@ -345,6 +421,24 @@ class Controller:
         # Periodic pulls run in the background: a slow pull of a big checkpoint must never make the
         # guard late for the stop time.
         self.syncer = Syncer(lambda: self._sync(final=False), self.sync_interval()).start()
+        if Phase(self.run.phase) is Phase.PREPARING_DATA:
+            try:
+                reason = self._guard_data(transport)
+                if reason is None:
+                    self._start_job()
+            except Exception as exc:  # a failed prepare (DataFailed), or a job that would not start
+                self.syncer.stop()
+                self._record_end(f"{Ending.RUN_FAILED}: " + (str(exc) if isinstance(exc, DataFailed)
+                                                             else f"{type(exc).__name__}: {exc}"))
+                self._fail(exc)
+                return True
+            if reason == _HANDOFF:
+                self.syncer.stop()
+                self.ledger.record_event(self.run.run_id, "handoff", pid=os.getpid())
+                return False
+            if reason is not None:
+                self.finish(reason)
+                return True
         stall = StallWatch(self.options.stall_minutes * 60, by_step=not self.options.command, now=time.time())
         reason = "job finished"
         errors = 0
@@ -383,6 +477,64 @@ class Controller:
         self.finish(reason)
         return True
 
+    def _guard_data(self, transport: Transport) -> str | None:
+        """Follow the data phase: None once the data is ready, else why the run stops (the stop time,
+        a stop asked, no progress for the stall window, a lost instance) or _HANDOFF. DataFailed
+        when the preparer exits non-zero, with its one line."""
+        job = self.job_info()
+        stall = StallWatch(self.options.stall_minutes * 60, by_step=False, now=time.time())
+        errors = 0
+        while True:
+            if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
+                return f"{Ending.DEADLINE}: budget guard (while preparing the data)"
+            if self.stop_requested:
+                return f"{Ending.REQUESTED}" + (f" ({self.stop_cause})" if self.stop_cause else "")
+            if self.handoff_requested:
+                return _HANDOFF
+            try:
+                self._heartbeat()
+                state = transport.job_state(DATA_JOB)
+                if state.pid is None and not state.running:  # a controller died before starting it
+                    transport.start_detached(DATA_JOB, job["prepare"], env={"PYTHONUNBUFFERED": "1"})
+                    continue
+                probe = self._data_probe(job["data_dir"])
+                if not state.running:
+                    if state.exit_code == 0:
+                        self.ledger.record_event(self.run.run_id, "data_ready", data_dir=job["data_dir"],
+                                                 **{k: probe.progress.get(k) for k in ("tokens", "message")})
+                        return None
+                    raise DataFailed(self._data_failure(state.exit_code))
+                self.report(self.status(data=probe.line))
+                errors = 0
+                if stall.look_mark(probe.mark, time.time()):
+                    return f"{Ending.STALLED}: no data preparation progress for {self.options.stall_minutes:g} min"
+            except DataFailed:
+                raise
+            except Exception as exc:  # an instance we cannot watch is torn down, not left billing
+                errors += 1
+                self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+                if errors >= 5:
+                    return f"{Ending.LOST}: {type(exc).__name__}: {exc}"
+            time.sleep(POLL_S)
+
+    def _data_probe(self, data_dir: str) -> DataProbe:
+        assert self.transport is not None
+        command = data_probe_command(self.transport.root, data_dir, f"{DATA_JOB}.log")
+        return parse_data_probe(self.transport.run(command, timeout_s=10).stdout)
+
+    def _data_failure(self, exit_code: int | None) -> str:
+        """The reason of a failed prepare: its exit status and its last line (contract: ONE stderr
+        line saying what failed and how to fix it; the log has stdout and stderr together)."""
+        assert self.transport is not None
+        tail = self.transport.run(f"tail -n 20 {shlex.quote(self.transport.root + '/' + DATA_JOB + '.log')}",
+                                  timeout_s=30).stdout
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+        line = lines[-1] if lines else "no output"
+        if self.options.data_from:  # name the user's directory, not the copy uploaded from it
+            line = line.replace(f"{self.transport.root}/{DATA_SOURCE_DIR}", self.options.data_from)
+        status = "killed, no exit status" if exit_code is None else f"exit {exit_code}"
+        return f"{DATA_FAILED} ({status}): {line}"
+
     def finish(self, reason: str) -> None:
         """Stop the job if it still runs, pull the final outputs, terminate, verify, prove.
 
@@ -407,6 +559,13 @@ class Controller:
     def _stop_job(self, reason: str) -> None:
         transport = self.ensure_transport()
         self.phase("stopping", reason=reason)
+        if self.job_info().get("prepare") and transport.job_state(DATA_JOB).running:
+            transport.signal(DATA_JOB, signal.SIGTERM)  # a stop during the data phase: no checkpoint to wait for
+            limit = time.time() + self.grace_s()
+            while transport.job_state(DATA_JOB).running and time.time() < limit:
+                time.sleep(0.5)
+            if transport.job_state(DATA_JOB).running:
+                transport.signal(DATA_JOB, signal.SIGKILL)
         if transport.job_state("job").running:
             transport.signal("job", signal.SIGTERM)  # the trainer checkpoints and exits 0
             limit = time.time() + self.grace_s()

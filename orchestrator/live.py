@@ -13,6 +13,10 @@ from orchestrator.lifecycle import LiveStatus
 
 def _fmt(status: LiveStatus) -> dict[str, str]:
     left = status.seconds_to_stop
+    if status.data:  # the data phase: its progress instead of the (not yet started) training columns
+        return {"phase": status.phase, "data": status.data,
+                "spent / cap": f"{status.spent_usd:.4f} / {status.max_usd:.4f} USD",
+                "guard stops in": "-" if left is None else f"{max(0.0, left):.0f} s"}
     return {
         "phase": status.phase,
         "step": "-" if status.step is None else str(status.step),
@@ -60,6 +64,6 @@ class LiveView:
             self._last_phase = status.phase
         if self._live is not None:
             self._live.update(self._table(status))
-        elif status.step is not None and time.time() - self._last_line >= self.interval_s:
+        elif (status.step is not None or status.data) and time.time() - self._last_line >= self.interval_s:
             self._last_line = time.time()
             self.console.print("  " + " | ".join(f"{k} {v}" for k, v in _fmt(status).items() if k != "phase"))

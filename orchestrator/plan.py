@@ -7,10 +7,13 @@ too small, a cap already spent, a balance too low) refuses here, before anything
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from orchestrator import settings
 from orchestrator.budget import Allowance, allowance_for, check_caps
@@ -19,6 +22,8 @@ from orchestrator.ledger import Ledger
 from providers import get_provider, provider_class
 from providers.base import Offer, Provider, ProviderError, rank_offers, split_gpus
 from trainer import config as trainer_config
+from trainer import recipes
+from trainer.recipes import Recipe
 
 # Trainer flags the controller passes itself (lifecycle.job_command, bootstrap.trainer_command): a
 # `--set` of one would be overridden on the instance or clash with it.
@@ -29,6 +34,15 @@ SET_BY_GPURUN = {
     "nproc_per_node": "gpurun runs one rank per GPU: use --gpus",
 }
 
+
+# The recipe a GPU machine runs when the user names none (and brings no config or command of their own).
+DEFAULT_GPU_RECIPE = "lab"
+# The one without a GPU: the trainer's own defaults, the CPU smoke run.
+DEFAULT_CPU_RECIPE = "smoke"
+# The config file the job reads on the instance (in code/, its cwd): recipe < --config, then --set flags.
+JOB_CONFIG = "gpurun_config.yaml"
+# Config keys that bring the user's own data: the recipe's data is then not prepared.
+DATA_KEYS = ("data_dir", "text_file")
 
 # Offers a launch keeps in its fallback order (the chosen one included): enough for the other cloud
 # type / region and a second GPU, few enough that a plan stays readable.
@@ -47,6 +61,8 @@ class LaunchOptions:
     gpus: int = 1
     spot: bool = False
     config: str | None = None  # trainer YAML config (uploaded with the trainer)
+    recipe: str | None = None  # trainer/recipes.py; None: `lab` on a GPU, the CPU smoke run without
+    data_from: str | None = None  # a local copy of the recipe's data (its public format), uploaded
     command: list[str] = field(default_factory=list)  # any other command instead of the trainer
     workdir: str | None = None  # uploaded as code/ for a custom command
     trainer_args: list[str] = field(default_factory=list)
@@ -96,6 +112,8 @@ class LaunchPlan:
     # Candidates the plan dropped, with the one-line reason (a quota, an image, the budget).
     skipped: list[tuple[Offer, str]] = field(default_factory=list)
     max_boot_usd: float = 0.0
+    # The recipe's training terms on the chosen offer (None: a command, or the user's own --config).
+    forecast: Forecast | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -108,12 +126,14 @@ class LaunchPlan:
                       f"= {o.total_usd_per_hour:.4f} USD/h ({o.price_source}){price_note}"),
             ("billing", f"per {b.billing.increment_s} s, minimum {b.billing.minimum_s} s"
                         + (f" ({b.billing.source})" if b.billing.source else "")),
-            ("budget", f"{b.max_usd:.4f} USD  ->  {_duration(b.max_runtime_s)} of billed time"),
-            ("training", f"{_duration(b.train_s)}, then the guard stops the job "
-                         f"({_duration(b.reserve_s)} reserved for the final sync and teardown)"),
-            ("job", " ".join(self.options.command) if self.options.command else "GPT-2 trainer (bundled)"),
-            ("budgets file", str(self.budgets.path)),
+            ("budget", f"{b.max_usd:.4f} USD  ->  {duration(b.max_runtime_s)} of billed time"),
+            ("training", f"{duration(b.train_s)}, then the guard stops the job "
+                         f"({duration(b.reserve_s)} reserved for the final sync and teardown)"),
+            ("job", self._job_label()),
         ]
+        if self.forecast is not None:
+            rows += self.forecast.rows(self.options, b, o)
+        rows.append(("budgets file", str(self.budgets.path)))
         if self.fallbacks:
             rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
@@ -123,6 +143,19 @@ class LaunchPlan:
         if self.account:
             rows.append(("account", ", ".join(f"{k}={v}" for k, v in self.account.items())))
         return rows
+
+    def _job_label(self) -> str:
+        if self.options.command:
+            return " ".join(self.options.command)
+        label = "GPT-2 trainer (bundled)"
+        f = self.forecast
+        if f is None:
+            return f"{label}, config {self.options.config}" if self.options.config else label
+        label += f", recipe {f.recipe.name}: {f.recipe.summary}"
+        if f.default and f.recipe.name == DEFAULT_GPU_RECIPE:
+            label += " (the default with a GPU: --recipe picks another; an instance without CUDA runs the" \
+                     f" CPU {DEFAULT_CPU_RECIPE} run)"
+        return label
 
 
 def offer_label(o: Offer) -> str:
@@ -135,10 +168,12 @@ def offer_label(o: Offer) -> str:
     return f"{o.gpu} x{o.gpu_count} ({where}){' spot' if o.spot else ''} {o.total_usd_per_hour:.4f} USD/h"
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
+    if h >= 72:  # a forecast that long is a figure of speech: days, not minutes
+        return f"{h // 24}d{h % 24:02d}h"
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
@@ -157,6 +192,7 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
         raise ProviderError(f"--config {options.config}: no such file")
     if options.workdir and not Path(options.workdir).is_dir():
         raise ProviderError(f"--workdir {options.workdir}: no such directory")
+    check_recipe_input(options)
     check_trainer_input(options)
     budgets = load_budgets(options.budgets)
     provider = get_provider(options.provider, **options.provider_options())
@@ -188,9 +224,11 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     # The caps are checked again, atomically with the hold, when the run is created.
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
+    recipe, default = recipe_for(options, has_gpu(offer))
+    forecast = Forecast.of(options, recipe, default, offer) if recipe is not None else None
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,
-                      max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd))
+                      max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast)
 
 
 def boot_budget_usd(options: LaunchOptions, budgets: Budgets, max_usd: float) -> float:
@@ -202,6 +240,23 @@ def boot_budget_usd(options: LaunchOptions, budgets: Budgets, max_usd: float) ->
         raise LaunchError(f"--max-boot-usd {value}: must be more than 0 and at most --max-usd ({max_usd:g}):"
                           " it is the part of the budget that failed boots may use")
     return float(value)
+
+
+def check_recipe_input(options: LaunchOptions) -> None:
+    """--recipe and --data-from, refused in one line before anything is asked of a provider."""
+    if options.recipe is not None:
+        if options.command:
+            raise LaunchError("--recipe configures the bundled trainer; with `-- COMMAND` drop --recipe")
+        try:
+            recipes.get(options.recipe)
+        except recipes.UnknownRecipe as e:
+            raise LaunchError(f"{e} (`gpurun recipes` lists them)") from None
+    if options.data_from is not None:
+        if not Path(options.data_from).is_dir():
+            raise LaunchError(f"--data-from {options.data_from}: no such directory")
+        if options.recipe is None or not data_phase(options, recipes.get(options.recipe)):
+            raise LaunchError("--data-from is a local copy of a recipe's data: use it with --recipe NAME, one "
+                              "whose data is prepared on the instance (`gpurun recipes`), and no data_dir of yours")
 
 
 def check_trainer_input(options: LaunchOptions) -> None:
@@ -221,5 +276,150 @@ def check_trainer_input(options: LaunchOptions) -> None:
     try:
         trainer_config.validate(options.config, args, world_size=max(1, options.gpus),
                                 flag_label=lambda key: f"--set {key}")
+        # The recipe it may run under (both defaults while the instance's GPU is not known yet).
+        for name in {r.name for gpu in (True, False) if (r := recipe_for(options, gpu)[0]) is not None}:
+            effective_config(options, recipes.get(name))
     except trainer_config.ConfigError as e:
         raise LaunchError(f"trainer config refused, nothing was rented: {e}") from None
+
+
+# --- the job: recipe, config, data ------------------------------------------------------------------
+def has_gpu(offer: Offer) -> bool:
+    return offer.gpu_count > 0 and offer.gpu.lower() != "cpu"
+
+
+def recipe_for(options: LaunchOptions, gpu: bool) -> tuple[Recipe | None, bool]:
+    """(the recipe the job runs, whether it is the default). --recipe wins; without it a machine with
+    a GPU runs `lab` and one without the CPU smoke run, unless the user brings a --config or a
+    command of their own (None: that alone is the job)."""
+    if options.command:
+        return None, False
+    if options.recipe:
+        return recipes.get(options.recipe), False
+    if options.config:
+        return None, False
+    return recipes.get(DEFAULT_GPU_RECIPE if gpu else DEFAULT_CPU_RECIPE), True
+
+
+def user_config(options: LaunchOptions) -> dict[str, Any]:
+    """The --config file's keys (already validated by check_trainer_input)."""
+    return trainer_config.load_file(options.config) if options.config else {}
+
+
+def user_brings_data(options: LaunchOptions) -> bool:
+    """--config or --set names a data_dir / text_file: the recipe's data is not prepared."""
+    keys = set(user_config(options)) | {flag.removeprefix("--").replace("-", "_")
+                                        for flag in options.trainer_args[0::2]}
+    return bool(keys & set(DATA_KEYS))
+
+
+def data_phase(options: LaunchOptions, recipe: Recipe | None) -> bool:
+    """Whether the run prepares the recipe's data on the instance before training (preparing_data)."""
+    return recipe is not None and recipe.data.prepared_on_instance and not user_brings_data(options)
+
+
+def job_config(options: LaunchOptions, recipe: Recipe | None, data_dir: str | None) -> dict[str, Any]:
+    """What the uploaded config file holds: the recipe's config, under --config's keys, plus data_dir
+    (the prepared data on the instance). --set stays flags on the command line, above both."""
+    merged: dict[str, Any] = dict(recipe.config) if recipe else {}
+    merged.update(user_config(options))
+    if data_dir:
+        merged["data_dir"] = data_dir
+    return merged
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """Flat YAML the trainer reads with or without PyYAML (trainer.config.parse_flat_yaml)."""
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=10**9)
+
+
+def effective_config(options: LaunchOptions, recipe: Recipe | None) -> trainer_config.TrainConfig:
+    """The config the trainer would run with (recipe < --config < --set), checked by the trainer's
+    own parser; ConfigError names the recipe when its keys and the user's do not go together."""
+    data_dir = "data/prepared" if data_phase(options, recipe) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / JOB_CONFIG
+        path.write_text(config_text(job_config(options, recipe, data_dir)))
+        try:
+            return trainer_config.validate(str(path), options.trainer_args, world_size=max(1, options.gpus),
+                                           flag_label=lambda key: f"--set {key}")
+        except trainer_config.ConfigError as e:
+            what = f"recipe {recipe.name}" if recipe else "--config"
+            raise trainer_config.ConfigError(str(e).replace(str(path), what)) from None
+
+
+@dataclass
+class Forecast:
+    """What the money buys in training terms, for the chosen offer (figures from the recipe)."""
+
+    recipe: Recipe
+    default: bool  # chosen by gpurun, not named by --recipe
+    tokens_per_step: int
+    max_iters: int
+    gpu_class: str | None
+    tokens_per_s: float | None  # all GPUs together; None: no estimate for this GPU
+    gpus: int
+    prepare_s: float  # the data phase, 0 without one
+    data: bool  # a data phase runs
+
+    @classmethod
+    def of(cls, options: LaunchOptions, recipe: Recipe, default: bool, offer: Offer) -> Forecast:
+        cfg = effective_config(options, recipe)
+        gpus = max(1, offer.gpu_count) if has_gpu(offer) else 1
+        world = gpus if has_gpu(offer) else max(1, options.gpus)
+        klass = recipes.gpu_class(offer.gpu) if has_gpu(offer) else "cpu"
+        data = data_phase(options, recipe)
+        return cls(recipe=recipe, default=default, tokens_per_step=recipes.tokens_per_step(cfg.to_dict(), world),
+                   max_iters=cfg.max_iters, gpu_class=klass, tokens_per_s=recipe.throughput(klass, gpus),
+                   gpus=gpus, prepare_s=recipe.data.prepare_s(klass) if data else 0.0, data=data)
+
+    @property
+    def job_s(self) -> float | None:
+        """Training seconds to max_iters at the expected throughput (None: no estimate)."""
+        if not self.tokens_per_s:
+            return None
+        return self.max_iters * self.tokens_per_step / self.tokens_per_s
+
+    def rows(self, options: LaunchOptions, allowance: Allowance, offer: Offer) -> list[tuple[str, str]]:
+        r, h = self.recipe, recipes.human
+        usd_h = offer.total_usd_per_hour
+        rows: list[tuple[str, str]] = []
+        if self.data:
+            origin = f"from {options.data_from} (uploaded)" if options.data_from else r.data.describe()
+            rows.append(("data", f"{origin}: prepared on the instance first (phase preparing_data), "
+                                 f"~{duration(self.prepare_s)} ~ {self.prepare_s * usd_h / 3600:.4f} USD (estimate), "
+                                 "inside the training time; reused when the run resumes"))
+        elif r.data.prepared_on_instance:
+            rows.append(("data", "your data_dir / text_file (the recipe's data is not prepared)"))
+        rows.append(("tokens", f"{self.tokens_per_step:,} per step; max_iters {self.max_iters:,} = "
+                               f"{h(self.max_iters * self.tokens_per_step)} tokens"))
+        left = max(0.0, allowance.train_s - self.prepare_s)
+        if self.tokens_per_s is None:
+            rows.append(("throughput", f"no estimate for {offer.gpu!r} (recipe {r.name} has figures for "
+                                       f"{', '.join(r.tokens_per_s)})"))
+            rows.append(("finish", f"the job ends at max_iters or the guard stops it after {duration(left)}"
+                                   " of training, whichever comes first"))
+            return rows
+        per = self.tokens_per_s / (self.gpus if self.gpu_class != "cpu" else 1)
+        gpus = f" x {self.gpus} = {h(self.tokens_per_s)} tok/s" if self.gpus > 1 and self.gpu_class != "cpu" else ""
+        rows.append(("throughput", f"~{per:,.0f} tok/s per {self.gpu_class}{gpus} (recipe {r.name}'s figure; "
+                                   "`gpurun recipes` says where each comes from)"))
+        steps_in = left * self.tokens_per_s / self.tokens_per_step
+        rows.append(("buys", f"~{min(steps_in, 1e12):,.0f} steps = ~{h(steps_in * self.tokens_per_step)} tokens in "
+                             f"{duration(left)} of training (after the data phase; boot and setup come out of "
+                             "it too)"))
+        job_s = self.job_s or 0.0
+        if self.prepare_s >= allowance.train_s:
+            rows.append(("finish", f"the data phase alone (~{duration(self.prepare_s)}) uses up the "
+                                   f"{duration(allowance.train_s)} of training time: nothing would train; "
+                                   "raise --max-usd"))
+        elif job_s <= left:
+            spend = allowance.attempt_cost_at(self.prepare_s + job_s)
+            rows.append(("finish", f"job ends at max_iters after ~{duration(job_s)} of training"
+                                   f"{' + the data phase' if self.data else ''}, ~{spend:.4f} USD (then the "
+                                   f"rest of the {allowance.max_usd:.2f} USD cap is not spent)"))
+        else:
+            rows.append(("finish", f"the guard stops it at {duration(allowance.train_s)}, after "
+                                   f"~{steps_in:,.0f} of {self.max_iters:,} steps / ~{h(steps_in * self.tokens_per_step)}"
+                                   " tokens (the checkpoint it saves is kept)"))
+        return rows
