@@ -29,6 +29,8 @@ from providers.base import (
     STOPPED,
     STOPPING,
     TERMINATED,
+    Billable,
+    BilledCost,
     CredentialsError,
     Instance,
     InstanceSpec,
@@ -40,7 +42,7 @@ from providers.base import (
     TransientProviderError,
 )
 from providers.common import first_env, one_line
-from providers.datacrunch import catalog
+from providers.datacrunch import billing, catalog, inventory
 from providers.datacrunch import image as os_image
 from providers.datacrunch.api import (
     DataCrunchAPI,
@@ -479,6 +481,15 @@ class DataCrunchProvider(Provider):
                     pass
                 deleted.append(f"volume:{vol['id']} ({vname})")
         return deleted
+
+    # ---- reconciliation and audit -----------------------------------------------------------------------
+    def billed_cost(self, run_id: str, instance_ids: list[str], start: float, end: float) -> BilledCost:
+        """Not available: the Verda API has no per-instance cost (billing.py says what was checked)."""
+        return billing.billed_cost(self.api, run_id, instance_ids, start, end)
+
+    def inventory(self) -> list[Billable]:
+        """Every instance (offline ones bill too) and every volume, detached or in the trash, with $/h."""
+        return inventory.billables(self.api, self.name, self._to_instance)
 
     # ---- the on-instance dead-man's switch -------------------------------------------------------------
     def self_destruct_credentials(self) -> str:

@@ -14,9 +14,18 @@ Knobs (attributes; see the dataclass fields) for what a real account meets: `cre
 shape of the POST /instances body), `pending_s` (an order waits for capacity), `no_capacity_where`
 (orders that end in no_capacity), `refuse_create_where` (a create refused for capacity),
 `spot_availability`, `refuse_delete_in`, `min_deploy_balance`, `lost_create_answers` (a create that
-lands but answers 503); and methods: 5xx / slow answers for the
+lands but answers 503), `volume_price_field` (the /volume-types price in its current or legacy
+spelling), `list_purged_in_trash`; and methods: 5xx / slow answers for the
 next N calls, a 207 that silently does nothing for one id, `reclaim_spot` (the cloud takes a spot
-instance back).
+instance back), and what someone else's account holds: `add_instance` (any hostname, any status:
+a non-gpurun instance, an `offline` one), `shut_down`, `add_volume` (a detached volume) and
+`trash_volume`. Volumes are also made and deleted over HTTP (POST /volumes, DELETE /volumes/{id}
+to the trash or permanently), and GET /volumes/trash lists the trash.
+
+There is no billing endpoint here because the real API has none: no per-instance cost, usage,
+invoice or transaction route in the Python SDK 1.25 (verda/*), the Go SDK's services
+(pkg/verda/client.go: Balance is the account balance now) or verda-cli (`cost` = estimate, running,
+balance). The meter below is the fake's own ground truth for tests, not an API.
 """
 
 from __future__ import annotations
@@ -248,6 +257,12 @@ class FakeDataCrunchAPI:
     # The next N creates land (the instance exists and bills) but answer 503, like a gateway that timed
     # out after the backend took the order: the answer is lost, the instance is not.
     lost_create_answers: int = 0
+    # The /volume-types price field: "price_per_month_per_gb" (the current API) or "monthly_per_gb" (the
+    # legacy spelling the Go SDK's VolumeTypePrice.UnmarshalJSON still accepts, pkg/verda/volume_types.go).
+    volume_price_field: str = "price_per_month_per_gb"
+    # GET /volumes/trash also lists volumes deleted permanently, flagged `is_permanently_deleted` (Go SDK
+    # VolumeInTrash.IsPermanentlyDeleted; verda-cli cmd/volume/trash.go shows them "(permanently deleted)").
+    list_purged_in_trash: bool = True
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -256,6 +271,7 @@ class FakeDataCrunchAPI:
         self.scripts: dict[str, dict[str, str]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.trash: dict[str, dict[str, Any]] = {}  # volumes moved to the trash (still billed)
+        self.purged: dict[str, dict[str, Any]] = {}  # permanently deleted: in the trash listing, not billed
         self.creates: list[dict[str, Any]] = []  # every POST /instances body as received
         self.spot_flags: list[dict[str, Any]] = []  # where/how a spot flag came in: {"where", "key", "value"}
         self.tokens: dict[str, float] = {}
@@ -327,9 +343,9 @@ class FakeDataCrunchAPI:
                     continue
                 policy = vol.get("_on_spot_discontinue") or "keep_detached"
                 if policy == "delete_permanently":
-                    del self.volumes[vid]
+                    self._purge(vid, now)
                 elif policy == "move_to_trash":
-                    self.trash[vid] = dict(self.volumes.pop(vid), status="deleted", instance_id=None)
+                    self._to_trash(vid, now)
                 else:
                     vol["instance_id"], vol["status"] = None, "detached"
 
@@ -339,6 +355,48 @@ class FakeDataCrunchAPI:
             for inst in self.instances.values():
                 self._advance(inst, time.time())
             return [*self.volumes.values(), *self.trash.values()]
+
+    # ---- what else an account holds (someone else's instances, leftovers) --------------------------------
+    def add_instance(self, hostname: str, *, instance_type: str = "1A100.22V", status: str = "running",
+                     location: str = "FIN-03", description: str = "", spot: bool = False,
+                     os_volume_gb: int = 50, volume_gb: int = 0, age_s: float = 0.0) -> str:
+        """An instance made outside gpurun (the console, another tool), already in `status` ("running",
+        "offline", "error", "no_capacity", ...), created `age_s` ago; its meter runs from then.
+        Returns its id."""
+        with self.lock:
+            itype = self._type(instance_type)
+            assert itype is not None, f"unknown instance type {instance_type!r}"
+            then = time.time() - age_s
+            p = {"hostname": hostname, "description": description, "os_volume": {"size": os_volume_gb},
+                 "volumes": [{"name": f"{hostname}-data", "size": volume_gb}] if volume_gb else []}
+            inst = self._place(itype, p, spot, itype["supported_os"][0], location, None, then)
+            self._set_status(inst, status, then)
+            inst.body["ip"] = self.ip if status == "running" else None
+            return inst.id
+
+    def shut_down(self, instance_id: str) -> None:
+        """The `shutdown` action (PUT /instances): the instance goes `offline` and keeps billing (verda-cli
+        cmd/vm/action.go: "Shutdown instances continue to charge your account")."""
+        with self.lock:
+            inst = self.instances[instance_id]
+            self._advance(inst, time.time())
+            self._set_status(inst, "offline", time.time())
+            inst.body["ip"] = None
+
+    def add_volume(self, name: str, size: int = 100, *, vtype: str = "NVMe", location: str = "FIN-03",
+                   instance_id: str | None = None, age_s: float = 0.0) -> str:
+        """A volume made on its own (POST /volumes), detached unless `instance_id`; it bills until permanently
+        deleted. Returns its id."""
+        with self.lock:
+            vid = self._new_volume(name, size, vtype, instance_id or "", False, time.time() - age_s, location)
+            if not instance_id:
+                self.volumes[vid].update(instance_id=None, status="detached")
+            return vid
+
+    def trash_volume(self, volume_id: str) -> None:
+        """DELETE /volumes/{id} without is_permanent: the volume moves to the trash and keeps billing."""
+        with self.lock:
+            self._to_trash(volume_id, time.time())
 
     # ---- inspection ------------------------------------------------------------------------------------
     def status_of(self, instance_id: str) -> str:
@@ -372,6 +430,19 @@ class FakeDataCrunchAPI:
         inst.status, inst.status_since = status, at
         inst.body["status"] = status
 
+    def _to_trash(self, vid: str, at: float) -> None:
+        """Deleted, not permanently: listed by GET /volumes/trash (deleted_at; restorable for 96 h, verda-cli
+        cmd/volume/trash.go) and billed until permanently deleted."""
+        vol = self.volumes.pop(vid)
+        self.trash[vid] = dict(vol, status="deleted", instance_id=None, deleted_at=_iso(at),
+                               is_permanently_deleted=False)
+
+    def _purge(self, vid: str, at: float) -> None:
+        """Deleted permanently: billing stops; the trash listing may still show it, flagged."""
+        vol = self.volumes.pop(vid, None) or self.trash.pop(vid)
+        self.purged[vid] = dict(vol, status="deleted", instance_id=None, deleted_at=_iso(at),
+                                is_permanently_deleted=True)
+
     def _next(self, inst: FakeInstance) -> tuple[float, str] | None:
         """The next status of the walk and how long the current one lasts (None: it stays)."""
         if inst.status == "ordered":
@@ -396,11 +467,14 @@ class FakeDataCrunchAPI:
                 inst.billing_stopped = at
                 inst.body["ip"] = None
                 for vid in inst.body.get("_delete_volumes", []):
-                    vol = self.volumes.pop(vid, None)
+                    if vid not in self.volumes:
+                        continue
                     # volume_ids without delete_permanently go to the trash, where they keep billing
                     # (SDK 1.20.0 release notes: delete_permanently "skipping trash").
-                    if vol is not None and not inst.body.get("_delete_permanently"):
-                        self.trash[vid] = dict(vol, status="deleted", instance_id=None)
+                    if inst.body.get("_delete_permanently"):
+                        self._purge(vid, at)
+                    else:
+                        self._to_trash(vid, at)
                 for vol in self.volumes.values():
                     if vol.get("instance_id") == inst.id:
                         vol["instance_id"], vol["status"] = None, "detached"
@@ -498,9 +572,10 @@ class FakeDataCrunchAPI:
             return self._json([{"location_code": k, "availabilities": v} for k, v in stock.items()
                                if not loc or loc == k])
         if root == "volume-types" and method == "GET":
+            key = self.volume_price_field
             return self._json([
-                {"type": "NVMe", "price": {"price_per_month_per_gb": self.nvme_price_per_month_per_gb, "currency": "usd"}},
-                {"type": "HDD", "price": {"price_per_month_per_gb": 0.05, "currency": "usd"}},
+                {"type": "NVMe", "price": {key: self.nvme_price_per_month_per_gb, "currency": "usd"}},
+                {"type": "HDD", "price": {key: 0.05, "currency": "usd"}},
             ])
         if root == "images" and method == "GET":
             # ImagesService.get(instance_type=) / Go GetImagesByInstanceType: `?instance_type=` filters
@@ -517,7 +592,7 @@ class FakeDataCrunchAPI:
         if root == "scripts":
             return self._named(self.scripts, "script", "scripts", method, seg, payload)
         if root == "volumes":
-            return self._volumes(method, seg, payload, now)
+            return self._volumes(method, seg, query, payload, now)
         if root == "instances":
             return self._instances(method, seg, query, payload, now)
         return self._error(404, "not_found", f"no route {method} {path}")
@@ -561,21 +636,50 @@ class FakeDataCrunchAPI:
             return 200, "text/plain", ""
         return self._error(405, "invalid_request", "method not allowed")
 
-    def _volumes(self, method: str, seg: list[str], payload: Any, now: float) -> tuple[int, str, str]:
+    def _volumes(self, method: str, seg: list[str], query: dict[str, str], payload: Any,
+                 now: float) -> tuple[int, str, str]:
         for inst in self.instances.values():
             self._advance(inst, now)
+        if method == "GET" and seg == ["volumes", "trash"]:  # SDK get_in_trash; Go GetVolumesInTrash
+            rows = [*self.trash.values(), *(self.purged.values() if self.list_purged_in_trash else [])]
+            return self._json([self._public_dict(v) for v in rows])
         if method == "GET" and len(seg) == 1:
-            return self._json([self._public_dict(v) for v in self.volumes.values()])
+            # "all of the client's non-deleted volumes, or volumes with specific status" (SDK
+            # VolumesService.get)
+            wanted = query.get("status")
+            return self._json([self._public_dict(v) for v in self.volumes.values()
+                               if not wanted or v.get("status") == wanted])
         if method == "GET" and len(seg) == 2:
             vol = self.volumes.get(seg[1])
             return self._json(self._public_dict(vol)) if vol else self._error(404, "not_found", "volume not found")
+        if method == "POST" and len(seg) == 1:
+            # VolumesService.create: {type, name, size, instance_id, location_code}; the id comes back as text
+            # (Python `.text`, Go createVolumeWithPlainTextResponse); location_code required since 2026-03-23
+            # (docs.verda.com release notes, "Verda API changes").
+            p = payload if isinstance(payload, dict) else {}
+            if not p.get("name") or not p.get("size") or not p.get("type") or not p.get("location_code"):
+                return self._error(400, "invalid_request", "type, name, size and location_code are required")
+            iid = p.get("instance_id")
+            if iid and iid not in self.instances:
+                return self._error(400, "invalid_request", f"unknown instance {iid}")
+            vid = self._new_volume(str(p["name"]), int(p["size"]), str(p["type"]), iid or "", False, now,
+                                   str(p["location_code"]))
+            if not iid:
+                self.volumes[vid].update(instance_id=None, status="detached")
+            return 202, "text/plain", vid
         if method == "DELETE" and len(seg) == 2:
             vol = self.volumes.get(seg[1])
             if not vol:
                 return self._error(404, "not_found", "volume not found")
             if vol.get("instance_id"):
                 return self._error(400, "invalid_request", "volume is attached")
-            del self.volumes[seg[1]]
+            # VolumesService.delete_by_id: {"is_permanent": true} removes it, false (the default) moves it
+            # to the trash. The Go SDK's DeleteVolume sends `?force=true` instead, whose meaning is not
+            # documented: it is read here as not permanent (the trash, still billing), the costlier reading.
+            if isinstance(payload, dict) and payload.get("is_permanent"):
+                self._purge(seg[1], now)
+            else:
+                self._to_trash(seg[1], now)
             return 202, "text/plain", ""
         return self._error(405, "invalid_request", "method not allowed")
 
@@ -655,6 +759,22 @@ class FakeDataCrunchAPI:
                 or itype["instance_type"] not in self._stock(spot).get(location, [])):
             return self._error(400, "invalid_request",
                                CAPACITY_REFUSAL.format(itype=itype["instance_type"], location=location))
+        inst = self._place(itype, p, spot, image, location, script, now)
+        new_id = inst.id
+        # The real API answers the id as plain text (the Python SDK reads `.text`), or sometimes as JSON
+        # (Go SDK createWithPlainTextResponse: "sometimes JSON, sometimes plain text ID"; its mock answers
+        # 201 with the instance object).
+        if self.create_answer == "json":
+            return 201, "application/json", json.dumps(self._public(inst))
+        if self.create_answer == "json_string":
+            return 202, "application/json", json.dumps(new_id)
+        if self.create_answer == "garbage":
+            return 202, "text/html", "<html><body>Accepted</body></html>"
+        return 202, "text/plain", new_id
+
+    def _place(self, itype: dict[str, Any], p: dict[str, Any], spot: bool, image: str, location: str,
+               script: str | None, now: float) -> FakeInstance:
+        """An accepted order: the instance record (the SDK's Instance fields) and its volumes, `ordered`."""
         price = float(itype["spot_price"] if spot else itype["price_per_hour"])
         new_id = str(uuid.uuid4())
         osv = p.get("os_volume") or {}
@@ -676,16 +796,7 @@ class FakeDataCrunchAPI:
         inst = FakeInstance(new_id, body, price, now, "ordered", now,
                             ends_in_no_capacity=self._matches(self.no_capacity_where, itype["instance_type"], location))
         self.instances[new_id] = inst
-        # The real API answers the id as plain text (the Python SDK reads `.text`), or sometimes as JSON
-        # (Go SDK createWithPlainTextResponse: "sometimes JSON, sometimes plain text ID"; its mock answers
-        # 201 with the instance object).
-        if self.create_answer == "json":
-            return 201, "application/json", json.dumps(self._public(inst))
-        if self.create_answer == "json_string":
-            return 202, "application/json", json.dumps(new_id)
-        if self.create_answer == "garbage":
-            return 202, "text/html", "<html><body>Accepted</body></html>"
-        return 202, "text/plain", new_id
+        return inst
 
     def _action(self, p: Any, now: float) -> tuple[int, str, str]:
         """PUT /instances: 202 with a JSON results array when every id succeeded, 207 when some failed, each
