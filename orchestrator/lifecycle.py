@@ -42,6 +42,7 @@ from orchestrator.plan import (
     recipe_for,
 )
 from orchestrator.progress import (
+    PROGRESS_FILE,
     DataProbe,
     Probe,
     StallWatch,
@@ -309,8 +310,19 @@ class Controller:
             idle_s=opts.idle_minutes * 60,
             stall_s=opts.stall_minutes * 60,
             progress_file="job.log" if opts.command else "out/metrics.jsonl",
+            # A recipe's data phase is watched the same way until training starts.
+            **self._data_watch(),
         )
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
+
+    def _data_watch(self) -> dict[str, str]:
+        """The watchdog's pre-job: the data phase and its progress.json, relative to the run root."""
+        job = self.job_info()
+        assert self.transport is not None
+        root = self.transport.root.rstrip("/") + "/"
+        if not job.get("prepare") or not str(job.get("data_dir") or "").startswith(root):
+            return {}
+        return {"pre_job": DATA_JOB, "pre_progress_file": f"{job['data_dir'][len(root):]}/{PROGRESS_FILE}"}
 
     def _configure_job(self, info: BootstrapInfo) -> None:
         """Pick the recipe (a default one by whether the instance has CUDA), write the config file the

@@ -64,11 +64,14 @@ def _wait_armed(transport: Transport, deadline: int, timeout_s: float) -> None:
 def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float, self_destruct_cmd: str,
                      job_name: str = "job", poll_s: float = 1.0, ack_timeout_s: float = 10.0,
                      idle_s: float | None = None, stall_s: float | None = None,
-                     progress_file: str | None = None) -> int:
+                     progress_file: str | None = None, pre_job: str | None = None,
+                     pre_progress_file: str | None = None) -> int:
     """Arm the switch and wait for it to acknowledge; returns its pid.
 
     idle_s / stall_s (None: that rule is off) are the idle and stall windows; progress_file is the
     file, relative to the root, whose growth is the job's progress (default `<job_name>.log`).
+    pre_job / pre_progress_file: a job that runs before `job_name` (a recipe's data preparation),
+    watched with the same rules until `job_name` starts; its progress is that file changing.
     Re-installing (a resumed controller) keeps a running watchdog and never moves the deadline later.
     """
     if not _JOB_RE.match(job_name):
@@ -79,8 +82,14 @@ def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float
         if window is not None and not (math.isfinite(window) and window > 0):
             raise ValueError(f"{what} must be a number of seconds > 0 (or None: rule off), got {window}")
     progress = progress_file or f"{job_name}.log"
-    if not _PROGRESS_RE.match(progress) or ".." in progress.split("/"):
-        raise ValueError(f"bad progress file {progress!r}: a plain path relative to the run root")
+    pre = ("", "")
+    if pre_job is not None:
+        if not _JOB_RE.match(pre_job) or pre_job == job_name or not pre_progress_file:
+            raise ValueError(f"bad pre-job {pre_job!r}: another job name, with its progress file")
+        pre = (pre_job, pre_progress_file)
+    for path in (progress, *pre[1:]):
+        if path and (not _PROGRESS_RE.match(path) or ".." in path.split("/")):
+            raise ValueError(f"bad progress file {path!r}: a plain path relative to the run root")
     if not self_destruct_cmd.strip():
         raise ValueError("the watchdog needs a self-destruct command (the provider's self_destruct_command)")
     deadline = math.floor(deadline_epoch)  # rounding must never move it later
@@ -93,7 +102,8 @@ def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float
     transport.write_file(f"{root}/watchdog.deadline", f"{deadline}\n", 0o644)
     q = shlex.quote
     cmd = (f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g} "
-           f"{_whole_s(idle_s)} {_whole_s(stall_s)} {q(progress)}")
+           f"{_whole_s(idle_s)} {_whole_s(stall_s)} {q(progress)}"
+           + (f" {q(pre[0])} {q(pre[1])}" if pre[0] else ""))
     pid = transport.start_detached(NAME, cmd)
     _wait_armed(transport, deadline, ack_timeout_s)
     return pid

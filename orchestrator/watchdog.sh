@@ -1,7 +1,8 @@
 #!/bin/sh
 # gpurun dead-man's switch. Runs detached ON the instance and needs no controller.
 #
-# usage: watchdog.sh ROOT DEADLINE_EPOCH GRACE_S JOB_NAME [POLL_S [IDLE_S [STALL_S [PROGRESS_FILE]]]]
+# usage: watchdog.sh ROOT DEADLINE_EPOCH GRACE_S JOB_NAME [POLL_S [IDLE_S [STALL_S [PROGRESS_FILE
+#                   [PRE_JOB PRE_PROGRESS_FILE]]]]]
 #   ROOT/watchdog.deadline      the absolute deadline (epoch s). It may only move EARLIER: this
 #                               script keeps the minimum it has ever seen and rewrites a later value.
 #   ROOT/watchdog.armed         written by this script: the deadline it holds now (its acknowledgement)
@@ -10,6 +11,9 @@
 #   ROOT/controller.heartbeat   touched by a live controller; its mtime is read with THIS machine's
 #                               clock (the controller's touch runs here), so laptop clock skew is moot
 #   ROOT/PROGRESS_FILE          what a working job grows (out/metrics.jsonl, or JOB_NAME.log)
+#   ROOT/PRE_JOB.pid, .exit     a job that runs before JOB_NAME (a recipe's data preparation): it is
+#                               the one watched until JOB_NAME starts; its progress is PRE_PROGRESS_FILE
+#                               changing (progress.json, rewritten only when the preparer gets further)
 #   ROOT/watchdog.reason        written by this script: why it acted (stalled | idle | deadline)
 #   ROOT/watchdog.selfdestruct  run with sh when it acts: the provider's own way to stop billing.
 #                               Kept in a 0700 file, not on a command line, as it may hold a credential.
@@ -30,6 +34,10 @@ poll=${5:-1}
 idle_s=${6:-0}
 stall_s=${7:-0}
 progress=${8:-$job.log}
+pre_job=${9:-}
+pre_progress=${10:-}
+cur=$job            # the job watched now: PRE_JOB until JOB_NAME has started
+cur_progress=$progress
 retry_s=${GPURUN_WATCHDOG_RETRY_S:-60}
 dfile="$root/watchdog.deadline"
 hbfile="$root/controller.heartbeat"
@@ -46,22 +54,22 @@ set_reason() {
     echo "$1" > "$root/watchdog.reason.tmp.$$" && mv -f "$root/watchdog.reason.tmp.$$" "$root/watchdog.reason"
     say "reason: $1"
 }
-job_pid() { p=$(cat "$root/$job.pid" 2>/dev/null); is_int "$p" && echo "$p"; }
+job_pid() { p=$(cat "$root/$cur.pid" 2>/dev/null); is_int "$p" && echo "$p"; }
 # A zombie accepts kill -0 (PID 1 of some containers never reaps): it is not running.
 alive() { kill -0 "$1" 2>/dev/null && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }
 # none: not started yet; running; ended: exited (JOB.exit) or killed without a record (SIGKILL)
 job_status() {
-    if [ -e "$root/$job.exit" ]; then echo ended; return; fi
+    if [ -e "$root/$cur.exit" ]; then echo ended; return; fi
     p=$(job_pid) || { echo none; return; }
     if alive "$p"; then echo running; else echo ended; fi
 }
 signal_job() { # $1 = TERM | KILL
-    pid=$(job_pid) || { say "no $job.pid: no job to $1"; return; }
-    if [ -e "$root/$job.exit" ]; then say "job $job already ended (exit $(cat "$root/$job.exit"))"; return; fi
+    pid=$(job_pid) || { say "no $cur.pid: no job to $1"; return; }
+    if [ -e "$root/$cur.exit" ]; then say "job $cur already ended (exit $(cat "$root/$cur.exit"))"; return; fi
     if kill -s "$1" -- "-$pid" 2>/dev/null || kill -s "$1" "$pid" 2>/dev/null; then
-        say "sent SIG$1 to job $job (process group $pid)"
+        say "sent SIG$1 to job $cur (process group $pid)"
     else
-        say "job $job (pid $pid) is not running"
+        say "job $cur (pid $pid) is not running"
     fi
 }
 mtime() { stat -c %Y "$1" 2>/dev/null || stat -f %m "$1" 2>/dev/null; }
@@ -79,6 +87,28 @@ note_heartbeat() {
     return 0
 }
 size_of() { { wc -c < "$1"; } 2>/dev/null | tr -d ' '; }  # "" while the file does not exist
+# The progress mark: the main job's file grows; the pre-job's is rewritten in place (its checksum).
+mark_of() {
+    if [ "$cur" = "$job" ]; then size_of "$1"; else { cksum < "$1"; } 2>/dev/null | tr -d ' '; fi
+}
+# Watch the pre-job until the main job has a pid file; switching starts the rules afresh.
+pick_job() {
+    new=$job
+    newp=$progress
+    if [ -n "$pre_job" ] && [ ! -e "$root/$job.pid" ] && [ -e "$root/$pre_job.pid" ]; then
+        new=$pre_job
+        newp=$pre_progress
+    fi
+    [ "$new" = "$cur" ] && return 0
+    say "watching job $new (progress: $newp)"
+    cur=$new
+    cur_progress=$newp
+    ended_at=""
+    prog_size=x
+    prog_at=""
+    stall_term_at=""
+    killed=0
+}
 later() { if [ "$1" -gt "$2" ]; then echo "$1"; else echo "$2"; fi; }
 
 is_int "$deadline" || { say "bad deadline '$deadline'"; exit 2; }
@@ -86,6 +116,7 @@ is_int "$grace" || { say "bad grace '$grace'"; exit 2; }
 is_int "$idle_s" || { say "bad idle window '$idle_s'"; exit 2; }
 is_int "$stall_s" || { say "bad stall window '$stall_s'"; exit 2; }
 case $progress in /* | *..*) say "bad progress file '$progress' (a path under $root)"; exit 2 ;; esac
+case $pre_progress in /* | *..*) say "bad progress file '$pre_progress' (a path under $root)"; exit 2 ;; esac
 started=$(date +%s)
 say "armed: deadline $deadline (in $((deadline - started))s), SIGTERM $grace s before, job '$job', pid $$"
 say "idle window ${idle_s}s, stall window ${stall_s}s (progress: $progress; 0 = rule off)"
@@ -112,6 +143,7 @@ while :; do
     fi
     now=$(date +%s)
     note_heartbeat
+    pick_job
     if [ "$termed" = 0 ] && [ "$now" -ge $((deadline - grace)) ]; then
         say "deadline - ${grace}s reached: stopping the job"
         # A job that already ended is the controller's teardown under way: not ours to explain yet.
@@ -122,14 +154,14 @@ while :; do
     [ "$now" -ge "$deadline" ] && break
     case $(job_status) in
     running)
-        size=$(size_of "$root/$progress")
+        size=$(mark_of "$root/$cur_progress")
         if [ -z "$prog_at" ] || [ "$size" != "$prog_size" ]; then
             prog_size=$size
             prog_at=$now
         fi
         if [ "$stall_s" -gt 0 ] && [ -z "$stall_term_at" ] && [ $((now - prog_at)) -ge "$stall_s" ] &&
             [ $((now - hb_at)) -ge "$stall_s" ]; then
-            say "stalled: $progress has not grown for $((now - prog_at))s and no controller for $((now - hb_at))s"
+            say "stalled: $cur_progress has not changed for $((now - prog_at))s and no controller for $((now - hb_at))s"
             set_reason stalled
             signal_job TERM
             stall_term_at=$now
@@ -141,7 +173,7 @@ while :; do
     ended)
         if [ -z "$ended_at" ]; then
             ended_at=$now
-            say "job $job ended (exit $(cat "$root/$job.exit" 2>/dev/null || echo unknown))"
+            say "job $cur ended (exit $(cat "$root/$cur.exit" 2>/dev/null || echo unknown))"
         fi
         since=$(later "$ended_at" "$hb_at")
         if [ "$idle_s" -gt 0 ] && [ $((now - since)) -ge "$idle_s" ]; then

@@ -136,10 +136,10 @@ def box(tmp_path: Path) -> Iterator[LocalTransport]:
 
 
 def arm(t: LocalTransport, *, idle_s: float | None = None, stall_s: float | None = None, grace_s: float = 1,
-        progress_file: str | None = None) -> None:
+        progress_file: str | None = None, **pre: str) -> None:
     far = int(time.time()) + 3600  # the money deadline is never what acts in these tests
     install_watchdog(t, far, grace_s=grace_s, self_destruct_cmd=DESTRUCT.format(root=t.root), poll_s=0.2,
-                     idle_s=idle_s, stall_s=stall_s, progress_file=progress_file)
+                     idle_s=idle_s, stall_s=stall_s, progress_file=progress_file, **pre)
 
 
 def destructed_at(root: Path, timeout: float = 30) -> float:
@@ -218,7 +218,7 @@ def test_silent_job_with_no_controller_is_stopped_as_stalled_then_destroyed(box:
     assert fired > (root / "job.exit").stat().st_mtime
     assert (root / "watchdog.reason").read_text().strip() == "stalled"
     log = log_of(root)
-    assert log.index("stalled: job.log has not grown") < log.index("sent SIGTERM to job job")
+    assert log.index("stalled: job.log has not changed") < log.index("sent SIGTERM to job job")
     assert log.index("sent SIGTERM to job job") < log.index("running the self-destruct command")
     assert "reason: idle" not in log  # the first reason stays
 
@@ -288,3 +288,48 @@ def test_deadline_reason_is_written_only_when_the_switch_acts(box: LocalTranspor
     assert not (root / "watchdog.reason").exists(), "nothing was stopped: no reason yet"
     assert destructed_at(root) >= deadline
     assert read_reason(box) == "deadline"
+
+
+# ---- the data phase before the job: watched with the same rules (a recipe's `data` job) ----
+
+DATA_WATCH = {"pre_job": "data", "pre_progress_file": "data/lab/progress.json"}
+# A preparer that rewrites progress.json in place (same size, new content) a few times, then ends.
+PREPARER = ("mkdir -p ../data/lab; for i in 1 2 3 4 5 6; do "
+            "echo '{\"stage\": \"tokenize\", \"fraction\": 0.'$i'}' > ../data/lab/progress.json; sleep 0.5; done")
+
+
+def test_a_silent_data_phase_with_no_controller_is_stopped_as_stalled(box: LocalTransport) -> None:
+    root = Path(box.root)
+    arm(box, idle_s=1, stall_s=2, **DATA_WATCH)
+    box.start_detached("data", "sleep 100000")  # a download that hangs, the controller gone
+    destructed_at(root)
+    assert (root / "data.exit").read_text().strip() == "143"
+    log = log_of(root)
+    assert log.index("watching job data") < log.index("stalled: data/lab/progress.json has not changed")
+    assert log.index("stalled: data/lab") < log.index("sent SIGTERM to job data")
+    assert read_reason(box) == "stalled" and not (root / "job.pid").exists()
+
+
+def test_a_data_phase_that_gets_further_is_no_stall_and_its_end_then_idles(box: LocalTransport) -> None:
+    root = Path(box.root)
+    arm(box, idle_s=2, stall_s=2, **DATA_WATCH)
+    box.start_detached("data", PREPARER)  # 3 s of rewrites, each the same size: only the content moves
+    destructed_at(root)
+    assert (root / "data.exit").read_text().strip() == "0"  # it ran to its end
+    log = log_of(root)
+    assert "stalled" not in log and read_reason(box) == "idle"
+    assert log.index("job data ended") < log.index("idle: the job ended")
+
+
+def test_the_watchdog_moves_on_to_the_job_once_it_starts(box: LocalTransport) -> None:
+    root = Path(box.root)
+    arm(box, idle_s=3, **DATA_WATCH)
+    box.start_detached("data", "true")
+    wait_file(root / "data.exit", 10)
+    wait_for(lambda: "watching job data" in log_of(root), 10, "the watchdog to watch the data job")
+    assert heartbeat(box)  # the controller, alive between the two jobs: the idle clock starts again
+    box.start_detached("job", "sleep 2; echo trained")
+    destructed_at(root)
+    log = log_of(root)
+    assert log.index("watching job data") < log.index("watching job job") < log.index("job job ended")
+    assert (root / "job.log").read_text() == "trained\n" and read_reason(box) == "idle"
