@@ -25,12 +25,13 @@ from orchestrator import budget as budget_mod
 from orchestrator import provisioning, settings
 from orchestrator import teardown as teardown_mod
 from orchestrator.bootstrap import BootstrapInfo, bootstrap, ensure_packages, trainer_command
-from orchestrator.budgets_file import Budgets, load_budgets
+from orchestrator.budgets_file import BudgetError, Budgets, load_budgets
 from orchestrator.errors import BootFailed, RunFailed
 from orchestrator.evidence import write_evidence
-from orchestrator.exit_codes import Ending
+from orchestrator.exit_codes import Ending, ending_of
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
+from orchestrator.notify import Notifier
 from orchestrator.phases import Phase
 from orchestrator.plan import (
     JOB_CONFIG,
@@ -51,6 +52,7 @@ from orchestrator.progress import (
     parse_probe,
     probe_command,
 )
+from orchestrator.reconcile import reconcile_after_run
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
@@ -121,6 +123,7 @@ class Controller:
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
         self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
         self._budgets: Budgets | None = None  # the launch's budgets.yaml (offer fallback re-reads it)
+        self._notifier: Notifier | None = None  # budgets.yaml notify: (orchestrator.notify)
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -207,6 +210,24 @@ class Controller:
         if self._budgets is None:
             self._budgets = load_budgets(self.options.budgets)
         return self._budgets
+
+    @property
+    def notifier(self) -> Notifier:
+        """Run events to budgets.yaml's `notify:` targets; a budgets file that no longer loads only
+        turns them off (a teardown must never fail for a notification)."""
+        if self._notifier is None:
+            try:
+                config = self.budgets.notify
+            except BudgetError as exc:
+                self.ledger.record_event(self.run.run_id, "notify_off", error=str(exc))
+                config = None
+            self._notifier = Notifier(config, on_failure=lambda event, target, error: self.ledger.record_event(
+                self.run.run_id, "notify_failed", event=event, target=target, error=error))
+        return self._notifier
+
+    def notice(self, event: str, message: str, **facts: Any) -> None:
+        self.notifier.send(event, self.run.run_id, message, provider=self.provider.name, phase=self.run.phase,
+                           spent_usd=round(self.spent_usd(), 6), max_usd=self.allowance.max_usd, **facts)
 
     def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float) -> None:
         """Make `offer` the run's current one (offer fallback): its allowance is what is left of the
@@ -422,6 +443,10 @@ class Controller:
         self.phase("running", command=command)
         pid = self.transport.start_detached("job", command, env={"PYTHONUNBUFFERED": "1"})
         self.ledger.record_event(self.run.run_id, "job_started", pid=pid)
+        self.notice("started", f"run {self.run.run_id} started on {self.offer.instance_type}; the guard stops it"
+                    f" at {time.strftime('%H:%M:%S', time.localtime(self.run.stop_at_epoch or 0))}",
+                    instance_type=self.offer.instance_type, usd_per_hour=self.offer.total_usd_per_hour,
+                    stop_at_epoch=self.run.stop_at_epoch, deadline_epoch=self.run.deadline_epoch)
 
     # --- the guard ------------------------------------------------------------------------------
     def guard(self) -> bool:
@@ -475,6 +500,7 @@ class Controller:
                     break
                 probe = self._probe()
                 self.report(self.status(**probe.metrics))
+                self.notifier.cap_crossed(self.run.run_id, self.spent_usd(), self.allowance.max_usd)
                 errors = 0
                 if stall.look(probe, time.time()):
                     reason = f"{Ending.STALLED}: no new {stall.what} for {self.options.stall_minutes:g} min"
@@ -594,6 +620,12 @@ class Controller:
         """Keep why the run ended; the first reason stays (a later teardown only finishes the job)."""
         if self.refresh().end_reason is None:
             self.ledger.update_run(self.run.run_id, end_reason=reason)
+            ending = ending_of(reason)
+            event = {Ending.STALLED: "stalled", Ending.DEADLINE: "deadline"}.get(ending) if ending else None
+            if ending is Ending.JOB_ENDED and "(exit 0)" not in reason:
+                event = "job_failed"
+            if event:
+                self.notice(event, f"run {self.run.run_id}: {reason}", reason=reason)
 
     def sync_now(self) -> SyncResult:
         return self._sync(final=False)
@@ -685,9 +717,20 @@ class Controller:
             evidence=self.write_evidence,
             attempts=self.record.attempts,
         )
-        return teardown_mod.end(target, verify_timeout_s).proof_path
+        try:
+            ended = teardown_mod.end(target, verify_timeout_s)
+        except teardown_mod.VerifyFailed as exc:
+            self.notice("not_verified", f"run {self.run.run_id}: NOT VERIFIED gone: {exc}", error=str(exc))
+            self.notifier.close()
+            raise
+        self.notice("verified", f"run {self.run.run_id}: verified gone; cost {ended.cost_usd or 0:.4f} USD of"
+                    f" {self.allowance.max_usd:.4f}", cost_usd=ended.cost_usd, proof_sha256=ended.proof_sha256)
+        self.notifier.close()
+        return ended.proof_path
 
     def write_evidence(self, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
+        # The provider's own figure first (where it has one now), so that the card shows both.
+        reconcile_after_run(self.ledger, self.refresh(), self.provider)
         return write_run_evidence(self.refresh(), proof_path, cost, runtime_s)
 
 

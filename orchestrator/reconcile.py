@@ -85,6 +85,21 @@ def reconcile(ledger: Ledger, run: Run, provider: Provider) -> Reconciliation:
     return result
 
 
+def reconcile_after_run(ledger: Ledger, run: Run, provider: Provider) -> Reconciliation | None:
+    """Right after teardown: ask now, unless the provider's figures come hours late (AWS Cost
+    Explorer, whose every request also costs money): then only note when to ask. Never raises."""
+    if provider.billing_lag_s > 0:
+        hours = provider.billing_lag_s / 3600
+        ledger.update_run(run.run_id, billed_source=f"not asked yet: {provider.name} billing data comes up to"
+                          f" {hours:g} h late; run `gpurun cost --reconcile` after that", billed_complete=False)
+        return None
+    try:
+        return reconcile(ledger, run, provider)
+    except Exception as exc:  # noqa: BLE001 - the run is verified gone; a figure we lack is not a failure
+        ledger.record_event(run.run_id, "error", message=f"reconcile: {type(exc).__name__}: {exc}")
+        return None
+
+
 def pending(ledger: Ledger) -> list[Run]:
     """Verified runs whose provider figure is not final yet (never asked, or `complete` False)."""
     return [r for r in ledger.list_runs() if not r.open and r.cost_usd is not None and not r.billed_complete]

@@ -208,6 +208,8 @@ class Provider(ABC):
     #: The `gpurun launch` options the constructor takes (usd_per_hour, image, disk_gb); the plan
     #: refuses any other one given for this provider.
     launch_options: frozenset[str] = frozenset({"image", "disk_gb"})
+    #: How late the provider's own billing figures come (`billed_cost`): 0 = ask right after teardown.
+    billing_lag_s: float = 0.0
 
     def check_credentials(self) -> None:  # noqa: B027 - optional hook, default: nothing to check
         """Raise CredentialsError with a one-line fix if the provider cannot be used."""

@@ -9,6 +9,7 @@ says (default 0), so the budget guard can be watched working without a cloud acc
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -23,6 +24,7 @@ from providers.base import (
     RUNNING,
     STOPPING,
     TERMINATED,
+    BilledCost,
     Instance,
     InstanceSpec,
     LocalSandbox,
@@ -160,6 +162,20 @@ class LocalProvider(Provider):
         if not self.root.is_dir():
             return []
         return [self.get(f"local-{d.name}") for d in sorted(self.root.iterdir()) if (d / "instance.json").exists()]
+
+    def billed_cost(self, run_id: str, instance_ids: list[str], start: float, end: float) -> BilledCost:
+        """The simulated meter: each sandbox from its create to its terminate marker, per second at its price."""
+        rows = []
+        for iid in instance_ids:
+            sandbox = self._sandbox(iid)
+            meta, marker = sandbox / "instance.json", sandbox / "terminated"
+            if not meta.exists() or not marker.exists():
+                return BilledCost(None, "gpurun local meter: the sandbox is gone or still running", complete=False)
+            info = json.loads(meta.read_text())
+            seconds = math.ceil(max(0.0, float(marker.read_text().split()[0]) - float(info["created_at"])))
+            rows.append({"instance_id": iid, "seconds": seconds, "usd_per_hour": info.get("usd_per_hour") or 0.0})
+        usd = sum(r["seconds"] * r["usd_per_hour"] / 3600.0 for r in rows)
+        return BilledCost(usd, "gpurun local meter (per second from create to terminate)", details={"rows": rows})
 
     def access(self, instance: Instance) -> LocalSandbox | None:
         sandbox = instance.raw.get("sandbox")

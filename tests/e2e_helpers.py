@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from orchestrator.ledger import Ledger, Run
+from orchestrator.phases import is_phase
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401  (re-exported fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,6 +152,12 @@ def proof_of(run: Run) -> dict[str, Any]:
 
 
 def phases(run: Run) -> list[str]:
+    """The run's lifecycle phases in order (events such as terminate_request left out)."""
+    return [e.phase for e in Ledger().events(run.run_id) if is_phase(e.phase)]
+
+
+def event_names(run: Run) -> list[str]:
+    """Every event of the run in order: phases and the rest (job_started, reconciled, ...)."""
     return [e.phase for e in Ledger().events(run.run_id)]
 
 

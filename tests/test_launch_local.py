@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.ledger import Ledger
+from orchestrator.phases import is_phase
 from providers.local import LocalProvider, pgid_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ def test_local_launch_is_stopped_by_the_guard_under_the_cap(tmp_path: Path) -> N
 
     # The guard stopped the trainer (it did not run out by itself), leaving a verified checkpoint.
     events = [e.phase for e in ledger.events(run.run_id)]
-    assert "stopping" in events and events[-1] == "verified"
+    assert "stopping" in events and [e for e in events if is_phase(e)][-1] == "verified"
     stop = next(e for e in ledger.events(run.run_id) if e.phase == "stopping")
     assert "deadline" in stop.payload["reason"]
     manifest = json.loads((run_dir / "out" / "checkpoints" / "MANIFEST.json").read_text())

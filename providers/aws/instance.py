@@ -192,6 +192,8 @@ class AWSProvider(Provider):
     the group).
     """
 
+    # Cost Explorer data arrives hours late (and each request costs 0.01 USD): reconcile later.
+    billing_lag_s = 24 * 3600.0
     name = "aws"
 
     def __init__(

@@ -299,3 +299,48 @@ class RunPodClient:
             return run_graphql_query(query)  # the key: runpod.api_key, set by sdk()
 
         return self.sdk(what, call, timeout_s=timeout_s, retry=retry)
+
+    def rest_get(self, what: str, path: str, params: dict[str, str]) -> Any:
+        """GET on REST v2 (`https://api.runpod.io/v2/...`: the same host as GraphQL, so
+        RUNPOD_API_BASE_URL points both), bounded, classified and retried like every SDK call.
+
+        The SDK has no REST function; requests is its own HTTP client. Auth is `Authorization:
+        Bearer <key>` (api-reference-v2/openapi.json, securitySchemes.bearerAuth); errors are RFC 9457
+        problem JSON (`title`, `status`, `detail`).
+        """
+        key = self.require_key()
+        timeout = self.policy.request_timeout_s
+
+        def call(runpod: Any) -> Any:
+            import requests  # the SDK's HTTP client, loaded with it
+
+            base = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_BASE).rstrip("/")
+            resp = requests.get(f"{base}{path}", params=params, timeout=timeout,
+                                headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
+            return rest_answer(resp.status_code, resp.text, f"{what} ({path})")
+
+        return self.sdk(what, call)
+
+
+def rest_answer(status: int, body: str, what: str) -> Any:
+    """A REST v2 answer: the JSON body on 2xx, else one error line from the problem JSON.
+
+    Status codes per api-reference-v2/openapi.json (components.responses): 401 bad key, 403 the key
+    lacks access, 429 back off, 5xx retry. The key is never part of the message."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if 200 <= status < 300:
+        if data is None:
+            raise TransientProviderError(f"RunPod {what} answered {status} without JSON")
+        return data
+    problem = data if isinstance(data, dict) else {}
+    detail = one_line(problem.get("detail") or problem.get("title") or f"HTTP {status}")
+    if status == 401:
+        raise CredentialsError("RunPod rejected the API key (401): check RUNPOD_API_KEY or ~/.runpod/config.toml")
+    if status == 403:
+        raise CredentialsError(f"RunPod refused {what} (403: {detail}): the API key lacks access to it")
+    if status == 429 or status >= 500:
+        raise TransientProviderError(f"RunPod {what} answered {status} (will retry): {detail}")
+    raise ProviderError(f"RunPod {what} answered {status}: {detail}")

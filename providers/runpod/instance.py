@@ -23,6 +23,8 @@ from providers.base import (
     STOPPED,
     STOPPING,
     TERMINATED,
+    Billable,
+    BilledCost,
     CredentialsError,
     Instance,
     InstanceSpec,
@@ -46,6 +48,7 @@ from providers.runpod.api import (
     is_gone_error,
     to_float,
 )
+from providers.runpod.billing import billed_cost as billing_history_cost
 from providers.runpod.catalog import (
     MIN_VCPU_PER_GPU,
     PROVIDER_NAME,
@@ -54,6 +57,7 @@ from providers.runpod.catalog import (
     host_minimums,
     storage_usd_per_hour,
 )
+from providers.runpod.inventory import inventory as account_inventory
 from providers.runpod.self_destruct import api_base_default, pid1_environ_default, self_destruct_shell
 from providers.runpod.spot import rent_interruptable
 from providers.runpod.ssh_start import check_ssh_setup, docker_args_for
@@ -407,6 +411,14 @@ class RunPodProvider(Provider):
             "spend_limit_usd_per_hour": to_float(me.get("spendLimit")),
             "raw": me,
         }
+
+    def billed_cost(self, run_id: str, instance_ids: list[str], start: float, end: float) -> BilledCost:
+        """RunPod's own billing history for the run's pods (billing.py)."""
+        return billing_history_cost(self.client, instance_ids, start, end)
+
+    def inventory(self) -> list[Billable]:
+        """Every pod (running or stopped) and network volume on the account (inventory.py)."""
+        return account_inventory(self.client, run_id_from_name)
 
     def check_launchable(self, offer: Offer) -> None:
         """RunPod deploys a pod only with credit for one hour of it: "To deploy a new Pod, your account

@@ -6,7 +6,8 @@ shows up as a syntax error or an extra field) and answered with only the fields 
 a field the fake does not model is an error, as it is on the real server.
 
 Operations: gpuTypes (with prices and lowestPrice), podFindAndDeployOnDemand, podRentInterruptable,
-pod, myself { pods, clientBalance, currentSpendPerHr, spendLimit }, podStop, podTerminate.
+pod, myself { pods, networkVolumes, clientBalance, currentSpendPerHr, spendLimit }, podStop, podTerminate;
+and one REST v2 route, GET /v2/billing/pods (see "Billing history" below).
 
 Knobs: `boot_delay_s` (runtime is null until then), `ssh_host`/`ssh_port` (what runtime.ports
 reports: point them at a loopback sshd), `fail_next(n, status)` (401/403/5xx for the next n requests),
@@ -36,6 +37,27 @@ container's RUNPOD_API_KEY, which may act only on that pod. `pid1_environ` (a pa
 each new pod's container environment there, NUL-separated like /proc/1/environ, for the on-instance
 self-destruct to read (RUNPOD_PID1_ENVIRON points gpurun's script at it). Each request records the
 `principal` that made it: "account" (the user's key) or "pod" (a pod's own key).
+
+Billing history (issue 15), REST v2 `GET /v2/billing/pods` (runpod/docs api-reference-v2/openapi.json,
+listPodBilling; the v2 form of REST v1's /billing/pods that `runpodctl billing pods` reads,
+runpodctl internal/api/billing.go). It answers `{"records": [...], "metadata": {...}}`, one record per
+pod per bucket that billed anything, each `{startTime, endTime, podId, totalAmount, gpuAmount,
+cpuAmount, diskAmount}` in USD, the window snapped to whole buckets. What a pod is charged: its GPU
+price and its disks at $0.10/GB-month while running, its volume at $0.20/GB-month while stopped
+(docs.runpod.io/pods/pricing), per second rounded up as the meter counts (a pod's GPU amount over all
+buckets is exactly `meter_usd(pod)`). Knobs:
+- `billing_lag_s`: the history knows only usage older than this (0: up to now). Rows for a new pod
+  appear only after it; raise it to get "no rows yet", lower it to let them appear.
+- `billing_cycle_s`: usage is counted in cycles of this length (RunPod bills every 5 minutes:
+  docs.runpod.io/accounts-billing/billing; default 0: continuous).
+- `billing_factor`: what the history charges over what the meter and the docs' rates say (1.05: 5 %
+  more), so a test can make the provider's figure differ from gpurun's estimate.
+- `billed_usd(pod_id=None)`: what the history reports now (lag, cycle and factor applied).
+Inventory (issue 15): `add_pod(name, volume_gb=..., stopped_s=...)` adds a pod made outside gpurun
+(console, runpodctl), running or stopped; `stop_pod(id)` stops any pod as podStop does (the GPU stops,
+the volume keeps billing at the stopped rate until the pod is terminated); `add_network_volume(name,
+size_gb)` adds a network volume, listed by `myself { networkVolumes { id name size dataCenterId } }`
+(runpodctl api/volume.go GetNetworkVolumes; runpod-python api/queries/user.py).
 """
 
 from __future__ import annotations
@@ -50,6 +72,7 @@ import string
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -93,6 +116,12 @@ STOCK_LEVELS = ("High", "Medium", "Low")
 CLOUDS = ("SECURE", "COMMUNITY")
 # Storage billed with the pod (https://docs.runpod.io/pods/storage): part of "the selected configuration".
 _DISK_USD_PER_GB_HOUR = 0.10 / 730
+# A stopped pod's volume disk: $0.20/GB-month; its container disk is "Not charged" (docs.runpod.io/pods/pricing).
+_STOPPED_VOLUME_USD_PER_GB_HOUR = 0.20 / 730
+# BillingBucketSize (api-reference-v2/openapi.json); week/month/year are not modelled (calendar buckets).
+_BUCKET_S = {"hour": 3600, "day": 86400}
+# startTime defaults to "30 days ago" (components.parameters.BillingStartTime).
+_DEFAULT_BILLING_WINDOW_S = 30 * 86400
 
 
 class _QueryFail(Exception):
@@ -129,6 +158,8 @@ class FakePod:
     terminate_requests: int = 0
     sticky_polls: int = 0  # `pod` polls left before a requested terminate really happens
     gone: bool = False
+    stopped_at: float | None = None  # podStop: the GPU stops billing, the volume bills at the stopped rate
+    gone_at: float | None = None  # terminated: nothing bills any more
 
     @property
     def sshd_started(self) -> bool:
@@ -201,6 +232,13 @@ class FakeRunPodAPI:
         self._delays: list[float] = []
         self._lost_answers: dict[str, int] = {}
         self._sticky_next = 0
+        # Billing history (GET /v2/billing/pods): see the module docstring.
+        self.billing_lag_s = 0.0
+        self.billing_cycle_s = 0.0
+        self.billing_factor = 1.0
+        self.network_volumes: list[dict[str, Any]] = []
+        # Pods keep monotonic times; the billing history speaks wall-clock RFC 3339.
+        self._wall_offset = time.time() - time.monotonic()
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -213,6 +251,9 @@ class FakeRunPodAPI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 fake._handle(self)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                fake._handle_rest(self)
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 pass
@@ -300,6 +341,44 @@ class FakeRunPodAPI:
             now = time.monotonic()
             pods = [self.pods[pod_id]] if pod_id else list(self.pods.values())
             return sum(p.cost(now) for p in pods)
+
+    def add_pod(self, name: str, *, gpu_type_id: str = "NVIDIA GeForce RTX 4090", gpu_count: int = 1,
+                container_disk_gb: int = 20, volume_gb: int = 0, age_s: float = 0.0,
+                stopped_s: float | None = None) -> FakePod:
+        """A pod made outside gpurun (console, runpodctl), created `age_s` ago; with `stopped_s`, stopped
+        that long ago (its volume still bills, at the stopped rate)."""
+        t = next(g for g in self.gpu_types if g["id"] == gpu_type_id)
+        now = time.monotonic()
+        alphabet = string.ascii_lowercase + string.digits
+        pod = FakePod(id="".join(secrets.choice(alphabet) for _ in range(14)), name=name, image="runpod/stack",
+                      gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud_type="SECURE",
+                      usd_per_hour=float(t.get("securePrice") or t.get("communityPrice")) * gpu_count,
+                      container_disk_gb=container_disk_gb, volume_gb=volume_gb, env={}, spot=False,
+                      pod_key="rpa_POD" + secrets.token_hex(12), ports="22/tcp", started=now - age_s)
+        with self._lock:
+            self.pods[pod.id] = pod
+            if stopped_s is not None:
+                self._stop(pod, at=now - min(stopped_s, age_s))
+        return pod
+
+    def stop_pod(self, pod_id: str) -> None:
+        """podStop, without a request: the pod stays listed (EXITED) and its volume keeps billing."""
+        with self._lock:
+            self._stop(self.pods[pod_id])
+
+    def add_network_volume(self, name: str, size_gb: int, data_center_id: str = "EU-RO-1") -> dict[str, Any]:
+        """A network volume (NetworkVolume: id, name, size in GB, dataCenterId)."""
+        vol = {"id": secrets.token_hex(5), "name": name, "size": int(size_gb), "dataCenterId": data_center_id}
+        with self._lock:
+            self.network_volumes.append(vol)
+        return vol
+
+    def billed_usd(self, pod_id: str | None = None) -> float:
+        """What the billing history reports now for `pod_id` (or every pod): lag, cycle and factor applied."""
+        with self._lock:
+            mono_now, cutoff = self._billing_cutoff()
+            pods = [self.pods[pod_id]] if pod_id else list(self.pods.values())
+            return sum(sum(self._amounts(p, p.started, mono_now, cutoff)) for p in pods)
 
     def billed_seconds(self, pod_id: str) -> int:
         with self._lock:
@@ -431,8 +510,7 @@ class FakeRunPodAPI:
                 return self._terminate(str(inp.get("podId")), principal)
             if kind == "mutation" and name == "podStop":
                 pod = self._own_pod(str(inp.get("podId")), principal, "pod not found to stop")
-                pod.desired_status = "EXITED"
-                pod.ended = pod.ended or time.monotonic()
+                self._stop(pod)
                 return self._pod_view(pod)
         raise _QueryFail(f'Cannot query field "{name}" on type "{kind.capitalize()}".', 400)
 
@@ -603,11 +681,19 @@ class FakeRunPodAPI:
             raise _QueryFail("Forbidden: this key may only act on its own pod")
         return pod
 
+    def _stop(self, pod: FakePod, at: float | None = None) -> None:
+        at = time.monotonic() if at is None else at
+        pod.desired_status = "EXITED"
+        pod.ended = pod.ended or at
+        pod.stopped_at = pod.stopped_at or at
+
     def _finish(self, pod: FakePod) -> None:
         pod.gone = True
         pod.desired_status = "TERMINATED"
+        now = time.monotonic()
         if pod.ended is None:
-            pod.ended = time.monotonic()
+            pod.ended = now
+        pod.gone_at = pod.gone_at or now
 
     def _terminate(self, pod_id: str, principal: tuple[str, str | None]) -> None:
         pod = self._own_pod(pod_id, principal, "pod not found to terminate")
@@ -647,7 +733,121 @@ class FakeRunPodAPI:
             "clientBalance": round(self.balance, 4),
             "currentSpendPerHr": round(spend, 4),
             "spendLimit": self.spend_limit,
+            "networkVolumes": [dict(v) for v in self.network_volumes] if principal[0] == "account" else [],
         }
+
+    # ------------------------------------------------------------------ billing history (REST v2)
+
+    def _billing_cutoff(self) -> tuple[float, float]:
+        """(now, the newest moment the history has counted), both monotonic: lag, then whole cycles."""
+        mono_now = time.monotonic()
+        wall = mono_now + self._wall_offset - self.billing_lag_s
+        if self.billing_cycle_s > 0:
+            wall = math.floor(wall / self.billing_cycle_s) * self.billing_cycle_s
+        return mono_now, wall - self._wall_offset
+
+    def _amounts(self, pod: FakePod, b0: float, b1: float, cutoff: float) -> tuple[float, float]:
+        """(GPU, disk) USD the history charges `pod` for [b0, b1) (monotonic), counted up to `cutoff`.
+
+        Whole seconds from each phase's start, rounded up (per-second billing,
+        docs.runpod.io/accounts-billing/billing), split between buckets so they add up to the meter."""
+        hi = min(b1, cutoff)
+
+        def seconds(start: float, end: float | None) -> int:
+            stop = cutoff if end is None else end
+            if hi <= b0 or stop <= start:
+                return 0
+            def upto(t: float) -> int:
+                return math.ceil(min(max(t, start), stop) - start)
+            return max(0, upto(hi) - upto(b0))
+
+        run_s = seconds(pod.started, pod.ended)
+        stopped_s = seconds(pod.stopped_at, pod.gone_at) if pod.stopped_at is not None else 0
+        gpu = run_s * pod.usd_per_hour / 3600
+        disk = (run_s * (pod.container_disk_gb + pod.volume_gb) * _DISK_USD_PER_GB_HOUR
+                + stopped_s * pod.volume_gb * _STOPPED_VOLUME_USD_PER_GB_HOUR) / 3600
+        return gpu * self.billing_factor, disk * self.billing_factor
+
+    def _pod_billing(self, query: dict[str, list[str]], principal: tuple[str, str | None]) -> dict[str, Any]:
+        """listPodBilling: records per pod per bucket over the snapped window (api-reference-v2/openapi.json)."""
+        if principal[0] != "account":
+            raise _QueryFail("Forbidden: a pod-scoped key cannot read billing", 403)
+        q = {k: v[-1] for k, v in query.items()}
+        size = q.get("bucketSize", "day")
+        if size not in _BUCKET_S:
+            raise _QueryFail(f"bucketSize {size!r} is not modelled by the fake (hour, day)", 400)
+        step = _BUCKET_S[size]
+        mono_now, cutoff = self._billing_cutoff()
+        wall_now = mono_now + self._wall_offset
+        if "lastN" in q:
+            if "startTime" in q or "endTime" in q:
+                raise _QueryFail("lastN is mutually exclusive with startTime/endTime", 400)
+            hi = (math.floor(wall_now / step) + 1) * step  # ends with the current, in-progress bucket
+            if not q["lastN"].isdigit() or int(q["lastN"]) < 1:
+                raise _QueryFail(f"lastN {q['lastN']!r} is not an integer >= 1", 400)
+            lo = hi - int(q["lastN"]) * step
+        else:
+            lo = _parse_time(q["startTime"]) if "startTime" in q else wall_now - _DEFAULT_BILLING_WINDOW_S
+            hi = _parse_time(q["endTime"]) if "endTime" in q else wall_now
+            lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step  # snapped to whole buckets
+        pod_id = q.get("podId")
+        pods = [p for p in self.pods.values() if pod_id is None or p.id == pod_id]
+        records = []
+        for b in range(int(lo), int(hi), step):
+            b0, b1 = b - self._wall_offset, b + step - self._wall_offset
+            for pod in pods:
+                if b1 <= pod.started or b0 > mono_now:
+                    continue
+                gpu, disk = self._amounts(pod, b0, b1, cutoff)
+                if gpu or disk:  # a bucket the pod billed nothing in has no record
+                    records.append({"startTime": _rfc3339(b), "endTime": _rfc3339(b + step), "podId": pod.id,
+                                    "totalAmount": gpu + disk, "gpuAmount": gpu, "cpuAmount": 0.0,
+                                    "diskAmount": disk})
+        totals = {k: sum(r[k] for r in records) for k in ("totalAmount", "gpuAmount", "cpuAmount", "diskAmount")}
+        return {"records": records, "metadata": {
+            "query": {"startTime": _rfc3339(lo), "endTime": _rfc3339(hi), "bucketSize": size, "podId": pod_id},
+            "recordCount": len(records), "uniquePodCount": len({r["podId"] for r in records}), "totals": totals}}
+
+    def _handle_rest(self, h: BaseHTTPRequestHandler) -> None:
+        """REST v2 on the same host as GraphQL (servers: https://api.runpod.io): Bearer auth, RFC 9457
+        problem JSON for errors (components.responses.UnauthorizedError / ForbiddenError)."""
+        url = urlparse(h.path)
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+            delay = self._delays.pop(0) if self._delays else self.delay_s
+            record: dict[str, Any] = {"ops": [f"GET {url.path}"], "status": 200, "time": time.time()}
+            self.requests.append(record)
+        if delay:
+            time.sleep(delay)
+        if fault is not None:
+            return self._fault_reply(h, record, fault)
+        auth = h.headers.get("Authorization") or ""
+        principal = self._principal(auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else "")
+        try:
+            if principal is None:
+                raise _QueryFail("Missing or invalid API key", 401)
+            record["principal"] = principal[0]
+            if url.path.rstrip("/") != "/v2/billing/pods":
+                raise _QueryFail(f"no route {url.path} (the fake models GET /v2/billing/pods only)", 404)
+            with self._lock:
+                body = self._pod_billing(parse_qs(url.query), principal)
+        except _QueryFail as exc:
+            record["status"] = exc.http_status
+            problem = {"type": "about:blank", "title": h.responses.get(exc.http_status, ("Error",))[0],
+                       "status": exc.http_status, "detail": exc.message}
+            return self._reply(h, exc.http_status, problem, "application/problem+json")
+        return self._reply(h, 200, body)
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise _QueryFail(f"{text!r} is not an RFC 3339 date-time", 400) from None
 
 
 def _decoded_start_command(docker_args: str) -> str:
