@@ -15,7 +15,7 @@ from rich.table import Table
 
 from orchestrator import phases
 from orchestrator import teardown as teardown_mod
-from orchestrator.budget import day_start, max_runtime_s, month_start
+from orchestrator.budget import max_runtime_s
 from orchestrator.budgets_file import BudgetError, load_budgets
 from orchestrator.exit_codes import Ending, Exit, by_signal, for_run
 from orchestrator.ledger import Ledger, LedgerError, Run
@@ -29,6 +29,7 @@ from orchestrator.lifecycle import (
     write_run_evidence,
 )
 from orchestrator.live import LiveView
+from orchestrator.money_commands import audit_cmd, cost
 from orchestrator.plan import (
     DEFAULT_CPU_RECIPE,
     DEFAULT_GPU_RECIPE,
@@ -461,37 +462,6 @@ def recipe_cost(recipe: recipes.Recipe, offer: Offer, rule: BillingRule) -> str:
 
 
 @main.command()
-@click.option("--by", type=click.Choice(["day", "provider"]), default="day", show_default=True)
-@click.option("--budgets", type=click.Path(dir_okay=False))
-def cost(by: str, budgets: str | None) -> None:
-    """Spend by day or provider, against the caps in budgets.yaml."""
-    ledger = Ledger()
-    conf = load_budgets(budgets)
-    table = Table(title=f"spend by {by}")
-    for col in (by, "runs", "settled USD", "held USD"):
-        table.add_column(col)
-    for row in ledger.spend_by(by):
-        table.add_row(str(row["key"]), str(row["runs"]), f"{row['cost_usd']:.4f}", f"{row['held_usd']:.4f}")
-    console.print(table)
-    now = time.time()
-    day0, month0 = day_start(now), month_start(now)
-    caps = Table(title=f"caps ({conf.path})")
-    for col in ("cap", "limit USD", "spent + held USD"):
-        caps.add_column(col)
-    caps.add_row("daily", _cap(conf.daily_usd), f"{ledger.committed_usd(day0):.4f}")
-    caps.add_row("monthly", _cap(conf.monthly_usd), f"{ledger.committed_usd(month0):.4f}")
-    for name, pb in conf.providers.items():
-        if pb.daily_usd is not None or pb.monthly_usd is not None:
-            caps.add_row(f"{name} daily", _cap(pb.daily_usd), f"{ledger.committed_usd(day0, name):.4f}")
-            caps.add_row(f"{name} monthly", _cap(pb.monthly_usd), f"{ledger.committed_usd(month0, name):.4f}")
-    console.print(caps)
-
-
-def _cap(value: float | None) -> str:
-    return "none" if value is None else f"{value:.2f}"
-
-
-@main.command()
 @click.option("--provider", "providers_", multiple=True, help="provider(s) to sweep (default: all with credentials)")
 @click.option("--runs-dir", type=click.Path(file_okay=False),
               help="where proofs of orphans this ledger does not know go (default ./runs)")
@@ -573,6 +543,9 @@ def evidence(run_ref: str | None, check_chain: bool) -> None:
     path = write_run_evidence(run, proof if proof.exists() else None, run.cost_usd, runtime)
     console.print(path.read_text(), markup=False, highlight=False)
 
+
+main.add_command(cost)
+main.add_command(audit_cmd)
 
 if __name__ == "__main__":
     main()

@@ -436,6 +436,9 @@ def _verdict(ev: dict[str, Any]) -> dict[str, Any]:
         missing.append("cost against the cap")
     elif not cost["within_cap"]:
         failures.append(f"cost ${cost['cost_usd']:.4f} is over the ${cost['max_usd']:.2f} cap")
+    billed_flag = str(((ev.get("run") or {}).get("billed") or {}).get("flag") or "")
+    if billed_flag.startswith("OVER THE CAP"):
+        failures.append(billed_flag)
     if ev["job_log"]["traceback"]:
         failures.append("job.log contains a Python traceback")
     ending = ev["ending"]
@@ -542,6 +545,16 @@ def _fmt(v: Any, missing: str = "missing") -> str:
     return str(v)
 
 
+def _billed_line(billed: Mapping[str, Any] | None) -> str:
+    """The provider's own figure for the run (orchestrator.reconcile), beside our estimate."""
+    if not billed:
+        return "not asked"
+    figure = "no figure" if billed.get("usd") is None else f"${float(billed['usd']):.4f}"
+    final = "" if billed.get("complete") else " (not final: `gpurun cost --reconcile` asks again)"
+    flag = f" **{billed['flag']}**" if billed.get("flag") else ""
+    return f"{figure}: {billed.get('source') or 'source unknown'}{final}{flag}".replace("|", "\\|")
+
+
 def render_markdown(ev: Mapping[str, Any]) -> str:
     p, hw, tr, ck = ev["provider"], ev["hardware"], ev["training"], ev["checkpoint"]
     sm, cost, pf, v = ev["sample"], ev["cost"], ev["shutdown_proof"], ev["verdict"]
@@ -576,6 +589,7 @@ def render_markdown(ev: Mapping[str, Any]) -> str:
         f"| price | {price} |",
         f"| runtime | {_fmt_duration(cost['runtime_s'])} |",
         f"| cost | {cost_line} |",
+        f"| provider's figure | {_billed_line(ev['run'].get('billed'))} |",
         f"| ended | {ended} |",
         "",
     ]

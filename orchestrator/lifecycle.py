@@ -52,7 +52,7 @@ from orchestrator.progress import (
     parse_probe,
     probe_command,
 )
-from orchestrator.reconcile import reconcile_after_run
+from orchestrator.reconcile import Reconciliation, reconcile_after_run
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
@@ -740,13 +740,19 @@ def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, ru
     return write_evidence(
         Path(run.run_dir),
         run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan,
-             "end_reason": run.end_reason, "job_exit_code": run.job_exit_code},
+             "end_reason": run.end_reason, "job_exit_code": run.job_exit_code, "billed": billed_of(run)},
         offer=offer,
         proof_path=proof_path,
         runtime_s=runtime_s,
         cost_usd=cost,
         max_usd=run.max_usd,
     )
+
+
+def billed_of(run: Run) -> dict[str, Any]:
+    """What the card shows of the provider's own figure: the figure, its source, final or not, the flag."""
+    rec = Reconciliation.of_run(run)
+    return {"usd": rec.billed_usd, "source": rec.source, "complete": rec.complete, "flag": rec.flag}
 
 
 def spawn_guard(run: Run) -> int:

@@ -164,7 +164,7 @@ def test_first_offer_out_of_stock_at_deploy_lands_on_the_next(e2e: E2E, fake: Fa
     res = launch(e2e, "--gpu", "RTX 4090", *SHORT_TRAIN)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
-    assert "runpod (community)" in out and "SECURE" in out, out  # the plan shows the offer and its fallback
+    assert "runpod (community)" in out and "RTX 4090, secure)" in out, out  # the plan shows the offer and its fallback
     run = only_run()
     assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
     assert_trained_and_synced(run, finished=True)
