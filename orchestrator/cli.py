@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from orchestrator import phases
@@ -39,6 +40,7 @@ from orchestrator.plan import (
     has_gpu,
     make_plan,
     offer_label,
+    offer_where,
     runs_root,
 )
 from orchestrator.proof import verify_proof_chain
@@ -47,6 +49,7 @@ from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.settings import SettingsError
 from orchestrator.signals import Received, Terminated, attached
 from orchestrator.teardown import VerifyFailed
+from orchestrator.watch_view import burn_down
 from providers import get_provider, provider_names
 from providers.base import BillingRule, Instance, Offer, Provider, ProviderError
 from providers.common import one_line
@@ -253,9 +256,20 @@ def guard(run_ref: str) -> None:
 @click.argument("run_ref", required=False)
 @click.option("--timings", is_flag=True, help="time spent in each phase")
 @click.option("--all", "show_all", is_flag=True, help="include finished runs")
-def status(run_ref: str | None, timings: bool, show_all: bool) -> None:
+@click.option("--watch", "-w", is_flag=True, help="a live table of every open run until Ctrl-C")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="seconds between refreshes (-w)")
+def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, interval: float) -> None:
     """Where runs stand: phase, money spent against the cap, time left."""
     ledger = Ledger()
+    if watch:
+        with Live(burn_down(ledger), console=console, refresh_per_second=1, transient=False) as live:
+            try:
+                while True:
+                    time.sleep(max(0.2, interval))
+                    live.update(burn_down(ledger))
+            except KeyboardInterrupt:
+                pass
+        return
     if timings:
         run = ledger.resolve_run(run_ref)
         table = Table(title=f"{run.run_id} phase timings")
@@ -399,13 +413,15 @@ def offers(provider: str, gpu: str | None, gpus: int, spot: bool, usd_per_hour: 
     found = prov.offers(gpu=gpu, count=gpus, spot=spot)
     rule = conf.billing_for(prov.name)
     table = Table(title=f"{prov.name} offers (default budget {conf.per_run_default_usd:.2f} USD)")
-    for col in ("gpu", "count", "instance type", "USD/h", "storage USD/h", "price source",
+    for col in ("gpu", "count", "instance type", "where", "stock", "USD/h", "storage USD/h", "price source",
                 f"{conf.per_run_default_usd:.2f} USD buys"):
         table.add_column(col)
     for o in sorted(found, key=lambda o: o.total_usd_per_hour):
         buys = max_runtime_s(conf.per_run_default_usd, o.total_usd_per_hour, rule)
-        table.add_row(o.gpu, str(o.gpu_count), o.instance_type, f"{o.usd_per_hour:.4f}",
-                      f"{o.extra_usd_per_hour:.4f}", o.price_source,
+        # The provider's own stock word where it has one (RunPod: High/Medium/Low), else yes/none.
+        stock = str(o.details.get("stock_status") or ("yes" if o.available else "none"))
+        table.add_row(o.gpu, str(o.gpu_count), o.instance_type, offer_where(o) or "-", stock,
+                      f"{o.usd_per_hour:.4f}", f"{o.extra_usd_per_hour:.4f}", o.price_source,
                       "unbounded" if buys == float("inf") else f"{buys / 3600:.2f} h")
     console.print(table)
 

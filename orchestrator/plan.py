@@ -140,8 +140,8 @@ class LaunchPlan:
                                      "inside the budget; each is torn down and verified before the next offer"))
         for offer, why in self.skipped:
             rows.append(("skipped", f"{offer_label(offer)}: {why}"))
-        if self.account:
-            rows.append(("account", ", ".join(f"{k}={v}" for k, v in self.account.items())))
+        if self.account and account_words(self.account):
+            rows.append(("account", account_words(self.account)))
         return rows
 
     def _job_label(self) -> str:
@@ -158,13 +158,32 @@ class LaunchPlan:
         return label
 
 
-def offer_label(o: Offer) -> str:
-    """One offer in a line: `RTX 4090 x1 (NVIDIA GeForce RTX 4090, COMMUNITY) 0.3400 USD/h`."""
+def account_words(account: dict[str, Any]) -> str:
+    """The provider's account facts in words: balance, what already bills, the spend limit."""
+    currency = str(account.get("currency") or "usd").upper()
+    balance = account.get("balance_usd", account.get("balance"))
+    parts = []
+    if isinstance(balance, (int, float)):
+        parts.append(f"balance {balance:.2f} {'USD' if 'balance_usd' in account else currency}")
+    if isinstance(account.get("current_spend_usd_per_hour"), (int, float)):
+        parts.append(f"billing now {account['current_spend_usd_per_hour']:.2f} USD/h")
+    if isinstance(account.get("spend_limit_usd_per_hour"), (int, float)):
+        parts.append(f"spend limit {account['spend_limit_usd_per_hour']:.2f} USD/h")
+    return "; ".join(parts)
+
+
+def offer_where(o: Offer) -> str:
+    """Where an offer is: its region / location / zone and cloud type (RunPod's region is its cloud)."""
     parts: list[str] = []
-    for x in (o.instance_type, o.region, str(o.details.get("cloud_type") or "")):
-        if x and x.lower() not in (p.lower() for p in parts):  # RunPod's region is its cloud type
+    for x in (o.region, str(o.details.get("zone") or ""), str(o.details.get("cloud_type") or "")):
+        if x and x.lower() not in (p.lower() for p in parts):
             parts.append(x)
-    where = ", ".join(parts)
+    return ", ".join(parts)
+
+
+def offer_label(o: Offer) -> str:
+    """One offer in a line: `RTX 4090 x1 (NVIDIA GeForce RTX 4090, community) 0.3400 USD/h`."""
+    where = ", ".join(x for x in (o.instance_type, offer_where(o)) if x)
     return f"{o.gpu} x{o.gpu_count} ({where}){' spot' if o.spot else ''} {o.total_usd_per_hour:.4f} USD/h"
 
 

@@ -107,3 +107,12 @@ def test_a_hanging_receiver_does_not_delay_the_guards_stop(tmp_path: Path, recei
     assert "deadline" in (run.end_reason or "")
     failed = [e.payload["event"] for e in Ledger().events(run.run_id) if e.phase == "notify_failed"]
     assert failed and failed[0] == "started"
+
+
+def test_offers_tell_the_cloud_types_apart_with_their_stock(e2e: E2E, runpod: FakeRunPodAPI) -> None:  # noqa: F811
+    res = e2e.gpurun("offers", "--provider", "runpod", "--gpu", "RTX 4090")
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [ln for ln in res.stdout.splitlines() if "RTX 4090" in ln]
+    assert len(rows) == 2 and len(set(rows)) == 2, res.stdout  # no two identical rows
+    assert any("secure" in r for r in rows) and any("community" in r for r in rows)
+    assert all(any(word in r for word in ("High", "Medium", "Low", "none")) for r in rows), rows
