@@ -154,6 +154,10 @@ class Instance:
     #: stays what the provider reports (not gone until verified); the controller tears it down and
     #: tries the next offer instead of waiting out the boot window.
     boot_failure: str = ""
+    #: Set by `get` when the provider took a running instance back (a spot / interruptible instance
+    #: reclaimed): one line saying so. The controller then resumes the run on the next offer from
+    #: its last checkpoint, inside the same cap, instead of ending it as lost.
+    preempted: str = ""
 
     @property
     def gone(self) -> bool:
