@@ -93,6 +93,8 @@ def main() -> None:
 @click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100; "H100,A100" accepts either, first preferred')
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")
 @click.option("--spot", is_flag=True, help="spot / interruptible capacity where the provider has it")
+@click.option("--spot-fallback", is_flag=True,
+              help="with --spot: when no spot offer boots, or one is preempted, go on on-demand (same cap)")
 @click.option("--max-boot-usd", type=float,
               help="what boots that never come up may cost in total, inside --max-usd (default: budgets.yaml"
                    " boot_share of it); an offer with no capacity or that does not boot is torn down and the"
@@ -132,6 +134,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
+        spot_fallback=kw["spot_fallback"],
     )
     plan = make_plan(options)
     table = Table(title="gpurun plan", show_header=False)

@@ -31,6 +31,7 @@ class Ending(str, Enum):
     LOST = "lost the instance"  # the guard could not watch it any more
     RUN_FAILED = "run failed"  # create, boot, SSH or bootstrap failed
     RESUMED = "guard resumed"  # a guard finished a run whose controller died mid-way
+    PREEMPTED = "preempted"  # the provider took the (spot) instance back and the run could not resume
 
     def __str__(self) -> str:
         return self.value
@@ -48,7 +49,7 @@ def for_run(end_reason: str | None, job_exit_code: int | None) -> Exit:
     ending = ending_of(end_reason)
     if ending is Ending.STALLED:
         return Exit.STALLED
-    if ending in (Ending.LOST, Ending.RUN_FAILED):
+    if ending in (Ending.LOST, Ending.RUN_FAILED, Ending.PREEMPTED):
         return Exit.RUN_FAILED
     if ending is Ending.JOB_ENDED and job_exit_code != 0:  # None: killed before it could say
         return Exit.JOB_FAILED

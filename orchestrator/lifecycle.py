@@ -22,7 +22,7 @@ from typing import Any
 
 import trainer
 from orchestrator import budget as budget_mod
-from orchestrator import provisioning, settings
+from orchestrator import provisioning, recovery, settings
 from orchestrator import teardown as teardown_mod
 from orchestrator.bootstrap import BootstrapInfo, bootstrap, ensure_packages, trainer_command
 from orchestrator.budgets_file import BudgetError, Budgets, load_budgets
@@ -63,6 +63,7 @@ from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
+PREEMPT_CHECK_S = 30.0  # how often the guard asks the provider whether it took a spot instance back
 # The data phase's detached job (transport convention: data.pid, data.exit, data.log at the root).
 DATA_JOB = "data"
 # The leading words of a failed data phase's reason (after Ending.RUN_FAILED).
@@ -476,9 +477,54 @@ class Controller:
             if reason is not None:
                 self.finish(reason)
                 return True
+        while True:
+            reason = self._watch_job(transport)
+            if reason is None:
+                return False  # handed off
+            if ending_of(reason) is Ending.PREEMPTED and self._resume(reason):
+                transport = self.ensure_transport()  # the next offer's instance, the job resumed on it
+                continue
+            break
+        self.finish(reason)
+        return True
+
+    def _resume(self, reason: str) -> bool:
+        """orchestrator.recovery; whatever breaks on the way ends the run with that reason."""
+        try:
+            return recovery.resume_after_preemption(self, reason)
+        except Exception as exc:  # noqa: BLE001 - the run ends, torn down and verified, with the reason
+            self.record_end(f"{reason}; not resumed: {type(exc).__name__}: {exc}")
+            return False
+
+    def bootstrap_instance(self, instance: Instance) -> None:
+        self._bootstrap(instance)
+
+    def start_after_bootstrap(self) -> None:
+        """A resumed run: its data phase (waited for here), then the job, then the periodic pulls."""
+        if self._start_data():
+            stopped = self._guard_data(self.ensure_transport())
+            if stopped is not None:
+                raise RunFailed(f"the resumed run's data phase did not finish: {stopped}")
+        self._start_job()
+        self.syncer = Syncer(lambda: self._sync(final=False), self.sync_interval()).start()
+
+    def record_end(self, reason: str) -> None:
+        self._record_end(reason)
+
+    def _preempted(self) -> str:
+        """The provider's word that it took the instance back ("" when it did not, or cannot say)."""
+        try:
+            return self.provider.get(self.instance_ids()[-1]).preempted
+        except Exception:  # noqa: BLE001 - asking is best effort: the guard's own checks go on
+            return ""
+
+    def _watch_job(self, transport: Transport) -> str | None:
+        """Follow the job until it ends, stalls, is preempted or the stop time comes: why (None: a
+        handoff was asked)."""
         stall = StallWatch(self.options.stall_minutes * 60, by_step=not self.options.command, now=time.time())
         reason = "job finished"
         errors = 0
+        asked_at = time.time()
         while True:
             if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
                 reason = f"{Ending.DEADLINE}: budget guard"
@@ -487,13 +533,22 @@ class Controller:
                 reason = f"{Ending.REQUESTED}" + (f" ({self.stop_cause})" if self.stop_cause else "")
                 break
             if self.handoff_requested:
+                assert self.syncer is not None
                 self.syncer.stop()
                 self.ledger.record_event(self.run.run_id, "handoff", pid=os.getpid())
-                return False
+                return None
             try:
+                if self.offer.spot and time.time() - asked_at >= PREEMPT_CHECK_S:
+                    asked_at = time.time()
+                    if preempted := self._preempted():
+                        reason = f"{Ending.PREEMPTED}: {preempted}"
+                        break
                 self._heartbeat()
                 state = transport.job_state("job")
                 if not state.running:
+                    if self.offer.spot and (preempted := self._preempted()):  # the machine went, not the job
+                        reason = f"{Ending.PREEMPTED}: {preempted}"
+                        break
                     reason = f"{Ending.JOB_ENDED} (exit {state.exit_code})"
                     if read_reason(transport) == "stalled":  # the switch stopped it while we were away
                         reason = f"{Ending.STALLED}: stopped by the on-instance switch (no progress, no controller)"
@@ -508,12 +563,14 @@ class Controller:
             except Exception as exc:  # an instance we cannot watch is torn down, not left billing
                 errors += 1
                 self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+                if preempted := self._preempted():  # unreachable because the provider took it back
+                    reason = f"{Ending.PREEMPTED}: {preempted}"
+                    break
                 if errors >= 5:
                     reason = f"{Ending.LOST}: {type(exc).__name__}: {exc}"
                     break
             time.sleep(POLL_S)
-        self.finish(reason)
-        return True
+        return reason
 
     def _guard_data(self, transport: Transport) -> str | None:
         """Follow the data phase: None once the data is ready, else why the run stops (the stop time,

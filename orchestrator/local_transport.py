@@ -53,6 +53,14 @@ class LocalTransport:
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
 
+    def push_files(self, files: list[Path], remote_subdir: str) -> None:
+        dest = self._path(remote_subdir.strip("/"))
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in files:
+            part = dest / (src.name + ".partial")
+            shutil.copy2(src, part)
+            part.rename(dest / src.name)
+
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None:
         path = self._path(remote_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,9 @@ def _transitions() -> dict[Phase, frozenset[Phase]]:
     # Offer fallback: a failed boot, or a create refused for capacity, tries the next offer.
     allowed[Phase.BOOTING].add(Phase.CREATING)
     allowed[Phase.CREATING].add(Phase.CREATING)
+    # Preemption: the provider took the instance back; the run resumes on the next offer.
+    allowed[Phase.RUNNING].add(Phase.CREATING)
+    allowed[Phase.PREPARING_DATA].add(Phase.CREATING)
     for p in Phase:
         if not p.is_open():
             continue  # verified is the end

@@ -60,6 +60,8 @@ class LaunchOptions:
     gpu: str | None = None  # one GPU, or "A,B": the ones the user accepts, preferred first
     gpus: int = 1
     spot: bool = False
+    # With --spot: after the spot offers, the same GPUs on-demand, for a boot or a preemption.
+    spot_fallback: bool = False
     config: str | None = None  # trainer YAML config (uploaded with the trainer)
     recipe: str | None = None  # trainer/recipes.py; None: `lab` on a GPU, the CPU smoke run without
     data_from: str | None = None  # a local copy of the recipe's data (its public format), uploaded
@@ -212,6 +214,8 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     if options.workdir and not Path(options.workdir).is_dir():
         raise ProviderError(f"--workdir {options.workdir}: no such directory")
     check_recipe_input(options)
+    if options.spot_fallback and not options.spot:
+        raise LaunchError("--spot-fallback goes with --spot: it says what to rent when spot is not to be had")
     check_trainer_input(options)
     budgets = load_budgets(options.budgets)
     provider = get_provider(options.provider, **options.provider_options())
@@ -220,6 +224,11 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     for gpu in split_gpus(options.gpu) or [None]:
         offers += provider.offers(gpu=gpu, count=options.gpus, spot=options.spot)
     ranked = rank_offers(offers, options.gpu)[:MAX_CANDIDATES]
+    if options.spot and options.spot_fallback:  # then the same GPUs on-demand
+        on_demand: list[Offer] = []
+        for gpu in split_gpus(options.gpu) or [ranked[0].gpu]:
+            on_demand += provider.offers(gpu=gpu, count=options.gpus, spot=False)
+        ranked += [o for o in rank_offers(on_demand, options.gpu or ranked[0].gpu) if o not in ranked][:MAX_CANDIDATES]
     accepted: list[tuple[Offer, Allowance]] = []
     skipped: list[tuple[Offer, str]] = []
     first_refusal: Exception | None = None

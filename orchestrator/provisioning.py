@@ -50,6 +50,12 @@ MAX_BOOT_S = 900.0  # one attempt that has not come up in 15 minutes is stuck, w
 
 
 def failed_boots_usd(attempts: list[dict[str, Any]]) -> float:
+    """What boots that never came up cost (a preempted attempt did boot: it is not counted here)."""
+    return sum(float(a.get("cost_usd") or 0.0) for a in attempts if a.get("cause", "boot") == "boot")
+
+
+def attempts_usd(attempts: list[dict[str, Any]]) -> float:
+    """What every earlier attempt of the run cost: failed boots and preempted instances."""
     return sum(float(a.get("cost_usd") or 0.0) for a in attempts)
 
 
@@ -65,14 +71,17 @@ def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
     return min(MAX_BOOT_S, max(bought, float(allowance.billing.billed_seconds(1))))
 
 
-def provision(ctl: Controller) -> Instance:
-    """The run's instance, created and reachable; RunFailed naming every offer tried when none came up."""
+def provision(ctl: Controller, resume: bool = False) -> Instance:
+    """The run's instance, created and reachable; RunFailed naming every offer tried when none came up.
+
+    resume: after a preemption (orchestrator.recovery): the current offer is tried again first,
+    with what is left of the cap after every earlier attempt."""
     candidates = [ctl.offer, *ctl.record.fallbacks]
     failures: list[str] = []
     for n, offer in enumerate(candidates, 1):
-        if n > 1:
+        if n > 1 or resume:
             try:
-                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=failed_boots_usd(ctl.record.attempts))
+                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=attempts_usd(ctl.record.attempts))
             except BudgetError as exc:
                 failures.append(f"{n}. {offer_label(offer)}: not tried: {exc}")
                 break
@@ -114,7 +123,7 @@ def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float, last: 
 def _record(ctl: Controller, n: int, offer: Offer, instance_id: str | None, reason: str,
             created_at: float, gone_at: float, cost_usd: float, **evidence: Any) -> None:
     attempt = {
-        "attempt": n, "offer": offer_label(offer), "instance_type": offer.instance_type, "region": offer.region,
+        "attempt": len(ctl.record.attempts) + 1, "cause": "boot", "offer": offer_label(offer), "instance_type": offer.instance_type, "region": offer.region,
         "usd_per_hour": offer.total_usd_per_hour, "instance_id": instance_id, "reason": reason,
         "created_at": created_at, "gone_at": gone_at, "cost_usd": cost_usd, **evidence,
     }

@@ -278,6 +278,27 @@ class SSHTransport:
         self._call(go)
         log.info("uploaded %d files (%d bytes) to %s/%s", len(files), total, self.root, sub)
 
+    def push_files(self, files: list[Path], remote_subdir: str) -> None:
+        """SFTP, file by file into a .partial name then renamed: a big checkpoint streams, and a drop
+        mid-way never leaves a truncated file under the real name."""
+        sub = remote_subdir.strip("/")
+        if not sub or ".." in sub.split("/"):
+            raise ValueError(f"remote_subdir must be a relative path inside the run root: {remote_subdir!r}")
+        res = self.run(f"mkdir -p {self._q(sub)}", timeout_s=30)
+        if not res.ok:
+            raise RuntimeError(f"push to {self.root}/{sub}: mkdir failed: {res.stderr.strip()[-300:]}")
+        sftp = self.open_sftp()
+        try:
+            home = sftp.normalize(".")
+            base = f"{self.root}/{sub}".replace("~", home, 1) if self.root.startswith("~") else f"{self.root}/{sub}"
+            for src in files:
+                part = f"{base}/{src.name}.partial"
+                sftp.put(str(src), part)
+                sftp.posix_rename(part, f"{base}/{src.name}")
+        finally:
+            sftp.close()
+        log.info("pushed %d files to %s/%s", len(files), self.root, sub)
+
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None:
         """Write atomically (temp + rename); a relative path is taken under root."""
         path = remote_path if remote_path.startswith("/") else f"{self.root}/{remote_path}"

@@ -44,6 +44,7 @@ from providers.aws.network import (
     undo_launch_setup,
 )
 from providers.aws.placement import refused_zone, zone_subnets
+from providers.aws.preemption import preempted, spot_request_status
 from providers.aws.quota import check_vcpu_quota
 from providers.base import (
     NOT_FOUND,
@@ -468,7 +469,8 @@ class AWSProvider(Provider):
     # ---- read / terminate / list
 
     def _to_instance(self, desc: dict[str, Any], *, usd_per_hour: float | None = None,
-                     volume_gb: dict[str, int] | None = None) -> Instance:
+                     volume_gb: dict[str, int] | None = None,
+                     spot_request: dict[str, Any] | None = None) -> Instance:
         tags = _tags(desc)
         itype = desc.get("InstanceType", "")
         state_name = (desc.get("State") or {}).get("Name", "")
@@ -499,12 +501,17 @@ class AWSProvider(Provider):
             "tags": tags,
             "region": self.region,
         }
+        if spot_request is not None:
+            raw["spot_request_status"] = jsonable(spot_request)
+        boot = boot_failure(desc)
         return Instance(
             id=desc["InstanceId"], provider=self.name, state=_STATES.get(state_name, PENDING),
             run_id=tags.get(TAG_RUN_ID), name=tags.get("Name", ""), instance_type=itype, gpu_count=gpu_count,
             created_at=launched.timestamp() if launched else None, usd_per_hour=usd_per_hour,
             ssh=SSHEndpoint(host, 22, self.ssh_user) if host and state_name in ("pending", "running") else None,
-            raw=raw, boot_failure=boot_failure(desc),
+            raw=raw, boot_failure=boot,
+            # A launch EC2 ended before it booted is a boot failure, not a preemption.
+            preempted="" if boot else preempted(desc, spot_request),
         )
 
     def _hourly_for(self, desc: dict[str, Any], tags: dict[str, str],
@@ -532,7 +539,8 @@ class AWSProvider(Provider):
         ]
         if not descs:
             return Instance(id=instance_id, provider=self.name, state=NOT_FOUND)
-        return self._to_instance(descs[0])
+        # An ended spot instance whose StateReason is not conclusive: its spot request's status says.
+        return self._to_instance(descs[0], spot_request=spot_request_status(self.api, descs[0]))
 
     def terminate(self, instance_id: str) -> dict[str, Any]:
         requested_at = datetime.now(timezone.utc).isoformat()

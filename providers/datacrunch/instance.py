@@ -52,6 +52,7 @@ from providers.datacrunch.api import (
     body_of,
     sdk_paths,
 )
+from providers.datacrunch.preemption import PreemptionWatch
 
 # The image the SDK's own examples deploy: Ubuntu 24.04 + NVIDIA open driver + CUDA 12.8 (+ docker).
 # PyTorch is not in it; bootstrap installs torch where missing. Override with image= / DATACRUNCH_IMAGE.
@@ -188,6 +189,8 @@ class DataCrunchProvider(Provider):
         self.watchdog_client_secret = watchdog_client_secret or first_env(ENV_WATCHDOG_SECRET)
         self.self_destruct_timeout_s = int(self_destruct_timeout_s)
         self.self_destruct_pause_s = float(self_destruct_pause_s)
+        # Which deletes were ours: the API does not say who discontinued a spot instance (preemption.py).
+        self.preemption = PreemptionWatch()
 
     def check_credentials(self) -> None:
         self.api.check_credentials()
@@ -239,6 +242,7 @@ class DataCrunchProvider(Provider):
         m = _HOSTNAME_RE.match(hostname) or _DESC_RE.search(str(raw.get("description") or ""))
         ip = raw.get("ip")
         price = catalog.decimal_or_none(raw.get("price_per_hour"))
+        self.preemption.observe(raw)
         return Instance(
             id=str(raw.get("id")), provider=self.name, state=state, run_id=m.group(1) if m else None,
             name=hostname, instance_type=str(raw.get("instance_type") or ""),
@@ -256,10 +260,17 @@ class DataCrunchProvider(Provider):
             return None
 
     def get(self, instance_id: str) -> Instance:
+        """The instance as the API shows it; `preempted` set for a spot instance leaving (deleting,
+        discontinued, 404) that this provider never sent a delete for."""
         raw = self._get_raw(instance_id)
+        verdict = self.preemption.verdict(instance_id, raw)
         if raw is None:
-            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND, raw={"status": 404})
-        return self._to_instance(raw)
+            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND, raw={"status": 404},
+                            preempted=verdict.preempted)
+        inst = self._to_instance(raw)
+        inst.preempted = verdict.preempted
+        inst.boot_failure = inst.boot_failure or verdict.boot_failure
+        return inst
 
     def list_owned(self) -> list[Instance]:
         rows = self.api.request("get", sdk_paths().instances).json()
@@ -443,6 +454,7 @@ class DataCrunchProvider(Provider):
         record: dict[str, Any] = {"action": "delete", "instance_id": instance_id,
                                   "request": {"method": "PUT", "path": endpoint, "json": payload,
                                               "time": time.time()}}
+        self.preemption.deleting(instance_id)  # before sending: a delete that lands unanswered is still ours
         try:
             resp = self.api.request("put", endpoint, json_body=payload)
         except DataCrunchNotFound as exc:

@@ -58,6 +58,7 @@ from providers.runpod.catalog import (
     storage_usd_per_hour,
 )
 from providers.runpod.inventory import inventory as account_inventory
+from providers.runpod.preemption import preemption_reason
 from providers.runpod.self_destruct import api_base_default, pid1_environ_default, self_destruct_shell
 from providers.runpod.spot import rent_interruptable
 from providers.runpod.ssh_start import check_ssh_setup, docker_args_for
@@ -218,6 +219,7 @@ class RunPodProvider(Provider):
             usd_per_hour=to_float(pod.get("costPerHr")),
             ssh=endpoint_from_runtime(pod.get("runtime")) if state == RUNNING else None,
             raw=pod,
+            preempted=preemption_reason(pod),  # an interruptible pod the platform stopped
         )
 
     def ssh_endpoint(self, instance: Instance) -> SSHEndpoint | None:

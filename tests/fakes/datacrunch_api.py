@@ -15,11 +15,11 @@ shape of the POST /instances body), `pending_s` (an order waits for capacity), `
 (orders that end in no_capacity), `refuse_create_where` (a create refused for capacity),
 `spot_availability`, `refuse_delete_in`, `min_deploy_balance`, `lost_create_answers` (a create that
 lands but answers 503), `volume_price_field` (the /volume-types price in its current or legacy
-spelling), `list_purged_in_trash`; and methods: 5xx / slow answers for the
-next N calls, a 207 that silently does nothing for one id, `reclaim_spot` (the cloud takes a spot
-instance back), and what someone else's account holds: `add_instance` (any hostname, any status:
-a non-gpurun instance, an `offline` one), `shut_down`, `add_volume` (a detached volume) and
-`trash_volume`. Volumes are also made and deleted over HTTP (POST /volumes, DELETE /volumes/{id}
+spelling), `list_purged_in_trash`, `preempt_after_s` (spot instances reclaimed that long after they
+run); and methods: 5xx / slow answers for the next N calls, a 207 that silently does nothing for one
+id, `reclaim_spot` (the cloud takes a spot instance back now: `discontinued`, no delete recorded), and
+what someone else's account holds: `add_instance` (any hostname, any status: a non-gpurun instance,
+an `offline` one), `shut_down`, `add_volume` (a detached volume) and `trash_volume`. Volumes are also made and deleted over HTTP (POST /volumes, DELETE /volumes/{id}
 to the trash or permanently), and GET /volumes/trash lists the trash.
 
 There is no billing endpoint here because the real API has none: no per-instance cost, usage,
@@ -199,6 +199,7 @@ class FakeInstance:
     billing_stopped: float | None = None
     delete_requests: int = 0
     ends_in_no_capacity: bool = False
+    reclaimed_at: float | None = None  # when the platform took this spot instance back (not our delete)
 
 
 @dataclass
@@ -263,6 +264,9 @@ class FakeDataCrunchAPI:
     # GET /volumes/trash also lists volumes deleted permanently, flagged `is_permanently_deleted` (Go SDK
     # VolumeInTrash.IsPermanentlyDeleted; verda-cli cmd/volume/trash.go shows them "(permanently deleted)").
     list_purged_in_trash: bool = True
+    # Spot instances are reclaimed (spot-discontinued by the platform, see reclaim_spot) this many seconds
+    # after they reach `running`; None: only on request. On-demand instances never are.
+    preempt_after_s: float | None = None
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
@@ -330,24 +334,38 @@ class FakeDataCrunchAPI:
             self._silent_delete_fail.add(instance_id)
 
     def reclaim_spot(self, instance_id: str) -> None:
-        """The cloud takes a spot instance back: it is discontinued, and each of its volumes follows its
-        `on_spot_discontinue` (keep_detached, the default, keeps it detached and billing; move_to_trash;
-        delete_permanently). verda/instances/_instances.py OSVolume; Go SDK SpotDiscontinue* constants."""
+        """The cloud takes a spot instance back now (see _reclaim). Only a spot instance can be: the
+        discontinue policy exists only with is_spot (verda-cli cmd/vm/create.go: "--os-volume-on-spot-
+        discontinue requires --is-spot"). No delete is recorded: `delete_requests` stays what gpurun sent."""
         with self.lock:
             inst = self.instances[instance_id]
             now = time.time()
-            self._set_status(inst, "discontinued", now)
-            inst.billing_stopped, inst.body["ip"] = now, None
-            for vid, vol in list(self.volumes.items()):
-                if vol.get("instance_id") != instance_id:
-                    continue
-                policy = vol.get("_on_spot_discontinue") or "keep_detached"
-                if policy == "delete_permanently":
-                    self._purge(vid, now)
-                elif policy == "move_to_trash":
-                    self._to_trash(vid, now)
-                else:
-                    vol["instance_id"], vol["status"] = None, "detached"
+            self._advance(inst, now)
+            if not inst.body.get("is_spot"):
+                raise ValueError(f"{instance_id} is on-demand: the platform only reclaims spot instances")
+            if inst.status in ("deleting", "discontinued"):
+                raise ValueError(f"{instance_id} is already {inst.status}")
+            self._reclaim(inst, now)
+
+    def _reclaim(self, inst: FakeInstance, at: float) -> None:
+        """A spot discontinue: the instance goes straight to `discontinued` (the Go SDK's StatusDiscontinued,
+        the only end status; no preempted / reclaimed status exists in either SDK), keeps is_spot and
+        contract SPOT in GET /instances/{id}, loses its ip, stops billing, and each of its volumes follows
+        its `on_spot_discontinue` (keep_detached, the default, keeps it detached and billing; move_to_trash;
+        delete_permanently): verda/instances/_instances.py OSVolume; Go SDK SpotDiscontinue* constants.
+        Whether the real API walks a reclaim through `deleting` first is not documented."""
+        self._set_status(inst, "discontinued", at)
+        inst.billing_stopped, inst.reclaimed_at, inst.body["ip"] = at, at, None
+        for vid, vol in list(self.volumes.items()):
+            if vol.get("instance_id") != inst.id:
+                continue
+            policy = vol.get("_on_spot_discontinue") or "keep_detached"
+            if policy == "delete_permanently":
+                self._purge(vid, at)
+            elif policy == "move_to_trash":
+                self._to_trash(vid, at)
+            else:
+                vol["instance_id"], vol["status"] = None, "detached"
 
     def billed_volumes(self) -> list[dict[str, Any]]:
         """Every volume that still bills: attached, detached or in the trash."""
@@ -451,6 +469,8 @@ class FakeDataCrunchAPI:
             return self.ordered_s, "provisioning"
         if inst.status == "pending":
             return self.pending_s, "no_capacity" if inst.ends_in_no_capacity else "provisioning"
+        if inst.status == "running" and inst.body.get("is_spot") and self.preempt_after_s is not None:
+            return self.preempt_after_s, "discontinued"  # the platform's reclaim (_advance -> _reclaim)
         steps = {"provisioning": (self.provisioning_s, "running"), "deleting": (self.deleting_s, "discontinued")}
         return steps.get(inst.status)
 
@@ -460,6 +480,9 @@ class FakeDataCrunchAPI:
             at = inst.status_since + delay
             if now < at:
                 return
+            if inst.status == "running" and nxt == "discontinued":
+                self._reclaim(inst, at)
+                continue
             self._set_status(inst, nxt, at)
             if nxt == "running":
                 inst.body["ip"] = self.ip

@@ -58,6 +58,25 @@ Inventory (issue 15): `add_pod(name, volume_gb=..., stopped_s=...)` adds a pod m
 the volume keeps billing at the stopped rate until the pod is terminated); `add_network_volume(name,
 size_gb)` adds a network volume, listed by `myself { networkVolumes { id name size dataCenterId } }`
 (runpodctl api/volume.go GetNetworkVolumes; runpod-python api/queries/user.py).
+
+Preemption (issue 16): RunPod takes interruptible pods back ("can be stopped at any time to free up
+resources for another Pod", REST v1 Pod.interruptible, runpod/docs api-reference/openapi.json).
+- `preempt(pod_id, text="Outbid")`: the platform stops that spot pod now. What `pod` then answers:
+  the pod is still there (the volume "is retained even if your Spot instance is interrupted",
+  pods/pricing.mdx before runpod/docs commit 8e5aebdb; a stopped spot pod is resumed with podBidResume,
+  sdks/graphql/manage-pods.mdx, same commit), `desiredStatus` EXITED, `runtime` null,
+  `podType` INTERRUPTABLE and `lastStatusChange` "<text>: <date>". The text for a reclaim is not
+  published; "Outbid" is what third-party clients report, "Exited by Runpod" another reading.
+  Billing: the GPU stops billing at that moment (the meter ends), the volume bills at the stopped rate
+  while the pod exists, the container disk is not charged (docs.runpod.io/pods/pricing).
+- `preempt_after_s` (None: never): every interruptible pod is taken back that many seconds after it
+  starts running (its runtime appears, after `boot_delay_s`), dated exactly then, however late the
+  next request comes.
+Each pod records who ended it first (`ended_by`: "account" for the user's key - gpurun's podTerminate
+/ podStop, or the console -, "pod" for its own key - the self-destruct -, "platform" for a reclaim),
+who sent podTerminate (`terminated_by`), and its `lastStatusChange` follows ("Rented by User: <date>",
+"Exited by user: <date>", "Terminated by user: <date>", the wording third-party clients report; the
+openapi.json example is "Rented by User: Fri Jul 12 2024 15:14:40 GMT-0400 (Eastern Daylight Time)").
 """
 
 from __future__ import annotations
@@ -160,6 +179,9 @@ class FakePod:
     gone: bool = False
     stopped_at: float | None = None  # podStop: the GPU stops billing, the volume bills at the stopped rate
     gone_at: float | None = None  # terminated: nothing bills any more
+    last_status_change: str = "Rented by User"  # dated at create (FakeRunPodAPI._status_text)
+    ended_by: str | None = None  # who ended it first: "account", "pod" (its own key) or "platform" (reclaim)
+    terminated_by: str | None = None  # who sent podTerminate: "account" or "pod"
 
     @property
     def sshd_started(self) -> bool:
@@ -232,6 +254,8 @@ class FakeRunPodAPI:
         self._delays: list[float] = []
         self._lost_answers: dict[str, int] = {}
         self._sticky_next = 0
+        # Preemption: interruptible pods are taken back this many seconds after they start running.
+        self.preempt_after_s: float | None = None
         # Billing history (GET /v2/billing/pods): see the module docstring.
         self.billing_lag_s = 0.0
         self.billing_cycle_s = 0.0
@@ -308,6 +332,38 @@ class FakeRunPodAPI:
         with self._lock:
             self._sticky_next = polls
 
+    def preempt(self, pod_id: str, text: str = "Outbid") -> FakePod:
+        """The platform takes this interruptible pod back now (see "Preemption" in the module docstring)."""
+        with self._lock:
+            pod = self.pods[pod_id]
+            if not pod.spot:
+                raise ValueError(f"pod {pod_id} is on-demand: RunPod does not take those back")
+            if pod.gone or pod.desired_status != "RUNNING":
+                raise ValueError(f"pod {pod_id} is not running ({pod.desired_status})")
+            self._reclaim(pod, time.monotonic(), text)
+            return pod
+
+    def _reclaim(self, pod: FakePod, at: float, text: str = "Outbid") -> None:
+        self._stop(pod, at=at, by="platform", text=text)
+
+    def _reclaim_due(self) -> None:
+        """Apply `preempt_after_s` to every interruptible pod whose time has come (called under the lock
+        before anything reads pods), dated when it was due so the meter stops exactly there."""
+        if self.preempt_after_s is None:
+            return
+        now = time.monotonic()
+        for pod in self.pods.values():
+            due = pod.started + self.boot_delay_s + float(self.preempt_after_s)
+            # A pod we already asked to terminate (a sticky terminate still running) is ours, not reclaimed.
+            if (pod.spot and not pod.gone and pod.desired_status == "RUNNING" and pod.terminate_requests == 0
+                    and now >= due):
+                self._reclaim(pod, due)
+
+    def _status_text(self, event: str, at: float) -> str:
+        """lastStatusChange: "<event>: <JavaScript Date string>" (openapi.json Pod.lastStatusChange)."""
+        stamp = datetime.fromtimestamp(at + self._wall_offset, tz=timezone.utc)
+        return f"{event}: {stamp.strftime('%a %b %d %Y %H:%M:%S')} GMT+0000 (Coordinated Universal Time)"
+
     def set_stock_status(self, gpu_id: str, cloud: str, status: str | None) -> None:
         """What lowestPrice reports for `gpu_id` in `cloud` ("SECURE", "COMMUNITY" or "ALL" for both)."""
         assert status is None or status in STOCK_LEVELS, status
@@ -334,10 +390,12 @@ class FakeRunPodAPI:
 
     def live_pods(self) -> list[FakePod]:
         with self._lock:
+            self._reclaim_due()
             return [p for p in self.pods.values() if not p.gone]
 
     def meter_usd(self, pod_id: str | None = None) -> float:
         with self._lock:
+            self._reclaim_due()
             now = time.monotonic()
             pods = [self.pods[pod_id]] if pod_id else list(self.pods.values())
             return sum(p.cost(now) for p in pods)
@@ -355,16 +413,17 @@ class FakeRunPodAPI:
                       usd_per_hour=float(t.get("securePrice") or t.get("communityPrice")) * gpu_count,
                       container_disk_gb=container_disk_gb, volume_gb=volume_gb, env={}, spot=False,
                       pod_key="rpa_POD" + secrets.token_hex(12), ports="22/tcp", started=now - age_s)
+        pod.last_status_change = self._status_text("Rented by User", pod.started)
         with self._lock:
             self.pods[pod.id] = pod
             if stopped_s is not None:
-                self._stop(pod, at=now - min(stopped_s, age_s))
+                self._stop(pod, at=now - min(stopped_s, age_s), by="account")
         return pod
 
     def stop_pod(self, pod_id: str) -> None:
         """podStop, without a request: the pod stays listed (EXITED) and its volume keeps billing."""
         with self._lock:
-            self._stop(self.pods[pod_id])
+            self._stop(self.pods[pod_id], by="account")
 
     def add_network_volume(self, name: str, size_gb: int, data_center_id: str = "EU-RO-1") -> dict[str, Any]:
         """A network volume (NetworkVolume: id, name, size in GB, dataCenterId)."""
@@ -376,12 +435,14 @@ class FakeRunPodAPI:
     def billed_usd(self, pod_id: str | None = None) -> float:
         """What the billing history reports now for `pod_id` (or every pod): lag, cycle and factor applied."""
         with self._lock:
+            self._reclaim_due()
             mono_now, cutoff = self._billing_cutoff()
             pods = [self.pods[pod_id]] if pod_id else list(self.pods.values())
             return sum(sum(self._amounts(p, p.started, mono_now, cutoff)) for p in pods)
 
     def billed_seconds(self, pod_id: str) -> int:
         with self._lock:
+            self._reclaim_due()
             return self.pods[pod_id].billed_seconds()
 
     @property
@@ -493,6 +554,7 @@ class FakeRunPodAPI:
     def _resolve(self, kind: str, name: str, args: dict[str, Any], principal: tuple[str, str | None]) -> Any:
         inp = args.get("input") or {}
         with self._lock:
+            self._reclaim_due()
             if kind == "query" and name == "gpuTypes":
                 types = self.gpu_types
                 if inp.get("id") is not None:
@@ -510,7 +572,7 @@ class FakeRunPodAPI:
                 return self._terminate(str(inp.get("podId")), principal)
             if kind == "mutation" and name == "podStop":
                 pod = self._own_pod(str(inp.get("podId")), principal, "pod not found to stop")
-                self._stop(pod)
+                self._stop(pod, by=principal[0])
                 return self._pod_view(pod)
         raise _QueryFail(f'Cannot query field "{name}" on type "{kind.capitalize()}".', 400)
 
@@ -591,7 +653,7 @@ class FakeRunPodAPI:
             "vcpuCount": pod.vcpu_count,
             "dockerArgs": pod.docker_args,
             "dockerId": None,
-            "lastStatusChange": "Rented by User",
+            "lastStatusChange": pod.last_status_change,
             "podType": "INTERRUPTABLE" if pod.spot else "RESERVED",
             "port": None,
             "ports": pod.ports,
@@ -659,6 +721,7 @@ class FakeRunPodAPI:
             start_ssh=bool(inp.get("startSsh")),
             ports=str(inp.get("ports") or ""),
         )
+        pod.last_status_change = self._status_text("Rented by User", pod.started)
         self.pods[pod.id] = pod
         if self.pid1_environ is not None:
             self._write_container_environ(pod)
@@ -681,16 +744,20 @@ class FakeRunPodAPI:
             raise _QueryFail("Forbidden: this key may only act on its own pod")
         return pod
 
-    def _stop(self, pod: FakePod, at: float | None = None) -> None:
+    def _stop(self, pod: FakePod, at: float | None = None, by: str = "account", text: str = "") -> None:
+        """The GPU is released (the meter ends), the volume stays and bills at the stopped rate."""
         at = time.monotonic() if at is None else at
         pod.desired_status = "EXITED"
         pod.ended = pod.ended or at
         pod.stopped_at = pod.stopped_at or at
+        pod.ended_by = pod.ended_by or by
+        pod.last_status_change = self._status_text(text or "Exited by user", at)
 
     def _finish(self, pod: FakePod) -> None:
         pod.gone = True
         pod.desired_status = "TERMINATED"
         now = time.monotonic()
+        pod.last_status_change = self._status_text("Terminated by user", now)  # never shown: `pod` is null
         if pod.ended is None:
             pod.ended = now
         pod.gone_at = pod.gone_at or now
@@ -698,6 +765,8 @@ class FakeRunPodAPI:
     def _terminate(self, pod_id: str, principal: tuple[str, str | None]) -> None:
         pod = self._own_pod(pod_id, principal, "pod not found to terminate")
         pod.terminate_requests += 1
+        pod.terminated_by = pod.terminated_by or principal[0]
+        pod.ended_by = pod.ended_by or principal[0]  # a pod reclaimed first stays the platform's
         if pod.terminate_requests == 1 and self._sticky_next > 0:
             pod.sticky_polls = self._sticky_next  # answers OK, keeps running (and billing) a while
             self._sticky_next = 0
@@ -830,6 +899,7 @@ class FakeRunPodAPI:
             if url.path.rstrip("/") != "/v2/billing/pods":
                 raise _QueryFail(f"no route {url.path} (the fake models GET /v2/billing/pods only)", 404)
             with self._lock:
+                self._reclaim_due()
                 body = self._pod_billing(parse_qs(url.query), principal)
         except _QueryFail as exc:
             record["status"] = exc.http_status

@@ -10,18 +10,23 @@ interface of providers/base.py, so that every path of orchestrator.provisioning 
 
 `boot` is one of: "ok" (runs at once), "no_capacity" (create raises NoCapacityError, nothing made),
 "boot_failure" (made, then `get` says it never will boot), "pending" (made, stays pending: only
-the boot window ends it), "vanishes" (made, then not found while booting).
+the boot window ends it), "vanishes" (made, then not found while booting). An offer with
+`"spot": true, "preempt_after_s": N` runs, and N seconds after its job started the "cloud" takes it back:
+its processes die and `get` says preempted (stopped, not gone, until gpurun terminates it); with
+`"preempt_once": true` only the run's first instance of it is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from providers.base import NOT_FOUND, PENDING, Instance, InstanceSpec, NoCapacityError, Offer
+from providers.base import NOT_FOUND, PENDING, STOPPED, Instance, InstanceSpec, NoCapacityError, Offer
 from providers.local import LocalProvider
 
 
@@ -40,26 +45,54 @@ class ShelfProvider(LocalProvider):
     def offers(self, gpu: str | None = None, count: int = 1, spot: bool = False) -> list[Offer]:
         return [Offer(provider=self.name, gpu=o["gpu"], gpu_count=1, instance_type=f"{o['gpu']}-box",
                       usd_per_hour=float(o["usd_per_hour"]), region=o["region"], price_source="scripted",
-                      available=o.get("available", True), details={"boot": o["boot"]})
+                      available=o.get("available", True), spot=bool(o.get("spot")),
+                      details={"boot": o["boot"], "preempt_after_s": o.get("preempt_after_s"),
+                               "preempt_once": o.get("preempt_once", False)})
                 for o in _script()]
 
     def create(self, spec: InstanceSpec) -> Instance:
         boot = spec.offer.details["boot"]
         if boot == "no_capacity":
             raise NoCapacityError(f"no {spec.offer.gpu} left in {spec.offer.region}")
-        # One sandbox per attempt: the same run tries several offers.
-        iid = f"local-{spec.run_id}-{spec.offer.region}"
+        # One sandbox per attempt: the same run tries several offers, and one offer again after a preemption.
+        iid = f"local-{spec.run_id}-{spec.offer.region}-a{spec.attempt}"
         sandbox = self._sandbox(iid)
         sandbox.mkdir(parents=True, exist_ok=True)
         (sandbox / "pgids").touch()
         info = {"id": iid, "run_id": spec.run_id, "name": spec.name, "created_at": time.time(),
-                "usd_per_hour": spec.offer.usd_per_hour, "gpu_count": 1, "boot": boot}
+                "usd_per_hour": spec.offer.usd_per_hour, "gpu_count": 1, "boot": boot,
+                # "preempt_once": only the offer's first instance is taken back (the spot market calmed).
+                "preempt_after_s": None if spec.offer.details.get("preempt_once") and spec.attempt > 1
+                else spec.offer.details.get("preempt_after_s")}
         (sandbox / "instance.json").write_text(json.dumps(info))
+        if info["preempt_after_s"] is not None:  # the cloud acts on its own clock, asked or not
+            threading.Thread(target=self._reclaim, args=(iid, float(info["preempt_after_s"])), daemon=True).start()
         return self.get(iid)
+
+    def _reclaim(self, instance_id: str, after_s: float) -> None:
+        # N seconds after the job started there (however long the boot took), or never if it is gone.
+        sandbox = self._sandbox(instance_id)
+        while not (sandbox / "job.pid").exists():
+            if (sandbox / "terminated").exists():
+                return
+            time.sleep(0.2)
+        time.sleep(after_s)
+        if (sandbox / "terminated").exists():
+            return
+        (sandbox / "preempted").write_text(str(time.time()))
+        for pgid in self.pgids(instance_id):  # the machine is gone from under the job
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def get(self, instance_id: str) -> Instance:
         inst = super().get(instance_id)
         boot = inst.raw.get("boot", "ok")
+        if not inst.gone and (self._sandbox(instance_id) / "preempted").exists():
+            inst.state = STOPPED
+            inst.preempted = "the cloud reclaimed the spot instance"
+            return inst
         if inst.gone or boot == "ok":
             return inst
         if boot == "vanishes":

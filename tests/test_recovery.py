@@ -1,0 +1,99 @@
+"""Spot recovery (orchestrator/recovery.py): a preempted instance is verified gone, the run resumes
+on the next offer from the checkpoint that came home, and every attempt stays inside one cap.
+Driven through the scripted provider of tests/fakes/shelf_provider.py with the real trainer; the
+providers' own preemption signals against their API fakes are in tests/test_<provider>_preemption.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.ledger import Ledger
+from orchestrator.lifecycle import Controller
+from orchestrator.phases import is_phase
+from orchestrator.plan import LaunchError, LaunchOptions, make_plan
+from orchestrator.run_record import RunRecord
+
+PRICE = 3.6  # USD/h: 0.001 USD a second
+TRAIN = ["--max-iters", "400", "--log-interval", "10", "--eval-interval", "100000", "--eval-iters", "2",
+         "--ckpt-interval-s", "1", "--sample-tokens", "10"]
+
+
+@pytest.fixture(autouse=True)
+def shelf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPURUN_PROVIDERS", "shelf=tests.fakes.shelf_provider:ShelfProvider")
+
+
+def stock(monkeypatch: pytest.MonkeyPatch, *offers: dict[str, Any]) -> None:
+    monkeypatch.setenv("GPURUN_SHELF", json.dumps(list(offers)))
+
+
+def budgets(tmp_path: Path, min_runtime_s: int = 5) -> str:
+    path = tmp_path / "budgets.yaml"
+    path.write_text("per_run_default_usd: 1\nper_run_max_usd: 20\ndaily_usd: null\nmonthly_usd: null\n"
+                    f"reserve_s: 10\nmin_runtime_s: {min_runtime_s}\n"
+                    "providers:\n  shelf:\n    billing: {increment_s: 1, minimum_s: 0, source: test}\n")
+    return str(path)
+
+
+def launch(tmp_path: Path, **kw: Any) -> Controller:
+    if "budgets" not in kw:  # (setdefault would write the default file over the one given)
+        kw["budgets"] = budgets(tmp_path)
+    opts = LaunchOptions(**{**dict(provider="shelf", max_usd=0.5, spot=True, runs_dir=str(tmp_path / "runs"),
+                                   trainer_args=TRAIN, sync_interval_s=1.0), **kw})
+    ctl = Controller.create(Ledger(), make_plan(opts))
+    ctl.launch(attach=True)
+    return ctl
+
+
+def test_a_preempted_spot_run_resumes_from_its_checkpoint_on_the_same_offer(tmp_path, monkeypatch) -> None:
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
+                        "preempt_after_s": 12, "preempt_once": True},
+          {"gpu": "H100", "region": "r2", "usd_per_hour": PRICE * 1.5, "boot": "ok", "spot": True})
+    ctl = launch(tmp_path, gpu="H100")
+    run = ctl.refresh()
+    assert run.phase == "verified" and run.job_exit_code == 0, (run.end_reason, run.error)
+    (lost,) = RunRecord.of_run(run).attempts
+    assert lost["cause"] == "preempted" and "reclaimed" in lost["reason"] and lost["cost_usd"] > 0
+    names = [e.phase for e in Ledger().events(run.run_id)]
+    # Preempted -> the lost instance asked to go -> created again -> resumed -> verified.
+    assert names.index("preempted") < names.index("terminate_request") < len(names) - 1
+    phases = [n for n in names if is_phase(n)]
+    assert phases.count("creating") == 2 and phases.count("running") == 2 and phases[-1] == "verified"
+    resuming = next(e for e in Ledger().events(run.run_id) if e.phase == "resuming")
+    assert resuming.payload["step"] and resuming.payload["step"] > 0
+    log = (Path(run.run_dir) / "out" / "train.log").read_text()
+    assert f"resumed: checkpoints/{resuming.payload['checkpoint']} at step {resuming.payload['step']}" in log
+    assert "stopped: max_iters" in log or "max_iters" in log
+    # Both instances in the ledger and the proof, each verified gone; all of it inside the one cap.
+    proof = json.loads((Path(run.run_dir) / "shutdown_proof.json").read_text())
+    assert len(proof["instance_ids"]) == 2 and proof["verified"] is True
+    assert [a["cause"] for a in proof["attempts"]] == ["preempted"]
+    assert run.cost_usd is not None and lost["cost_usd"] < run.cost_usd <= 0.5
+
+
+def test_a_preemption_the_rest_of_the_cap_cannot_carry_ends_the_run_cleanly(tmp_path, monkeypatch) -> None:
+    # 0.1 USD at 0.001 USD/s: 100 s, and a run needs 85 s of training + 10 s reserve: 5 s to spare.
+    # The preemption comes 5 s after the job started (boot and bootstrap came first), so what is left
+    # is under 95 s on this offer, and less on the pricier next one: not resumed, whatever the timing.
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
+                        "preempt_after_s": 5},
+          {"gpu": "H100", "region": "r2", "usd_per_hour": PRICE * 1.5, "boot": "ok", "spot": True})
+    endless = [*TRAIN[:1], "1000000", *TRAIN[2:]]  # only the guard or the preemption ends it
+    ctl = launch(tmp_path, gpu="H100", max_usd=0.1, budgets=budgets(tmp_path, min_runtime_s=85), trainer_args=endless)
+    run = ctl.refresh()
+    assert run.phase == "verified" and run.end_reason is not None
+    assert run.end_reason.startswith("preempted") and "not resumed" in run.end_reason, run.end_reason
+    assert "raise --max-usd" in run.end_reason
+    assert len(Ledger().instances(run.run_id)) == 1  # nothing else was rented
+    assert all(r.state in ("terminated", "not_found") for r in Ledger().instances(run.run_id))
+    assert run.cost_usd is not None and run.cost_usd <= 0.1
+
+
+def test_spot_fallback_needs_spot(tmp_path, monkeypatch) -> None:
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok"})
+    with pytest.raises(LaunchError, match="--spot-fallback goes with --spot"):
+        make_plan(LaunchOptions(provider="shelf", max_usd=0.5, spot_fallback=True, budgets=budgets(tmp_path)))
