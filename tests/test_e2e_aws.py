@@ -90,11 +90,11 @@ def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any) -> Non
 def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E2E,  # noqa: F811
                                                                           aws: Any) -> None:
     # 36 USD/h: 1 USD buys 99 s (the 60 s minimum fits); a 70 s reserve has the guard stop at ~29 s.
-    # The watchdog (whose AWS self-destruct is `sudo shutdown -h now`) would fire at ~64 s: the
-    # timeout kills a hung launch before that, and the e2e fixture then kills the watchdog.
+    # The watchdog's self-destruct is the e2e fixture's harmless marker command (GPURUN_SELF_DESTRUCT_CMD),
+    # so a launch slowed by a busy machine may take its whole reserve: the timeout is only a hang guard.
     budgets = e2e.budgets("aws", reserve_s=70, min_runtime_s=20)
     res = launch(e2e, *ENDLESS_TRAIN, gpu="g5.xlarge", max_usd="1", budgets=budgets,
-                 env={"GPURUN_AWS_PRICES": "g5.xlarge=36"}, timeout=55)
+                 env={"GPURUN_AWS_PRICES": "g5.xlarge=36"}, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert PRICE_OVERRIDE_SOURCE in res.stdout  # the plan says the price is not a live one
     run = only_run()

@@ -163,7 +163,7 @@ def test_datacrunch_stalled_job_is_stopped_and_the_instance_deletes_itself(
     assert (remote / "job.exit").stat().st_mtime < deleted_at
     assert (remote / "watchdog.reason").read_text().strip() == "stalled"
     log = watchdog_log(remote)
-    assert log.index("stalled: job.log has not grown") < log.index("sent SIGTERM to job job")
+    assert log.index("stalled: job.log has not changed") < log.index("sent SIGTERM to job job")
     assert log.index("sent SIGTERM to job job") < log.index("running the self-destruct command")
     meter = datacrunch.meter(iid)
     assert meter["running"] is False and meter["usd"] < CAP_USD / 100

@@ -83,7 +83,7 @@ def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Pa
                       "syncing_final", "terminating", "verified"]
     periodic = [e.payload for e in events if e.phase == "sync" and not e.payload["final"]]
     verified_syncs = [p for p in periodic if p["verified"] and p["method"] == "rsync"]
-    assert len(verified_syncs) >= 2, periodic
+    assert len(verified_syncs) >= 1, periodic  # a checkpoint came home while the job ran, not only at the end
     stopping = next(e for e in events if e.phase == "stopping")
     assert "deadline" in stopping.payload["reason"]
     running = next(e for e in events if e.phase == "running")
@@ -118,9 +118,10 @@ def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Pa
 def test_watchdog_alone_stops_the_job_and_self_destructs_when_the_controller_dies(
     loopback: dict[str, str], tmp_path: Path
 ) -> None:
-    # 0.05 USD at 0.001 USD/s buys 50 s: the guard would stop the job at 20 s, the watchdog's SIGTERM
-    # comes at 27.5 s and its self-destruct at 35 s (half the 30 s reserve before the money runs out).
-    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.05", "--set", "max_iters=1000000",
+    # 0.08 USD at 0.001 USD/s buys 80 s: the guard would stop the job at 50 s (after the job's start,
+    # however busy the machine), the watchdog's SIGTERM comes at 57.5 s and its self-destruct at 65 s
+    # (half the 30 s reserve before the money runs out).
+    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.08", "--set", "max_iters=1000000",
                    "--set", "ckpt_interval_s=3"], tmp_path)
     ledger = Ledger()
 

@@ -20,7 +20,7 @@ def _spec(provider: LocalProvider, run_id: str = "20260101-000000-abcd") -> Inst
     return InstanceSpec(run_id=run_id, offer=provider.offers()[0])
 
 
-def _wait(predicate, timeout: float = 10.0) -> bool:
+def _wait(predicate, timeout: float = 60.0) -> bool:  # a hang guard for a busy machine, not a timing assertion
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -84,9 +84,11 @@ def test_detached_job_reports_exit_code_and_takes_signals(tmp_path: Path) -> Non
     assert _wait(lambda: not transport.job_state("quick").running)
     assert transport.job_state("quick").exit_code == 7
 
-    script = "trap 'echo got-term > ../trapped; exit 0' TERM; while true; do sleep 0.1; done"
+    # The job says when its trap is set: a SIGTERM before that would find no trap (a race, not a bug).
+    script = "trap 'echo got-term > ../trapped; exit 0' TERM; echo ready > ../ready; while true; do sleep 0.1; done"
     transport.start_detached("job", f"sh -c \"{script}\"")
-    assert _wait(lambda: transport.job_state("job").running)
+    assert _wait(lambda: (Path(transport.root) / "ready").exists())
+    assert transport.job_state("job").running
     transport.signal("job", signal.SIGTERM)
     assert _wait(lambda: not transport.job_state("job").running)
     assert (Path(transport.root) / "trapped").read_text().strip() == "got-term"
