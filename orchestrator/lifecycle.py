@@ -63,6 +63,8 @@ from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
+SPOT_NOTICE_JOB = "spotnotice"  # writes ROOT/spot.notice when the provider warns of a reclaim
+SPOT_NOTICE_FILE = "spot.notice"
 PREEMPT_CHECK_S = 30.0  # how often the guard asks the provider whether it took a spot instance back
 # The data phase's detached job (transport convention: data.pid, data.exit, data.log at the root).
 DATA_JOB = "data"
@@ -335,6 +337,8 @@ class Controller:
             # A recipe's data phase is watched the same way until training starts.
             **self._data_watch(),
         )
+        if self.offer.spot and (notice := self.provider.spot_notice_command(instance, self.transport.root)):
+            self.transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
 
     def _data_watch(self) -> dict[str, str]:
@@ -511,6 +515,11 @@ class Controller:
     def record_end(self, reason: str) -> None:
         self._record_end(reason)
 
+    def _spot_notice(self, transport: Transport) -> str:
+        """The provider's reclaim warning, seen on the instance (the job checkpointed and stopped on it)."""
+        res = transport.run(f"cat {shlex.quote(transport.root + '/' + SPOT_NOTICE_FILE)} 2>/dev/null", timeout_s=30)
+        return f"the provider's spot interruption notice: {res.stdout.strip()[:200]}" if res.stdout.strip() else ""
+
     def _preempted(self) -> str:
         """The provider's word that it took the instance back ("" when it did not, or cannot say)."""
         try:
@@ -546,8 +555,8 @@ class Controller:
                 self._heartbeat()
                 state = transport.job_state("job")
                 if not state.running:
-                    if self.offer.spot and (preempted := self._preempted()):  # the machine went, not the job
-                        reason = f"{Ending.PREEMPTED}: {preempted}"
+                    if self.offer.spot and (preempted := self._preempted() or self._spot_notice(transport)):
+                        reason = f"{Ending.PREEMPTED}: {preempted}"  # the machine goes, not the job
                         break
                     reason = f"{Ending.JOB_ENDED} (exit {state.exit_code})"
                     if read_reason(transport) == "stalled":  # the switch stopped it while we were away

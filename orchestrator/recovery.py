@@ -12,7 +12,9 @@ answering, and every PREEMPT_CHECK_S on a spot offer). Then:
    it with --spot-fallback), each with what is left of --max-usd (`provisioning.provision(resume=
    True)`): recovery is refused, and the run ends with that reason, when what is left cannot buy the
    minimum useful runtime;
-4. the new instance is bootstrapped (code, config, a new dead-man's switch with the new deadline),
+4. the lost instance's logs stay home as out/train.attempt-N.log, metrics.attempt-N.jsonl,
+   job.attempt-N.log; the new instance is bootstrapped (code, config, a new dead-man's switch with
+   the new deadline),
    the checkpoint is pushed to its out/checkpoints, the recipe's data is prepared again, and the
    job starts with resume=auto: the trainer logs `resumed: checkpoints/<file> at step N`.
 The run keeps its id: every attempt is an instance row of it, and the final shutdown proof lists
@@ -43,6 +45,7 @@ class Controller(provisioning.Controller):
     transport: Transport | None
 
     def instance_ids(self) -> list[str]: ...
+    def sync_now(self) -> object: ...
     def record_end(self, reason: str) -> None: ...
     def bootstrap_instance(self, instance: Instance) -> None: ...
     def start_after_bootstrap(self) -> None: ...
@@ -64,6 +67,12 @@ def resume_after_preemption(ctl: Controller, reason: str) -> bool:
     if ctl.syncer is not None:
         ctl.syncer.stop()
     if ctl.transport is not None:
+        # After a notice the machine still answers for a moment: the checkpoint the job just wrote
+        # comes home first (a reclaimed machine does not answer: what the periodic pulls brought stays).
+        try:
+            ctl.sync_now()
+        except Exception as exc:  # noqa: BLE001 - best effort: the instance may be gone already
+            ctl.ledger.record_event(run_id, "error", message=f"sync before resuming: {type(exc).__name__}: {exc}")
         ctl.transport.close()
         ctl.transport = None
     started = ctl.run.clock_start_epoch or time.time()
@@ -76,6 +85,7 @@ def resume_after_preemption(ctl: Controller, reason: str) -> bool:
         "created_at": started, "gone_at": retired.verified_at, "cost_usd": cost,
         "terminate_requests": [r.__dict__ for r in retired.requests], "final_describe": retired.final_describe,
     })
+    keep_attempt_logs(Path(ctl.run.run_dir), len(ctl.record.attempts))
     checkpoint = home_checkpoint(Path(ctl.run.run_dir))
     try:
         instance = provisioning.provision(ctl, resume=True)
@@ -90,6 +100,15 @@ def resume_after_preemption(ctl: Controller, reason: str) -> bool:
                             step=None if checkpoint is None else checkpoint[1]["step"])
     ctl.start_after_bootstrap()
     return True
+
+
+def keep_attempt_logs(run_dir: Path, attempt: int) -> None:
+    """The lost instance's train.log / metrics.jsonl / job.log stay as *.attempt-N.*: the next
+    instance's pulls bring files of the same names."""
+    for rel in ("out/train.log", "out/metrics.jsonl", "job.log"):
+        path = run_dir / rel
+        if path.exists():
+            path.rename(path.with_name(f"{path.stem}.attempt-{attempt}{path.suffix}"))
 
 
 def push_checkpoint(ctl: Controller, path: Path, entry: dict[str, object]) -> None:

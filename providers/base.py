@@ -247,6 +247,12 @@ class Provider(ABC):
     def self_destruct_command(self, instance: Instance) -> str:
         """Shell command the on-instance watchdog runs at the deadline to stop the billing itself."""
 
+    def spot_notice_command(self, instance: Instance, root: str) -> str | None:
+        """On a spot instance: a command run detached on it that, when the provider warns of a
+        reclaim, writes ROOT/spot.notice and has the job checkpoint and stop (the controller then
+        pulls that checkpoint and resumes elsewhere). None: the provider gives no such warning."""
+        return None
+
     def self_destruct_files(self, instance: Instance) -> list[tuple[str, str, int]]:
         """(path, content, mode) the self-destruct command needs on the instance, e.g. a credential."""
         return []

@@ -93,6 +93,24 @@ def test_a_preemption_the_rest_of_the_cap_cannot_carry_ends_the_run_cleanly(tmp_
     assert run.cost_usd is not None and run.cost_usd <= 0.1
 
 
+def test_a_reclaim_notice_has_the_job_checkpoint_and_that_checkpoint_resumes(tmp_path, monkeypatch) -> None:
+    # The provider warns 3 s after the job's first checkpoint (EC2: two minutes ahead): the job
+    # checkpoints and stops, the controller pulls that checkpoint and resumes from exactly its step.
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
+                        "notice_after_s": 3})
+    ctl = launch(tmp_path, gpu="H100", sync_interval_s=30.0)  # no periodic pull in between: only the notice's
+    run = ctl.refresh()
+    assert run.phase == "verified" and run.job_exit_code == 0, (run.end_reason, run.error)
+    (lost,) = RunRecord.of_run(run).attempts
+    assert lost["cause"] == "preempted" and "interruption notice" in lost["reason"]
+    resuming = next(e for e in Ledger().events(run.run_id) if e.phase == "resuming")
+    out = Path(run.run_dir) / "out"
+    first = (out / "train.attempt-1.log").read_text()  # the lost instance's log, kept home
+    assert f"stopped: signal at step {resuming.payload['step']}" in first
+    log = (out / "train.log").read_text()
+    assert f"resumed: checkpoints/{resuming.payload['checkpoint']} at step {resuming.payload['step']}" in log
+
+
 def test_spot_fallback_needs_spot(tmp_path, monkeypatch) -> None:
     stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok"})
     with pytest.raises(LaunchError, match="--spot-fallback goes with --spot"):

@@ -597,6 +597,13 @@ class AWSProvider(Provider):
     def inventory(self) -> list[Billable]:
         return region_inventory(self.api, self.catalog)
 
+    def spot_notice_command(self, instance: Instance, root: str) -> str | None:
+        """providers/scripts/aws_spot_notice.sh: EC2's two-minute interruption notice (instance
+        metadata) makes the job checkpoint and stop, and leaves ROOT/spot.notice for the controller."""
+        script = resources.files("providers").joinpath("scripts").joinpath("aws_spot_notice.sh").read_text(
+            encoding="utf-8")
+        return f"sh -c {shlex.quote(script)} gpurun-spot-notice {shlex.quote(root)} job USR1"
+
     def self_destruct_command(self, instance: Instance) -> str:
         # providers/scripts/aws_self_destruct.sh, passed whole to `sh -c`: no file of its own to go
         # missing on the instance, and nothing in it depends on the run.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import threading
 import time
@@ -47,6 +48,7 @@ class ShelfProvider(LocalProvider):
                       usd_per_hour=float(o["usd_per_hour"]), region=o["region"], price_source="scripted",
                       available=o.get("available", True), spot=bool(o.get("spot")),
                       details={"boot": o["boot"], "preempt_after_s": o.get("preempt_after_s"),
+                               "notice_after_s": o.get("notice_after_s"),
                                "preempt_once": o.get("preempt_once", False)})
                 for o in _script()]
 
@@ -63,11 +65,23 @@ class ShelfProvider(LocalProvider):
                 "usd_per_hour": spec.offer.usd_per_hour, "gpu_count": 1, "boot": boot,
                 # "preempt_once": only the offer's first instance is taken back (the spot market calmed).
                 "preempt_after_s": None if spec.offer.details.get("preempt_once") and spec.attempt > 1
-                else spec.offer.details.get("preempt_after_s")}
+                else spec.offer.details.get("preempt_after_s"),
+                "notice_after_s": None if spec.attempt > 1 else spec.offer.details.get("notice_after_s")}
         (sandbox / "instance.json").write_text(json.dumps(info))
         if info["preempt_after_s"] is not None:  # the cloud acts on its own clock, asked or not
             threading.Thread(target=self._reclaim, args=(iid, float(info["preempt_after_s"])), daemon=True).start()
         return self.get(iid)
+
+    def spot_notice_command(self, instance: Instance, root: str) -> str | None:
+        """An offer with `"notice_after_s": N` warns N s after the job's first checkpoint (a job that is
+        training, however slowly it started), as EC2's two-minute notice does: spot.notice written,
+        the job sent SIGUSR1 (checkpoint and stop)."""
+        after = instance.raw.get("notice_after_s")
+        if after is None:
+            return None
+        q = shlex.quote(root)
+        return (f"while [ ! -s {q}/out/checkpoints/MANIFEST.json ]; do sleep 0.2; done; sleep {float(after)}; "
+                f"echo '{{\"action\": \"terminate\"}}' > {q}/spot.notice; kill -s USR1 -- -$(cat {q}/job.pid)")
 
     def _reclaim(self, instance_id: str, after_s: float) -> None:
         # N seconds after the job started there (however long the boot took), or never if it is gone.
