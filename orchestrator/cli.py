@@ -44,6 +44,7 @@ from orchestrator.plan import (
     runs_root,
 )
 from orchestrator.proof import verify_proof_chain
+from orchestrator.recovery import resume_options
 from orchestrator.redact import register_secrets_from_env
 from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.settings import SettingsError
@@ -119,9 +120,16 @@ def main() -> None:
 @click.option("--detach", is_flag=True, help="return after the job starts; a background guard keeps watch")
 @click.option("--dry-run", is_flag=True, help="print the plan and exit")
 @click.option("--yes", "-y", is_flag=True, help="skip the confirmation")
+@click.option("--resume", "resume_run", metavar="RUN",
+              help="continue a finished or stopped run from its last checkpoint on a new instance, with a new"
+                   " budget (--max-usd): its options are the run's own, its files go to the same run directory")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     """Plan, confirm, provision, train, sync, tear down. `-- CMD ...` runs any command instead."""
+    if kw["resume_run"]:
+        options = resume_options(Ledger(), kw["resume_run"], kw["max_usd"], kw["max_boot_usd"])
+        _launch_with(options, kw)
+        return
     trainer_args: list[str] = []
     for item in sets:
         key, eq, value = item.partition("=")
@@ -136,6 +144,10 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
         spot_fallback=kw["spot_fallback"],
     )
+    _launch_with(options, kw)
+
+
+def _launch_with(options: LaunchOptions, kw: dict[str, Any]) -> None:
     plan = make_plan(options)
     table = Table(title="gpurun plan", show_header=False)
     for key, value in plan.rows():

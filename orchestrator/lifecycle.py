@@ -134,6 +134,10 @@ class Controller:
         run_id = new_run_id()
         run_dir = launch.run_dir_root / run_id
         record = RunRecord.of_launch(launch).to_dict()
+        if launch.options.resume_run:  # `--resume RUN`: the same directory, its files appended to
+            earlier = ledger.resolve_run(launch.options.resume_run)
+            run_dir = Path(earlier.run_dir)
+            record["resumed_from"] = earlier.run_id
         max_usd = launch.allowance.max_usd
         # The hold and the run row land together or not at all: a refusal leaves nothing behind.
         with ledger.transaction():
@@ -191,6 +195,8 @@ class Controller:
         try:
             instance = provisioning.provision(self)  # the plan's offers in order until one comes up
             self._bootstrap(instance)
+            if self.options.resume_run:
+                recovery.resume_earlier_run(self)
             if not self._start_data():  # the data phase runs under the guard (it may take an hour)
                 self._start_job()
         except Exception as exc:

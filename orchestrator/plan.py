@@ -81,6 +81,8 @@ class LaunchOptions:
     # What boots that never came up may cost in total, all offers tried together (None:
     # budgets.yaml's boot_share of the cap). It is part of --max-usd, never on top of it.
     max_boot_usd: float | None = None
+    # `--resume RUN`: the run this launch continues (its directory, its last checkpoint).
+    resume_run: str | None = None
 
     def provider_options(self) -> dict[str, Any]:
         """Constructor options for the provider: only those its class declares it takes
@@ -136,6 +138,8 @@ class LaunchPlan:
         if self.forecast is not None:
             rows += self.forecast.rows(self.options, b, o)
         rows.append(("budgets file", str(self.budgets.path)))
+        if self.options.resume_run:
+            rows.append(("resumes", f"run {self.options.resume_run} from its last checkpoint, in its run directory"))
         if self.fallbacks:
             rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "

@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator import provisioning
 from orchestrator import teardown as teardown_mod
 from orchestrator.errors import RunFailed
-from orchestrator.plan import offer_label
+from orchestrator.ledger import Ledger
+from orchestrator.plan import LaunchError, LaunchOptions, offer_label
+from orchestrator.run_record import RunRecord, is_orphan
 from orchestrator.sync import Syncer
 from orchestrator.transport import Transport
 from providers.base import Instance
@@ -102,13 +105,14 @@ def resume_after_preemption(ctl: Controller, reason: str) -> bool:
     return True
 
 
-def keep_attempt_logs(run_dir: Path, attempt: int) -> None:
-    """The lost instance's train.log / metrics.jsonl / job.log stay as *.attempt-N.*: the next
-    instance's pulls bring files of the same names."""
-    for rel in ("out/train.log", "out/metrics.jsonl", "job.log"):
+def keep_attempt_logs(run_dir: Path, attempt: int | str) -> None:
+    """The lost instance's (or the earlier run's) train.log / metrics.jsonl / job.log / EVIDENCE.md
+    stay as *.attempt-N.* (or *.<run id>.*): the next instance's pulls bring files of the same names."""
+    tag = f"attempt-{attempt}" if isinstance(attempt, int) else str(attempt)
+    for rel in ("out/train.log", "out/metrics.jsonl", "job.log", "EVIDENCE.md"):
         path = run_dir / rel
         if path.exists():
-            path.rename(path.with_name(f"{path.stem}.attempt-{attempt}{path.suffix}"))
+            path.rename(path.with_name(f"{path.stem}.{tag}{path.suffix}"))
 
 
 def push_checkpoint(ctl: Controller, path: Path, entry: dict[str, object]) -> None:
@@ -118,4 +122,36 @@ def push_checkpoint(ctl: Controller, path: Path, entry: dict[str, object]) -> No
         manifest = Path(tmp) / MANIFEST_NAME
         manifest.write_text(json.dumps({"latest": entry["file"], "checkpoints": [entry]}, indent=2))
         ctl.transport.push_files([path, manifest], "out/checkpoints")  # the manifest last: the file is whole
+
+
+# ---- gpurun launch --resume RUN -------------------------------------------------------------------
+
+
+def resume_options(ledger: Ledger, run_ref: str, max_usd: float | None, max_boot_usd: float | None) -> LaunchOptions:
+    """The launch options of a `--resume RUN`: the run's own, a new budget, the run to continue.
+    LaunchError (one line) for a run that is still open, was adopted by sweep, or has no checkpoint."""
+    run = ledger.resolve_run(run_ref)
+    if run.open:
+        raise LaunchError(f"run {run.run_id} is still open ({run.phase}): let it end, or `gpurun teardown"
+                          f" {run.run_id}`, then resume it")
+    if is_orphan(run):
+        raise LaunchError(f"run {run.run_id} was adopted by `gpurun sweep`: it has no launch to resume")
+    if home_checkpoint(Path(run.run_dir)) is None:
+        raise LaunchError(f"run {run.run_id} has no complete checkpoint at home ({run.run_dir}/out/checkpoints):"
+                          " nothing to resume from")
+    old = RunRecord.of_run(run).options
+    return replace(old, max_usd=max_usd, max_boot_usd=max_boot_usd, resume_run=run.run_id)
+
+
+def resume_earlier_run(ctl: Controller) -> None:
+    """A `--resume RUN` launch, its instance bootstrapped: the earlier run's logs kept under its id,
+    and its last checkpoint pushed, so the trainer starts from that step."""
+    earlier = ctl.run.plan.get("resumed_from") or ""
+    keep_attempt_logs(Path(ctl.run.run_dir), earlier)
+    checkpoint = home_checkpoint(Path(ctl.run.run_dir))
+    if checkpoint is None:
+        raise RunFailed(f"the checkpoint of run {earlier} is gone from {ctl.run.run_dir}: nothing to resume from")
+    push_checkpoint(ctl, *checkpoint)
+    ctl.ledger.record_event(ctl.run.run_id, "resuming", resumed_from=earlier, checkpoint=checkpoint[0].name,
+                            step=checkpoint[1]["step"])
 

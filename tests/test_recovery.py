@@ -115,3 +115,44 @@ def test_spot_fallback_needs_spot(tmp_path, monkeypatch) -> None:
     stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok"})
     with pytest.raises(LaunchError, match="--spot-fallback goes with --spot"):
         make_plan(LaunchOptions(provider="shelf", max_usd=0.5, spot_fallback=True, budgets=budgets(tmp_path)))
+
+
+def loss_lines(text: str) -> list[float]:
+    return [float(line.split("| loss ")[1].split()[0]) for line in text.splitlines() if "| loss " in line]
+
+
+def test_launch_resume_continues_a_stopped_run_from_its_last_checkpoint(tmp_path: Path) -> None:
+    from tests.test_launch_local import gpurun
+
+    endless = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--set", "eval_interval=100000",
+               "--set", "eval_iters=2", "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
+    # 0.04 USD at 3.6 USD/h buys 40 s; the guard stops the job at 25 s with a checkpoint.
+    first = gpurun("launch", "--max-usd", "0.04", "--usd-per-hour", "3.6", "--yes", *endless, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run,) = Ledger().list_runs()
+    assert "deadline" in (run.end_reason or "")
+    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.04", "--yes", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"run {run.run_id} from its last checkpoint" in again.stdout  # the plan says what it resumes
+    runs = {r.run_id: r for r in Ledger().list_runs()}
+    (second,) = [r for r in runs.values() if r.run_id != run.run_id]
+    assert second.run_dir == run.run_dir and second.plan["resumed_from"] == run.run_id
+    assert second.phase == "verified" and len(Ledger().proofs()) == 2  # its own proof, on the same chain
+    resuming = next(e for e in Ledger().events(second.run_id) if e.phase == "resuming")
+    out = Path(run.run_dir) / "out"
+    earlier, later = (out / f"train.{run.run_id}.log").read_text(), (out / "train.log").read_text()
+    assert f"resumed: checkpoints/{resuming.payload['checkpoint']} at step {resuming.payload['step']}" in later
+    # The same loss curve: the resumed run starts where the first left off, not at the initial loss.
+    first_losses, resumed_losses = loss_lines(earlier), loss_lines(later)
+    assert resumed_losses[0] < first_losses[0] - 0.5 and abs(resumed_losses[0] - first_losses[-1]) < 0.5
+    # Nothing of the first run was lost: its card and its proof stay beside the new ones.
+    assert (Path(run.run_dir) / f"EVIDENCE.{run.run_id}.md").exists()
+
+
+def test_resume_refuses_an_open_run_or_one_without_a_checkpoint(tmp_path: Path) -> None:
+    from tests.test_launch_local import gpurun
+
+    ledger = Ledger()
+    ledger.create_run("open-run-1", "local", 1.0, {}, str(tmp_path / "open"))
+    res = gpurun("launch", "--resume", "open-run-1", "--yes", cwd=tmp_path)
+    assert res.returncode == 2 and "is still open" in res.stderr and "Traceback" not in res.stderr
