@@ -8,6 +8,7 @@ point leaves enough behind for `gpurun teardown` (or a detached guard) to finish
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shlex
@@ -440,9 +441,11 @@ class Controller:
         args = list(opts.trainer_args)
         if self.job_info().get("config_file"):
             args = ["--config", JOB_CONFIG, *args]
-        # The guard SIGTERMs the job at stop_at; the trainer's own deadline is the next layer, set
-        # to the moment the watchdog would send its SIGTERM.
-        args += ["--deadline-epoch", f"{self.watchdog_deadline() - self.grace_s():.0f}"]
+        # The trainer's own deadline is the guard's stop time: it plans its learning-rate decay, the
+        # final checkpoint and the final eval to end just before it (lr_schedule auto), so what comes
+        # home is a finished model; the guard's SIGTERM at stop_at and the watchdog's are backstops.
+        assert self.run.stop_at_epoch is not None
+        args += ["--deadline-epoch", f"{math.floor(self.run.stop_at_epoch)}"]
         assert self.transport is not None
         # One rank per GPU; an instance without GPUs runs --gpus CPU ranks (gloo), e.g. to test DDP.
         gpus = self.gpu_count or max(1, opts.gpus)
@@ -565,6 +568,8 @@ class Controller:
                         reason = f"{Ending.PREEMPTED}: {preempted}"  # the machine goes, not the job
                         break
                     reason = f"{Ending.JOB_ENDED} (exit {state.exit_code})"
+                    if state.exit_code == 0 and not self.options.command and self._probe().end_reason == "deadline":
+                        reason = f"{Ending.DEADLINE}: the trainer stopped itself at the guard's stop time"
                     if read_reason(transport) == "stalled":  # the switch stopped it while we were away
                         reason = f"{Ending.STALLED}: stopped by the on-instance switch (no progress, no controller)"
                     break

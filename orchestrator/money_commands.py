@@ -21,7 +21,7 @@ from orchestrator.budgets_file import load_budgets
 from orchestrator.exit_codes import Exit
 from orchestrator.ledger import Ledger, Run
 from orchestrator.lifecycle import write_run_evidence
-from orchestrator.reconcile import Reconciliation, pending, reconcile
+from orchestrator.reconcile import Reconciliation, pending, reconcile, verified_at
 from orchestrator.run_record import is_orphan
 from providers import get_provider, provider_names
 from providers.base import Provider, ProviderError
@@ -45,7 +45,8 @@ def rewrite_card(run: Run) -> None:
     if is_orphan(run):
         return
     proof = Path(run.run_dir) / "shutdown_proof.json"
-    runtime = (run.updated_at - run.clock_start_epoch) if run.clock_start_epoch else None
+    end = verified_at(Ledger(), run) or run.updated_at
+    runtime = (end - run.clock_start_epoch) if run.clock_start_epoch else None
     write_run_evidence(run, proof if proof.exists() else None, run.cost_usd, runtime)
 
 

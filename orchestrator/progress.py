@@ -33,6 +33,7 @@ def probe_command(root: str) -> str:
 class Probe:
     log_bytes: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # step, loss, tokens_per_s of the last step line
+    end_reason: str | None = None  # the trainer's own `end` record, once it has written one
 
     @property
     def step(self) -> int | None:
@@ -48,6 +49,8 @@ def parse_probe(stdout: str) -> Probe:
             rec = json.loads(line)
         except ValueError:
             continue
+        if isinstance(rec, dict) and rec.get("type") == "end" and probe.end_reason is None:
+            probe.end_reason = str(rec.get("reason"))
         if isinstance(rec, dict) and rec.get("type") == "step":
             probe.metrics = {"step": rec.get("step"), "loss": rec.get("loss"), "tokens_per_s": rec.get("tokens_per_s")}
             break

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from orchestrator import settings
 from orchestrator.ledger import Ledger, Run
 from providers.base import BilledCost, Provider, ProviderError
 
@@ -60,11 +61,17 @@ class Reconciliation:
                    bool(run.billed_complete), run.max_usd)
 
 
+def verified_at(ledger: Ledger, run: Run) -> float | None:
+    """When the run was verified gone (its `verified` phase): fixed, unlike the row's updated_at."""
+    times = [e.time for e in ledger.events(run.run_id) if e.phase == "verified"]
+    return times[-1] if times else None
+
+
 def window(ledger: Ledger, run: Run) -> tuple[float, float]:
     """[first create - slack, verified + slack]: every attempt of the run, the whole of its billing."""
     starts = [i.created_at for i in ledger.instances(run.run_id)]
     start = min([run.created_at, *starts]) - WINDOW_SLACK_S
-    end = (run.updated_at if not run.open else time.time()) + WINDOW_SLACK_S
+    end = (verified_at(ledger, run) or time.time()) + WINDOW_SLACK_S
     return start, end
 
 
@@ -100,6 +107,11 @@ def reconcile_after_run(ledger: Ledger, run: Run, provider: Provider) -> Reconci
         return None
 
 
-def pending(ledger: Ledger) -> list[Run]:
-    """Verified runs whose provider figure is not final yet (never asked, or `complete` False)."""
-    return [r for r in ledger.list_runs() if not r.open and r.cost_usd is not None and not r.billed_complete]
+def pending(ledger: Ledger, now: float | None = None, every_s: float | None = None) -> list[Run]:
+    """Verified runs whose provider figure is not final yet (never asked, or `complete` False), not
+    asked within `every_s` (default $GPURUN_RECONCILE_EVERY_S: each AWS Cost Explorer call costs)."""
+    now = time.time() if now is None else now
+    every = settings.reconcile_every_s() if every_s is None else every_s
+    return [r for r in ledger.list_runs()
+            if not r.open and r.cost_usd is not None and not r.billed_complete
+            and (r.reconciled_at is None or now - r.reconciled_at >= every)]

@@ -24,6 +24,7 @@ SSH_OVERRIDE = "GPURUN_SSH_OVERRIDE"
 REMOTE_ROOT = "GPURUN_REMOTE_ROOT"
 SELF_DESTRUCT_CMD = "GPURUN_SELF_DESTRUCT_CMD"
 VERIFY_TIMEOUT_S = "GPURUN_VERIFY_TIMEOUT_S"
+RECONCILE_EVERY_S = "GPURUN_RECONCILE_EVERY_S"
 
 # What each one does (docs and `--help` texts can quote these).
 VARIABLES: dict[str, str] = {
@@ -34,6 +35,8 @@ VARIABLES: dict[str, str] = {
     SELF_DESTRUCT_CMD: "the dead-man's switch's command instead of the provider's (an 'instance' that is a "
                        "machine of yours)",
     VERIFY_TIMEOUT_S: "how long teardown waits for the provider to confirm an instance gone (default 600)",
+    RECONCILE_EVERY_S: "`gpurun cost --reconcile` asks again about a run whose figure is not final at most "
+                       "this often (default 3600: an AWS Cost Explorer request costs 0.01 USD)",
 }
 VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_PROVIDERS": "providers/__init__.py: extra providers, name=module:Class,...",
@@ -48,6 +51,7 @@ VARIABLES_ELSEWHERE: dict[str, str] = {
 DEFAULT_REMOTE_ROOT = "gpurun"
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_VERIFY_TIMEOUT_S = 600.0
+DEFAULT_RECONCILE_EVERY_S = 3600.0
 
 
 class SettingsError(ValueError):
@@ -113,4 +117,18 @@ def verify_timeout_s(explicit: float | None = None, env: Mapping[str, str] | Non
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise SettingsError(f"{VERIFY_TIMEOUT_S}={value!r}: expected a number of seconds > 0, e.g. 600")
+    return seconds
+
+
+def reconcile_every_s(env: Mapping[str, str] | None = None) -> float:
+    """$GPURUN_RECONCILE_EVERY_S (seconds >= 0), else an hour."""
+    value = _get(RECONCILE_EVERY_S, env)
+    if value is None:
+        return DEFAULT_RECONCILE_EVERY_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise SettingsError(f"{RECONCILE_EVERY_S}={value!r}: expected a number of seconds >= 0, e.g. 3600")
     return seconds

@@ -79,3 +79,35 @@ def test_controller_bench_help() -> None:
     result = subprocess.run([sys.executable, "bench/controller_bench.py", "--help"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--baseline" in result.stdout, result.stderr
+
+
+def _schedule_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("schedule_bench", REPO / "bench" / "schedule_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_schedule_bench_reads_the_deadline_checkpoint_and_its_eval(tmp_path: Path) -> None:
+    bench = _schedule_bench()
+    records = [
+        {"type": "eval", "step": 0, "train_loss": 4.2, "val_loss": 4.2},
+        {"type": "step", "step": 10, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 900.0},
+        {"type": "step", "step": 20, "loss": 2.5, "lr": 1e-4, "tokens_per_s": 1100.0},
+        {"type": "checkpoint", "step": 23},
+        {"type": "eval", "step": 23, "train_loss": 2.4, "val_loss": 2.45},
+        {"type": "end", "reason": "deadline", "step": 23, "val_loss": 2.45, "lr": 1e-4},
+    ]
+    assert bench.summarise(records) == {
+        "reason": "deadline", "step": 23, "val_loss": 2.45, "stop_lr": 1e-4, "train_loss": 2.4,
+        "checkpoint_at_stop": True,
+        "last_logged_step": 20, "last_logged_lr": 1e-4, "tokens_per_s_median": 1000.0,
+    }
+    assert bench.summarise([])["val_loss"] is None  # a run that never started
+    args = bench.argparse.Namespace(config="baby", max_iters=20000, threads=1)
+    cmd = bench.trainer_cmd(args, "cosine", tmp_path / "d", tmp_path / "o", 1234.5, ["--lr-decay-frac", "0.3"])
+    flags = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert flags["--lr-schedule"] == "cosine" and flags["--deadline-epoch"] == "1234.500"
+    assert flags["--max-iters"] == "20000" and flags["--lr-decay-iters"] == "none"
+    assert flags["--config"].endswith("trainer/configs/baby.yaml") and cmd[-2:] == ["--lr-decay-frac", "0.3"]

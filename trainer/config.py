@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.presets import PRESETS, GPTConfig
+from trainer.schedule import SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -51,7 +52,9 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 20
-    lr_decay_iters: int | None = None  # defaults to max_iters
+    lr_decay_iters: int | None = None  # cosine: defaults to max_iters
+    lr_schedule: str = "auto"  # auto (wsd ending at the deadline when there is one, else cosine) | cosine | wsd
+    lr_decay_frac: float = 0.2  # wsd: the share of the run (training time or steps) spent decaying
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -88,6 +91,7 @@ class TrainConfig:
         choices = {
             "tokenizer": ("char", "gpt2"), "resume": ("auto", "never", "must"),
             "dtype": ("auto", "float32", "bfloat16", "float16"), "progress": ("auto", "on", "off"),
+            "lr_schedule": SCHEDULES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -100,6 +104,8 @@ class TrainConfig:
                     "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
+        if not 0.0 < self.lr_decay_frac <= 1.0:
+            raise ConfigError(f"lr_decay_frac must be in (0, 1], got {self.lr_decay_frac}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.keep_checkpoints < 1:

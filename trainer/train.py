@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,6 +31,7 @@ from trainer.manifest import atomic_write_bytes, atomic_write_json
 from trainer.model import GPT
 from trainer.presets import GPTConfig
 from trainer.runlog import RunLog
+from trainer.schedule import Schedule, ScheduleState, cosine_lr, ema, skip_eval, training_seconds_left
 from trainer.shards import ShardError
 from trainer.tokenizer import from_meta
 
@@ -60,14 +61,19 @@ class StopRequest:
 
 
 def lr_at(cfg: TrainConfig, it: int) -> float:
-    """Linear warmup, then cosine decay from lr to min_lr at lr_decay_iters, then min_lr."""
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    """The cosine schedule's LR at step `it` (bench/trainer_bench.py times steps with it)."""
+    return cosine_lr(it, cfg.lr, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters)
+
+
+class Agreed(NamedTuple):
+    """What every rank decided together after a step (see Trainer.agree_stop)."""
+
+    stop: bool
+    reason: str
+    due: bool  # checkpoint now
+    skip_eval: bool  # skip this step's periodic eval: the deadline stop's own eval comes within an interval
+    dt: float  # the step's training seconds (the slowest rank's)
+    left_s: float | None  # training seconds projected to remain before the deadline stop
 
 
 def cpu_threads(num_params: int, world_size: int) -> int:
@@ -90,10 +96,11 @@ def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, stop: StopRequest) -> None:
+    def __init__(self, cfg: TrainConfig, stop: StopRequest, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.stop = stop
-        self.t_start = time.time()
+        self.clock = clock  # wall-clock seconds; tests inject one to make a time-driven schedule reproducible
+        self.t_start = clock()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dist = distributed.setup(cfg.device)
@@ -105,9 +112,11 @@ class Trainer:
         self.log = RunLog(self.out, self.dist.master, cfg.progress, cfg.max_iters)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.last_ckpt_step = -1
-        self.last_ckpt_time = time.time()
-        self.ckpt_seconds: float | None = None  # measured cost of one checkpoint
+        self.last_ckpt_time = clock()
         self.paused_s = 0.0  # time spent in eval and checkpoints, kept out of tok/s and step time
+        self.schedule = Schedule.from_config(cfg)
+        self.sched = ScheduleState()  # saved in checkpoints: a resumed run continues the same LR curve
+        self.last_eval: tuple[int, dict[str, float]] | None = None
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -232,6 +241,7 @@ class Trainer:
             scaler.load_state_dict(resume["scaler"])
             step = int(resume["step"])
             self.last_ckpt_step = step
+            self.sched = ScheduleState.from_dict(resume.get("schedule"))
             rng = resume["rng"]
             if len(rng) == d.world_size:
                 checkpoint.set_rng_state(rng[d.rank])
@@ -283,52 +293,60 @@ class Trainer:
         seq, micro = self.seq_len, self.micro
         tokens_per_step = cfg.batch_size * seq * cfg.grad_accum
         dev_name = device_name(self.device)
-        reason = "max_iters"
-        t_loop = time.time()
+        t_loop = self.clock()
         t_log, steps_since_log = t_loop, 0
-        step_seconds: float | None = None
         t_prev = t_loop
         first_step = step + 1
 
         if step == 0 and cfg.eval_interval:
             self.evaluate(step)
-            t_loop = t_log = t_prev = time.time()
+            t_loop = t_log = t_prev = self.clock()
             self.paused_s = 0.0
         self.last_ckpt_time = t_loop  # the time-based interval counts training time, not start-up
-        stop_now, reason = self.agree_stop(step_seconds=0.0, due=False)[:2]
-        while not stop_now and step < cfg.max_iters:
-            lr = lr_at(cfg, step)
+        agreed = self.agree_stop(step, dt=None, due=False)
+        lr = 0.0
+        while not agreed.stop and step < cfg.max_iters:
+            lr = self.schedule.lr_at(step, self.sched)
             loss_acc = self.train_step(net, opt, scaler, step, micro, lr)
             step += 1
             steps_since_log += 1
 
-            now = time.time()
+            now = self.clock()
             dt_step = now - t_prev - self.paused_s
             t_log += self.paused_s
             t_prev, self.paused_s = now, 0.0
-            # The first step carries warm-up (and compilation): let later steps pull the estimate down.
-            step_seconds = dt_step if step_seconds is None else 0.8 * step_seconds + 0.2 * dt_step
 
             if step % cfg.log_interval == 0 or step == first_step or step == cfg.max_iters:
                 loss_val = distributed.mean(d, loss_acc).item()  # the only host sync of a step
-                now = time.time()
-                tok_s = tokens_per_step * steps_since_log / (now - t_log)
+                now = self.clock()
+                tok_s = tokens_per_step * steps_since_log / max(now - t_log, 1e-9)
                 t_log, steps_since_log = now, 0
                 self.log_step(step, loss_val, lr, tok_s, now - t_loop, dev_name)
             else:
                 self.log.progress(step)
 
-            if cfg.eval_interval and (step % cfg.eval_interval == 0 or step == cfg.max_iters):
+            eval_due = bool(cfg.eval_interval) and (step % cfg.eval_interval == 0 or step == cfg.max_iters)
+            agreed = self.agree_stop(step, dt_step, self.checkpoint_due(step), eval_due)
+            self.sched.observe(agreed.dt, agreed.left_s)
+            if eval_due and not agreed.skip_eval and agreed.reason != "deadline":  # a deadline stop evaluates below
                 self.evaluate(step)
-            stop_now, reason, due = self.agree_stop(step_seconds, self.checkpoint_due(step))
-            if stop_now or due or step == cfg.max_iters:
+            if agreed.stop or agreed.due or step == cfg.max_iters:
                 self.save(step, opt, scaler)
 
-        if stop_now:
+        if agreed.stop:
             self.save(step, opt, scaler)  # stopped before the first step: make sure a checkpoint exists
-        self.write_sample(reason)
-        self.log.line(f"stopped: {reason} at step {step}")
-        self.log.record("end", reason=reason, step=step)
+        final: dict[str, float] = {}
+        if agreed.reason == "deadline" and step >= first_step:
+            final["lr"] = lr  # the last step's: min_lr when the schedule ended at this stop
+            if cfg.eval_interval:
+                # The guard's checkpoint is the run's result: say how good it is (the stop left time for this).
+                if self.last_eval is None or self.last_eval[0] != step:
+                    self.evaluate(step)
+                assert self.last_eval is not None
+                final["val_loss"] = self.last_eval[1]["val"]
+        self.write_sample(agreed.reason)
+        self.log.line(f"stopped: {agreed.reason} at step {step}")
+        self.log.record("end", reason=agreed.reason, step=step, **final)
         self.log.close()
         return 0
 
@@ -392,43 +410,80 @@ class Trainer:
             f"vocab {mc.vocab_size}; batch {cfg.batch_size} x {self.seq_len} x {cfg.grad_accum} accum"
         )
         self.log.line(f"parameters: {self.model.num_params(non_embedding=False) / 1e6:.2f}M")
+        self.log.line(f"lr schedule: {self.schedule.describe()}")
         if resume_path is not None:
             self.log.line(f"resumed: checkpoints/{resume_path.name} at step {step}")
 
-    def agree_stop(self, step_seconds: float | None, due: bool) -> tuple[bool, str, bool]:
-        """(stop?, why, checkpoint now?) agreed by all ranks.
+    def agree_stop(self, step: int, dt: float | None, due: bool, eval_due: bool = False) -> Agreed:
+        """What all ranks do after `step`, which took dt training seconds (None: before the first step).
 
-        Each rank stops on its own signal, or when the next step plus a checkpoint would miss the
-        deadline; one all-reduce makes any rank's reason everyone's.
+        Each rank stops on its own signal, or when the next step plus the final checkpoint (and eval)
+        would miss the deadline; it decides whether this step's periodic eval still pays off, and
+        projects the training time left for the schedule. One all-reduce(MAX) of small ints makes any
+        rank's reason, the slowest step and the shortest projection everyone's, so every rank
+        computes the same LR and takes the same evals.
         """
+        cfg = self.cfg
         signalled = self.stop.signum is not None
-        late = False
-        deadline = self.cfg.deadline_epoch
-        if deadline is not None:
-            needed = 1.5 * (step_seconds or 0.0) + self.checkpoint_estimate() + self.cfg.deadline_margin_s
-            late = time.time() + needed >= deadline
-        signalled, late, due = (bool(v) for v in distributed.agree(self.dist, [int(signalled), int(late), int(due)]))
+        late, skip, left_ms = False, False, 0
+        step_s = ema(self.sched.step_s, dt) if dt is not None else (self.sched.step_s or 0.0)
+        if cfg.deadline_epoch is not None:
+            now = self.clock()
+            reserve = self.stop_reserve(step_s)
+            late = now + reserve >= cfg.deadline_epoch
+            if dt is not None:
+                wall_left = cfg.deadline_epoch - reserve - now
+                eval_s, ckpt_s = self.eval_cost(step_s), self.checkpoint_cost()
+                rate = ckpt_s / cfg.ckpt_interval_s if cfg.ckpt_interval_s else 0.0
+                pending = ckpt_s if due else 0.0  # this step's own checkpoint and eval are still to come
+                if eval_due and step != cfg.max_iters:
+                    skip = skip_eval(wall_left, eval_s, pending, cfg.eval_interval, step_s, rate)
+                    pending += 0.0 if skip else eval_s
+                left = training_seconds_left(wall_left - pending, step_s, step, cfg.eval_interval, eval_s,
+                                             cfg.ckpt_interval, ckpt_s, rate)
+                left_ms = round(1000 * left)
+        dt_us = round(1e6 * dt) if dt is not None else 0
+        flags = distributed.agree(self.dist, [int(signalled), int(late), int(due), int(skip), dt_us, -left_ms])
+        signalled, late, due, skip = (bool(v) for v in flags[:4])
         reason = "signal" if signalled else "deadline" if late else "max_iters"
-        return signalled or late, reason, due
+        left_s = -flags[5] / 1000 if cfg.deadline_epoch is not None and dt is not None else None
+        return Agreed(signalled or late, reason, due, skip, flags[4] / 1e6, left_s)
 
-    def checkpoint_estimate(self) -> float:
-        if self.ckpt_seconds is not None:
-            return 1.5 * self.ckpt_seconds
+    def stop_reserve(self, step_s: float) -> float:
+        """Seconds before the deadline at which the loop stops: a step, the final checkpoint and eval, the margin.
+
+        The wsd schedule's decay ends exactly here, so the guard's checkpoint is a decayed model.
+        """
+        final_eval = 1.5 * self.eval_cost(step_s) if self.cfg.eval_interval else 0.0
+        return 1.5 * step_s + self.checkpoint_estimate() + final_eval + self.cfg.deadline_margin_s
+
+    def eval_cost(self, step_s: float) -> float:
+        if self.sched.eval_s is not None:
+            return self.sched.eval_s
+        # Before the first one: forward only (about a third of a step) over both splits' batches.
+        return 2 * math.ceil(self.cfg.eval_iters / self.dist.world_size) * step_s / (3 * self.micro)
+
+    def checkpoint_cost(self) -> float:
+        if self.sched.ckpt_s is not None:
+            return self.sched.ckpt_s
         # Before the first one: model + two AdamW moments at ~200 MB/s, written then hashed.
         nbytes = 3 * 4 * sum(p.numel() for p in self.model.parameters())
         return 0.5 + 2 * nbytes / 200e6
+
+    def checkpoint_estimate(self) -> float:
+        return 1.5 * self.sched.ckpt_s if self.sched.ckpt_s is not None else self.checkpoint_cost()
 
     def checkpoint_due(self, step: int) -> bool:
         cfg = self.cfg
         if cfg.ckpt_interval and step % cfg.ckpt_interval == 0:
             return True
         # Time-based: rank 0's clock decides; agree() spreads the decision.
-        return bool(self.dist.master and cfg.ckpt_interval_s and time.time() - self.last_ckpt_time >= cfg.ckpt_interval_s)
+        return bool(self.dist.master and cfg.ckpt_interval_s and self.clock() - self.last_ckpt_time >= cfg.ckpt_interval_s)
 
     def save(self, step: int, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         if step == self.last_ckpt_step or step == 0:
             return
-        t0 = time.time()
+        t0 = self.clock()
         rng = distributed.gather_objects(self.dist, checkpoint.rng_state())
         if self.dist.master:
             payload = {
@@ -442,6 +497,7 @@ class Trainer:
                 "data": self.sampler.state(step),
                 "rng": rng,
                 "world_size": self.dist.world_size,
+                "schedule": self.sched.to_dict(),
             }
             entry = checkpoint.save(self.ckpt_dir, step, payload, self.cfg.keep_checkpoints)
             self.log.line(f"checkpoint: checkpoints/{entry.file} sha256 {entry.sha256}")
@@ -449,13 +505,13 @@ class Trainer:
                             bytes=entry.bytes)
         distributed.barrier(self.dist)
         self.last_ckpt_step = step
-        self.last_ckpt_time = time.time()
-        self.ckpt_seconds = self.last_ckpt_time - t0
-        self.paused_s += self.ckpt_seconds
+        self.last_ckpt_time = self.clock()
+        self.sched.ckpt_s = self.last_ckpt_time - t0
+        self.paused_s += self.sched.ckpt_s
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
-        t0 = time.time()
+        t0 = self.clock()
         net = self.eval_net
         net.eval()
         losses: dict[str, float] = {}
@@ -470,7 +526,9 @@ class Trainer:
         net.train()
         self.log.line(f"eval step {step:04d} | train {losses['train']:.4f} | val {losses['val']:.4f}")
         self.log.record("eval", step=step, train_loss=losses["train"], val_loss=losses["val"])
-        self.paused_s += time.time() - t0
+        self.last_eval = (step, losses)
+        self.sched.eval_s = self.clock() - t0
+        self.paused_s += self.sched.eval_s
 
     @torch.no_grad()
     def write_sample(self, reason: str) -> None:
@@ -491,7 +549,7 @@ class Trainer:
         model = self.model
         model.eval()
         remaining = cfg.sample_tokens
-        while remaining > 0 and (limit is None or time.time() < limit):
+        while remaining > 0 and (limit is None or self.clock() < limit):
             n = min(32, remaining)
             with self.autocast:
                 idx = model.generate(idx, n, cfg.temperature, cfg.top_k or None, generator=gen)
