@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tests.e2e_helpers import (
     sshd,  # noqa: F401  (fixture)
 )
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+from tests.test_aws_billing import ce_answers, ce_day, ce_result
 
 AWS_RULE = load_budgets(packaged_budgets_file()).billing_for("aws")  # per second, 60 s minimum
 
@@ -62,7 +64,7 @@ def launch(e2e: E2E, *extra: str, gpu: str = "A10G", max_usd: str = "3",  # noqa
                       env=env, timeout=timeout)
 
 
-def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any) -> None:  # noqa: F811
+def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any, moto_aws: MotoAWS) -> None:  # noqa: F811
     res = launch(e2e, *SHORT_TRAIN)
     assert res.returncode == 0, res.stdout + res.stderr
     run = only_run()
@@ -85,6 +87,22 @@ def test_launch_trains_syncs_terminates_and_cleans_up(e2e: E2E, aws: Any) -> Non
     deleted = " ".join(proof["deleted_resources"])
     assert f"key-pair gpurun-{run.run_id}" in deleted and "security-group sg-" in deleted
     assert run.usd_per_hour is not None and AWS_RULE.cost(elapsed_seconds(desc), run.usd_per_hour) <= 3
+
+    # Cost Explorer lags: nothing is asked at teardown (each request costs 0.01 USD), then a later
+    # `gpurun cost --reconcile` fills the figure in, and asks again once the day's data has changed.
+    assert run.billed_usd is None and run.billed_complete is False and "cost --reconcile" in (run.billed_source or "")
+    today = datetime.now(timezone.utc).date()
+    ce_answers(moto_aws, ce_result([ce_day(today, "0.0312", estimated=True)]))
+    first = e2e.gpurun("cost", "--reconcile", env={"GPURUN_RECONCILE_EVERY_S": "0"})
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = only_run()
+    assert run.billed_usd == pytest.approx(0.0312) and run.billed_complete is False
+    assert "AWS Cost Explorer" in (run.billed_source or "")
+    ce_answers(moto_aws, ce_result([ce_day(today, "0.0335")]))
+    e2e.gpurun("cost", "--reconcile", env={"GPURUN_RECONCILE_EVERY_S": "0"})
+    assert only_run().billed_usd == pytest.approx(0.0335)  # the later, fuller figure replaced the first
+    card = (Path(run.run_dir) / "EVIDENCE.md").read_text()
+    assert "| provider's figure | $0.0335: AWS Cost Explorer" in card and "not final" in card
 
 
 def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E2E,  # noqa: F811
