@@ -93,7 +93,9 @@ def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Pa
     hardware = json.loads((run_dir / "out" / "hardware.json").read_text())
     assert hardware["world_size"] == 2
     ends = [json.loads(x) for x in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert ends[-1]["type"] == "end" and ends[-1]["reason"] == "signal"  # the guard's SIGTERM
+    # The trainer's own deadline is the guard's stop time: it stops itself there with a decayed, evaluated
+    # checkpoint ("deadline"), or the guard's SIGTERM ("signal") gets there first on a busy machine.
+    assert ends[-1]["type"] == "end" and ends[-1]["reason"] in ("deadline", "signal")
     from trainer.manifest import verify_checkpoints
 
     ok, bad = verify_checkpoints(run_dir / "out" / "checkpoints")
