@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +27,7 @@ import pytest
 
 from providers.aws import AWSProvider
 from providers.base import STOPPING, TERMINATED
+from tests.e2e_helpers import wait_for as shared_wait_for
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
 from tests.test_aws_capacity import answer, provider, pubkey, spec_for  # noqa: F401  (pubkey: a fixture)
 
@@ -208,10 +208,7 @@ def imds() -> Iterator[Imds]:
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    end = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    shared_wait_for(check, timeout_s, what, every_s=0.05)  # a hang guard only (tests/e2e_helpers.py)
 
 
 def tool_path(tmp_path: Path, fetcher: str) -> str:

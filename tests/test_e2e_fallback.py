@@ -6,35 +6,20 @@ the ledger and the proof. (The controller's paths one by one: tests/test_fallbac
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-
-import pytest
 
 from orchestrator.ledger import Ledger
 from orchestrator.run_record import RunRecord
-from providers.base import BillingRule
 from tests.e2e_helpers import (
     E2E,
     SHORT_TRAIN,
     assert_trained_and_synced,
     e2e,  # noqa: F401  (fixture)
     only_run,
-    point_at_datacrunch_fake,
     proof_of,
     sshd,  # noqa: F401  (fixture)
 )
 from tests.fakes.datacrunch_api import FakeDataCrunchAPI
-
-
-@pytest.fixture
-def datacrunch(e2e: E2E) -> Iterator[FakeDataCrunchAPI]:  # noqa: F811
-    api = FakeDataCrunchAPI(billing=BillingRule(600, 0, "budgets.yaml default"), ip=e2e.sshd.host,
-                            ordered_s=0.3, provisioning_s=1.0).start()
-    point_at_datacrunch_fake(e2e, api)
-    try:
-        yield api
-    finally:
-        api.stop()
+from tests.test_e2e_datacrunch import fake  # noqa: F401  (fixture: the API fake, its e2e environment)
 
 
 def planned_location(e2e: E2E, args: list[str]) -> tuple[str, str]:  # noqa: F811
@@ -48,14 +33,14 @@ def planned_location(e2e: E2E, args: list[str]) -> tuple[str, str]:  # noqa: F81
 
 
 def test_datacrunch_order_without_capacity_is_deleted_and_the_next_location_trains(
-        e2e: E2E, datacrunch: FakeDataCrunchAPI) -> None:  # noqa: F811
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
     args = ["launch", "--provider", "datacrunch", "--gpu", "A100", "--max-usd", "3", "--yes",
             "--budgets", str(e2e.budgets("datacrunch")), "--sync-interval", "3", *SHORT_TRAIN]
     first, fallback = planned_location(e2e, args)
-    other = next(loc for loc in datacrunch.availability if loc != first and "1A100.22V" in datacrunch.availability[loc])
+    other = next(loc for loc in fake.availability if loc != first and "1A100.22V" in fake.availability[loc])
     assert f"1A100.22V, {other}" in fallback  # the plan shows where it goes next
-    datacrunch.pending_s = 0.3
-    datacrunch.no_capacity_where = {f"1A100.22V@{first}"}  # stock said yes; the order never gets capacity
+    fake.pending_s = 0.3
+    fake.no_capacity_where = {f"1A100.22V@{first}"}  # stock said yes; the order never gets capacity
 
     res = e2e.gpurun(*args, timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -69,12 +54,12 @@ def test_datacrunch_order_without_capacity_is_deleted_and_the_next_location_trai
     rows = Ledger().instances(run.run_id)
     assert [r.instance_id for r in rows][0] == failed_id and len(rows) == 2
     # The failed order was deleted, and seen gone, before the second create was sent.
-    calls = datacrunch.requests  # every call in the order the API got them
+    calls = fake.requests  # every call in the order the API got them
     creates = [i for i, c in enumerate(calls) if c["method"] == "POST" and c["path"] == "/instances"]
     deletes = [i for i, c in enumerate(calls) if c["method"] == "PUT" and c["action"] == "delete"]
     assert len(creates) == 2 and deletes and deletes[0] < creates[1]  # only the failed order existed then
-    assert all(datacrunch.status_of(i) == "discontinued" for i in datacrunch.instances)
-    assert datacrunch.billed_volumes() == [] and datacrunch.total_usd() <= 3
+    assert all(fake.status_of(i) == "discontinued" for i in fake.instances)
+    assert fake.billed_volumes() == [] and fake.total_usd() <= 3
     proof = proof_of(run)
     assert proof["verified"] is True and set(proof["instance_ids"]) == {r.instance_id for r in rows}
     assert [a["instance_id"] for a in proof["attempts"]] == [failed_id]

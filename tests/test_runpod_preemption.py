@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the provider tests' `fake` fixture is imported and taken by name, as pytest does)
 """RunPod preemption: `get` reads an interruptible pod the platform stopped as preempted (and nothing else).
 
 The real `runpod` SDK talks HTTP to the GraphQL fake (tests/fakes/runpod_api.py), which takes spot pods
@@ -6,7 +7,6 @@ back on request (`preempt`) or on a knob (`preempt_after_s`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,7 @@ from providers.runpod import RunPodProvider
 from providers.runpod.preemption import preemption_reason
 from tests.e2e_helpers import wait_for
 from tests.fakes.runpod_api import FakeRunPodAPI
-
-PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0c2VjcmV0bm90cmVhbGx5YWtleWF0YWxs gpurun-run"
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeRunPodAPI]:
-    api = FakeRunPodAPI(ssh_host="127.0.0.1", ssh_port=2222).start()
-    monkeypatch.setenv("RUNPOD_API_BASE_URL", api.base_url)
-    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no real ~/.runpod/config.toml
-    yield api
-    api.stop()
+from tests.test_runpod_provider import PUBKEY, fake  # noqa: F401  (fixture)
 
 
 def make(fake: FakeRunPodAPI, tmp_path: Path, **kw: Any) -> RunPodProvider:
