@@ -179,13 +179,14 @@ def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
 
 def allowance_for(
     budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None,
-    spent_before_usd: float = 0.0,
+    spent_before_usd: float = 0.0, spent_on: str = "failed boots",
 ) -> Allowance:
     """What the budget allows at this price, or BudgetError saying what it buys and what is needed.
 
     `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd).
     `spent_before_usd`: what earlier attempts of the run cost (offer fallback); this attempt may
-    spend only the rest of the cap."""
+    spend only the rest of the cap; `spent_on` names those attempts in a refusal ("failed boots",
+    "a preempted instance")."""
     budget = _check_max_usd(budgets, budgets.per_run_default_usd if max_usd is None else max_usd)
     price = _check_price(usd_per_hour)
     rule = budgets.billing_for(provider)
@@ -218,7 +219,7 @@ def allowance_for(
             why = f" (less than {what} of {_fmt_s(first)})"
         billed = rule.billed_seconds(need_s)
         billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
-        spent_note = f" ({spent:.4f} USD already spent on failed boots)" if spent else ""
+        spent_note = f" ({spent:.4f} USD already spent on {spent_on})" if spent else ""
         raise BudgetError(
             f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
             f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"

@@ -239,11 +239,13 @@ class Controller:
         self.notifier.send(event, self.run.run_id, message, provider=self.provider.name, phase=self.run.phase,
                            spent_usd=round(self.spent_usd(), 6), max_usd=self.allowance.max_usd, **facts)
 
-    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float) -> None:
+    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float,
+                     spent_on: str = "failed boots") -> None:
         """Make `offer` the run's current one (offer fallback): its allowance is what is left of the
-        cap after the failed attempts (BudgetError when that buys too little at its price)."""
+        cap after the earlier attempts (BudgetError when that buys too little at its price)."""
         allowance = budget_mod.allowance_for(self.budgets, self.provider.name, self.run.max_usd,
-                                             offer.total_usd_per_hour, spent_before_usd=spent_usd)
+                                             offer.total_usd_per_hour, spent_before_usd=spent_usd,
+                                             spent_on=spent_on)
         offer.billing = allowance.billing
         self.offer, self.allowance = offer, allowance
         self.record.offer, self.record.allowance, self.record.fallbacks = offer, allowance, list(remaining)
@@ -487,7 +489,10 @@ class Controller:
                 self.syncer.stop()
                 self.ledger.record_event(self.run.run_id, "handoff", pid=os.getpid())
                 return False
-            if reason is not None:
+            if reason is not None and ending_of(reason) is Ending.PREEMPTED and self._resume(reason):
+                # Reclaimed while preparing its data: the next instance prepared it and started the job.
+                transport = self.ensure_transport()
+            elif reason is not None:
                 self.finish(reason)
                 return True
         while True:
@@ -599,6 +604,7 @@ class Controller:
         job = self.job_info()
         stall = StallWatch(self.options.stall_minutes * 60, by_step=False, now=time.time())
         errors = 0
+        asked_at = time.time()
         while True:
             if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
                 return f"{Ending.DEADLINE}: budget guard (while preparing the data)"
@@ -607,6 +613,10 @@ class Controller:
             if self.handoff_requested:
                 return _HANDOFF
             try:
+                if self.offer.spot and time.time() - asked_at >= PREEMPT_CHECK_S:
+                    asked_at = time.time()
+                    if preempted := self._preempted():
+                        return f"{Ending.PREEMPTED}: {preempted} (while preparing the data)"
                 self._heartbeat()
                 state = transport.job_state(DATA_JOB)
                 if state.pid is None and not state.running:  # a controller died before starting it
@@ -614,6 +624,8 @@ class Controller:
                     continue
                 probe = self._data_probe(job["data_dir"])
                 if not state.running:
+                    if state.exit_code != 0 and self.offer.spot and (preempted := self._preempted()):
+                        return f"{Ending.PREEMPTED}: {preempted} (while preparing the data)"  # the machine went
                     if state.exit_code == 0:
                         self.ledger.record_event(self.run.run_id, "data_ready", data_dir=job["data_dir"],
                                                  **{k: probe.progress.get(k) for k in ("tokens", "message")})
@@ -628,6 +640,8 @@ class Controller:
             except Exception as exc:  # an instance we cannot watch is torn down, not left billing
                 errors += 1
                 self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+                if preempted := self._preempted():  # unreachable because the provider took it back
+                    return f"{Ending.PREEMPTED}: {preempted} (while preparing the data)"
                 if errors >= 5:
                     return f"{Ending.LOST}: {type(exc).__name__}: {exc}"
             time.sleep(POLL_S)

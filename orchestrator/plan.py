@@ -144,11 +144,24 @@ class LaunchPlan:
             rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
                                      "inside the budget; each is torn down and verified before the next offer"))
+        if o.spot:
+            rows.append(("preemption", self._recovery_words()))
         for offer, why in self.skipped:
             rows.append(("skipped", f"{offer_label(offer)}: {why}"))
         if self.account and account_words(self.account):
             rows.append(("account", account_words(self.account)))
         return rows
+
+    def _recovery_words(self) -> str:
+        """How a spot run's recovery draws on the cap: what a resume needs, and until when one is possible."""
+        b = self.allowance
+        need_usd = b.billing.cost(b.min_runtime_s + b.reserve_s, b.usd_per_hour)
+        where = "the same offer, then the fallbacks" if self.fallbacks else "the same offer"
+        until = b.max_usd - need_usd
+        return (f"a reclaimed instance is verified gone and its billed time comes out of this budget; the run"
+                f" resumes from its last checkpoint on {where} while what is left buys {duration(b.min_runtime_s)}"
+                f" of training + {duration(b.reserve_s)} reserve ({need_usd:.4f} USD at this price): up to"
+                f" {max(0.0, until):.4f} USD spent; past that it ends, nothing left billing")
 
     def _job_label(self) -> str:
         if self.options.command:

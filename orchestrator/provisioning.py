@@ -41,7 +41,7 @@ class Controller(Protocol):
     allowance: Allowance
     instance: Instance | None
 
-    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float) -> None: ...
+    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float, spent_on: str) -> None: ...
     def create_instance(self) -> Instance: ...
     def boot_and_connect(self, instance: Instance, until: float) -> None: ...
     def record_failed_attempt(self, attempt: dict[str, Any]) -> None: ...
@@ -57,6 +57,15 @@ def failed_boots_usd(attempts: list[dict[str, Any]]) -> float:
 def attempts_usd(attempts: list[dict[str, Any]]) -> float:
     """What every earlier attempt of the run cost: failed boots and preempted instances."""
     return sum(float(a.get("cost_usd") or 0.0) for a in attempts)
+
+
+def spent_on(attempts: list[dict[str, Any]]) -> str:
+    """What the earlier attempts were, in words, for a refusal: "failed boots", "a preempted instance"."""
+    boots = sum(1 for a in attempts if a.get("cause", "boot") == "boot")
+    lost = len(attempts) - boots
+    words = ([("a failed boot" if boots == 1 else "failed boots")] if boots else []) + \
+        ([("a preempted instance" if lost == 1 else "preempted instances")] if lost else [])
+    return " and ".join(words) or "earlier attempts"
 
 
 def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
@@ -81,7 +90,8 @@ def provision(ctl: Controller, resume: bool = False) -> Instance:
     for n, offer in enumerate(candidates, 1):
         if n > 1 or resume:
             try:
-                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=attempts_usd(ctl.record.attempts))
+                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=attempts_usd(ctl.record.attempts),
+                                spent_on=spent_on(ctl.record.attempts))
             except BudgetError as exc:
                 failures.append(f"{n}. {offer_label(offer)}: not tried: {exc}")
                 break
@@ -95,6 +105,10 @@ def provision(ctl: Controller, resume: bool = False) -> Instance:
             assert ctl.instance is not None
             return ctl.instance
         failures.append(f"{n}. {offer_label(offer)}: {reason}")
+    if resume:  # after a preemption: the lost instance booted; what stops the resume is the rest of the cap
+        raise RunFailed("no offer to resume on: " + "; ".join(failures)
+                        + ". Each instance was verified gone; the checkpoint is home: `gpurun launch --resume"
+                        f" {ctl.run.run_id} --max-usd N` continues from it")
     raise RunFailed("no offer came up: " + "; ".join(failures)
                     + ". Each attempt was verified gone; try later, another --gpu, or raise --max-boot-usd")
 

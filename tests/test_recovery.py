@@ -51,7 +51,7 @@ def launch(tmp_path: Path, **kw: Any) -> Controller:
 
 def test_a_preempted_spot_run_resumes_from_its_checkpoint_on_the_same_offer(tmp_path, monkeypatch) -> None:
     stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
-                        "preempt_after_s": 12, "preempt_once": True},
+                        "preempt_after_s": 2, "preempt_during": "training", "preempt_once": True},
           {"gpu": "H100", "region": "r2", "usd_per_hour": PRICE * 1.5, "boot": "ok", "spot": True})
     ctl = launch(tmp_path, gpu="H100")
     run = ctl.refresh()
@@ -87,7 +87,8 @@ def test_a_preemption_the_rest_of_the_cap_cannot_carry_ends_the_run_cleanly(tmp_
     run = ctl.refresh()
     assert run.phase == "verified" and run.end_reason is not None
     assert run.end_reason.startswith("preempted") and "not resumed" in run.end_reason, run.end_reason
-    assert "raise --max-usd" in run.end_reason
+    assert "raise --max-usd" in run.end_reason and "already spent on a preempted instance" in run.end_reason
+    assert f"gpurun launch --resume {run.run_id}" in run.end_reason  # what to do next, in the reason
     assert len(Ledger().instances(run.run_id)) == 1  # nothing else was rented
     assert all(r.state in ("terminated", "not_found") for r in Ledger().instances(run.run_id))
     assert run.cost_usd is not None and run.cost_usd <= 0.1
@@ -156,3 +157,43 @@ def test_resume_refuses_an_open_run_or_one_without_a_checkpoint(tmp_path: Path) 
     ledger.create_run("open-run-1", "local", 1.0, {}, str(tmp_path / "open"))
     res = gpurun("launch", "--resume", "open-run-1", "--yes", cwd=tmp_path)
     assert res.returncode == 2 and "is still open" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_plan_says_how_recovery_draws_on_the_cap(tmp_path, monkeypatch) -> None:
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True},
+          {"gpu": "H100", "region": "r2", "usd_per_hour": PRICE * 1.5, "boot": "ok", "spot": True})
+    plan = make_plan(LaunchOptions(provider="shelf", max_usd=0.5, spot=True, gpu="H100",
+                                   budgets=budgets(tmp_path, min_runtime_s=30)))
+    row = dict(plan.rows())["preemption"]
+    # 30 s of training + 10 s reserve at 0.001 USD/s: 0.04 USD; resumes stay possible up to 0.46 USD spent.
+    assert "same offer, then the fallbacks" in row and "0.0400 USD at this price" in row, row
+    assert "up to 0.4600 USD spent" in row and "nothing left billing" in row
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok"})
+    on_demand = make_plan(LaunchOptions(provider="shelf", max_usd=0.5, budgets=budgets(tmp_path)))
+    assert "preemption" not in dict(on_demand.rows())  # on-demand: nothing takes the machine back
+
+
+def test_a_reclaim_while_the_data_is_prepared_resumes_on_the_next_instance(tmp_path, monkeypatch) -> None:
+    # 20 MB of text takes the preparer seconds: the cloud takes the machine back while it tokenizes.
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "input.txt").write_text("Speak, speak. Before we proceed any further, hear me speak.\n" * 340_000)
+    stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
+                        "preempt_after_s": 0, "preempt_once": True, "preempt_during": "data"})
+    small = ["--max-iters", "6", "--n-layer", "1", "--n-head", "1", "--n-embd", "32", "--block-size", "32",
+             "--batch-size", "4", "--eval-iters", "1", "--eval-interval", "3", "--sample-tokens", "5",
+             "--log-interval", "1"]
+    ctl = launch(tmp_path, gpu="H100", recipe="shakespeare-char", data_from=str(src), trainer_args=small)
+    run = ctl.refresh()
+    assert run.phase == "verified" and run.job_exit_code == 0, (run.end_reason, run.error)
+    (lost,) = RunRecord.of_run(run).attempts
+    assert lost["cause"] == "preempted" and "while preparing the data" in lost["reason"], lost
+    phases = [e.phase for e in Ledger().events(run.run_id) if is_phase(e.phase)]
+    # Reclaimed in the data phase -> a new instance prepares the data again -> trains -> verified.
+    assert phases.count("preparing_data") == 2 and phases.count("creating") == 2, phases
+    first_data = phases.index("preparing_data")
+    assert "running" not in phases[:first_data] and phases.index("creating", first_data) < phases.index("running")
+    resuming = next(e for e in Ledger().events(run.run_id) if e.phase == "resuming")
+    assert resuming.payload["step"] is None  # nothing had trained: the job starts from scratch
+    assert "max_iters" in (Path(run.run_dir) / "out" / "train.log").read_text()
+    assert run.cost_usd is not None and run.cost_usd <= 0.5

@@ -13,8 +13,12 @@ interface of providers/base.py, so that every path of orchestrator.provisioning 
 the boot window ends it), "vanishes" (made, then not found while booting). An offer with
 `"spot": true, "preempt_after_s": N` runs, and N seconds after its job started the "cloud" takes it back:
 its processes die and `get` says preempted (stopped, not gone, until gpurun terminates it); with
-`"preempt_once": true` only the run's first instance of it is.
+`"preempt_once": true` only the run's first instance of it is; with `"preempt_during": "data"` the N
+seconds count from the start of the recipe's data phase instead (the reclaim lands while it prepares),
+with `"preempt_during": "training"` from the job's first checkpoint (it has trained, however slowly it
+started).
 """
+
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ from typing import Any
 
 from providers.base import NOT_FOUND, PENDING, STOPPED, Instance, InstanceSpec, NoCapacityError, Offer
 from providers.local import LocalProvider
+
+# What the reclaim's N seconds count from: the file that appears on the instance when it starts.
+PREEMPT_FROM = {"job": "job.pid", "data": "data.pid", "training": "out/checkpoints/MANIFEST.json"}
 
 
 def _script() -> list[dict[str, Any]]:
@@ -49,7 +56,8 @@ class ShelfProvider(LocalProvider):
                       available=o.get("available", True), spot=bool(o.get("spot")),
                       details={"boot": o["boot"], "preempt_after_s": o.get("preempt_after_s"),
                                "notice_after_s": o.get("notice_after_s"),
-                               "preempt_once": o.get("preempt_once", False)})
+                               "preempt_once": o.get("preempt_once", False),
+                               "preempt_during": o.get("preempt_during", "job")})
                 for o in _script()]
 
     def create(self, spec: InstanceSpec) -> Instance:
@@ -66,10 +74,12 @@ class ShelfProvider(LocalProvider):
                 # "preempt_once": only the offer's first instance is taken back (the spot market calmed).
                 "preempt_after_s": None if spec.offer.details.get("preempt_once") and spec.attempt > 1
                 else spec.offer.details.get("preempt_after_s"),
-                "notice_after_s": None if spec.attempt > 1 else spec.offer.details.get("notice_after_s")}
+                "notice_after_s": None if spec.attempt > 1 else spec.offer.details.get("notice_after_s"),
+                "preempt_during": spec.offer.details.get("preempt_during") or "job"}
         (sandbox / "instance.json").write_text(json.dumps(info))
         if info["preempt_after_s"] is not None:  # the cloud acts on its own clock, asked or not
-            threading.Thread(target=self._reclaim, args=(iid, float(info["preempt_after_s"])), daemon=True).start()
+            threading.Thread(target=self._reclaim, args=(iid, float(info["preempt_after_s"]), info["preempt_during"]),
+                             daemon=True).start()
         return self.get(iid)
 
     def spot_notice_command(self, instance: Instance, root: str) -> str | None:
@@ -83,10 +93,11 @@ class ShelfProvider(LocalProvider):
         return (f"while [ ! -s {q}/out/checkpoints/MANIFEST.json ]; do sleep 0.2; done; sleep {float(after)}; "
                 f"echo '{{\"action\": \"terminate\"}}' > {q}/spot.notice; kill -s USR1 -- -$(cat {q}/job.pid)")
 
-    def _reclaim(self, instance_id: str, after_s: float) -> None:
-        # N seconds after the job started there (however long the boot took), or never if it is gone.
+    def _reclaim(self, instance_id: str, after_s: float, during: str = "job") -> None:
+        # N seconds after the job (or the data phase) started there (however long the boot took), or
+        # never if it is gone.
         sandbox = self._sandbox(instance_id)
-        while not (sandbox / "job.pid").exists():
+        while not (sandbox / PREEMPT_FROM[during]).exists():
             if (sandbox / "terminated").exists():
                 return
             time.sleep(0.2)
