@@ -165,7 +165,8 @@ def ensure_packages(transport: Transport, python: str, packages: Sequence[str], 
 
 
 def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | None = None,
-                    python: str = "python3", out_dir: str | None = None) -> str:
+                    python: str = "python3", out_dir: str | None = None, nodes: int = 1, node_rank: int = 0,
+                    rdzv_endpoint: str = "") -> str:
     """The job's command line (run with cwd=<root>/code): one DDP rank per GPU, at least one.
 
     `trainer.launch` is the single-node part of torchrun (same env contract) that keeps the stop
@@ -175,6 +176,9 @@ def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | 
     """
     out_dir = out_dir or (f"{root.rstrip('/')}/out" if root else "../out")
     extra = args if isinstance(args, str) else " ".join(shlex.quote(a) for a in args)
-    cmd = (f"{shlex.quote(python)} -m trainer.launch --nproc-per-node={max(1, int(gpu_count))} "
-           f"--out-dir {shlex.quote(out_dir)}")
+    cmd = f"{shlex.quote(python)} -m trainer.launch --nproc-per-node={max(1, int(gpu_count))} "
+    if nodes > 1:  # torchrun's static-rendezvous flags: node R is group rank R, node 0 hosts the store
+        cmd += (f"--nnodes={int(nodes)} --node-rank={int(node_rank)} --rdzv-backend=static "
+                f"--rdzv-endpoint={shlex.quote(rdzv_endpoint)} ")
+    cmd += f"--out-dir {shlex.quote(out_dir)}"
     return f"{cmd} {extra}".rstrip()

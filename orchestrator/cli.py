@@ -93,6 +93,8 @@ def main() -> None:
 @click.option("--max-usd", type=float, help="hard cap for this run (default: budgets.yaml per_run_default_usd)")
 @click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100; "H100,A100" accepts either, first preferred')
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")
+@click.option("--nodes", type=int, default=1, show_default=True,
+              help="instances of the same offer, one torchrun node each (--gpus ranks per node), one cap for all")
 @click.option("--spot", is_flag=True, help="spot / interruptible capacity where the provider has it")
 @click.option("--spot-fallback", is_flag=True,
               help="with --spot: when no spot offer boots, or one is preempted, go on on-demand (same cap)")
@@ -127,6 +129,8 @@ def main() -> None:
 def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     """Plan, confirm, provision, train, sync, tear down. `-- CMD ...` runs any command instead."""
     if kw["resume_run"]:
+        if kw["nodes"] != 1:
+            raise LaunchError(f"--nodes {kw['nodes']} with --resume: a run resumes on one instance only: drop --nodes")
         options = resume_options(Ledger(), kw["resume_run"], kw["max_usd"], kw["max_boot_usd"])
         _launch_with(options, kw)
         return
@@ -142,7 +146,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
-        spot_fallback=kw["spot_fallback"],
+        spot_fallback=kw["spot_fallback"], nodes=kw["nodes"],
     )
     _launch_with(options, kw)
 

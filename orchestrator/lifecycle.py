@@ -32,6 +32,7 @@ from orchestrator.evidence import write_evidence
 from orchestrator.exit_codes import Ending, ending_of
 from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
+from orchestrator.nodes import Node, group_env, rendezvous_address, worker_root
 from orchestrator.notify import Notifier
 from orchestrator.phases import Phase
 from orchestrator.plan import (
@@ -126,6 +127,8 @@ class Controller:
         self.python = "python3"  # the instance's python that has torch
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
         self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
+        self.workers: list[Node] = []  # nodes 1.. of a multi-node run (orchestrator.nodes); node 0 is above
+        self._config_text = ""  # the job's config file (node 0's), written on every worker too
         self._budgets: Budgets | None = None  # the launch's budgets.yaml (offer fallback re-reads it)
         self._notifier: Notifier | None = None  # budgets.yaml notify: (orchestrator.notify)
 
@@ -244,7 +247,7 @@ class Controller:
         """Make `offer` the run's current one (offer fallback): its allowance is what is left of the
         cap after the earlier attempts (BudgetError when that buys too little at its price)."""
         allowance = budget_mod.allowance_for(self.budgets, self.provider.name, self.run.max_usd,
-                                             offer.total_usd_per_hour, spent_before_usd=spent_usd,
+                                             self.options.group_usd_per_hour(offer), spent_before_usd=spent_usd,
                                              spent_on=spent_on)
         offer.billing = allowance.billing
         self.offer, self.allowance = offer, allowance
@@ -267,27 +270,90 @@ class Controller:
             clock_start_epoch=clock.clock_start_epoch,
             deadline_epoch=deadline,
             stop_at_epoch=clock.stop_at_epoch,
-            usd_per_hour=self.offer.total_usd_per_hour,
+            usd_per_hour=self.options.group_usd_per_hour(self.offer),
             controller_pid=os.getpid(),
         )
         self.refresh()
-        self.phase("creating", instance_type=self.offer.instance_type, deadline_epoch=deadline)
-        spec = InstanceSpec(
+        self.phase("creating", instance_type=self.offer.instance_type, deadline_epoch=deadline,
+                   **({"nodes": self.options.nodes} if self.options.nodes > 1 else {}))
+        self.workers = []
+        instance = self.provider.create(self._spec(node_rank=0))
+        self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)
+        self.instance = instance
+        return instance
+
+    def _spec(self, node_rank: int) -> InstanceSpec:
+        return InstanceSpec(
             run_id=self.run.run_id,
             offer=self.offer,
             ssh_public_key=self._public_key() if self.provider.needs_ssh_key else "",
             image=self.options.image,
             attempt=len(self.record.attempts) + 1,
+            node_rank=node_rank,
+            nodes=self.options.nodes,
         )
-        instance = self.provider.create(spec)
-        self.ledger.add_instance(self.run.run_id, self.provider.name, instance.id, instance.state, instance.raw)
-        self.instance = instance
-        return instance
+
+    def create_workers(self) -> None:
+        """Nodes 1..N-1 of a multi-node run, right after node 0 (BootFailed when one is refused: the
+        attempt then tears down every node it made)."""
+        for rank in range(1, self.options.nodes):
+            try:
+                inst = self.provider.create(self._spec(node_rank=rank))
+            except Exception as exc:  # noqa: BLE001 - capacity, quota, an API error: the group cannot form
+                raise BootFailed(f"node {rank} of {self.options.nodes} could not be created:"
+                                 f" {type(exc).__name__}: {exc}") from exc
+            self.ledger.add_instance(self.run.run_id, self.provider.name, inst.id, inst.state, inst.raw)
+            self.workers.append(Node(rank, inst))
+
+    def attempt_instance_ids(self) -> list[str]:
+        """The current attempt's instances: node 0, then the workers made so far."""
+        assert self.instance is not None
+        return [self.instance.id, *(w.instance.id for w in self.workers)]
 
     def boot_and_connect(self, instance: Instance, until: float) -> None:
-        """Wait for the instance to run and answer (SSH) by `until`; BootFailed if it will not."""
+        """Wait for the instance (every node of a multi-node run) to run and answer (SSH) by `until`;
+        BootFailed if one will not."""
         access = self._boot(instance, until)
         self._connect(instance, access, until)
+        if not self.workers:
+            return
+        for node in self.workers:
+            node.instance, access = self._boot_worker(node, until)
+            transport = open_transport(access, run_id=self.run.run_id, instance_id=node.instance.id,
+                                       ledger=self.ledger, root=worker_root(self.run.run_id, node.rank))
+            try:
+                transport.wait_ready(timeout_s=max(5.0, until - time.time()))
+            except Exception as exc:  # noqa: BLE001 - whatever the transport raises, the group failed
+                transport.close()
+                raise BootFailed(f"node {node.rank} (instance {node.instance.id}) runs but never answered:"
+                                 f" {type(exc).__name__}: {exc}") from exc
+            node.transport = transport
+            self.ledger.record_event(self.run.run_id, "node_ready", rank=node.rank, instance_id=node.instance.id,
+                                     root=transport.root)
+        self.instance = self.provider.get(instance.id)  # node 0 as it runs now: its private address
+        self._record_nodes()
+
+    def _boot_worker(self, node: Node, until: float) -> tuple[Instance, Access]:
+        while True:
+            inst = self.provider.get(node.instance.id)
+            self.ledger.update_instance(inst.id, state=inst.state)
+            if inst.boot_failure or inst.gone:
+                raise BootFailed(f"node {node.rank} (instance {inst.id}) will not boot:"
+                                 f" {inst.boot_failure or inst.state}")
+            access = self.provider.access(inst)
+            if inst.state == "running" and access is not None:
+                return inst, access
+            if time.time() > until:
+                raise BootFailed(f"node {node.rank} (instance {inst.id}) still {inst.state} at the end of its"
+                                 f" boot window")
+            time.sleep(POLL_S)
+
+    def _record_nodes(self) -> None:
+        assert self.instance is not None
+        nodes = [{"rank": 0, "instance_id": self.instance.id, "private_ip": self.instance.private_ip},
+                 *(w.to_dict() for w in self.workers)]
+        self.ledger.update_run(self.run.run_id, plan={"nodes": nodes})
+        self.refresh()
 
     def _boot(self, instance: Instance, until: float) -> Access:
         self.phase("booting", instance_id=instance.id)
@@ -348,7 +414,30 @@ class Controller:
         )
         if self.offer.spot and (notice := self.provider.spot_notice_command(instance, self.transport.root)):
             self.transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
+        for node in self.workers:
+            self._bootstrap_worker(node, wd_deadline)
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
+
+    def _bootstrap_worker(self, node: Node, wd_deadline: float) -> None:
+        """A worker node: the same code and config as node 0, and its own dead-man's switch (at the
+        run's deadline, with its own self-destruct; no stall rule: the steps are logged on node 0)."""
+        assert node.transport is not None
+        opts = self.options
+        if opts.command and opts.workdir:
+            node.transport.upload(Path(opts.workdir), "code")
+        else:
+            node.transport.upload(TRAINER_DIR, "code/trainer")
+        info = bootstrap(node.transport, need_torch=not opts.command)
+        node.python = info.python
+        if self._config_text:
+            node.transport.write_file(f"code/{JOB_CONFIG}", self._config_text)
+        for path, content, mode in self.provider.self_destruct_files(node.instance):
+            node.transport.write_file(path, content, mode)
+        install_watchdog(node.transport, deadline_epoch=wd_deadline, grace_s=self.grace_s(),
+                         self_destruct_cmd=self.self_destruct_command(node.instance),
+                         idle_s=opts.idle_minutes * 60, stall_s=None, progress_file="job.log")
+        self.ledger.record_event(self.run.run_id, "node_bootstrapped", rank=node.rank, instance_id=node.instance.id,
+                                 python=info.python, torch=info.torch_version, gpu_count=info.gpu_count)
 
     def _data_watch(self) -> dict[str, str]:
         """The watchdog's pre-job: the data phase and its progress.json, relative to the run root."""
@@ -382,7 +471,8 @@ class Controller:
                 self.ledger.record_event(self.run.run_id, "installed", packages=installed)
         config = job_config(opts, recipe, job["data_dir"]) if not opts.command else {}
         if config:
-            self.transport.write_file(f"code/{JOB_CONFIG}", config_text(config))
+            self._config_text = config_text(config)
+            self.transport.write_file(f"code/{JOB_CONFIG}", self._config_text)
             job["config_file"] = True
         self.ledger.update_run(self.run.run_id, plan={"job": job})
         self.refresh()
@@ -431,12 +521,12 @@ class Controller:
         if self.transport is None or (not force and now - self._heartbeat_at < every):
             return
         self._heartbeat_at = now
-        try:
-            heartbeat(self.transport)
-        except Exception:  # noqa: BLE001 - the guard's own poll reports a lost instance
-            pass
+        for t in (self.transport, *(n.transport for n in self.workers)):
+            if t is not None:
+                _quietly(lambda t=t: heartbeat(t))  # a miss is a missed beat: the guard's poll reports a lost node
 
-    def job_command(self) -> str:
+    def job_command(self, node: Node | None = None) -> str:
+        """The job's command line on node 0 (or on `node`, a worker of a multi-node run)."""
         opts = self.options
         if opts.command:
             return shlex.join(opts.command)
@@ -448,16 +538,39 @@ class Controller:
         # home is a finished model; the guard's SIGTERM at stop_at and the watchdog's are backstops.
         assert self.run.stop_at_epoch is not None
         args += ["--deadline-epoch", f"{math.floor(self.run.stop_at_epoch)}"]
-        assert self.transport is not None
+        transport = self.transport if node is None else node.transport
+        assert transport is not None
         # One rank per GPU; an instance without GPUs runs --gpus CPU ranks (gloo), e.g. to test DDP.
         gpus = self.gpu_count or max(1, opts.gpus)
-        return trainer_command(gpus, args, python=self.python, out_dir=f"{self.transport.root}/out")
+        group: dict[str, Any] = {}
+        if opts.nodes > 1:
+            group = dict(nodes=opts.nodes, node_rank=0 if node is None else node.rank,
+                         rdzv_endpoint=f"{self._rendezvous()}:{settings.rdzv_port()}")
+        return trainer_command(gpus, args, python=self.python if node is None else node.python,
+                               out_dir=f"{transport.root}/out", **group)
+
+    def _rendezvous(self) -> str:
+        assert self.instance is not None
+        return rendezvous_address(self.instance)
+
+    def _job_env(self, rank: int) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1"}
+        if self.options.nodes > 1:
+            nodes = self.run.plan.get("nodes") or []
+            addresses = [str(n.get("private_ip") or "") for n in sorted(nodes, key=lambda n: n["rank"])]
+            env.update(group_env(addresses, rank, self.gpu_count or max(1, self.options.gpus), settings.rdzv_port()))
+        return env
 
     def _start_job(self) -> None:
         assert self.transport is not None
         command = self.job_command()
         self.phase("running", command=command)
-        pid = self.transport.start_detached("job", command, env={"PYTHONUNBUFFERED": "1"})
+        pid = self.transport.start_detached("job", command, env=self._job_env(0))
+        # Node 0 first: its rank 0 hosts the rendezvous the others connect to.
+        for node in self.ensure_workers():
+            assert node.transport is not None
+            node_pid = node.transport.start_detached("job", self.job_command(node), env=self._job_env(node.rank))
+            self.ledger.record_event(self.run.run_id, "node_job_started", rank=node.rank, pid=node_pid)
         self.ledger.record_event(self.run.run_id, "job_started", pid=pid)
         self.notice("started", f"run {self.run.run_id} started on {self.offer.instance_type}; the guard stops it"
                     f" at {time.strftime('%H:%M:%S', time.localtime(self.run.stop_at_epoch or 0))}",
@@ -695,14 +808,19 @@ class Controller:
                 time.sleep(0.5)
             if transport.job_state(DATA_JOB).running:
                 transport.signal(DATA_JOB, signal.SIGKILL)
+        workers = [n.transport for n in self.ensure_workers() if n.transport is not None]
         if transport.job_state("job").running:
-            transport.signal("job", signal.SIGTERM)  # the trainer checkpoints and exits 0
+            # Every node hears it (the ranks agree on the step to stop at); node 0's rank 0 checkpoints.
+            for t in (transport, *workers):
+                _quietly(lambda t=t: t.signal("job", signal.SIGTERM))  # the trainer checkpoints and exits 0
             limit = time.time() + self.grace_s()
             while transport.job_state("job").running and time.time() < limit:
                 time.sleep(0.5)
             if transport.job_state("job").running:
                 self.ledger.record_event(self.run.run_id, "job_killed", after_s=self.grace_s())
                 transport.signal("job", signal.SIGKILL)
+        for t in workers:  # a worker still running once node 0 is done has nothing left to give
+            _quietly(lambda t=t: t.job_state("job").running and t.signal("job", signal.SIGKILL))
         state = transport.job_state("job")
         if not state.running:  # its own status: the launch's exit code, `status` and the card show it
             self.ledger.update_run(self.run.run_id, job_exit_code=state.exit_code)
@@ -762,12 +880,37 @@ class Controller:
             rows = self.ledger.instances(self.run.run_id)
             if not rows:
                 raise RunFailed("the run has no instance")
-            inst = self.provider.get(rows[-1].instance_id)
+            # Node 0 of a multi-node run (its workers are rows after it), else the newest attempt's.
+            node0 = [n["instance_id"] for n in self.run.plan.get("nodes") or [] if n.get("rank") == 0]
+            inst = self.provider.get(node0[0] if node0 else rows[-1].instance_id)
             if inst.gone:
                 raise RunFailed(f"instance {inst.id} is already {inst.state}")
             self.transport = self._make_transport(inst, self.provider.access(inst))
             self.transport.wait_ready(timeout_s=30)
         return self.transport
+
+    def ensure_workers(self) -> list[Node]:
+        """The workers of a multi-node run, reconnected from the ledger by a controller that did not
+        create them (a detached guard, `gpurun teardown`); a worker that no longer answers is left to
+        the teardown, which terminates and verifies every instance of the run."""
+        if self.workers or self.options.nodes <= 1:
+            return self.workers
+        for entry in sorted(self.run.plan.get("nodes") or [], key=lambda n: n["rank"]):
+            if entry["rank"] == 0:
+                continue
+            inst = self.provider.get(entry["instance_id"])
+            node = Node(entry["rank"], inst)
+            if not inst.gone and (access := self.provider.access(inst)) is not None:
+                transport = open_transport(access, run_id=self.run.run_id, instance_id=inst.id, ledger=self.ledger,
+                                           root=worker_root(self.run.run_id, node.rank))
+                try:
+                    transport.wait_ready(timeout_s=30)
+                    node.transport = transport
+                except Exception as exc:  # noqa: BLE001 - reported; teardown still ends it
+                    transport.close()
+                    self.ledger.record_event(self.run.run_id, "error", message=f"node {node.rank}: {exc}")
+            self.workers.append(node)
+        return self.workers
 
     # --- teardown: request -> verify -> record --------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
@@ -794,6 +937,9 @@ class Controller:
         write the evidence card: `orchestrator.teardown.end`. VerifyFailed if not verified gone."""
         if self.transport is not None:
             self.transport.close()
+        for node in self.workers:
+            if node.transport is not None:
+                node.transport.close()
         target = teardown_mod.Target(
             ledger=self.ledger,
             provider=self.provider,
@@ -823,6 +969,14 @@ class Controller:
         # The provider's own figure first (where it has one now), so that the card shows both.
         reconcile_after_run(self.ledger, self.refresh(), self.provider)
         return write_run_evidence(self.refresh(), proof_path, cost, runtime_s)
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """Best effort on a worker node: a node that does not answer is the teardown's to end."""
+    try:
+        action()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:

@@ -83,6 +83,12 @@ class LaunchOptions:
     max_boot_usd: float | None = None
     # `--resume RUN`: the run this launch continues (its directory, its last checkpoint).
     resume_run: str | None = None
+    # `--nodes N`: N instances of the same offer, one torchrun node each (node 0 the rendezvous).
+    nodes: int = 1
+
+    def group_usd_per_hour(self, offer: Offer) -> float:
+        """What the run's instances bill together per hour: every node is the same offer."""
+        return offer.total_usd_per_hour * self.nodes
 
     def provider_options(self) -> dict[str, Any]:
         """Constructor options for the provider: only those its class declares it takes
@@ -140,6 +146,13 @@ class LaunchPlan:
         rows.append(("budgets file", str(self.budgets.path)))
         if self.options.resume_run:
             rows.append(("resumes", f"run {self.options.resume_run} from its last checkpoint, in its run directory"))
+        if self.options.nodes > 1:
+            n = self.options.nodes
+            rows.insert(3, ("nodes", f"{n} x {o.instance_type}, created together in one network: {n} x"
+                                     f" {o.total_usd_per_hour:.4f} = {self.options.group_usd_per_hour(o):.4f} USD/h"
+                                     " (the budget below is at that rate); node 0 hosts the rendezvous, each node"
+                                     " has its own dead-man's switch; a node that does not come up fails the run"
+                                     " and every node is torn down"))
         if self.fallbacks:
             rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
@@ -234,8 +247,10 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     if options.spot_fallback and not options.spot:
         raise LaunchError("--spot-fallback goes with --spot: it says what to rent when spot is not to be had")
     check_trainer_input(options)
+    check_nodes_input(options)
     budgets = load_budgets(options.budgets)
     provider = get_provider(options.provider, **options.provider_options())
+    provider.check_nodes(options.nodes)
     provider.check_credentials()
     offers: list[Offer] = []
     for gpu in split_gpus(options.gpu) or [None]:
@@ -252,11 +267,11 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     for offer in ranked:
         offer.billing = budgets.billing_for(provider.name)
         try:
-            allowance = allowance_for(budgets, provider.name, options.max_usd, offer.total_usd_per_hour,
+            allowance = allowance_for(budgets, provider.name, options.max_usd, options.group_usd_per_hour(offer),
                                       now=now or time.time())
             provider.check_launchable(offer)  # quota, image support, credit to deploy
             # The account must be able to pay the cap, and the price must fit an hourly spend limit.
-            provider.check_spend(allowance.max_usd, offer.total_usd_per_hour)
+            provider.check_spend(allowance.max_usd, options.group_usd_per_hour(offer))
         except (BudgetError, ProviderError) as exc:
             skipped.append((offer, str(exc)))
             first_refusal = first_refusal or exc
@@ -270,10 +285,32 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
     recipe, default = recipe_for(options, has_gpu(offer))
+    if options.nodes > 1 and recipe is not None and data_phase(options, recipe):
+        raise LaunchError(f"--nodes {options.nodes} with recipe {recipe.name}: its data is prepared on the instance,"
+                          " which gpurun does on single-node runs only for now: use --nodes 1, or --config/--set"
+                          " with data the trainer builds itself")
     forecast = Forecast.of(options, recipe, default, offer) if recipe is not None else None
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,
                       max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast)
+
+
+MAX_NODES = 64  # a sanity bound on --nodes: more is a typo, or a cluster scheduler's job
+
+
+def check_nodes_input(options: LaunchOptions) -> None:
+    """--nodes, refused in one line where gpurun cannot carry a group (the provider's own check,
+    `Provider.check_nodes`, follows once the provider is known)."""
+    n = options.nodes
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_NODES:
+        raise LaunchError(f"--nodes {n}: must be a whole number from 1 to {MAX_NODES}")
+    if n == 1:
+        return
+    if options.spot:
+        raise LaunchError(f"--nodes {n} with --spot: a reclaimed node stops the whole group, and gpurun resumes"
+                          " single-instance runs only: drop --spot, or use --nodes 1")
+    if options.resume_run:
+        raise LaunchError(f"--nodes {n} with --resume: a run resumes on one instance only: drop --nodes")
 
 
 def boot_budget_usd(options: LaunchOptions, budgets: Budgets, max_usd: float) -> float:

@@ -43,6 +43,8 @@ class Controller(Protocol):
 
     def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float, spent_on: str) -> None: ...
     def create_instance(self) -> Instance: ...
+    def create_workers(self) -> None: ...
+    def attempt_instance_ids(self) -> list[str]: ...
     def boot_and_connect(self, instance: Instance, until: float) -> None: ...
     def record_failed_attempt(self, attempt: dict[str, Any]) -> None: ...
 
@@ -123,14 +125,19 @@ def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float, last: 
         return f"no capacity: {exc}"
     until = min(created_at + boot_window_s(ctl, boot_left_usd, last), ctl.run.stop_at_epoch or created_at + MAX_BOOT_S)
     try:
+        ctl.create_workers()  # a multi-node run's other nodes, created together with node 0
         ctl.boot_and_connect(instance, until)
         return None
     except BootFailed as exc:
         reason = str(exc)
-    retired = teardown_mod.retire(ctl.ledger, ctl.provider, ctl.run.run_id, instance.id)
-    cost = ctl.allowance.attempt_cost_at(retired.verified_at - created_at)
-    _record(ctl, n, offer, instance.id, reason, created_at, retired.verified_at, cost,
-            terminate_requests=[r.__dict__ for r in retired.requests], final_describe=retired.final_describe)
+    # Every node of the attempt goes, not only the one that failed (no worker is left billing).
+    retired = teardown_mod.retire_all(ctl.ledger, ctl.provider, ctl.run.run_id, ctl.attempt_instance_ids())
+    gone_at = max(r.verified_at for r in retired)
+    cost = ctl.allowance.attempt_cost_at(gone_at - created_at)
+    final = retired[0].final_describe if len(retired) == 1 else [r.final_describe for r in retired]
+    _record(ctl, n, offer, instance.id, reason, created_at, gone_at, cost,
+            terminate_requests=[q.__dict__ for r in retired for q in r.requests], final_describe=final,
+            **({"instance_ids": [r.instance_id for r in retired]} if len(retired) > 1 else {}))
     return f"{reason} (verified gone, {cost:.4f} USD)"
 
 

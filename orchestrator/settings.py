@@ -25,6 +25,7 @@ REMOTE_ROOT = "GPURUN_REMOTE_ROOT"
 SELF_DESTRUCT_CMD = "GPURUN_SELF_DESTRUCT_CMD"
 VERIFY_TIMEOUT_S = "GPURUN_VERIFY_TIMEOUT_S"
 RECONCILE_EVERY_S = "GPURUN_RECONCILE_EVERY_S"
+RDZV_PORT = "GPURUN_RDZV_PORT"
 
 # What each one does (docs and `--help` texts can quote these).
 VARIABLES: dict[str, str] = {
@@ -37,6 +38,7 @@ VARIABLES: dict[str, str] = {
     VERIFY_TIMEOUT_S: "how long teardown waits for the provider to confirm an instance gone (default 600)",
     RECONCILE_EVERY_S: "`gpurun cost --reconcile` asks again about a run whose figure is not final at most "
                        "this often (default 3600: an AWS Cost Explorer request costs 0.01 USD)",
+    RDZV_PORT: "the TCP port on node 0 where the nodes of a --nodes run meet (default 29500, torchrun's)",
 }
 VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_PROVIDERS": "providers/__init__.py: extra providers, name=module:Class,...",
@@ -46,12 +48,20 @@ VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_GPT2_BPE_DIR": "trainer/tokenizer.py: local GPT-2 encoder.json + vocab.bpe",
     "GPURUN_WATCHDOG_RETRY_S": "orchestrator/watchdog.sh, on the instance: seconds between self-destruct retries",
     "GPURUN_SHAKESPEARE": "bench/compare_nanogpt.py: a local tinyshakespeare input.txt",
+    # Set (not read) by the controller for the job on each node of a `--nodes N` run (orchestrator/nodes.py).
+    "GPURUN_NODE_RANK": "set for a --nodes job: this node's rank (0 hosts the rendezvous)",
+    "GPURUN_NUM_NODES": "set for a --nodes job: how many nodes the run has",
+    "GPURUN_NODE_IPS": "set for a --nodes job: every node's address, space-separated, node 0 first",
+    "GPURUN_MASTER_ADDR": "set for a --nodes job: node 0's address (also MASTER_ADDR)",
+    "GPURUN_MASTER_PORT": "set for a --nodes job: the rendezvous port on node 0 (also MASTER_PORT)",
+    "GPURUN_GPUS_PER_NODE": "set for a --nodes job: the ranks each node runs",
 }
 
 DEFAULT_REMOTE_ROOT = "gpurun"
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_VERIFY_TIMEOUT_S = 600.0
 DEFAULT_RECONCILE_EVERY_S = 3600.0
+DEFAULT_RDZV_PORT = 29500  # torchrun's --master-port default
 
 
 class SettingsError(ValueError):
@@ -132,3 +142,13 @@ def reconcile_every_s(env: Mapping[str, str] | None = None) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise SettingsError(f"{RECONCILE_EVERY_S}={value!r}: expected a number of seconds >= 0, e.g. 3600")
     return seconds
+
+
+def rdzv_port(env: Mapping[str, str] | None = None) -> int:
+    """$GPURUN_RDZV_PORT, else torchrun's 29500."""
+    value = _get(RDZV_PORT, env)
+    if value is None:
+        return DEFAULT_RDZV_PORT
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise SettingsError(f"{RDZV_PORT}={value!r}: expected a TCP port number, e.g. 29500")
+    return int(value)

@@ -167,16 +167,25 @@ def retire(ledger: Ledger, provider: Provider, run_id: str, instance_id: str,
     """End one instance of a run that goes on (a boot that failed, before the next offer is tried):
     request -> verify, with the run's tag listing zero live instances (no other attempt is alive
     yet). The run's phase does not change; VerifyFailed if it is not verified gone."""
+    return retire_all(ledger, provider, run_id, [instance_id], timeout_s)[0]
+
+
+def retire_all(ledger: Ledger, provider: Provider, run_id: str, instance_ids: list[str],
+               timeout_s: float | None = None) -> list[Retired]:
+    """`retire` for every node of a failed attempt at once (a multi-node run): each is asked to go,
+    and the run's tag must list none of them live; one Retired per instance, in order."""
     timeout = verify_timeout_s(timeout_s)
     try:
-        requests = _terminate_until_gone(ledger, provider, run_id, [instance_id],
+        requests = _terminate_until_gone(ledger, provider, run_id, list(instance_ids),
                                          lambda: provider.list_run(run_id), timeout)
     except RetryError as exc:
         raise VerifyFailed(
-            f"run {run_id}: the failed attempt's instance {instance_id} still not terminated after"
+            f"run {run_id}: the failed attempt's instance(s) {', '.join(instance_ids)} still not terminated after"
             f" {timeout:.0f} s; it may still be billing: run `gpurun teardown {run_id}`"
         ) from exc
-    return Retired(instance_id, requests, provider.get(instance_id).to_dict(), time.time())
+    now = time.time()
+    return [Retired(iid, [r for r in requests if r.instance_id == iid], provider.get(iid).to_dict(), now)
+            for iid in instance_ids]
 
 
 def end(target: Target, timeout_s: float | None = None) -> Ended:

@@ -27,15 +27,17 @@ def remote_root(run_id: str) -> str:
     return f"{settings.remote_root()}/{run_id}"
 
 
-def open_transport(access: Access, *, run_id: str, instance_id: str, ledger: Ledger) -> Transport:
-    """The Transport that reaches an instance through `access` (not yet connected)."""
+def open_transport(access: Access, *, run_id: str, instance_id: str, ledger: Ledger,
+                   root: str | None = None) -> Transport:
+    """The Transport that reaches an instance through `access` (not yet connected); `root`: the run's
+    directory on an SSH instance when not the run's own (a multi-node run's other nodes)."""
     if isinstance(access, LocalSandbox):
         return LocalTransport(Path(access.path))
     if isinstance(access, SSHEndpoint):
         return SSHTransport(
             resolve_endpoint(access),
             run_key().private_path,
-            root=remote_root(run_id),
+            root=root or remote_root(run_id),
             instance_id=instance_id,
             host_keys=LedgerHostKeys(ledger),
         )

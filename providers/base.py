@@ -25,6 +25,14 @@ GONE_STATES = (TERMINATED, NOT_FOUND)
 # Every resource gpurun creates carries this marker plus the run id (name or tag).
 OWNER_TAG = "gpurun"
 RUN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,40}$")
+# A resource name gpurun gave: gpurun-<run id>, with -n<rank> for node 1.. of a multi-node run.
+_OWNED_NAME_RE = re.compile(r"^gpurun-([a-z0-9][a-z0-9-]{2,40}?)(?:-n([1-9][0-9]*))?$")
+
+
+def owned_name(name: str) -> tuple[str, int] | None:
+    """(run id, node rank) of a name gpurun gave (InstanceSpec.name), None for any other name."""
+    m = _OWNED_NAME_RE.match(name or "")
+    return (m.group(1), int(m.group(2) or 0)) if m else None
 
 
 class ProviderError(Exception):
@@ -130,10 +138,15 @@ class InstanceSpec:
     # 1 for a run's first offer, n for its n-th (offer fallback): an idempotency token made from
     # the run id must differ between attempts, or the cloud answers with the first one's instance.
     attempt: int = 1
+    # Multi-node runs (`--nodes N`): this instance's node rank and the group's size. Node 0 hosts
+    # the rendezvous; every node of a group is the same offer, created together, in one network.
+    node_rank: int = 0
+    nodes: int = 1
 
     @property
     def name(self) -> str:
-        return f"{OWNER_TAG}-{self.run_id}"
+        """gpurun-<run id>, and -n<rank> for the other nodes of a multi-node run."""
+        return f"{OWNER_TAG}-{self.run_id}" + (f"-n{self.node_rank}" if self.node_rank else "")
 
 
 @dataclass
@@ -149,6 +162,9 @@ class Instance:
     usd_per_hour: float | None = None
     ssh: SSHEndpoint | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    #: The address the other nodes of a multi-node run reach this one at (the cloud's private
+    #: address where it has one; "" while unknown). Node 0's is the rendezvous endpoint.
+    private_ip: str = ""
     #: Set by `get` when the provider says this instance will never boot (DataCrunch's terminal
     #: `no_capacity`, an EC2 state reason of insufficient capacity): one line saying so. The state
     #: stays what the provider reports (not gone until verified); the controller tears it down and
@@ -268,6 +284,14 @@ class Provider(ABC):
     def check_spend(self, max_usd: float, usd_per_hour: float) -> None:  # noqa: B027 - optional capability
         """Refuse, with one line, a launch the account cannot pay: a balance below the cap, a price
         over an hourly spend limit. Called at plan time, before anything is created."""
+
+    def check_nodes(self, nodes: int) -> None:
+        """Refuse, with one line, a multi-node run (`--nodes N`, N > 1) this provider cannot network:
+        the nodes must reach each other (node 0 hosts the rendezvous). Called at plan time, before
+        anything is created. Default: refused; a provider that creates a group in one network says so."""
+        if nodes > 1:
+            raise ProviderError(f"--nodes {nodes}: gpurun does not run multi-node jobs on {self.name or 'this provider'}"
+                                " (its instances share no network gpurun can set up): drop --nodes")
 
     def check_launchable(self, offer: Offer) -> None:  # noqa: B027 - optional capability
         """Refuse, with one line, an offer this account cannot launch as configured: a vCPU quota

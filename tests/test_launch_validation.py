@@ -118,3 +118,24 @@ def test_trainer_config_imports_and_validates_without_torch(no_torch: Path) -> N
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "max_iters must be int, got 'abc' (--max-iters)" in res.stdout
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--nodes", "0"], ["--nodes 0", "from 1 to 64"]),
+    (["--nodes", "2", "--spot"], ["--nodes 2 with --spot", "drop --spot"]),
+    (["--nodes", "2", "--resume", "20260101-000000-abcd"], ["--nodes 2 with --resume", "drop --nodes"]),
+    (["--nodes", "2", "--max-usd", "0.1", "--recipe", "shakespeare-char"],
+     ["--nodes 2 with recipe shakespeare-char", "--nodes 1"]),
+])
+def test_nodes_that_gpurun_cannot_carry_are_refused_before_renting(tmp_path: Path, extra: list[str],
+                                                                     needles: list[str]) -> None:
+    assert_refused(gpurun(*LAUNCH, *extra, cwd=tmp_path), *needles)
+
+
+def test_the_plan_prices_every_node_against_the_one_cap(tmp_path: Path) -> None:
+    from orchestrator.plan import LaunchOptions, make_plan
+
+    plan = make_plan(LaunchOptions(provider="local", max_usd=0.04, usd_per_hour=1.2, nodes=2))
+    # Two nodes at 1.2 USD/h bill 2.4 USD/h: 0.04 USD buys 60 s of both, not 120 s of one.
+    assert plan.allowance.usd_per_hour == pytest.approx(2.4) and plan.allowance.max_runtime_s == 60
+    assert "2 x 1.2000 = 2.4000 USD/h" in dict(plan.rows())["nodes"]

@@ -103,6 +103,16 @@ def broadcast_object(info: DistInfo, obj: Any) -> Any:
     return box[0]
 
 
+def first_error(info: DistInfo, error: str | None) -> str | None:
+    """The first rank's error (None: none failed), known to every rank: a rank that failed alone
+    must not leave the others waiting in the next collective forever."""
+    if not info.enabled:
+        return error
+    errors: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(errors, error, group=info.control)
+    return next((e for e in errors if e), None)
+
+
 def teardown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

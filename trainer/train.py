@@ -129,7 +129,9 @@ class Trainer:
             return d
         d = self.out / "data"
         error: str | None = None
-        if self.dist.master and not data.is_prepared(d):
+        # The first rank of each node prepares its node's copy: the nodes of a multi-node run share
+        # no disk, and the preparation is deterministic, so every copy holds the same token ids.
+        if self.dist.local_rank == 0 and not data.is_prepared(d):
             # Reuse what an earlier (resumed) run prepared, so its token ids stay the same.
             try:
                 if cfg.text_file:
@@ -138,8 +140,8 @@ class Trainer:
                     data.prepare_builtin(d, cfg.tokenizer, cfg.bpe_dir or None)
             except (OSError, ValueError, RuntimeError) as e:
                 error = f"cannot prepare the data: {e}"
-        # Every rank learns of a failure, rather than waiting for rank 0 forever.
-        error = distributed.broadcast_object(self.dist, error)
+        # Every rank learns of a failure, rather than waiting for a node's first rank forever.
+        error = distributed.first_error(self.dist, error)
         if error:
             raise ConfigError(error)
         return d

@@ -1,0 +1,139 @@
+"""Issue 18 end to end: `gpurun launch --nodes 2 --gpus 1` through the real CLI, two loopback sshd
+"instances" (one per node, tests/fakes/loopback_provider.py), the real trainer under our launcher's
+static rendezvous on gloo (CPU), real rsync; every node verified gone, one proof for the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.keys import run_key
+from orchestrator.ledger import Ledger
+from tests.e2e_helpers import kill_processes_under, only_run, phases, proof_of
+from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401  (fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+PRICE = 3.6  # USD/h per node: 0.001 USD a second, 0.002 for the pair
+BUDGETS = """\
+per_run_default_usd: 1.0
+per_run_max_usd: 5.0
+daily_usd: null
+monthly_usd: null
+providers:
+  loopback:
+    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
+    reserve_s: 30
+    min_runtime_s: 10
+"""
+TRAIN = ["--set", "max_iters=30", "--set", "log_interval=5", "--set", "eval_interval=15", "--set", "eval_iters=2",
+         "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
+
+
+@pytest.fixture
+def two_nodes(sshd: SSHServer, sshd_fn: SSHServer, tmp_path: Path,  # noqa: F811
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Node 0 behind one sshd, node 1 behind another; both authorize the run's key."""
+    for server in (sshd, sshd_fn):
+        server.authorize(run_key().public_line)
+    remote = tmp_path / "instances"
+    remote.mkdir()
+    (tmp_path / "budgets.yaml").write_text(BUDGETS)
+    env = {
+        "GPURUN_PROVIDERS": "loopback=tests.fakes.loopback_provider:LoopbackProvider",
+        "GPURUN_LOOPBACK_SSH": ",".join(f"{s.host}:{s.port}:{s.user}" for s in (sshd, sshd_fn)),
+        "GPURUN_LOOPBACK_USD_PER_HOUR": str(PRICE),
+        "GPURUN_REMOTE_ROOT": str(remote),
+        "GPURUN_VERIFY_TIMEOUT_S": "60",
+        "GPURUN_RDZV_PORT": str(free_port()),  # node 0's rendezvous: not torchrun's 29500, tests run side by side
+        # The "instances" are this machine: the switch must never run a cloud's self-destruct here.
+        "GPURUN_SELF_DESTRUCT_CMD": "true",
+        "PYTHONPATH": str(REPO),
+        "COLUMNS": "200",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield remote
+    finally:
+        kill_processes_under(remote)
+
+
+def launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "loopback", "--yes",
+         "--budgets", str(tmp_path / "budgets.yaml"), "--nodes", "2", "--gpus", "1", *args],
+        cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        timeout=240,  # a hang guard only
+    )
+
+
+def test_two_nodes_train_as_one_world_sync_from_node_0_and_both_are_proven_gone(
+        two_nodes: Path, tmp_path: Path) -> None:
+    from tests.fakes.loopback_provider import LoopbackProvider
+
+    res = launch(tmp_path, "--max-usd", "0.3", "--sync-interval", "2", *TRAIN)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "nodes" in res.stdout and "2 x loopback" in " ".join(res.stdout.split())  # the plan said so
+    run = only_run()
+    assert run.phase == "verified" and phases(run)[-1] == "verified"
+    nodes = run.plan["nodes"]
+    assert [n["rank"] for n in nodes] == [0, 1] and all(n["private_ip"] == "127.0.0.1" for n in nodes)
+    node0, node1 = (n["instance_id"] for n in nodes)
+
+    # Both ranks trained as one world; rank 0 (node 0) wrote the log and checkpoints, and they came home.
+    out = Path(run.run_dir) / "out"
+    log = (out / "train.log").read_text()
+    assert "world_size: 2" in log and "stopped: max_iters at step 30" in log, log[-2000:]
+    from trainer.manifest import verify_checkpoints
+
+    ok, bad = verify_checkpoints(out / "checkpoints")
+    assert ok and not bad
+    events = Ledger().events(run.run_id)
+    running = next(e for e in events if e.phase == "running")
+    assert "--nnodes=2 --node-rank=0 --rdzv-backend=static --rdzv-endpoint=127.0.0.1:" in running.payload["command"]
+    assert [e.payload["rank"] for e in events if e.phase == "node_job_started"] == [1]
+    # Node 1 ran its part under its own directory, with the group's environment and its own switch.
+    worker = two_nodes / f"{run.run_id}-n1"
+    assert (worker / "job.exit").read_text().strip() == "0"
+    assert (worker / "watchdog.pid").exists() or any(worker.glob("watchdog*"))
+    assert not (worker / "out" / "checkpoints").exists()  # only rank 0 writes checkpoints
+
+    # Every node verified gone, in one proof; both meters together inside the cap.
+    proof = proof_of(run)
+    assert proof["verified"] is True and sorted(proof["instance_ids"]) == sorted([node0, node1])
+    assert {d["state"] for d in proof["final_describe"]} <= {"terminated", "not_found"}
+    assert proof["zero_match_listing"] == []
+    provider = LoopbackProvider()
+    assert provider.get(node0).gone and provider.get(node1).gone
+    assert provider.meter_usd() <= 0.3
+    assert run.cost_usd is not None and run.cost_usd <= 0.3
+
+
+def test_a_node_that_never_answers_fails_the_run_and_the_other_is_torn_down(
+        two_nodes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sshd: SSHServer) -> None:  # noqa: F811
+    from tests.fakes.loopback_provider import LoopbackProvider
+
+    # Node 1's endpoint: nothing listens there. Its boot window is what --max-boot-usd buys.
+    monkeypatch.setenv("GPURUN_LOOPBACK_SSH", f"{sshd.host}:{sshd.port}:{sshd.user},127.0.0.1:{free_port()}:root")
+    res = launch(tmp_path, "--max-usd", "0.3", "--max-boot-usd", "0.02", *TRAIN)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert "node 1" in res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.error and "node 1" in run.error
+    ids = [i.instance_id for i in Ledger().instances(run.run_id)]
+    assert len(ids) == 2  # both nodes were made, and both are gone: nothing left billing
+    provider = LoopbackProvider()
+    assert all(provider.get(i).gone for i in ids)
+    assert provider.list_run(run.run_id) == []
+    attempt = run.plan["attempts"][0]
+    assert sorted(attempt["instance_ids"]) == sorted(ids) and "never answered" in attempt["reason"]
+    assert provider.meter_usd() <= 0.3
+    # No job ever started on either node.
+    assert "running" not in phases(run)
+    assert json.loads((Path(run.run_dir) / "shutdown_proof.json").read_text())["verified"] is True
