@@ -62,6 +62,7 @@ from orchestrator.transports import open_transport
 from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog, read_reason
 from providers import get_provider
 from providers.base import Access, Instance, InstanceSpec, Offer, Provider
+from trainer.recipes import Recipe
 
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
@@ -128,7 +129,7 @@ class Controller:
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
         self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
         self.workers: list[Node] = []  # nodes 1.. of a multi-node run (orchestrator.nodes); node 0 is above
-        self._config_text = ""  # the job's config file (node 0's), written on every worker too
+        self._recipe: Recipe | None = None  # what node 0's bootstrap decided; the workers run the same
         self._budgets: Budgets | None = None  # the launch's budgets.yaml (offer fallback re-reads it)
         self._notifier: Notifier | None = None  # budgets.yaml notify: (orchestrator.notify)
 
@@ -416,6 +417,8 @@ class Controller:
             self.transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
         for node in self.workers:
             self._bootstrap_worker(node, wd_deadline)
+        if self.workers:
+            self._record_nodes()  # with each worker's data command, for a guard that takes over
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
 
     def _bootstrap_worker(self, node: Node, wd_deadline: float) -> None:
@@ -429,21 +432,24 @@ class Controller:
             node.transport.upload(TRAINER_DIR, "code/trainer")
         info = bootstrap(node.transport, need_torch=not opts.command)
         node.python = info.python
-        if self._config_text:
-            node.transport.write_file(f"code/{JOB_CONFIG}", self._config_text)
+        # Node 0's recipe (decided by its hardware: the nodes are one offer), under this node's root.
+        node.job = self._set_up_job(node.transport, node.python, self._recipe, bool(self.job_info().get("default")),
+                                    rank=node.rank)
         for path, content, mode in self.provider.self_destruct_files(node.instance):
             node.transport.write_file(path, content, mode)
         install_watchdog(node.transport, deadline_epoch=wd_deadline, grace_s=self.grace_s(),
                          self_destruct_cmd=self.self_destruct_command(node.instance),
-                         idle_s=opts.idle_minutes * 60, stall_s=None, progress_file="job.log")
+                         idle_s=opts.idle_minutes * 60, stall_s=None, progress_file="job.log",
+                         **self._data_watch(node.job, node.transport))
         self.ledger.record_event(self.run.run_id, "node_bootstrapped", rank=node.rank, instance_id=node.instance.id,
                                  python=info.python, torch=info.torch_version, gpu_count=info.gpu_count)
 
-    def _data_watch(self) -> dict[str, str]:
+    def _data_watch(self, job: dict[str, Any] | None = None, transport: Transport | None = None) -> dict[str, str]:
         """The watchdog's pre-job: the data phase and its progress.json, relative to the run root."""
-        job = self.job_info()
-        assert self.transport is not None
-        root = self.transport.root.rstrip("/") + "/"
+        job = self.job_info() if job is None else job
+        transport = transport or self.transport
+        assert transport is not None
+        root = transport.root.rstrip("/") + "/"
         if not job.get("prepare") or not str(job.get("data_dir") or "").startswith(root):
             return {}
         return {"pre_job": DATA_JOB, "pre_progress_file": f"{job['data_dir'][len(root):]}/{PROGRESS_FILE}"}
@@ -453,29 +459,36 @@ class Controller:
         trainer reads (recipe < --config; --set stays flags) with data_dir at the data the recipe
         prepares, install what its data needs, and keep it all in the run's record (`job`)."""
         assert self.transport is not None
-        opts, root = self.options, self.transport.root
-        recipe, default = recipe_for(opts, info.cuda_available)
+        recipe, default = recipe_for(self.options, info.cuda_available)
+        self._recipe = recipe
+        job = self._set_up_job(self.transport, self.python, recipe, default)
+        self.ledger.update_run(self.run.run_id, plan={"job": job})
+        self.refresh()
+
+    def _set_up_job(self, transport: Transport, python: str, recipe: Recipe | None, default: bool,
+                    rank: int = 0) -> dict[str, Any]:
+        """On one node: the recipe's data command and data_dir under its root (its --data-from copy
+        uploaded), the packages the data needs, the config file; what was decided (`job`)."""
+        opts, root = self.options, transport.root
         job: dict[str, Any] = {"recipe": recipe.name if recipe else None, "default": default,
                                "config_file": False, "data_dir": None, "prepare": None}
         if recipe is not None and data_phase(opts, recipe):
             job["data_dir"] = f"{root}/data/{recipe.data.dir_name}"
             from_dir = None
             if opts.data_from:
-                self.transport.upload(Path(opts.data_from), DATA_SOURCE_DIR)
+                transport.upload(Path(opts.data_from), DATA_SOURCE_DIR)
                 from_dir = f"{root}/{DATA_SOURCE_DIR}"
             args = recipe.data.prepare_args(job["data_dir"], from_dir=from_dir)
-            job["prepare"] = f"{shlex.quote(self.python)} -m trainer.data {shlex.join(args)}"
+            job["prepare"] = f"{shlex.quote(python)} -m trainer.data {shlex.join(args)}"
         if recipe is not None and not opts.command:
-            installed = ensure_packages(self.transport, self.python, recipe.data.packages())
+            installed = ensure_packages(transport, python, recipe.data.packages())
             if installed:
-                self.ledger.record_event(self.run.run_id, "installed", packages=installed)
+                self.ledger.record_event(self.run.run_id, "installed", packages=installed, rank=rank)
         config = job_config(opts, recipe, job["data_dir"]) if not opts.command else {}
         if config:
-            self._config_text = config_text(config)
-            self.transport.write_file(f"code/{JOB_CONFIG}", self._config_text)
+            transport.write_file(f"code/{JOB_CONFIG}", config_text(config))
             job["config_file"] = True
-        self.ledger.update_run(self.run.run_id, plan={"job": job})
-        self.refresh()
+        return job
 
     def job_info(self) -> dict[str, Any]:
         """What _configure_job decided: recipe, config_file, data_dir, prepare (the data command)."""
@@ -496,7 +509,24 @@ class Controller:
         self.phase("preparing_data", command=job["prepare"], data_dir=job["data_dir"], recipe=job["recipe"])
         pid = self.transport.start_detached(DATA_JOB, job["prepare"], env={"PYTHONUNBUFFERED": "1"})
         self.ledger.record_event(self.run.run_id, "data_started", pid=pid)
+        for node in self.workers:  # every node prepares its own copy: the nodes share no disk
+            if node.transport is not None and node.job.get("prepare"):
+                node_pid = node.transport.start_detached(DATA_JOB, node.job["prepare"], env={"PYTHONUNBUFFERED": "1"})
+                self.ledger.record_event(self.run.run_id, "node_data_started", rank=node.rank, pid=node_pid)
         return True
+
+    def _workers_data(self) -> list[int]:
+        """The worker nodes still preparing their data (DataFailed for one whose preparer failed)."""
+        waiting = []
+        for node in self.ensure_workers():
+            if node.transport is None or not node.job.get("prepare"):
+                continue
+            state = node.transport.job_state(DATA_JOB)
+            if state.running:
+                waiting.append(node.rank)
+            elif state.exit_code != 0:
+                raise DataFailed(f"node {node.rank}: " + self._data_failure(state.exit_code, node.transport))
+        return waiting
 
     def self_destruct_command(self, instance: Instance) -> str:
         # GPURUN_SELF_DESTRUCT_CMD replaces the provider's command where the "instance" is a machine
@@ -739,6 +769,10 @@ class Controller:
                 if not state.running:
                     if state.exit_code != 0 and self.offer.spot and (preempted := self._preempted()):
                         return f"{Ending.PREEMPTED}: {preempted} (while preparing the data)"  # the machine went
+                    if state.exit_code == 0 and (waiting := self._workers_data()):
+                        self.report(self.status(data=f"node 0 ready; node(s) {', '.join(map(str, waiting))} preparing"))
+                        time.sleep(POLL_S)
+                        continue
                     if state.exit_code == 0:
                         self.ledger.record_event(self.run.run_id, "data_ready", data_dir=job["data_dir"],
                                                  **{k: probe.progress.get(k) for k in ("tokens", "message")})
@@ -764,16 +798,17 @@ class Controller:
         command = data_probe_command(self.transport.root, data_dir, f"{DATA_JOB}.log")
         return parse_data_probe(self.transport.run(command, timeout_s=10).stdout)
 
-    def _data_failure(self, exit_code: int | None) -> str:
+    def _data_failure(self, exit_code: int | None, transport: Transport | None = None) -> str:
         """The reason of a failed prepare: its exit status and its last line (contract: ONE stderr
         line saying what failed and how to fix it; the log has stdout and stderr together)."""
-        assert self.transport is not None
-        tail = self.transport.run(f"tail -n 20 {shlex.quote(self.transport.root + '/' + DATA_JOB + '.log')}",
-                                  timeout_s=30).stdout
+        transport = transport or self.transport
+        assert transport is not None
+        tail = transport.run(f"tail -n 20 {shlex.quote(transport.root + '/' + DATA_JOB + '.log')}",
+                             timeout_s=30).stdout
         lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
         line = lines[-1] if lines else "no output"
         if self.options.data_from:  # name the user's directory, not the copy uploaded from it
-            line = line.replace(f"{self.transport.root}/{DATA_SOURCE_DIR}", self.options.data_from)
+            line = line.replace(f"{transport.root}/{DATA_SOURCE_DIR}", self.options.data_from)
         status = "killed, no exit status" if exit_code is None else f"exit {exit_code}"
         return f"{DATA_FAILED} ({status}): {line}"
 
@@ -801,6 +836,9 @@ class Controller:
     def _stop_job(self, reason: str) -> None:
         transport = self.ensure_transport()
         self.phase("stopping", reason=reason)
+        for node in self.ensure_workers():  # a stop during the data phase: every node's preparer
+            if node.transport is not None and node.job.get("prepare"):
+                _quietly(lambda t=node.transport: t.job_state(DATA_JOB).running and t.signal(DATA_JOB, signal.SIGTERM))
         if self.job_info().get("prepare") and transport.job_state(DATA_JOB).running:
             transport.signal(DATA_JOB, signal.SIGTERM)  # a stop during the data phase: no checkpoint to wait for
             limit = time.time() + self.grace_s()
@@ -899,7 +937,7 @@ class Controller:
             if entry["rank"] == 0:
                 continue
             inst = self.provider.get(entry["instance_id"])
-            node = Node(entry["rank"], inst)
+            node = Node(entry["rank"], inst, job=dict(entry.get("job") or {}))
             if not inst.gone and (access := self.provider.access(inst)) is not None:
                 transport = open_transport(access, run_id=self.run.run_id, instance_id=inst.id, ledger=self.ledger,
                                            root=worker_root(self.run.run_id, node.rank))

@@ -24,7 +24,7 @@ MASTER_ADDR / MASTER_PORT for a command that calls torchrun itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.transport import Transport
@@ -40,9 +40,11 @@ class Node:
     instance: Instance
     transport: Transport | None = None
     python: str = "python3"  # the node's python that has torch (bootstrap)
+    job: dict[str, Any] = field(default_factory=dict)  # its data_dir / prepare command (lifecycle._set_up_job)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "instance_id": self.instance.id, "private_ip": self.instance.private_ip}
+        return {"rank": self.rank, "instance_id": self.instance.id, "private_ip": self.instance.private_ip,
+                "job": self.job}
 
 
 def worker_root(run_id: str, rank: int) -> str:

@@ -285,10 +285,6 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
     recipe, default = recipe_for(options, has_gpu(offer))
-    if options.nodes > 1 and recipe is not None and data_phase(options, recipe):
-        raise LaunchError(f"--nodes {options.nodes} with recipe {recipe.name}: its data is prepared on the instance,"
-                          " which gpurun does on single-node runs only for now: use --nodes 1, or --config/--set"
-                          " with data the trainer builds itself")
     forecast = Forecast.of(options, recipe, default, offer) if recipe is not None else None
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,

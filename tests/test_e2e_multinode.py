@@ -33,6 +33,10 @@ providers:
 """
 TRAIN = ["--set", "max_iters=30", "--set", "log_interval=5", "--set", "eval_interval=15", "--set", "eval_iters=2",
          "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
+# A recipe whose data is prepared on the instance: every node prepares its own copy (no shared disk).
+SMALL_MODEL = ["--set", "n_layer=1", "--set", "n_head=1", "--set", "n_embd=32", "--set", "block_size=32",
+               "--set", "batch_size=4", "--set", "dropout=0"]
+VERSE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
 
 
 @pytest.fixture
@@ -77,7 +81,11 @@ def test_two_nodes_train_as_one_world_sync_from_node_0_and_both_are_proven_gone(
         two_nodes: Path, tmp_path: Path) -> None:
     from tests.fakes.loopback_provider import LoopbackProvider
 
-    res = launch(tmp_path, "--max-usd", "0.3", "--sync-interval", "2", *TRAIN)
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "input.txt").write_text(VERSE * 400)
+    res = launch(tmp_path, "--max-usd", "0.3", "--sync-interval", "2", "--recipe", "shakespeare-char",
+                 "--data-from", str(src), *TRAIN, *SMALL_MODEL)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "nodes" in res.stdout and "2 x loopback" in " ".join(res.stdout.split())  # the plan said so
     run = only_run()
@@ -98,8 +106,12 @@ def test_two_nodes_train_as_one_world_sync_from_node_0_and_both_are_proven_gone(
     running = next(e for e in events if e.phase == "running")
     assert "--nnodes=2 --node-rank=0 --rdzv-backend=static --rdzv-endpoint=127.0.0.1:" in running.payload["command"]
     assert [e.payload["rank"] for e in events if e.phase == "node_job_started"] == [1]
-    # Node 1 ran its part under its own directory, with the group's environment and its own switch.
+    # Both nodes prepared the recipe's data, each its own copy, before either trained.
+    names = [e.phase for e in events]
+    assert names.index("node_data_started") < names.index("data_ready") < names.index("running")
     worker = two_nodes / f"{run.run_id}-n1"
+    assert (worker / "data" / "shakespeare_char" / "READY").exists() or any(worker.glob("data/*/READY"))
+    # Node 1 ran its part under its own directory, with the group's environment and its own switch.
     assert (worker / "job.exit").read_text().strip() == "0"
     assert (worker / "watchdog.pid").exists() or any(worker.glob("watchdog*"))
     assert not (worker / "out" / "checkpoints").exists()  # only rank 0 writes checkpoints
@@ -137,3 +149,19 @@ def test_a_node_that_never_answers_fails_the_run_and_the_other_is_torn_down(
     # No job ever started on either node.
     assert "running" not in phases(run)
     assert json.loads((Path(run.run_dir) / "shutdown_proof.json").read_text())["verified"] is True
+
+
+def test_each_nodes_command_sees_the_group_in_its_environment(two_nodes: Path, tmp_path: Path) -> None:
+    script = 'env | grep -E "^(GPURUN_(NODE|NUM|MASTER|GPUS)|MASTER_)" | sort > ../out/env-$GPURUN_NODE_RANK.txt'
+    res = launch(tmp_path, "--max-usd", "0.3", "--", "sh", "-c", script)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run = only_run()
+    port = os.environ["GPURUN_RDZV_PORT"]
+    home = (Path(run.run_dir) / "out" / "env-0.txt").read_text().splitlines()  # pulled from node 0
+    worker = (two_nodes / f"{run.run_id}-n1" / "out" / "env-1.txt").read_text().splitlines()
+    for rank, lines in ((0, home), (1, worker)):
+        assert lines == sorted([
+            "GPURUN_GPUS_PER_NODE=1", "GPURUN_MASTER_ADDR=127.0.0.1", f"GPURUN_MASTER_PORT={port}",
+            "GPURUN_NODE_IPS=127.0.0.1 127.0.0.1", f"GPURUN_NODE_RANK={rank}", "GPURUN_NUM_NODES=2",
+            "MASTER_ADDR=127.0.0.1", f"MASTER_PORT={port}"]), (rank, lines)
+    assert run.phase == "verified" and len(proof_of(run)["instance_ids"]) == 2

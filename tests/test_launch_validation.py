@@ -124,8 +124,6 @@ def test_trainer_config_imports_and_validates_without_torch(no_torch: Path) -> N
     (["--nodes", "0"], ["--nodes 0", "from 1 to 64"]),
     (["--nodes", "2", "--spot"], ["--nodes 2 with --spot", "drop --spot"]),
     (["--nodes", "2", "--resume", "20260101-000000-abcd"], ["--nodes 2 with --resume", "drop --nodes"]),
-    (["--nodes", "2", "--max-usd", "0.1", "--recipe", "shakespeare-char"],
-     ["--nodes 2 with recipe shakespeare-char", "--nodes 1"]),
 ])
 def test_nodes_that_gpurun_cannot_carry_are_refused_before_renting(tmp_path: Path, extra: list[str],
                                                                      needles: list[str]) -> None:
