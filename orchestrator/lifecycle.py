@@ -69,6 +69,7 @@ POLL_S = 1.0
 SPOT_NOTICE_JOB = "spotnotice"  # writes ROOT/spot.notice when the provider warns of a reclaim
 SPOT_NOTICE_FILE = "spot.notice"
 PREEMPT_CHECK_S = 30.0  # how often the guard asks the provider whether it took a spot instance back
+NODES_CHECK_S = 10.0  # how often the guard looks at a multi-node run's other nodes' jobs
 # The data phase's detached job (transport convention: data.pid, data.exit, data.log at the root).
 DATA_JOB = "data"
 # The leading words of a failed data phase's reason (after Ending.RUN_FAILED).
@@ -130,6 +131,7 @@ class Controller:
         self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
         self.workers: list[Node] = []  # nodes 1.. of a multi-node run (orchestrator.nodes); node 0 is above
         self._recipe: Recipe | None = None  # what node 0's bootstrap decided; the workers run the same
+        self._node_exit: int | None = None  # a worker's job that failed first: the run's job exit status
         self._budgets: Budgets | None = None  # the launch's budgets.yaml (offer fallback re-reads it)
         self._notifier: Notifier | None = None  # budgets.yaml notify: (orchestrator.notify)
 
@@ -690,7 +692,7 @@ class Controller:
         stall = StallWatch(self.options.stall_minutes * 60, by_step=not self.options.command, now=time.time())
         reason = "job finished"
         errors = 0
-        asked_at = time.time()
+        asked_at = nodes_at = time.time()
         while True:
             if self.run.stop_at_epoch is not None and time.time() >= self.run.stop_at_epoch:
                 reason = f"{Ending.DEADLINE}: budget guard"
@@ -710,6 +712,11 @@ class Controller:
                         reason = f"{Ending.PREEMPTED}: {preempted}"
                         break
                 self._heartbeat()
+                if self.workers and time.time() - nodes_at >= NODES_CHECK_S:
+                    nodes_at = time.time()
+                    if failed := self._failed_node():
+                        reason = failed
+                        break
                 state = transport.job_state("job")
                 if not state.running:
                     if self.offer.spot and (preempted := self._preempted() or self._spot_notice(transport)):
@@ -739,6 +746,29 @@ class Controller:
                     break
             time.sleep(POLL_S)
         return reason
+
+    def _failed_node(self) -> str:
+        """Why a worker node can no longer carry its part ("" while all can): its job ended with an
+        error, or its instance is gone. Node 0's ranks would otherwise wait in a collective until
+        the stall window; the run ends now, and the worker's exit status is the job's."""
+        for node in self.workers:
+            try:
+                if node.transport is not None:
+                    state = node.transport.job_state("job")
+                    if not state.running and state.exit_code != 0:
+                        self._node_exit = state.exit_code if state.exit_code is not None else -9
+                        status = "killed, no exit status" if state.exit_code is None else f"exit {state.exit_code}"
+                        return f"{Ending.JOB_ENDED} ({status} on node {node.rank}, instance {node.instance.id})"
+                    continue
+                inst = self.provider.get(node.instance.id)
+            except Exception:  # noqa: BLE001 - unreachable now: ask the provider whether it is still there
+                try:
+                    inst = self.provider.get(node.instance.id)
+                except Exception:  # noqa: BLE001 - the next check asks again
+                    continue
+            if inst.gone:
+                return f"{Ending.LOST}: node {node.rank} (instance {inst.id}) is {inst.state}"
+        return ""
 
     def _guard_data(self, transport: Transport) -> str | None:
         """Follow the data phase: None once the data is ready, else why the run stops (the stop time,
@@ -861,7 +891,9 @@ class Controller:
             _quietly(lambda t=t: t.job_state("job").running and t.signal("job", signal.SIGKILL))
         state = transport.job_state("job")
         if not state.running:  # its own status: the launch's exit code, `status` and the card show it
-            self.ledger.update_run(self.run.run_id, job_exit_code=state.exit_code)
+            # A worker that failed first decides (node 0's ranks only stopped because of it).
+            code = self._node_exit if self._node_exit is not None else state.exit_code
+            self.ledger.update_run(self.run.run_id, job_exit_code=code)
 
     def _record_end(self, reason: str) -> None:
         """Keep why the run ended; the first reason stays (a later teardown only finishes the job)."""

@@ -93,8 +93,13 @@ class LocalProvider(Provider):
             raise ProviderError(f"not a local instance id: {instance_id!r}")
         return self.root / instance_id.removeprefix("local-")
 
+    def check_nodes(self, nodes: int) -> None:
+        """Multi-node runs are accepted: each node is a sandbox of its own on this machine, and the
+        nodes reach one another on 127.0.0.1 (their private_ip)."""
+
     def create(self, spec: InstanceSpec) -> Instance:
-        instance_id = f"local-{spec.run_id}"
+        # local-<run id> for a run's (first) node, as always; local-<run id>-n<rank> for the others.
+        instance_id = f"local-{spec.run_id}" + (f"-n{spec.node_rank}" if spec.node_rank else "")
         sandbox = self._sandbox(instance_id)
         meta = sandbox / "instance.json"
         if meta.exists():  # idempotent by run id
@@ -108,6 +113,8 @@ class LocalProvider(Provider):
             "created_at": time.time(),
             "usd_per_hour": self.usd_per_hour,
             "gpu_count": spec.offer.gpu_count,
+            "node_rank": spec.node_rank,
+            "nodes": spec.nodes,
         }
         meta.write_text(json.dumps(info, indent=2))
         return self.get(instance_id)
@@ -140,6 +147,7 @@ class LocalProvider(Provider):
             created_at=info.get("created_at"),
             usd_per_hour=info.get("usd_per_hour"),
             raw={**info, "sandbox": str(sandbox), "state": state, "live_process_groups": alive},
+            private_ip="127.0.0.1",  # every node is a sandbox on this machine
         )
 
     def terminate(self, instance_id: str) -> dict[str, Any]:

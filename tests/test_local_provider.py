@@ -55,6 +55,26 @@ def test_create_is_idempotent_and_listed(tmp_path: Path) -> None:
     assert provider.list_run("20260101-000000-abcd")[0].id == first.id
 
 
+def test_multi_node_runs_get_a_sandbox_per_node_all_on_loopback(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    provider.check_nodes(3)  # accepted: the nodes are sandboxes on this machine
+    run = "20260101-000000-mnod"
+    nodes = [provider.create(InstanceSpec(run_id=run, offer=provider.offers()[0], node_rank=r, nodes=3))
+             for r in range(3)]
+    assert [n.id for n in nodes] == [f"local-{run}", f"local-{run}-n1", f"local-{run}-n2"]  # node 0 as before
+    assert len({n.raw["sandbox"] for n in nodes}) == 3
+    assert [n.name for n in nodes] == [f"gpurun-{run}", f"gpurun-{run}-n1", f"gpurun-{run}-n2"]
+    assert {n.private_ip for n in nodes} == {"127.0.0.1"} and {n.run_id for n in nodes} == {run}
+    again = provider.create(InstanceSpec(run_id=run, offer=provider.offers()[0], node_rank=1, nodes=3))
+    assert again.id == nodes[1].id  # idempotent per node
+    assert sorted(i.id for i in provider.list_run(run)) == sorted(n.id for n in nodes)
+    provider.terminate(nodes[1].id)
+    assert _wait(lambda: provider.get(nodes[1].id).gone)
+    assert provider.get(nodes[0].id).state == "running"  # one node's end is its own
+    # A single-node run keeps its one id and sandbox.
+    assert provider.create(_spec(provider)).id == "local-20260101-000000-abcd"
+
+
 def test_terminate_kills_every_group_and_get_waits_for_the_last_process(tmp_path: Path) -> None:
     provider = LocalProvider(root=tmp_path)
     inst = provider.create(_spec(provider))

@@ -675,3 +675,14 @@ def test_pods_ask_for_a_sane_host(fake: FakeRunPodAPI, tmp_path: Path) -> None:
     ok = small.create(spec(_by_cloud(small.offers(gpu="4090"), "NVIDIA GeForce RTX 4090")["COMMUNITY"],
                            run_id="run-tiny"))
     assert (fake.pods[ok.id].min_vcpu_count, fake.pods[ok.id].min_memory_gb) == (2, 16)
+
+
+def test_multi_node_runs_are_refused_in_one_line_naming_what_to_do(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    p.check_nodes(1)  # a single-node run is fine
+    with pytest.raises(ProviderError) as exc:
+        p.check_nodes(2)
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith("--nodes 2: RunPod")
+    assert "Instant Clusters" in text and "--provider aws or datacrunch" in text and "drop --nodes" in text
+    assert fake.requests == []  # a plan-time refusal: nothing asked of the API

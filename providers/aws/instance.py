@@ -35,6 +35,7 @@ from providers.aws.catalog import (
 from providers.aws.image import DEFAULT_AMI_SSM_PARAMETER, ami_from_ssm, describe_image
 from providers.aws.inventory import inventory as region_inventory
 from providers.aws.network import (
+    allow_group_traffic,
     delete_key_pair,
     delete_security_groups,
     ensure_key_pair,
@@ -43,11 +44,12 @@ from providers.aws.network import (
     resolve_ssh_cidr,
     undo_launch_setup,
 )
-from providers.aws.placement import refused_zone, zone_subnets
+from providers.aws.placement import delete_placement_group, ensure_placement_group, refused_zone, zone_subnets
 from providers.aws.preemption import preempted, spot_request_status
 from providers.aws.quota import check_vcpu_quota
 from providers.base import (
     NOT_FOUND,
+    OWNER_TAG,
     PENDING,
     RUN_ID_RE,
     RUNNING,
@@ -73,6 +75,9 @@ TAG_RUN_ID = "gpurun:run-id"
 TAG_OWNER = "gpurun:owner"
 TAG_PRICE = "gpurun:usd-per-hour"  # the planned total (compute + EBS), so sweep can price it later
 TAG_GPUS = "gpurun:gpu-count"
+# Multi-node runs only: the node's rank (its Name tag is gpurun-<run id>-n<rank> too) and the size.
+TAG_NODE_RANK = "gpurun:node-rank"
+TAG_NODES = "gpurun:nodes"
 
 DEFAULT_DISK_GB = 100  # the DLAMI's root snapshot is ~75-100 GB; smaller requests are raised to it
 DEFAULT_SSH_USER = "ubuntu"
@@ -143,6 +148,19 @@ def self_destruct_script() -> str:
 
 def _tags(desc: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in desc.get("Tags") or []}
+
+
+def _node_rank(desc: dict[str, Any]) -> int:
+    """A gpurun instance's node rank (its tag; 0 for a single-node run's, which has none)."""
+    try:
+        return int(_tags(desc).get(TAG_NODE_RANK) or 0)
+    except ValueError:
+        return 0
+
+
+def _subnet_of(desc: dict[str, Any]) -> str | None:
+    return desc.get("SubnetId") or next(
+        (nic.get("SubnetId") for nic in desc.get("NetworkInterfaces") or [] if nic.get("SubnetId")), None)
 
 
 def _group_ids(desc: dict[str, Any]) -> list[str]:
@@ -222,6 +240,7 @@ class AWSProvider(Provider):
         self.subnet_id = subnet_id
         self.profile = profile
         self.sg_delete_timeout_s = float(sg_delete_timeout_s)
+        self._plan_nodes = 1  # set by check_nodes at plan time
         if _ignored:
             log.warning("aws: ignoring unknown options %s", sorted(_ignored))
 
@@ -323,7 +342,15 @@ class AWSProvider(Provider):
         if not vcpus:
             spec = self.catalog.gpu_types().get(offer.instance_type)
             vcpus = spec.vcpus if spec else None
-        check_vcpu_quota(self.api, offer.instance_type, int(vcpus or 0), offer.spot)
+        # The plan asks check_nodes(N) first: N instances of the type must fit in the quota.
+        check_vcpu_quota(self.api, offer.instance_type, int(vcpus or 0), offer.spot, count=self._plan_nodes)
+
+    def check_nodes(self, nodes: int) -> None:
+        """Multi-node runs are supported: `create` puts every node of a run in one subnet, in a
+        cluster placement group of the run, behind a security group that lets its nodes reach one
+        another (see `create`). EFA (Elastic Fabric Adapter) is not set up: NCCL talks TCP sockets.
+        The node count is kept for check_launchable's vCPU quota check (N instances of the type)."""
+        self._plan_nodes = max(1, int(nodes))
 
     # ---- create
 
@@ -346,12 +373,17 @@ class AWSProvider(Provider):
         run_id = spec.run_id
         if not RUN_ID_RE.match(run_id or ""):
             raise ProviderError(f"run id {run_id!r} is not valid (lowercase letters, digits and '-', 3-41 chars)")
-        # Idempotent by run id: a live instance tagged with it is the answer. (ClientToken below
-        # covers the describe lag of real EC2; moto ignores ClientToken, this lookup does not.)
-        existing = self._find_live(run_id)
+        # Idempotent by run id and node rank: a live instance tagged with them is the answer.
+        # (ClientToken below covers the describe lag of real EC2; moto ignores ClientToken, this
+        # lookup does not.)
+        live = self._find_live(run_id)
+        existing = [d for d in live if _node_rank(d) == spec.node_rank]
         if existing:
-            log.info("aws: run %s already has instance %s", run_id, existing[0]["InstanceId"])
+            log.info("aws: run %s already has instance %s (%s)", run_id, existing[0]["InstanceId"], spec.name)
             return self._to_instance(existing[0])
+        multi = spec.nodes > 1 or spec.node_rank > 0
+        # Node 1.. of a multi-node run go where node 0 went: its subnet (so its zone and VPC).
+        node0_subnet = self._node0_subnet(run_id, live) if spec.node_rank > 0 else None
 
         # Everything that can be refused is checked before anything is made.
         if not spec.ssh_public_key.strip():
@@ -361,7 +393,7 @@ class AWSProvider(Provider):
         type_spec = self.catalog.check_instance_type(offer.instance_type, image)
         self._check_image_supports(offer.instance_type, spec)
         cidr = resolve_ssh_cidr(self.ssh_cidr)
-        vpc_id, subnet_id = find_network(self.api, self.subnet_id)
+        vpc_id, subnet_id = find_network(self.api, node0_subnet or self.subnet_id)
         root_device = image.get("RootDeviceName") or "/dev/sda1"
         snapshot_gb = max(
             [int((m.get("Ebs") or {}).get("VolumeSize") or 0)
@@ -375,18 +407,33 @@ class AWSProvider(Provider):
             log.info("aws: root volume %d GB (offer priced %d GB)", disk_gb, self.disk_gb)
         gpu_count = offer.gpu_count or (type_spec.gpu_count if type_spec else 0)
 
+        # The key pair, security group and placement group are the run's (gpurun-<run id>), shared by
+        # its nodes; the instance and its volume are the node's (gpurun-<run id>-n<rank> for 1..).
+        run_name = f"{OWNER_TAG}-{run_id}"
         name = spec.name
         owner = (spec.owner or _local_user())[:256]
-        tags = [{"Key": TAG_RUN_ID, "Value": run_id}, {"Key": TAG_OWNER, "Value": owner}, {"Key": "Name", "Value": name}]
-        instance_tags = tags + [{"Key": TAG_PRICE, "Value": f"{usd_per_hour:.6f}"}, {"Key": TAG_GPUS, "Value": str(gpu_count)}]
+        tags = [{"Key": TAG_RUN_ID, "Value": run_id}, {"Key": TAG_OWNER, "Value": owner},
+                {"Key": "Name", "Value": run_name}]
+        node_tags = [*tags[:2], {"Key": "Name", "Value": name}]
+        if multi:
+            node_tags += [{"Key": TAG_NODE_RANK, "Value": str(spec.node_rank)},
+                          {"Key": TAG_NODES, "Value": str(spec.nodes)}]
+        instance_tags = node_tags + [{"Key": TAG_PRICE, "Value": f"{usd_per_hour:.6f}"},
+                                     {"Key": TAG_GPUS, "Value": str(gpu_count)}]
 
-        ensure_key_pair(self.api, name, spec.ssh_public_key, tags)
-        group_id, made_group = ensure_security_group(self.api, name, vpc_id, cidr, tags)
+        ensure_key_pair(self.api, run_name, spec.ssh_public_key, tags)
+        group_id, made_group = ensure_security_group(self.api, run_name, vpc_id, cidr, tags)
+        if multi:
+            # The nodes reach one another on every port (rendezvous 29500, NCCL / gloo's own ports),
+            # nobody else does; and they sit in one cluster placement group ("low network latency,
+            # high network throughput" in one zone). EFA is optional and not set up: NCCL uses TCP.
+            allow_group_traffic(self.api, group_id)
+            ensure_placement_group(self.api, run_name, tags)
         kwargs: dict[str, Any] = {
             "ImageId": image["ImageId"], "InstanceType": offer.instance_type, "MinCount": 1, "MaxCount": 1,
             # Stable across retries of this create (a lost answer never makes a second instance),
             # new for each offer the run tries: EC2 answers a reused token with its first instance.
-            "KeyName": name, "ClientToken": name if spec.attempt <= 1 else f"{name}-a{spec.attempt}",
+            "KeyName": run_name, "ClientToken": name if spec.attempt <= 1 else f"{name}-a{spec.attempt}",
             "InstanceInitiatedShutdownBehavior": "terminate",  # a shutdown on the box = terminated
             "BlockDeviceMappings": [{
                 "DeviceName": root_device,
@@ -394,10 +441,12 @@ class AWSProvider(Provider):
             }],
             "TagSpecifications": [
                 {"ResourceType": "instance", "Tags": instance_tags},
-                {"ResourceType": "volume", "Tags": tags},
+                {"ResourceType": "volume", "Tags": node_tags},
             ],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         }
+        if multi:  # RunInstances Placement.GroupName (botocore's ec2 service model, Placement)
+            kwargs["Placement"] = {"GroupName": run_name}
         if subnet_id:
             kwargs["NetworkInterfaces"] = [{
                 "DeviceIndex": 0, "SubnetId": subnet_id, "Groups": [group_id], "AssociatePublicIpAddress": True,
@@ -414,9 +463,11 @@ class AWSProvider(Provider):
                 },
             }
         try:
-            resp = self._run_in_some_zone(kwargs, offer, vpc_id, pinned=bool(subnet_id))
+            resp = self._run_in_some_zone(kwargs, offer, vpc_id, pinned=bool(subnet_id),
+                                          node0_subnet=node0_subnet)
         except ProviderError:
-            undo_launch_setup(self.api, name, group_id if made_group else None)
+            if spec.node_rank == 0:  # node 1..: the run's key pair and group serve node 0 too
+                undo_launch_setup(self.api, run_name, group_id if made_group else None)
             raise
         desc = resp["Instances"][0]
         if desc.get("State", {}).get("Name") in ("shutting-down", "terminated"):
@@ -427,12 +478,23 @@ class AWSProvider(Provider):
         instance.raw.update({"ssh_cidr": cidr, "root_volume_gb": disk_gb, "image_name": image.get("Name")})
         return instance
 
-    def _run_in_some_zone(self, kwargs: dict[str, Any], offer: Offer, vpc_id: str, *, pinned: bool) -> Any:
+    def _node0_subnet(self, run_id: str, live: list[dict[str, Any]]) -> str:
+        """The subnet of the run's node 0 (found by the run's tag), where its other nodes go."""
+        node0 = [d for d in live if _node_rank(d) == 0]
+        subnet = _subnet_of(node0[0]) if node0 else None
+        if not subnet:
+            raise ProviderError(f"run {run_id}: node 0 has no live instance with a subnet in {self.region}: "
+                                "create node 0 first (the other nodes go into its subnet)")
+        return subnet
+
+    def _run_in_some_zone(self, kwargs: dict[str, Any], offer: Offer, vpc_id: str, *, pinned: bool,
+                          node0_subnet: str | None = None) -> Any:
         """RunInstances where AWS picks the zone, then, while zones refuse for capacity
         (CAPACITY_CODES), in the default subnet of each other zone that offers the type.
 
         A refused RunInstances makes nothing, so nothing of a refused attempt bills. A pinned
-        subnet (the subnet_id option) is one zone: no other is tried. All refused: NoCapacityError.
+        subnet (the subnet_id option, or node 0's for the other nodes of a multi-node run) is one
+        zone: no other is tried. All refused: NoCapacityError.
         """
         what = f"run-instances ({offer.instance_type})"
         attempt, zone = kwargs, "the zone AWS chose"
@@ -458,6 +520,12 @@ class AWSProvider(Provider):
             # IdempotentParameterMismatch.
             attempt = {**kwargs, "SubnetId": subnet, "ClientToken": f"{kwargs['ClientToken']}-z{i}"}
         market = "spot" if offer.spot else "on-demand"
+        if node0_subnet:
+            raise NoCapacityError(
+                f"AWS has no {market} capacity for another {offer.instance_type} beside node 0 "
+                f"(subnet {node0_subnet}, {', '.join(tried)}; {last.code if last else '?'}: {_aws_message(last)}): "
+                "every node of a run must share its zone and placement group; another offer may have room"
+            )
         hint = "the subnet_id option pins one zone: unset it to try the others" if pinned else (
             "another offer (type or region) may have it")
         raise NoCapacityError(
@@ -493,6 +561,8 @@ class AWSProvider(Provider):
             "public_ip": desc.get("PublicIpAddress") or "",
             "private_ip": desc.get("PrivateIpAddress") or "",
             "availability_zone": (desc.get("Placement") or {}).get("AvailabilityZone", ""),
+            "placement_group": (desc.get("Placement") or {}).get("GroupName") or "",
+            "subnet_id": _subnet_of(desc) or "",
             "lifecycle": desc.get("InstanceLifecycle") or "on-demand",
             "image_id": desc.get("ImageId"),
             "key_name": desc.get("KeyName"),
@@ -509,6 +579,9 @@ class AWSProvider(Provider):
             run_id=tags.get(TAG_RUN_ID), name=tags.get("Name", ""), instance_type=itype, gpu_count=gpu_count,
             created_at=launched.timestamp() if launched else None, usd_per_hour=usd_per_hour,
             ssh=SSHEndpoint(host, 22, self.ssh_user) if host and state_name in ("pending", "running") else None,
+            # The VPC address (DescribeInstances PrivateIpAddress): what the other nodes of a
+            # multi-node run reach this one at, inside the run's security group.
+            private_ip=desc.get("PrivateIpAddress") or "",
             raw=raw, boot_failure=boot,
             # A launch EC2 ended before it booted is a boot failure, not a preemption.
             preempted="" if boot else preempted(desc, spot_request),
@@ -612,9 +685,10 @@ class AWSProvider(Provider):
     # ---- cleanup
 
     def cleanup(self, run_id: str) -> list[str]:
-        """Delete the run's key pair, left-over volumes and security group (the group only once no
-        instance uses it: it waits, bounded by sg_delete_timeout_s, for termination to finish)."""
-        name = f"gpurun-{run_id}"
+        """Delete the run's key pair, left-over volumes, security group (only once no instance uses
+        it: it waits, bounded by sg_delete_timeout_s, for termination to finish) and, for a
+        multi-node run, its placement group (once its instances are gone: the same bound)."""
+        name = f"{OWNER_TAG}-{run_id}"
         gone = delete_key_pair(self.api, name)
         # A data volume that outlived its instance still bills.
         for vol in self.api.paginate(
@@ -623,4 +697,6 @@ class AWSProvider(Provider):
         ):
             self.api.call("delete-volume", self.ec2.delete_volume, VolumeId=vol["VolumeId"])
             gone.append(f"volume {vol['VolumeId']}")
-        return gone + delete_security_groups(self.api, name, self.sg_delete_timeout_s)
+        gone += delete_security_groups(self.api, name, self.sg_delete_timeout_s)
+        # After the group: by then every instance that used it has terminated (the group's wait).
+        return gone + delete_placement_group(self.api, name, self.sg_delete_timeout_s)

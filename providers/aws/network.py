@@ -1,5 +1,6 @@
 """Where a run's instance sits and who may reach it: the VPC and subnet, a security group opening
-TCP 22 only, the run's imported key pair, and their removal after the instance is gone."""
+TCP 22 only (and, for a multi-node run, all traffic between its own instances), the run's imported
+key pair, and their removal after the instance is gone."""
 
 from __future__ import annotations
 
@@ -108,6 +109,30 @@ def ensure_security_group(api: AWSApi, name: str, vpc_id: str, cidr: str, tags: 
         tolerate=("InvalidPermission.Duplicate",),
     )
     return group_id, created
+
+
+def allow_group_traffic(api: AWSApi, group_id: str) -> None:
+    """Let the instances of the group reach one another on every port and protocol (a multi-node
+    run: the rendezvous on 29500, and the further TCP ports NCCL / gloo open between the nodes).
+
+    The rule names the group itself as the source (IpPermissions with IpProtocol "-1", "all
+    protocols", and UserIdGroupPairs with its own GroupId: botocore's ec2 service model, IpPermission
+    / UserIdGroupPair; a VPC's default security group has the same self-referencing inbound rule,
+    https://docs.aws.amazon.com/vpc/latest/userguide/default-security-group.html), so nothing
+    outside the run's instances is let in. Idempotent: the rule already there answers
+    InvalidPermission.Duplicate. (A self-reference does not keep the group from being deleted:
+    DeleteSecurityGroup fails with DependencyViolation for a group "referenced by another security
+    group", botocore's ec2 service model.)
+    """
+    api.call(
+        "authorize-security-group-ingress", api.ec2.authorize_security_group_ingress,
+        GroupId=group_id,
+        IpPermissions=[{
+            "IpProtocol": "-1",
+            "UserIdGroupPairs": [{"GroupId": group_id, "Description": "gpurun multi-node: the run's own nodes"}],
+        }],
+        tolerate=("InvalidPermission.Duplicate",),
+    )
 
 
 def undo_launch_setup(api: AWSApi, name: str, group_id: str | None) -> None:

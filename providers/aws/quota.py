@@ -93,8 +93,9 @@ def vcpus_in_use(api: AWSApi, letter: str, spot: bool) -> int:
     return used
 
 
-def check_vcpu_quota(api: AWSApi, instance_type: str, vcpus: int | None, spot: bool) -> None:
-    """Refuse, in one line, a type whose vCPUs do not fit in what the quota leaves free."""
+def check_vcpu_quota(api: AWSApi, instance_type: str, vcpus: int | None, spot: bool, count: int = 1) -> None:
+    """Refuse, in one line, a type whose vCPUs (times `count` instances: the nodes of a multi-node
+    run) do not fit in what the quota leaves free."""
     quota = quota_for(instance_type, spot)
     if quota is None or not vcpus:
         return
@@ -102,14 +103,16 @@ def check_vcpu_quota(api: AWSApi, instance_type: str, vcpus: int | None, spot: b
     if value is None:
         return
     in_use = vcpus_in_use(api, instance_class(instance_type), spot)
-    if in_use + vcpus <= value:
+    wanted = vcpus * max(1, int(count))
+    if in_use + wanted <= value:
         return
     region = api.region
-    need = in_use + vcpus
+    need = in_use + wanted
     used = f", {in_use} in use" if in_use else ""
+    what = f"{instance_type} needs {vcpus}" if count <= 1 else f"{count} x {instance_type} need {wanted}"
     raise ProviderError(
-        f"AWS quota '{quota.name}' ({quota.code}) in {region} is {value:g} vCPUs{used}; {instance_type} "
-        f"needs {vcpus}: request {need} at {console_url(quota.code, region)} or run `aws service-quotas "
+        f"AWS quota '{quota.name}' ({quota.code}) in {region} is {value:g} vCPUs{used}; {what}"
+        f": request {need} at {console_url(quota.code, region)} or run `aws service-quotas "
         f"request-service-quota-increase --service-code ec2 --quota-code {quota.code} --desired-value {need} "
         f"--region {region}`"
     )

@@ -40,6 +40,7 @@ from providers.base import (
     ProviderError,
     SSHEndpoint,
     TransientProviderError,
+    owned_name,
 )
 from providers.common import first_env, one_line
 from providers.datacrunch import billing, catalog, inventory
@@ -88,7 +89,8 @@ NO_CAPACITY = "no_capacity"
 # What a reclaimed spot instance does with its volumes (OSVolume.on_spot_discontinue; the Go SDK's
 # SpotDiscontinueDeletePermanent): the default, keep_detached, leaves a detached volume billing.
 SPOT_VOLUME_POLICY = "delete_permanently"
-_HOSTNAME_RE = re.compile(rf"^{OWNER_TAG}-([a-z0-9][a-z0-9-]{{2,40}})$")
+# An instance's run: its hostname, gpurun-<run id> (-n<rank> for node 1.. of a multi-node run:
+# providers.base.owned_name reads both), else the description gpurun writes.
 _DESC_RE = re.compile(rf"\b{OWNER_TAG} run ([a-z0-9][a-z0-9-]{{2,40}})\b")
 _INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9-]+")
 
@@ -239,17 +241,25 @@ class DataCrunchProvider(Provider):
             boot_failure = (f"DataCrunch had no capacity for {raw.get('instance_type') or 'this type'} in "
                             f"{raw.get('location') or 'this location'}: the order ended in no_capacity")
         hostname = str(raw.get("hostname") or "")
-        m = _HOSTNAME_RE.match(hostname) or _DESC_RE.search(str(raw.get("description") or ""))
+        owned = owned_name(hostname)
+        m = _DESC_RE.search(str(raw.get("description") or ""))
+        run_id = owned[0] if owned else (m.group(1) if m else None)
         ip = raw.get("ip")
         price = catalog.decimal_or_none(raw.get("price_per_hour"))
         self.preemption.observe(raw)
         return Instance(
-            id=str(raw.get("id")), provider=self.name, state=state, run_id=m.group(1) if m else None,
+            id=str(raw.get("id")), provider=self.name, state=state, run_id=run_id,
             name=hostname, instance_type=str(raw.get("instance_type") or ""),
             gpu_count=int((raw.get("gpu") or {}).get("number_of_gpus") or 0),
             created_at=_parse_time(raw.get("created_at")),
             usd_per_hour=float(price) if price is not None else None,
             ssh=SSHEndpoint(str(ip), 22, self.ssh_user) if ip and state == RUNNING else None,
+            # The instances API gives one address, `ip` (verda/instances/_instances.py, Instance.ip:
+            # "IP address assigned to the instance"), the PUBLIC one: no private address, no network
+            # between instances. It is what the other nodes of a multi-node run connect to. (Verda's
+            # private-network multi-node offering is its clusters API, verda/clusters/_clusters.py,
+            # POST /clusters with worker_nodes[].private_ip, which gpurun does not drive.)
+            private_ip=str(ip) if ip else "",
             raw=raw, boot_failure=boot_failure,
         )
 
@@ -271,6 +281,26 @@ class DataCrunchProvider(Provider):
         inst.preempted = verdict.preempted
         inst.boot_failure = inst.boot_failure or verdict.boot_failure
         return inst
+
+    def check_nodes(self, nodes: int) -> None:
+        """Multi-node runs are accepted: every node of a run is created in node 0's location, and
+        the nodes reach one another at their `ip`, the public address (the instances API has no
+        private one; docs/PROVIDERS.md, "Multi-node")."""
+
+    def _node_instances(self, spec: InstanceSpec, rank: int | None = None) -> list[Instance]:
+        """The run's live instances of node `rank` (the spec's by default), by hostname; an instance
+        known by its description only (a renamed hostname) counts as node 0."""
+        want = spec.node_rank if rank is None else rank
+        return [i for i in self.list_run(spec.run_id) if (owned_name(i.name) or ("", 0))[1] == want]
+
+    def _node0_location(self, spec: InstanceSpec) -> str:
+        """Where node 0 of the run is: every other node of a multi-node run goes there."""
+        node0 = self._node_instances(spec, 0)
+        location = str(node0[0].raw.get("location") or "") if node0 else ""
+        if not location:
+            raise ProviderError(f"run {spec.run_id}: node 0 has no live DataCrunch instance with a location: "
+                                "create node 0 first (the other nodes go to its location)")
+        return location
 
     def list_owned(self) -> list[Instance]:
         rows = self.api.request("get", sdk_paths().instances).json()
@@ -308,23 +338,34 @@ class DataCrunchProvider(Provider):
         if not RUN_ID_RE.match(spec.run_id or ""):
             raise ProviderError(f"invalid run id {spec.run_id!r}: lower-case letters, digits and '-', 3-41 chars")
         self.check_credentials()
-        for inst in self.list_run(spec.run_id):
-            return inst  # idempotent: this run already has a live instance
+        for inst in self._node_instances(spec):
+            return inst  # idempotent: this run (this node of it) already has a live instance
         offer = spec.offer
-        location = offer.region or self.location
-        if catalog.in_stock(self.api, offer.instance_type, location, offer.spot) is False:
-            raise NoCapacityError(f"DataCrunch has no {offer.instance_type}{' spot' if offer.spot else ''} "
-                                  f"in stock in {location} now: try another location or GPU")
+        what = f"{offer.instance_type}{' spot' if offer.spot else ''}"
+        if spec.node_rank > 0:
+            # Every node of a run in one location: the nodes' only network is the public internet
+            # (see _to_instance), and one location keeps them near each other.
+            location = self._node0_location(spec)
+            if catalog.in_stock(self.api, offer.instance_type, location, offer.spot) is False:
+                raise NoCapacityError(f"DataCrunch has no {what} left in {location} for node {spec.node_rank} of run "
+                                      f"{spec.run_id} (every node must be in node 0's location): try another GPU")
+        else:
+            location = offer.region or self.location
+            if catalog.in_stock(self.api, offer.instance_type, location, offer.spot) is False:
+                raise NoCapacityError(f"DataCrunch has no {what} in stock in {location} now: "
+                                      "try another location or GPU")
+        # The ssh key and startup script are the run's (gpurun-<run id>), shared by its nodes.
+        run_name = f"{OWNER_TAG}-{spec.run_id}"
         key_ids = []
         if spec.ssh_public_key.strip():
-            key_ids.append(self._ensure_named(paths.ssh_keys, spec.name, "key", spec.ssh_public_key.strip()))
+            key_ids.append(self._ensure_named(paths.ssh_keys, run_name, "key", spec.ssh_public_key.strip()))
         script_id = None
         if self.startup_script:
-            script_id = self._ensure_named(paths.scripts, spec.name, "script", self.startup_script)
+            script_id = self._ensure_named(paths.scripts, run_name, "script", self.startup_script)
         payload = self._create_payload(spec, location, key_ids, script_id)
 
         def create_once() -> str | None:
-            live = self.list_run(spec.run_id)
+            live = self._node_instances(spec)
             if live:  # a POST that timed out may have created it: never make a second one
                 return live[0].id
             resp = self.api.request("post", paths.instances, json_body=payload, retry=False)
@@ -365,7 +406,8 @@ class DataCrunchProvider(Provider):
             "ssh_key_ids": key_ids,
             "startup_script_id": script_id,
             "hostname": spec.name,
-            "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else ""),
+            "description": f"{OWNER_TAG} run {spec.run_id}" + (f" by {spec.owner}" if spec.owner else "")
+            + (f", node {spec.node_rank} of {spec.nodes}" if spec.nodes > 1 or spec.node_rank else ""),
             "location_code": location,
             "os_volume": os_volume,
             "volumes": volumes,
@@ -374,13 +416,15 @@ class DataCrunchProvider(Provider):
             "coupon": None,
         }
 
-    def _find_landed(self, run_id: str) -> list[Instance]:
-        """The run's instances, looked for a few times (a fresh order may take a moment to be listed)."""
+    def _find_landed(self, spec: InstanceSpec) -> list[Instance]:
+        """The run's instances of this node, looked for a few times (a fresh order may take a moment
+        to be listed)."""
+        run_id = spec.run_id
 
         def look() -> list[Instance]:
-            found = self.list_run(run_id)
+            found = self._node_instances(spec)
             if not found:
-                raise _NotListedYet(f"no instance listed for run {run_id} yet")
+                raise _NotListedYet(f"no instance listed for {spec.name} yet")
             return found
 
         try:
@@ -393,7 +437,7 @@ class DataCrunchProvider(Provider):
 
     def _landed_or_raise(self, spec: InstanceSpec, why: str) -> Instance:
         """After a doubtful create: the run's instance if it landed (extra copies deleted), else one line."""
-        found = self._find_landed(spec.run_id)
+        found = self._find_landed(spec)
         if not found:
             raise ProviderError(f"{why}; no instance named {spec.name} was found, so nothing is billing")
         keep, *extra = sorted(found, key=lambda i: (i.created_at or 0.0, i.id))
@@ -402,9 +446,10 @@ class DataCrunchProvider(Provider):
         return keep
 
     def _discard_landed(self, spec: InstanceSpec) -> None:
-        """A refused create may still have made something under the run's name: delete it (best effort)."""
+        """A refused create may still have made something under this node's name: delete it (best
+        effort). The run's other nodes are not this create's to touch."""
         try:
-            leftovers = self.list_run(spec.run_id)
+            leftovers = self._node_instances(spec)
         except ProviderError:
             return
         for inst in leftovers:

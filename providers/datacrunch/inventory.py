@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from providers.base import OWNER_TAG, RUN_ID_RE, Billable, CredentialsError, Instance, ProviderError
+from providers.base import OWNER_TAG, Billable, CredentialsError, Instance, ProviderError, owned_name
 from providers.common import HOURS_PER_MONTH
 from providers.datacrunch.api import DataCrunchAPI, sdk_paths
 from providers.datacrunch.catalog import decimal_or_none
@@ -87,16 +87,16 @@ def volume_prices(api: DataCrunchAPI) -> dict[str, Decimal] | None:
 
 
 def _run_id_of_volume(name: str, owner_run: str | None) -> str | None:
-    """The run a volume belongs to: its instance's run, else its name gpurun-<run id>[-os|-data]."""
+    """The run a volume belongs to: its instance's run, else its name gpurun-<run id>[-n<rank>][-os|-data]
+    (the instance's hostname, providers.base.owned_name, plus the volume's suffix)."""
     if owner_run:
         return owner_run
-    prefix = f"{OWNER_TAG}-"
-    if not name.startswith(prefix):
+    if not name.startswith(f"{OWNER_TAG}-"):
         return None
-    rest = name[len(prefix):]
-    for candidate in (_VOLUME_SUFFIX_RE.sub("", rest), rest):
-        if RUN_ID_RE.match(candidate):
-            return candidate
+    for candidate in (_VOLUME_SUFFIX_RE.sub("", name), name):
+        owned = owned_name(candidate)
+        if owned:
+            return owned[0]
     return None
 
 

@@ -430,6 +430,21 @@ class RunPodProvider(Provider):
         self._check_hour_of_credit(self.account()["balance_usd"], offer.total_usd_per_hour,
                                    f"{offer.gpu_count}x {offer.gpu} {offer.details.get('cloud_type') or ''}".strip())
 
+    def check_nodes(self, nodes: int) -> None:
+        """Multi-node runs are refused on RunPod. Pods created one by one share no network fit for
+        DDP: RunPod's multi-node offering is Instant Clusters, made as one unit through REST v2
+        `POST /v2/clusters` ("Creates a multi-node cluster",
+        https://docs.runpod.io/api-reference-v2/clusters/create-a-cluster), which the `runpod` SDK
+        1.12 gpurun drives (GraphQL) does not have. Pod "Global networking" (a private address per
+        pod, https://docs.runpod.io/pods/networking) runs at 100 Mbps between pods, a console
+        toggle, not an argument of the SDK's create_pod: too slow for gradient exchange."""
+        if nodes > 1:
+            raise ProviderError(
+                f"--nodes {nodes}: RunPod pods share no network for multi-node training (its multi-node "
+                "offering, Instant Clusters, is created through the REST v2 /v2/clusters API, which gpurun does "
+                "not drive): use --provider aws or datacrunch for --nodes, or drop --nodes"
+            )
+
     @staticmethod
     def _check_hour_of_credit(balance: float | None, usd_per_hour: float, what: str = "this pod") -> None:
         if balance is not None and balance < float(usd_per_hour):
