@@ -443,13 +443,16 @@ class Forecast:
     @classmethod
     def of(cls, options: LaunchOptions, recipe: Recipe, default: bool, offer: Offer) -> Forecast:
         cfg = effective_config(options, recipe)
+        nodes = max(1, options.nodes)  # every node the same offer: N times the ranks (linear scaling assumed)
         gpus = max(1, offer.gpu_count) if has_gpu(offer) else 1
-        world = gpus if has_gpu(offer) else max(1, options.gpus)
+        world = (gpus if has_gpu(offer) else max(1, options.gpus)) * nodes
         klass = recipes.gpu_class(offer.gpu) if has_gpu(offer) else "cpu"
         data = data_phase(options, recipe)
+        per_node = recipe.throughput(klass, gpus)
         return cls(recipe=recipe, default=default, tokens_per_step=recipes.tokens_per_step(cfg.to_dict(), world),
-                   max_iters=cfg.max_iters, gpu_class=klass, tokens_per_s=recipe.throughput(klass, gpus),
-                   gpus=gpus, prepare_s=recipe.data.prepare_s(klass) if data else 0.0, data=data)
+                   max_iters=cfg.max_iters, gpu_class=klass, tokens_per_s=per_node * nodes if per_node else per_node,
+                   gpus=gpus * nodes if has_gpu(offer) else 1,
+                   prepare_s=recipe.data.prepare_s(klass) if data else 0.0, data=data)
 
     @property
     def job_s(self) -> float | None:
@@ -460,7 +463,7 @@ class Forecast:
 
     def rows(self, options: LaunchOptions, allowance: Allowance, offer: Offer) -> list[tuple[str, str]]:
         r, h = self.recipe, recipes.human
-        usd_h = offer.total_usd_per_hour
+        usd_h = allowance.usd_per_hour  # every node's price (the nodes prepare their data side by side)
         rows: list[tuple[str, str]] = []
         if self.data:
             origin = f"from {options.data_from} (uploaded)" if options.data_from else r.data.describe()
