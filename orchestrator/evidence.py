@@ -142,6 +142,9 @@ def _provider_section(run: Mapping[str, Any], offer: Mapping[str, Any] | None) -
         "instance_ids": list(
             run.get("instance_ids") or ([run["instance_id"]] if run.get("instance_id") else [])
         ),
+        # A multi-node run's nodes (rank, instance id, the address the others reached it at).
+        "nodes": [{k: n.get(k) for k in ("rank", "instance_id", "private_ip")}
+                  for n in (run.get("plan") or {}).get("nodes") or [] if isinstance(n, dict)],
     }
 
 
@@ -586,6 +589,9 @@ def render_markdown(ev: Mapping[str, Any]) -> str:
         f"| instance type | {_fmt(p.get('instance_type'))} |",
         f"| GPU offered | {_fmt(p.get('gpu'), 'unknown')} x{_fmt(p.get('gpu_count'), '?')} |",
         f"| instance ids | {', '.join(map(str, p.get('instance_ids') or [])) or 'unknown'} |",
+        *([f"| nodes | {len(p['nodes'])}: " + ", ".join(f"node {n['rank']} {n['instance_id']} ({n['private_ip'] or '?'})"
+                                                       for n in p["nodes"]) + " (price is per node) |"]
+          if len(p.get("nodes") or []) > 1 else []),
         f"| price | {price} |",
         f"| runtime | {_fmt_duration(cost['runtime_s'])} |",
         f"| cost | {cost_line} |",

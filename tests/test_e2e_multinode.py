@@ -125,6 +125,8 @@ def test_two_nodes_train_as_one_world_sync_from_node_0_and_both_are_proven_gone(
     assert provider.get(node0).gone and provider.get(node1).gone
     assert provider.meter_usd() <= 0.3
     assert run.cost_usd is not None and run.cost_usd <= 0.3
+    card = (Path(run.run_dir) / "EVIDENCE.md").read_text()
+    assert f"| nodes | 2: node 0 {node0} (127.0.0.1), node 1 {node1} (127.0.0.1)" in card
 
 
 def test_a_node_that_never_answers_fails_the_run_and_the_other_is_torn_down(
