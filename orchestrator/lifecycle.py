@@ -615,6 +615,7 @@ class Controller:
         verify: True. A handoff request returns False at the next poll, the run still going."""
         self.deferring_signals = True
         transport = self.ensure_transport()
+        self.ensure_workers()  # a guard that took the run over reaches the other nodes too
         self.ledger.update_run(self.run.run_id, controller_pid=os.getpid())
         # Periodic pulls run in the background: a slow pull of a big checkpoint must never make the
         # guard late for the stop time.

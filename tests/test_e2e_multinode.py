@@ -170,29 +170,23 @@ def test_each_nodes_command_sees_the_group_in_its_environment(two_nodes: Path, t
 
 
 def test_a_worker_whose_job_dies_ends_the_run_as_failed_and_every_node_goes(two_nodes: Path, tmp_path: Path) -> None:
-    from orchestrator.exit_codes import Exit
+    """Under a detached guard (`--detach`): the guard that takes the run over reaches node 1 from the
+    ledger, sees its job die, and ends the run as failed, every node verified gone."""
     from tests.e2e_helpers import wait_for
     from tests.fakes.loopback_provider import LoopbackProvider
 
     endless = [a if a != "max_iters=30" else "max_iters=1000000" for a in TRAIN]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "loopback", "--yes",
-         "--budgets", str(tmp_path / "budgets.yaml"), "--nodes", "2", "--gpus", "1", "--max-usd", "0.3", *endless],
-        cwd=tmp_path, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        stdin=subprocess.DEVNULL)
-    try:
-        run_id = wait_for(lambda: next((r.run_id for r in Ledger().list_runs()
-                                        if any(e.phase == "job_started" for e in Ledger().events(r.run_id))), None),
-                          180, "the job started on both nodes")
-        pid_file = two_nodes / f"{run_id}-n1" / "job.pid"
-        os.killpg(int(pid_file.read_text().strip()), 9)  # node 1's job dies (its wrapper with it)
-        out, _ = proc.communicate(timeout=180)  # a hang guard only
-    finally:
-        proc.kill()
-    assert proc.returncode == Exit.JOB_FAILED, out[-3000:]
+    res = launch(tmp_path, "--max-usd", "0.3", "--detach", *endless)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = only_run()
-    assert run.phase == "verified" and "on node 1" in (run.end_reason or ""), run.end_reason
-    assert run.job_exit_code not in (None, 0)
+    pid_file = two_nodes / f"{run.run_id}-n1" / "job.pid"
+    wait_for(lambda: Ledger().get_run(run.run_id).controller_pid not in (None, os.getpid())
+             and any(e.phase == "job_started" for e in Ledger().events(run.run_id)), 120, "the guard took over")
+    os.killpg(int(pid_file.read_text().strip()), 9)  # node 1's job dies (its wrapper with it)
+    run = wait_for(lambda: (r := Ledger().get_run(run.run_id)) and r.phase == "verified" and r, 180,
+                   "the run verified gone")
+    assert "on node 1" in (run.end_reason or ""), run.end_reason
+    assert run.job_exit_code not in (None, 0)  # the launch's exit status would be 4 (job failed)
     provider = LoopbackProvider()
     assert provider.list_run(run.run_id) == [] and len(proof_of(run)["instance_ids"]) == 2
     assert provider.meter_usd() <= 0.3
