@@ -230,3 +230,33 @@ def point_at_datacrunch_fake(e2e: E2E, api: Any) -> None:
         "DATACRUNCH_CREDENTIALS_PATH": str(e2e.tmp / "instance-home" / "dc_credentials"),
         "GPURUN_SSH_OVERRIDE": f"{e2e.sshd.host}:{e2e.sshd.port}:{e2e.sshd.user}",
     })
+
+
+def power_off(run_root: Path) -> Path:
+    """What a cloud's reclaim does to the loopback "instance" of one run: the machine goes off (every
+    process the run started on it dies) and the next instance has a fresh disk. Tell the fake cloud
+    FIRST (so the provider already says preempted when the guard notices the job died), then call this.
+
+    Kills the process group named by each <name>.pid under `run_root` (detached jobs run under setsid:
+    the pid is the group; jobs with a <name>.exit have ended, their pid may be reused), as
+    tests/fakes/loopback_provider.py `terminate` does. Never anything else: killing an sshd session's
+    login shell, say mid `pyenv rehash`, leaves pyenv's lock behind and stalls every later SSH session.
+    Then the run's directory is renamed to <run id>.lost (kept for a post-mortem; the e2e fixture's
+    clean-up still reaches anything under the remote root). Returns where it went."""
+    mine = os.getpgrp()
+    for pid_file in sorted(run_root.glob("*.pid")):
+        if pid_file.with_suffix(".exit").exists():
+            continue
+        try:
+            pgid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pgid in (0, 1, mine):
+            continue
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    lost = run_root.with_name(run_root.name + ".lost")
+    run_root.rename(lost)
+    return lost
