@@ -388,11 +388,7 @@ class Controller:
     def _bootstrap(self, instance: Instance) -> None:
         assert self.transport is not None
         opts = self.options
-        if opts.command and opts.workdir:
-            self.transport.upload(Path(opts.workdir), "code")
-        else:
-            self.transport.upload(TRAINER_DIR, "code/trainer")
-        info = bootstrap(self.transport, need_torch=not opts.command)
+        info = self._upload_and_bootstrap(self.transport)
         self.gpu_count = info.gpu_count
         self.python = info.python
         self.record.bootstrap = info.to_dict()
@@ -423,16 +419,22 @@ class Controller:
             self._record_nodes()  # with each worker's data command, for a guard that takes over
         self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
 
+    def _upload_and_bootstrap(self, transport: Transport) -> BootstrapInfo:
+        """The job's code on the node (the command's --workdir, else the trainer), then the python /
+        torch / CUDA check and what is missing installed."""
+        opts = self.options
+        if opts.command and opts.workdir:
+            transport.upload(Path(opts.workdir), "code")
+        else:
+            transport.upload(TRAINER_DIR, "code/trainer")
+        return bootstrap(transport, need_torch=not opts.command)
+
     def _bootstrap_worker(self, node: Node, wd_deadline: float) -> None:
         """A worker node: the same code and config as node 0, and its own dead-man's switch (at the
         run's deadline, with its own self-destruct; no stall rule: the steps are logged on node 0)."""
         assert node.transport is not None
         opts = self.options
-        if opts.command and opts.workdir:
-            node.transport.upload(Path(opts.workdir), "code")
-        else:
-            node.transport.upload(TRAINER_DIR, "code/trainer")
-        info = bootstrap(node.transport, need_torch=not opts.command)
+        info = self._upload_and_bootstrap(node.transport)
         node.python = info.python
         # Node 0's recipe (decided by its hardware: the nodes are one offer), under this node's root.
         node.job = self._set_up_job(node.transport, node.python, self._recipe, bool(self.job_info().get("default")),

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures are imported and taken by name, as pytest does)
 """DataCrunch (Verda) multi-node runs (issue 18, `gpurun launch --nodes N`): every node of a run in
 node 0's location, named gpurun-<run id>-n<rank> and read back as the run's everywhere (list_owned,
 list_run, the audit's inventory), each node created once; `private_ip` is the instance's `ip`, its
@@ -9,14 +10,11 @@ The real `verda` SDK talking HTTP to the local fake API (tests/fakes/datacrunch_
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from providers import get_provider
 from providers.base import (
     RUNNING,
-    BillingRule,
     InstanceSpec,
     NoCapacityError,
     ProviderError,
@@ -25,30 +23,8 @@ from providers.base import (
 from providers.datacrunch import DataCrunchProvider
 from tests.fakes.datacrunch_api import FakeDataCrunchAPI
 
-PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
-FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "timeout_s": 2.0}
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATACRUNCH_IMAGE", "DATACRUNCH_LOCATION", "DATACRUNCH_BASE_URL", "VERDA_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeDataCrunchAPI]:
-    api = FakeDataCrunchAPI(billing=BillingRule(1, 60, "test rule"), ordered_s=0.05, provisioning_s=0.2,
-                            deleting_s=0.1).start()
-    yield api
-    api.stop()
-
-
-@pytest.fixture
-def dc(fake: FakeDataCrunchAPI) -> DataCrunchProvider:
-    p = get_provider("datacrunch", client_id=fake.client_id, client_secret=fake.client_secret,
-                     base_url=fake.base_url, **FAST)
-    assert isinstance(p, DataCrunchProvider)
-    return p
+# The provider tests' own set-up: a clean environment, the fake, the provider on it.
+from tests.test_datacrunch_provider import PUBKEY, _clean_env, dc, fake  # noqa: F401  (fixtures)
 
 
 def spec(dc: DataCrunchProvider, run_id: str, rank: int, nodes: int = 2, region: str = "FIN-01") -> InstanceSpec:

@@ -17,20 +17,10 @@ from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger
 from tests.e2e_helpers import kill_processes_under, only_run, phases, proof_of
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401  (fixtures)
+from tests.test_e2e_ssh import BUDGETS  # loopback: per second, 30 s reserve, 10 s minimum
 
 REPO = Path(__file__).resolve().parent.parent
 PRICE = 3.6  # USD/h per node: 0.001 USD a second, 0.002 for the pair
-BUDGETS = """\
-per_run_default_usd: 1.0
-per_run_max_usd: 5.0
-daily_usd: null
-monthly_usd: null
-providers:
-  loopback:
-    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
-    reserve_s: 30
-    min_runtime_s: 10
-"""
 TRAIN = ["--set", "max_iters=30", "--set", "log_interval=5", "--set", "eval_interval=15", "--set", "eval_iters=2",
          "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
 # A recipe whose data is prepared on the instance: every node prepares its own copy (no shared disk).
