@@ -53,6 +53,7 @@ from tests.fakes.runpod_api import FakeRunPodAPI
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
 from tests.test_aws_preemption import SPOT_TERMINATION, reclaim
 from tests.test_e2e_aws import AWS_RULE, all_instances
+from tests.test_e2e_runpod import fake  # noqa: F401  (fixture: the RunPod fake, pods on the loopback sshd)
 
 MAX_ITERS = 800
 TRAIN = ["--set", f"max_iters={MAX_ITERS}", "--set", "log_interval=50", "--set", "eval_interval=100000",
@@ -184,38 +185,23 @@ def assert_resumed_and_proved(run_id: str, first: str, step_seen: int, max_usd: 
 # ---- RunPod ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def runpod(e2e: E2E) -> Iterator[FakeRunPodAPI]:
-    api = FakeRunPodAPI(ssh_host=e2e.sshd.host, ssh_port=e2e.sshd.port, boot_delay_s=0.5,
-                        balance=100.0, spend_limit=200.0).start()
-    e2e.env.update({
-        "RUNPOD_API_BASE_URL": api.base_url,
-        "RUNPOD_API_KEY": api.api_key,
-        "HOME": str(e2e.tmp / "home"),  # no real ~/.runpod/config.toml
-    })
-    try:
-        yield api
-    finally:
-        api.stop()
-
-
-def test_runpod_spot_run_preempted_mid_training_resumes_on_a_second_pod(e2e: E2E, runpod: FakeRunPodAPI,
+def test_runpod_spot_run_preempted_mid_training_resumes_on_a_second_pod(e2e: E2E, fake: FakeRunPodAPI,
                                                                         background: Callable[..., Launch]) -> None:
     cap = 0.05  # the RTX 4090's community spot price, 0.2 USD/h: 15 minutes, far more than the run takes
     launch = background("launch", "--provider", "runpod", "--spot", "--gpu", "RTX 4090", "--max-usd", str(cap),
                         "--yes", "--budgets", str(e2e.budgets("runpod")), "--sync-interval", "1", *TRAIN)
-    run_id, first, step = preempt_mid_training(e2e, launch, runpod.preempt)
+    run_id, first, step = preempt_mid_training(e2e, launch, fake.preempt)
     code = launch.wait()
     assert code == 0, launch.output[-4000:]
     run, ids, lost = assert_resumed_and_proved(run_id, first, step, cap, launch.output)
 
-    assert "Outbid" in lost["reason"] and runpod.pods[first].ended_by == "platform"
+    assert "Outbid" in lost["reason"] and fake.pods[first].ended_by == "platform"
     for pod_id in ids:
-        pod = runpod.pods[pod_id]
+        pod = fake.pods[pod_id]
         assert pod.spot and pod.gone, pod_id
-    assert runpod.pods[ids[1]].ended_by == "account" and not runpod.live_pods()
-    assert runpod.count("podRentInterruptable") == 2
-    assert runpod.meter_usd() <= cap, [runpod.billed_seconds(p) for p in ids]
+    assert fake.pods[ids[1]].ended_by == "account" and not fake.live_pods()
+    assert fake.count("podRentInterruptable") == 2
+    assert fake.meter_usd() <= cap, [fake.billed_seconds(p) for p in ids]
 
 
 # ---- DataCrunch -----------------------------------------------------------------------------------
