@@ -56,6 +56,16 @@ def reclaim(instance_id: str, region: str, state: str, code: str, message: str,
         inst.spot_instance_request_id = request_id
 
 
+def reclaim_after(after_s: float, instance_id: str, region: str, state: str = "shutting-down",
+                  code: str = SPOT_TERMINATION[0], message: str = SPOT_TERMINATION[1]) -> threading.Timer:
+    """The timed knob: EC2 takes the spot instance back `after_s` seconds from now (moto has no clock
+    of its own for it), with the reason real EC2 describes; `reclaim` is the on-request one."""
+    timer = threading.Timer(after_s, reclaim, args=(instance_id, region, state, code, message))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def spot_request_answers(p: AWSProvider, status: str | None, error_code: str = "") -> list[dict]:
     """Answer DescribeSpotInstanceRequests (moto keeps no request for RunInstances' spot) with the
     real output shape, or the real error; returns the requests seen."""
@@ -88,6 +98,15 @@ def test_a_spot_instance_ec2_reclaimed_is_preempted(moto_aws: MotoAWS, pubkey: s
     assert got.state == TERMINATED and got.preempted
     # list_owned reads the same StateReason (no extra call per instance).
     assert [i.preempted for i in p.list_owned() if i.id == inst.id] == [got.preempted]
+
+
+def test_a_timed_reclaim_lands_on_its_own_and_get_reports_it(moto_aws: MotoAWS, pubkey: str) -> None:  # noqa: F811
+    p = provider()
+    inst = p.create(spec_for(p, "aws-timed", pubkey, gpu="L40S", spot=True))
+    assert p.get(inst.id).preempted == ""
+    timer = reclaim_after(0.2, inst.id, moto_aws.region)  # nothing more is asked of EC2: its clock runs
+    timer.join(timeout=30)  # a hang guard only
+    assert "Server.SpotInstanceTermination" in p.get(inst.id).preempted
 
 
 def test_the_spot_request_status_says_when_the_state_reason_does_not(moto_aws: MotoAWS, pubkey: str) -> None:  # noqa: F811
