@@ -36,6 +36,7 @@ from orchestrator.plan import (
     DEFAULT_GPU_RECIPE,
     LaunchError,
     LaunchOptions,
+    check_nodes_input,
     duration,
     has_gpu,
     make_plan,
@@ -129,8 +130,7 @@ def main() -> None:
 def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     """Plan, confirm, provision, train, sync, tear down. `-- CMD ...` runs any command instead."""
     if kw["resume_run"]:
-        if kw["nodes"] != 1:
-            raise LaunchError(f"--nodes {kw['nodes']} with --resume: a run resumes on one instance only: drop --nodes")
+        check_nodes_input(LaunchOptions(nodes=kw["nodes"], resume_run=kw["resume_run"]))  # before the ledger
         options = resume_options(Ledger(), kw["resume_run"], kw["max_usd"], kw["max_boot_usd"])
         _launch_with(options, kw)
         return

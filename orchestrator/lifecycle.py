@@ -602,7 +602,9 @@ class Controller:
         pid = self.transport.start_detached("job", command, env=self._job_env(0))
         # Node 0 first: its rank 0 hosts the rendezvous the others connect to.
         for node in self.ensure_workers():
-            assert node.transport is not None
+            if node.transport is None:
+                raise RunFailed(f"node {node.rank} (instance {node.instance.id}) does not answer: the job cannot"
+                                " start on every node")
             node_pid = node.transport.start_detached("job", self.job_command(node), env=self._job_env(node.rank))
             self.ledger.record_event(self.run.run_id, "node_job_started", rank=node.rank, pid=node_pid)
         self.ledger.record_event(self.run.run_id, "job_started", pid=pid)
@@ -756,19 +758,19 @@ class Controller:
         the stall window; the run ends now, and the worker's exit status is the job's."""
         for node in self.workers:
             try:
-                if node.transport is not None:
-                    state = node.transport.job_state("job")
-                    if not state.running and state.exit_code != 0:
-                        self._node_exit = state.exit_code if state.exit_code is not None else -9
-                        status = "killed, no exit status" if state.exit_code is None else f"exit {state.exit_code}"
-                        return f"{Ending.JOB_ENDED} ({status} on node {node.rank}, instance {node.instance.id})"
-                    continue
+                state = node.transport.job_state("job") if node.transport is not None else None
+            except Exception:  # noqa: BLE001 - unreachable now: the provider says whether it is still there
+                state = None
+            if state is not None:
+                if not state.running and state.exit_code != 0:
+                    self._node_exit = state.exit_code if state.exit_code is not None else -9
+                    status = "killed, no exit status" if state.exit_code is None else f"exit {state.exit_code}"
+                    return f"{Ending.JOB_ENDED} ({status} on node {node.rank}, instance {node.instance.id})"
+                continue
+            try:
                 inst = self.provider.get(node.instance.id)
-            except Exception:  # noqa: BLE001 - unreachable now: ask the provider whether it is still there
-                try:
-                    inst = self.provider.get(node.instance.id)
-                except Exception:  # noqa: BLE001 - the next check asks again
-                    continue
+            except Exception:  # noqa: BLE001 - the next check asks again
+                continue
             if inst.gone:
                 return f"{Ending.LOST}: node {node.rank} (instance {inst.id}) is {inst.state}"
         return ""
@@ -869,7 +871,8 @@ class Controller:
     def _stop_job(self, reason: str) -> None:
         transport = self.ensure_transport()
         self.phase("stopping", reason=reason)
-        for node in self.ensure_workers():  # a stop during the data phase: every node's preparer
+        nodes = self.ensure_workers()
+        for node in nodes:  # a stop during the data phase: every node's preparer
             if node.transport is not None and node.job.get("prepare"):
                 _quietly(lambda t=node.transport: t.job_state(DATA_JOB).running and t.signal(DATA_JOB, signal.SIGTERM))
         if self.job_info().get("prepare") and transport.job_state(DATA_JOB).running:
@@ -879,7 +882,7 @@ class Controller:
                 time.sleep(0.5)
             if transport.job_state(DATA_JOB).running:
                 transport.signal(DATA_JOB, signal.SIGKILL)
-        workers = [n.transport for n in self.ensure_workers() if n.transport is not None]
+        workers = [n.transport for n in nodes if n.transport is not None]
         if transport.job_state("job").running:
             # Every node hears it (the ranks agree on the step to stop at); node 0's rank 0 checkpoints.
             for t in (transport, *workers):
