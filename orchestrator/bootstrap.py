@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from orchestrator.transport import Transport
@@ -43,6 +43,18 @@ print(json.dumps(info))
 
 class BootstrapError(Exception):
     """The instance cannot run the trainer; the message says what is missing and what to do."""
+
+
+Step = Callable[[str], None]  # told what bootstrap does now ("installing torch"): orchestrator.stop_time
+
+
+def _no_step(_: str) -> None:
+    pass
+
+
+def _not_ours(python: str, missing: Sequence[str]) -> BootstrapError:
+    return BootstrapError(f"{python} lacks {', '.join(missing)}, and gpurun never installs into an interpreter"
+                          " it did not create: install gpurun's train extra into it (pip install 'gpurun[train]')")
 
 
 @dataclass
@@ -114,24 +126,33 @@ def _pip_install(transport: Transport, python: str, packages: Sequence[str], tim
 
 
 def bootstrap(transport: Transport, install: bool = True, need_torch: bool = True,
-              pip_timeout_s: float = 1800) -> BootstrapInfo:
+              pip_timeout_s: float = 1800, step: Step = _no_step) -> BootstrapInfo:
     """Check (and if allowed complete) the instance; write <root>/out/bootstrap.txt and bootstrap.json.
 
     need_torch=False (a user command instead of the trainer): report what is there, install nothing.
+    The interpreter the transport names (the local sandbox's: the controller's own) is used as it
+    is and never installed into; otherwise python is looked for on the instance.
     """
-    python = find_python(transport)
+    step("looking for python")
+    python = transport.python or find_python(transport)
+    step("checking python, torch and CUDA")
     info = _check(transport, python)
     installed: list[str] = []
     missing = [pkg for pkg in ("numpy", "torch") if need_torch and not info.get(pkg)]
     if missing:
+        if transport.python:
+            raise _not_ours(python, missing)
         if not install:
             raise BootstrapError(f"the instance lacks {', '.join(missing)} (bootstrap with install=True, "
                                  "or use a PyTorch image)")
+        step(f"installing {' and '.join(missing)}")
         _pip_install(transport, python, missing, pip_timeout_s)
         installed = missing
+        step("checking the installed torch")
         info = _check(transport, python)
         if not info.get("torch"):
             raise BootstrapError(f"torch still not importable after installing it: {info.get('torch_error')}")
+    step("listing the GPUs")
     smi = transport.run("nvidia-smi -L 2>/dev/null", timeout_s=60)
     nvidia = smi.stdout if smi.ok and smi.stdout.strip() else None
     result = BootstrapInfo(
@@ -146,20 +167,24 @@ def bootstrap(transport: Transport, install: bool = True, need_torch: bool = Tru
 
 
 def ensure_packages(transport: Transport, python: str, packages: Sequence[str], install: bool = True,
-                    pip_timeout_s: float = 900) -> list[str]:
+                    pip_timeout_s: float = 900, step: Step = _no_step) -> list[str]:
     """Install the optional packages a recipe needs (tiktoken for GPT-2 BPE) where the instance
     lacks them; returns those installed. Import name = pip name for every package recipes name."""
     if not packages:
         return []
+    step(f"checking for {', '.join(packages)}")
     probe = ("import importlib.util, sys; "
              "print(' '.join(p for p in sys.argv[1:] if importlib.util.find_spec(p) is None))")
     res = transport.run(f"{shlex.quote(python)} -c {shlex.quote(probe)} {' '.join(map(shlex.quote, packages))}",
                         timeout_s=120)
     missing = res.stdout.split() if res.ok else list(packages)
+    if missing and transport.python:
+        raise _not_ours(python, missing)
     if missing and not install:
         raise BootstrapError(f"the instance lacks {', '.join(missing)} (the recipe's data needs it): use an image"
                              " that has it")
     if missing:
+        step(f"installing {' and '.join(missing)}")
         _pip_install(transport, python, missing, pip_timeout_s)
     return missing
 

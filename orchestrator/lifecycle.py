@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trainer
 from orchestrator import budget as budget_mod
-from orchestrator import provisioning, recovery, settings
+from orchestrator import provisioning, recovery, settings, stop_time
 from orchestrator import teardown as teardown_mod
 from orchestrator.bootstrap import BootstrapInfo, bootstrap, ensure_packages, trainer_command
 from orchestrator.budgets_file import BudgetError, Budgets, load_budgets
@@ -56,14 +56,16 @@ from orchestrator.progress import (
 )
 from orchestrator.reconcile import Reconciliation, reconcile_after_run
 from orchestrator.run_record import RunRecord, is_orphan
+from orchestrator.stop_time import Steps
 from orchestrator.sync import Syncer
 from orchestrator.transport import SyncResult, Transport
 from orchestrator.transports import open_transport
-from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog, read_reason
+from orchestrator.watchdog import heartbeat, heartbeat_interval_s, install_watchdog, read_reason, set_pre_job
 from providers import get_provider
 from providers.base import Access, Instance, InstanceSpec, Offer, Provider
 from trainer.recipes import Recipe
 
+T = TypeVar("T")
 TRAINER_DIR = Path(trainer.__file__).resolve().parent
 POLL_S = 1.0
 SPOT_NOTICE_JOB = "spotnotice"  # writes ROOT/spot.notice when the provider warns of a reclaim
@@ -208,7 +210,9 @@ class Controller:
                 self._start_job()
         except Exception as exc:
             self.deferring_signals = True
-            self._record_end(f"{Ending.RUN_FAILED}: {type(exc).__name__}: {exc}")
+            # A phase cut at the stop time says so in its own words; anything else names its error.
+            detail = str(exc) if isinstance(exc, stop_time.CutOff) else f"{type(exc).__name__}: {exc}"
+            self._record_end(f"{Ending.RUN_FAILED}: {detail}")
             self._fail(exc)
             raise
         if attach and self.guard():
@@ -331,8 +335,9 @@ class Controller:
                 raise BootFailed(f"node {node.rank} (instance {node.instance.id}) runs but never answered:"
                                  f" {type(exc).__name__}: {exc}") from exc
             node.transport = transport
+            self._arm_switch(node.instance, transport, stall=False)
             self.ledger.record_event(self.run.run_id, "node_ready", rank=node.rank, instance_id=node.instance.id,
-                                     root=transport.root)
+                                     root=transport.root, watchdog_deadline=self.watchdog_deadline())
         self.instance = self.provider.get(instance.id)  # node 0 as it runs now: its private address
         self._record_nodes()
 
@@ -383,68 +388,106 @@ class Controller:
             transport.close()
             raise BootFailed(f"instance {instance.id} runs but never answered: {type(exc).__name__}: {exc}") from exc
         self.transport = transport  # only a reachable instance has outputs worth a final sync
-        self.phase("ssh_ready", root=transport.root)
+        # The switch goes on in this first session, before the upload and bootstrap (which can be slow):
+        # from here the instance ends itself at the deadline with this controller gone.
+        self._arm_switch(instance, transport, stall=True)
+        self.phase("ssh_ready", root=transport.root, watchdog_deadline=self.watchdog_deadline())
+
+    def _arm_switch(self, instance: Instance, transport: Transport, stall: bool) -> None:
+        """The dead-man's switch on one node: works with this controller gone. It fires between the
+        guard's stop time and the money deadline, leaving half the reserve for the self-destruct to
+        land. Its idle and stall rules start once the job starts (a worker has no stall rule: the
+        steps are logged on node 0); a recipe's data phase is named to it after bootstrap."""
+        opts = self.options
+
+        def arm() -> None:
+            for path, content, mode in self.provider.self_destruct_files(instance):
+                transport.write_file(path, content, mode)
+            install_watchdog(
+                transport,
+                deadline_epoch=self.watchdog_deadline(),
+                grace_s=self.grace_s(),
+                self_destruct_cmd=self.self_destruct_command(instance),
+                # With this controller gone, an ended job's instance must not idle, nor a stalled job run on.
+                idle_s=opts.idle_minutes * 60,
+                stall_s=opts.stall_minutes * 60 if stall else None,
+                progress_file="out/metrics.jsonl" if stall and not opts.command else "job.log",
+            )
+
+        self._by_stop_time("arming the switch", Steps("arming the dead-man's switch"), arm, transport)
+
+    def _by_stop_time(self, phase: str, steps: Steps, work: Callable[[], T], transport: Transport) -> T:
+        """`work` (transport only: no ledger) cut off at the guard's stop time (stop_time.CutOff); a
+        cut abandons the transport, which the teardown then no longer uses."""
+        assert self.run.stop_at_epoch is not None
+        try:
+            return stop_time.within(self.run.stop_at_epoch, phase, steps, work)
+        except stop_time.CutOff:
+            transport.close()
+            if transport is self.transport:
+                self.transport = None
+            raise
 
     def _bootstrap(self, instance: Instance) -> None:
         assert self.transport is not None
-        opts = self.options
-        info = self._upload_and_bootstrap(self.transport)
+        transport = self.transport
+        steps = Steps("uploading the code")
+
+        def prepare() -> tuple[BootstrapInfo, Recipe | None, bool, dict[str, Any], list[str]]:
+            info = self._upload_and_bootstrap(transport, steps)
+            # The recipe: a default one by whether the instance has CUDA.
+            recipe, default = recipe_for(self.options, info.cuda_available)
+            job, installed = self._set_up_job(transport, info.python, recipe, default, steps)
+            return info, recipe, default, job, installed
+
+        info, self._recipe, _, job, installed = self._by_stop_time("bootstrap", steps, prepare, transport)
         self.gpu_count = info.gpu_count
         self.python = info.python
         self.record.bootstrap = info.to_dict()
-        self.ledger.update_run(self.run.run_id, plan={"bootstrap": self.record.bootstrap})
-        self._configure_job(info)
-        # The dead-man's switch: works with this controller gone. It fires between the guard's stop
-        # time and the money deadline, leaving half the reserve for the self-destruct to land.
-        wd_deadline = self.watchdog_deadline()
-        for path, content, mode in self.provider.self_destruct_files(instance):
-            self.transport.write_file(path, content, mode)
-        install_watchdog(
-            self.transport,
-            deadline_epoch=wd_deadline,
-            grace_s=self.grace_s(),
-            self_destruct_cmd=self.self_destruct_command(instance),
-            # With this controller gone, an ended job's instance must not idle, nor a stalled job run on.
-            idle_s=opts.idle_minutes * 60,
-            stall_s=opts.stall_minutes * 60,
-            progress_file="job.log" if opts.command else "out/metrics.jsonl",
-            # A recipe's data phase is watched the same way until training starts.
-            **self._data_watch(),
-        )
-        if self.offer.spot and (notice := self.provider.spot_notice_command(instance, self.transport.root)):
-            self.transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
+        self.ledger.update_run(self.run.run_id, plan={"bootstrap": self.record.bootstrap, "job": job})
+        self.refresh()
+        if installed:
+            self.ledger.record_event(self.run.run_id, "installed", packages=installed, rank=0)
+        if watch := self._data_watch():  # the switch watches the data phase too, until training starts
+            set_pre_job(transport, **watch)
+        if self.offer.spot and (notice := self.provider.spot_notice_command(instance, transport.root)):
+            transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
         for node in self.workers:
-            self._bootstrap_worker(node, wd_deadline)
+            self._bootstrap_worker(node)
         if self.workers:
             self._record_nodes()  # with each worker's data command, for a guard that takes over
-        self.phase("bootstrapped", watchdog_deadline=wd_deadline, **info.to_dict())
+        self.phase("bootstrapped", watchdog_deadline=self.watchdog_deadline(), **info.to_dict())
 
-    def _upload_and_bootstrap(self, transport: Transport) -> BootstrapInfo:
+    def _upload_and_bootstrap(self, transport: Transport, steps: Steps) -> BootstrapInfo:
         """The job's code on the node (the command's --workdir, else the trainer), then the python /
         torch / CUDA check and what is missing installed."""
         opts = self.options
+        steps("uploading the code")
         if opts.command and opts.workdir:
             transport.upload(Path(opts.workdir), "code")
         else:
             transport.upload(TRAINER_DIR, "code/trainer")
-        return bootstrap(transport, need_torch=not opts.command)
+        return bootstrap(transport, need_torch=not opts.command, step=steps)
 
-    def _bootstrap_worker(self, node: Node, wd_deadline: float) -> None:
-        """A worker node: the same code and config as node 0, and its own dead-man's switch (at the
-        run's deadline, with its own self-destruct; no stall rule: the steps are logged on node 0)."""
+    def _bootstrap_worker(self, node: Node) -> None:
+        """A worker node: the same code and config as node 0 (its switch is armed since it answered)."""
         assert node.transport is not None
-        opts = self.options
-        info = self._upload_and_bootstrap(node.transport)
+        transport = node.transport
+        steps = Steps("uploading the code")
+
+        def prepare() -> tuple[BootstrapInfo, dict[str, Any], list[str]]:
+            info = self._upload_and_bootstrap(transport, steps)
+            # Node 0's recipe (decided by its hardware: the nodes are one offer), under this node's root.
+            job, installed = self._set_up_job(transport, info.python, self._recipe,
+                                              bool(self.job_info().get("default")), steps)
+            return info, job, installed
+
+        info, node.job, installed = self._by_stop_time(f"node {node.rank}'s bootstrap", steps, prepare, transport)
         node.python = info.python
-        # Node 0's recipe (decided by its hardware: the nodes are one offer), under this node's root.
-        node.job = self._set_up_job(node.transport, node.python, self._recipe, bool(self.job_info().get("default")),
-                                    rank=node.rank)
-        for path, content, mode in self.provider.self_destruct_files(node.instance):
-            node.transport.write_file(path, content, mode)
-        install_watchdog(node.transport, deadline_epoch=wd_deadline, grace_s=self.grace_s(),
-                         self_destruct_cmd=self.self_destruct_command(node.instance),
-                         idle_s=opts.idle_minutes * 60, stall_s=None, progress_file="job.log",
-                         **self._data_watch(node.job, node.transport))
+        if installed:
+            self.ledger.record_event(self.run.run_id, "installed", packages=installed, rank=node.rank)
+        if watch := self._data_watch(node.job, transport):
+            set_pre_job(transport, **watch)
         self.ledger.record_event(self.run.run_id, "node_bootstrapped", rank=node.rank, instance_id=node.instance.id,
                                  python=info.python, torch=info.torch_version, gpu_count=info.gpu_count)
 
@@ -458,21 +501,13 @@ class Controller:
             return {}
         return {"pre_job": DATA_JOB, "pre_progress_file": f"{job['data_dir'][len(root):]}/{PROGRESS_FILE}"}
 
-    def _configure_job(self, info: BootstrapInfo) -> None:
-        """Pick the recipe (a default one by whether the instance has CUDA), write the config file the
-        trainer reads (recipe < --config; --set stays flags) with data_dir at the data the recipe
-        prepares, install what its data needs, and keep it all in the run's record (`job`)."""
-        assert self.transport is not None
-        recipe, default = recipe_for(self.options, info.cuda_available)
-        self._recipe = recipe
-        job = self._set_up_job(self.transport, self.python, recipe, default)
-        self.ledger.update_run(self.run.run_id, plan={"job": job})
-        self.refresh()
-
     def _set_up_job(self, transport: Transport, python: str, recipe: Recipe | None, default: bool,
-                    rank: int = 0) -> dict[str, Any]:
+                    steps: Steps) -> tuple[dict[str, Any], list[str]]:
         """On one node: the recipe's data command and data_dir under its root (its --data-from copy
-        uploaded), the packages the data needs, the config file; what was decided (`job`)."""
+        uploaded), the packages the data needs, the config file the trainer reads (recipe < --config;
+        --set stays flags) with data_dir at the data the recipe prepares. What was decided (`job`, kept
+        in the run's record) and the packages installed. Transport only: it runs in bootstrap's
+        worker thread."""
         opts, root = self.options, transport.root
         job: dict[str, Any] = {"recipe": recipe.name if recipe else None, "default": default,
                                "config_file": False, "data_dir": None, "prepare": None}
@@ -480,19 +515,20 @@ class Controller:
             job["data_dir"] = f"{root}/data/{recipe.data.dir_name}"
             from_dir = None
             if opts.data_from:
+                steps(f"uploading {opts.data_from}")
                 transport.upload(Path(opts.data_from), DATA_SOURCE_DIR)
                 from_dir = f"{root}/{DATA_SOURCE_DIR}"
             args = recipe.data.prepare_args(job["data_dir"], from_dir=from_dir)
             job["prepare"] = f"{shlex.quote(python)} -m trainer.data {shlex.join(args)}"
+        installed: list[str] = []
         if recipe is not None and not opts.command:
-            installed = ensure_packages(transport, python, recipe.data.packages())
-            if installed:
-                self.ledger.record_event(self.run.run_id, "installed", packages=installed, rank=rank)
+            installed = ensure_packages(transport, python, recipe.data.packages(), step=steps)
         config = job_config(opts, recipe, job["data_dir"]) if not opts.command else {}
         if config:
+            steps("writing the job's config")
             transport.write_file(f"code/{JOB_CONFIG}", config_text(config))
             job["config_file"] = True
-        return job
+        return job, installed
 
     def job_info(self) -> dict[str, Any]:
         """What _configure_job decided: recipe, config_file, data_dir, prepare (the data command)."""

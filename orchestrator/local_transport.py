@@ -18,8 +18,9 @@ from orchestrator.upload import check_destination, upload_files
 
 
 class LocalTransport:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, python: str | None = None) -> None:
         self.root = str(Path(root).resolve())
+        self.python = python  # the interpreter the sandbox's jobs run with (the controller's)
 
     def _path(self, rel: str) -> Path:
         return Path(self.root) / rel
@@ -69,10 +70,12 @@ class LocalTransport:
         tmp.chmod(mode)
         tmp.replace(path)
 
-    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None) -> int:
+    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None, cwd: str = "code") -> int:
         pid_file = self._path(f"{name}.pid")
         pid_file.unlink(missing_ok=True)
-        script = detached_script(self.root, name, command, cwd=self.root + "/code", env=env)
+        for sub in ("code", "out"):  # as the SSH transport does: a job may start before the upload
+            self._path(sub).mkdir(parents=True, exist_ok=True)
+        script = detached_script(self.root, name, command, cwd=f"{self.root}/{cwd}".rstrip("/"), env=env)
         subprocess.run(["sh", "-c", script], cwd=self.root, check=True)
         deadline = time.monotonic() + 10
         while not pid_file.exists() or not pid_file.read_text().strip():

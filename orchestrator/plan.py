@@ -20,7 +20,7 @@ from orchestrator.budget import Allowance, allowance_for, check_caps
 from orchestrator.budgets_file import BudgetError, Budgets, load_budgets
 from orchestrator.ledger import Ledger
 from providers import get_provider, provider_class
-from providers.base import Offer, Provider, ProviderError, rank_offers, split_gpus
+from providers.base import ImageFacts, Offer, Provider, ProviderError, TorchOnImage, rank_offers, split_gpus
 from trainer import config as trainer_config
 from trainer import recipes
 from trainer.recipes import Recipe
@@ -124,6 +124,8 @@ class LaunchPlan:
     max_boot_usd: float = 0.0
     # The recipe's training terms on the chosen offer (None: a command, or the user's own --config).
     forecast: Forecast | None = None
+    # PyTorch on the image: where it is not carried, bootstrap's install comes out of the budget.
+    image: ImageFacts | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -141,6 +143,8 @@ class LaunchPlan:
                          f"({duration(b.reserve_s)} reserved for the final sync and teardown)"),
             ("job", self._job_label()),
         ]
+        if self.image is not None:
+            rows.append(("bootstrap", bootstrap_words(self.image, self.options, b, o)))
         if self.forecast is not None:
             rows += self.forecast.rows(self.options, b, o)
         rows.append(("budgets file", str(self.budgets.path)))
@@ -281,6 +285,8 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
         assert first_refusal is not None
         raise first_refusal  # the chosen offer's own reason: one line saying what to change
     offer, allowance = accepted[0]
+    image = provider.image_facts(options.image)
+    check_image(options, image)
     # The caps are checked again, atomically with the hold, when the run is created.
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
     account = provider.account()
@@ -288,7 +294,35 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     forecast = Forecast.of(options, recipe, default, offer) if recipe is not None else None
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,
-                      max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast)
+                      max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast,
+                      image=image)
+
+
+# What a pip install of torch (the CUDA build: about 2.5 GB with its CUDA libraries) takes on a cloud
+# instance; an estimate, for the plan only (the stop time bounds the real one).
+TORCH_INSTALL_S = 300.0
+
+
+def check_image(options: LaunchOptions, facts: ImageFacts) -> None:
+    """Refuse before anything is created a trainer run on an image without torch where bootstrap
+    may not install it (the local provider runs with the controller's own interpreter)."""
+    if options.command or facts.torch is TorchOnImage.CARRIED or facts.installs:
+        return
+    raise ProviderError(f"{facts.image} {facts.torch.value}, and gpurun never installs into an interpreter it did not"
+                        " create: install gpurun's train extra into it (pip install 'gpurun[train]'; `make setup`"
+                        " does), or run your own command (-- CMD)")
+
+
+def bootstrap_words(facts: ImageFacts, options: LaunchOptions, allowance: Allowance, offer: Offer) -> str:
+    """The plan's bootstrap row: what it installs, and what that costs, before any training."""
+    if options.command:
+        return f"{facts.image}: a python / CUDA check; nothing is installed for your command"
+    if facts.torch is TorchOnImage.CARRIED:
+        return f"{facts.image} {facts.torch.value}: a check, nothing to install"
+    usd = TORCH_INSTALL_S * allowance.usd_per_hour / 3600
+    return (f"{facts.image} {facts.torch.value}: bootstrap pip-installs torch first, ~{duration(TORCH_INSTALL_S)}"
+            f" ~ {usd:.4f} USD (estimate) out of the training time; one still installing at the stop time ends"
+            " the run (use a PyTorch image, --image, to skip it)")
 
 
 MAX_NODES = 64  # a sanity bound on --nodes: more is a typo, or a cluster scheduler's job

@@ -114,6 +114,7 @@ class SSHTransport:
         if not root.startswith(("/", "~/")):
             root = "~/" + root  # relative = under the login user's home, resolved on connect
         self.endpoint = endpoint
+        self.python: str | None = None  # a cloud instance's python is looked for (orchestrator.bootstrap)
         self.key_path = Path(key_path)
         self.root = root.rstrip("/")
         self.instance_id = instance_id
@@ -329,8 +330,8 @@ class SSHTransport:
         for d in reversed(missing):
             sftp.mkdir(d)
 
-    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None) -> int:
-        """Start `command` detached under root (cwd root/code); returns its pid (= process group id).
+    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None, cwd: str = "code") -> int:
+        """Start `command` detached under root (cwd root/`cwd`); returns its pid (= process group id).
 
         If a job of that name is already running, its pid is returned and nothing new starts, so a
         retry after a drop (or a resumed controller) can never start a second copy.
@@ -338,7 +339,7 @@ class SSHTransport:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"bad job name {name!r}")
         pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
-        script = detached_script(self.root, name, command, f"{self.root}/code", env)
+        script = detached_script(self.root, name, command, f"{self.root}/{cwd}".rstrip("/"), env)
         cmd = (
             f"mkdir -p {self._q('code')} {self._q('out')} || exit 1; "
             f"if [ -s {pid_f} ] && [ ! -e {exit_f} ] && kill -0 \"$(cat {pid_f})\" 2>/dev/null; "

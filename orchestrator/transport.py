@@ -54,6 +54,9 @@ class SyncResult:
 
 class Transport(Protocol):
     root: str  # the run's directory on the instance
+    # The interpreter the instance's owner names for its jobs (the local sandbox: the controller's
+    # own); None: bootstrap looks for one on the instance.
+    python: str | None
 
     def wait_ready(self, timeout_s: float) -> None: ...
 
@@ -68,7 +71,9 @@ class Transport(Protocol):
 
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None: ...
 
-    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None) -> int: ...
+    def start_detached(self, name: str, command: str, env: dict[str, str] | None = None, cwd: str = "code") -> int:
+        """Start `command` detached (its own session) with cwd root/`cwd` ("": the root itself)."""
+        ...
 
     def job_state(self, name: str) -> JobState: ...
 

@@ -1,7 +1,7 @@
 """The transport factory: how the controller reaches an instance, picked by what the provider's
 `access(instance)` answered (providers/base.py), never by the provider's name.
 
-    LocalSandbox(path)  -> LocalTransport, the sandbox directory on this machine
+    LocalSandbox(path)  -> LocalTransport, the sandbox directory on this machine, jobs run with its python
     SSHEndpoint         -> SSHTransport with the run key, after GPURUN_SSH_OVERRIDE, host keys pinned
                            in the ledger, under $GPURUN_REMOTE_ROOT/<run-id> (default ~/gpurun/<run-id>)
 
@@ -32,7 +32,7 @@ def open_transport(access: Access, *, run_id: str, instance_id: str, ledger: Led
     """The Transport that reaches an instance through `access` (not yet connected); `root`: the run's
     directory on an SSH instance when not the run's own (a multi-node run's other nodes)."""
     if isinstance(access, LocalSandbox):
-        return LocalTransport(Path(access.path))
+        return LocalTransport(Path(access.path), python=access.python)
     if isinstance(access, SSHEndpoint):
         return SSHTransport(
             resolve_endpoint(access),

@@ -104,9 +104,21 @@ def install_watchdog(transport: Transport, deadline_epoch: float, grace_s: float
     cmd = (f"sh {q(root + '/watchdog.sh')} {q(root)} {deadline} {math.ceil(grace_s)} {q(job_name)} {poll_s:g} "
            f"{_whole_s(idle_s)} {_whole_s(stall_s)} {q(progress)}"
            + (f" {q(pre[0])} {q(pre[1])}" if pre[0] else ""))
-    pid = transport.start_detached(NAME, cmd)
+    # Its cwd is the root: the switch is armed before the upload, which replaces code/.
+    pid = transport.start_detached(NAME, cmd, cwd="")
     _wait_armed(transport, deadline, ack_timeout_s)
     return pid
+
+
+def set_pre_job(transport: Transport, pre_job: str, pre_progress_file: str) -> None:
+    """Name the pre-job (a recipe's data phase) to a switch armed before bootstrap decided it: the
+    script reads <root>/watchdog.prejob and watches that job, by its progress file, until the job
+    proper starts."""
+    if not _JOB_RE.match(pre_job) or pre_job == "job":
+        raise ValueError(f"bad pre-job {pre_job!r}")
+    if not _PROGRESS_RE.match(pre_progress_file) or ".." in pre_progress_file.split("/"):
+        raise ValueError(f"bad progress file {pre_progress_file!r}: a plain path relative to the run root")
+    transport.write_file(f"{transport.root}/watchdog.prejob", f"{pre_job} {pre_progress_file}\n", 0o644)
 
 
 def _whole_s(window: float | None) -> int:

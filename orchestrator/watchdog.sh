@@ -14,6 +14,9 @@
 #   ROOT/PRE_JOB.pid, .exit     a job that runs before JOB_NAME (a recipe's data preparation): it is
 #                               the one watched until JOB_NAME starts; its progress is PRE_PROGRESS_FILE
 #                               changing (progress.json, rewritten only when the preparer gets further)
+#   ROOT/watchdog.prejob        "PRE_JOB PRE_PROGRESS_FILE", written by the controller once bootstrap has
+#                               decided the data phase (the switch is armed before bootstrap, when it
+#                               is not known yet); read until a pre-job is set
 #   ROOT/watchdog.reason        written by this script: why it acted (stalled | idle | deadline)
 #   ROOT/watchdog.selfdestruct  run with sh when it acts: the provider's own way to stop billing.
 #                               Kept in a 0700 file, not on a command line, as it may hold a credential.
@@ -91,8 +94,20 @@ size_of() { { wc -c < "$1"; } 2>/dev/null | tr -d ' '; }  # "" while the file do
 mark_of() {
     if [ "$cur" = "$job" ]; then size_of "$1"; else { cksum < "$1"; } 2>/dev/null | tr -d ' '; fi
 }
+# The pre-job named later, in ROOT/watchdog.prejob (the switch was armed before bootstrap).
+read_prejob() {
+    [ -z "$pre_job" ] && [ -s "$root/watchdog.prejob" ] || return 0
+    read -r n p < "$root/watchdog.prejob" || true
+    case $n in '' | *[!A-Za-z0-9_-]*) say "bad pre-job '$n' in watchdog.prejob"; return 0 ;; esac
+    case $p in '' | /* | *..*) say "bad progress file '$p' in watchdog.prejob"; return 0 ;; esac
+    [ "$n" = "$job" ] && { say "bad pre-job '$n': the job itself"; return 0; }
+    pre_job=$n
+    pre_progress=$p
+    say "pre-job $pre_job (progress: $pre_progress)"
+}
 # Watch the pre-job until the main job has a pid file; switching starts the rules afresh.
 pick_job() {
+    read_prejob
     new=$job
     newp=$progress
     if [ -n "$pre_job" ] && [ ! -e "$root/$job.pid" ] && [ -e "$root/$pre_job.pid" ]; then

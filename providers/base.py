@@ -10,6 +10,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 # Instance states, normalised across clouds. Only `terminated` and `not_found` stop the money.
@@ -114,9 +115,32 @@ class SSHEndpoint:
 
 @dataclass(frozen=True)
 class LocalSandbox:
-    """How to reach the embedded `local` provider's "instance": a directory on this machine."""
+    """How to reach the embedded `local` provider's "instance": a directory on this machine.
+
+    `python` is the interpreter its jobs run with: the controller's own, never one found on PATH
+    (that would be the user's system python, which gpurun must not install into)."""
 
     path: str
+    python: str | None = None
+
+
+class TorchOnImage(Enum):
+    """What the plan can say about PyTorch on the image an instance boots."""
+
+    CARRIED = "carries PyTorch"
+    ABSENT = "has no PyTorch"
+    UNKNOWN = "is not known to carry PyTorch"
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """PyTorch on the image, for the plan: where it is absent or unknown, bootstrap may spend minutes
+    of the budget on a pip install before any training (`installs`: whether bootstrap may)."""
+
+    image: str  # as the plan shows it
+    torch: TorchOnImage
+    installs: bool = True
+    detail: str = ""  # e.g. "torch 2.13.0 in /path/python"
 
 
 #: What `Provider.access` returns; the controller opens the transport that matches its type.
@@ -292,6 +316,11 @@ class Provider(ABC):
         if nodes > 1:
             raise ProviderError(f"--nodes {nodes}: gpurun does not run multi-node jobs on {self.name or 'this provider'}"
                                 " (its instances share no network gpurun can set up): drop --nodes")
+
+    def image_facts(self, image: str | None) -> ImageFacts:
+        """Whether the image a launch boots (`image`: --image, None: the provider's default) carries
+        PyTorch. Default: not known, so the plan counts a torch install in the bootstrap."""
+        return ImageFacts(image or f"{self.name}'s default image", TorchOnImage.UNKNOWN)
 
     def check_launchable(self, offer: Offer) -> None:  # noqa: B027 - optional capability
         """Refuse, with one line, an offer this account cannot launch as configured: a vCPU quota

@@ -3,7 +3,8 @@
 Every process the run starts (the job, the watchdog) runs in its own session, and its process-group
 id is appended to `<sandbox>/pgids`; terminate kills those groups, and the instance counts as
 terminated only when no process of any of them is left. The price is whatever `--usd-per-hour`
-says (default 0), so the budget guard can be watched working without a cloud account.
+says (default 0), so the budget guard can be watched working without a cloud account. Jobs run with
+the controller's own interpreter (`sys.executable`): the machine's python is never looked at.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +28,14 @@ from providers.base import (
     STOPPING,
     TERMINATED,
     BilledCost,
+    ImageFacts,
     Instance,
     InstanceSpec,
     LocalSandbox,
     Offer,
     Provider,
     ProviderError,
+    TorchOnImage,
 )
 
 
@@ -187,7 +192,14 @@ class LocalProvider(Provider):
 
     def access(self, instance: Instance) -> LocalSandbox | None:
         sandbox = instance.raw.get("sandbox")
-        return LocalSandbox(str(sandbox)) if sandbox and not instance.gone else None
+        return LocalSandbox(str(sandbox), python=sys.executable) if sandbox and not instance.gone else None
+
+    def image_facts(self, image: str | None) -> ImageFacts:
+        """The "image" is the controller's own interpreter (the one with gpurun's `train` extra): jobs
+        run with it, and bootstrap never installs into it or into any python found on PATH."""
+        has = find_spec("torch") is not None and find_spec("numpy") is not None
+        return ImageFacts(f"this Python ({sys.executable})", TorchOnImage.CARRIED if has else TorchOnImage.ABSENT,
+                          installs=False)
 
     def self_destruct_command(self, instance: Instance) -> str:
         # Kill every process group of the sandbox, the watchdog's own (which runs this) last.

@@ -264,7 +264,7 @@ def test_relative_root_resolves_under_home(sshd: SSHServer):  # noqa: F811
     with SSHTransport(sshd.endpoint, kp.private_path, "gpurun-test-rel/run-1", "i", store) as t:
         assert t.root == "~/gpurun-test-rel/run-1"
         t.wait_ready(10)
-        assert t.root == str(Path.home() / "gpurun-test-rel" / "run-1")
+        assert t.root == str(sshd.home / "gpurun-test-rel" / "run-1")
         t.write_file("x.txt", "x")
         assert t.run(f"cat {t.root}/x.txt").stdout == "x"
         t.run("rm -rf ~/gpurun-test-rel")

@@ -59,6 +59,7 @@ from providers.base import (
     Billable,
     BilledCost,
     CredentialsError,
+    ImageFacts,
     Instance,
     InstanceSpec,
     NoCapacityError,
@@ -66,6 +67,7 @@ from providers.base import (
     Provider,
     ProviderError,
     SSHEndpoint,
+    TorchOnImage,
 )
 from providers.common import one_line
 
@@ -324,6 +326,12 @@ class AWSProvider(Provider):
         """Whether the user chose the AMI (image=, --image, ami_ssm_parameter=): then the type
         support is theirs to know; gpurun only vouches for the default DLAMI's list."""
         return bool((spec and spec.image) or self.image or self.ami_ssm_parameter != DEFAULT_AMI_SSM_PARAMETER)
+
+    def image_facts(self, image: str | None) -> ImageFacts:
+        """The default Deep Learning AMI (PyTorch) keeps torch in /opt/pytorch; an AMI of the user's may not."""
+        if image or self._custom_image():
+            return ImageFacts(image or self.image or f"the AMI of {self.ami_ssm_parameter}", TorchOnImage.UNKNOWN)
+        return ImageFacts("the Deep Learning AMI (PyTorch)", TorchOnImage.CARRIED)
 
     def _check_image_supports(self, instance_type: str, spec: InstanceSpec | None = None) -> None:
         if self._custom_image(spec) or dlami_supports(instance_type):

@@ -32,6 +32,7 @@ from providers.base import (
     Billable,
     BilledCost,
     CredentialsError,
+    ImageFacts,
     Instance,
     InstanceSpec,
     NoCapacityError,
@@ -39,6 +40,7 @@ from providers.base import (
     Provider,
     ProviderError,
     SSHEndpoint,
+    TorchOnImage,
     TransientProviderError,
     owned_name,
 )
@@ -221,6 +223,13 @@ class DataCrunchProvider(Provider):
                 f"DataCrunch balance {balance} {acct['currency'] or 'usd'} is below --max-usd {max_usd}: "
                 "top up the account or lower --max-usd"
             )
+
+    def image_facts(self, image: str | None) -> ImageFacts:
+        """DataCrunch's OS images (the default ubuntu-*-cuda-*) have CUDA and no PyTorch: bootstrap
+        pip-installs it (GET /images lists them; none is a PyTorch image)."""
+        name = image or self.image
+        torch = TorchOnImage.ABSENT if name.startswith("ubuntu-") else TorchOnImage.UNKNOWN
+        return ImageFacts(name, torch)
 
     def check_launchable(self, offer: Offer) -> None:
         """Plan time: the OS image must run on the offer's type (supported_os, GET /images?instance_type=).

@@ -26,6 +26,7 @@ from providers.base import (
     Billable,
     BilledCost,
     CredentialsError,
+    ImageFacts,
     Instance,
     InstanceSpec,
     NoCapacityError,
@@ -33,6 +34,7 @@ from providers.base import (
     Provider,
     ProviderError,
     SSHEndpoint,
+    TorchOnImage,
     TransientProviderError,
 )
 from providers.runpod.api import (
@@ -421,6 +423,12 @@ class RunPodProvider(Provider):
     def inventory(self) -> list[Billable]:
         """Every pod (running or stopped) and network volume on the account (inventory.py)."""
         return account_inventory(self.client, run_id_from_name)
+
+    def image_facts(self, image: str | None) -> ImageFacts:
+        """RunPod's PyTorch images (runpod/pytorch:*, the default) carry torch; another image may not."""
+        name = image or self.image
+        torch = TorchOnImage.CARRIED if "pytorch" in name.lower() else TorchOnImage.UNKNOWN
+        return ImageFacts(name, torch)
 
     def check_launchable(self, offer: Offer) -> None:
         """RunPod deploys a pod only with credit for one hour of it: "To deploy a new Pod, your account
