@@ -34,6 +34,7 @@ from orchestrator.keys import run_key
 from orchestrator.ledger import Ledger, Run
 from orchestrator.nodes import Node, group_env, rendezvous_address, worker_root
 from orchestrator.notify import Notifier
+from orchestrator.outcome import nothing_trained, produced
 from orchestrator.phases import Phase
 from orchestrator.plan import (
     JOB_CONFIG,
@@ -416,12 +417,13 @@ class Controller:
 
         self._by_stop_time("arming the switch", Steps("arming the dead-man's switch"), arm, transport)
 
-    def _by_stop_time(self, phase: str, steps: Steps, work: Callable[[], T], transport: Transport) -> T:
-        """`work` (transport only: no ledger) cut off at the guard's stop time (stop_time.CutOff); a
-        cut abandons the transport, which the teardown then no longer uses."""
+    def _by_stop_time(self, phase: str, steps: Steps, work: Callable[[], T], transport: Transport,
+                      until: float | None = None) -> T:
+        """`work` (transport only: no ledger) cut off at the guard's stop time, or `until`
+        (stop_time.CutOff); a cut abandons the transport, which the teardown then no longer uses."""
         assert self.run.stop_at_epoch is not None
         try:
-            return stop_time.within(self.run.stop_at_epoch, phase, steps, work)
+            return stop_time.within(until or self.run.stop_at_epoch, phase, steps, work)
         except stop_time.CutOff:
             transport.close()
             if transport is self.transport:
@@ -899,10 +901,33 @@ class Controller:
             if self.syncer is not None:
                 self.syncer.stop()
             self.phase("syncing_final")
-            self._sync(final=True)
+            self._final_sync()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ledger.record_event(self.run.run_id, "error", message=f"{type(exc).__name__}: {exc}")
+        if not self.options.command:
+            self._judge_outputs()
         self.teardown()
+
+    def _final_sync(self) -> None:
+        """The last pull, ended by the time the switch acts (half the reserve past the stop time), so
+        that the teardown keeps the other half whatever the link does."""
+        transport = self.ensure_transport()
+        result = self._by_stop_time("the final sync", Steps("pulling the outputs"),
+                                    lambda: transport.pull(self.run_dir), transport, until=self.watchdog_deadline())
+        self._record_sync(result, final=True)
+
+    def _judge_outputs(self) -> None:
+        """A bundled-trainer run that stopped "cleanly" with no step logged and no checkpoint saved
+        failed: its end reason says so, and why (orchestrator.outcome)."""
+        run = self.refresh()
+        started = [e.time for e in self.ledger.events(run.run_id) if e.phase == Phase.RUNNING.value]
+        after = started[-1] - run.clock_start_epoch if started and run.clock_start_epoch else None
+        reason = nothing_trained(run.end_reason, run.job_exit_code, produced(self.run_dir), after,
+                                 self.allowance.max_runtime_s)
+        if reason is not None:
+            self.ledger.update_run(run.run_id, end_reason=reason)
+            self.ledger.record_event(run.run_id, "nothing_trained", reason=reason)
+            self.refresh()
 
     def _stop_job(self, reason: str) -> None:
         transport = self.ensure_transport()
@@ -952,8 +977,11 @@ class Controller:
         return self._sync(final=False)
 
     def _sync(self, final: bool) -> SyncResult:
-        transport = self.ensure_transport()
-        result = transport.pull(self.run_dir)
+        result = self.ensure_transport().pull(self.run_dir)
+        self._record_sync(result, final)
+        return result
+
+    def _record_sync(self, result: SyncResult, final: bool) -> None:
         self._heartbeat(force=True)
         self.ledger.record_event(
             self.run.run_id,
@@ -965,7 +993,6 @@ class Controller:
             verified=result.checkpoints_verified,
             rejected=result.checkpoints_rejected,
         )
-        return result
 
     def _probe(self) -> Probe:
         """The job's log size and last step line, read on the instance (cheap: one command)."""
