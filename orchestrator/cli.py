@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import phases
@@ -71,13 +72,13 @@ class GpurunGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (BudgetError, ProviderError, LaunchError, LedgerError, SettingsError) as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(Exit.REFUSED)
         except RunFailed as exc:
-            err_console.print(f"[red]run failed:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]run failed:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(Exit.RUN_FAILED)
         except VerifyFailed as exc:
-            err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]NOT VERIFIED:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(Exit.NOT_VERIFIED)
 
 
@@ -545,7 +546,7 @@ def sweep(providers_: tuple[str, ...], runs_dir: str | None, yes: bool) -> None:
             try:
                 ended = teardown_mod.end_orphans(ledger, prov, group, root)
             except VerifyFailed as exc:
-                err_console.print(f"[red]NOT VERIFIED:[/red] {exc}", highlight=False, soft_wrap=True)
+                err_console.print(f"[red]NOT VERIFIED:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
                 failures += 1
                 continue
             for inst in group:

@@ -53,6 +53,14 @@ def pgid_alive(pgid: int) -> bool:
     return True
 
 
+def _importable(name: str) -> bool:
+    """Whether this interpreter has `name`, without importing it (torch takes seconds)."""
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None, or one a finder refuses
+        return False
+
+
 def _local_gpus() -> list[str]:
     """GPU names from nvidia-smi, without importing torch (the controller must not need it)."""
     if not shutil.which("nvidia-smi"):
@@ -197,7 +205,7 @@ class LocalProvider(Provider):
     def image_facts(self, image: str | None) -> ImageFacts:
         """The "image" is the controller's own interpreter (the one with gpurun's `train` extra): jobs
         run with it, and bootstrap never installs into it or into any python found on PATH."""
-        has = find_spec("torch") is not None and find_spec("numpy") is not None
+        has = _importable("torch") and _importable("numpy")
         return ImageFacts(f"this Python ({sys.executable})", TorchOnImage.CARRIED if has else TorchOnImage.ABSENT,
                           installs=False)
 

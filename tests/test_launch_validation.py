@@ -97,14 +97,28 @@ def test_config_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     assert_refused(gpurun(*LAUNCH, "--config", str(cfg), cwd=tmp_path), "unknown config key 'learning_rat'", str(cfg))
 
 
-def test_valid_input_still_plans_without_torch(tmp_path: Path, no_torch: Path) -> None:
+def test_without_torch_input_is_still_checked_and_local_training_is_refused(tmp_path: Path, no_torch: Path) -> None:
+    # The checks need no torch: a bad --set is named as such on a controller without it.
+    assert_refused(gpurun(*LAUNCH, "--set", "max_iters=abc", cwd=tmp_path, pythonpath=(no_torch,)),
+                   "max_iters must be int")
+    # Valid input: the local provider trains with this very interpreter, and never installs into it.
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: tiny\nbatch_size: 4\ncompile: false\n")
-    res = gpurun(*LAUNCH, "--config", str(cfg), "--set", "max_iters=5", "--set", "compile=false", "--dry-run",
+    res = gpurun(*LAUNCH, "--config", str(cfg), "--set", "max_iters=5", "--set", "compile=false",
                  cwd=tmp_path, pythonpath=(no_torch,))
+    line = assert_refused(res, f"this Python ({sys.executable}) has no PyTorch", "never installs into an interpreter",
+                          "pip install 'gpurun[train]'")
+    assert "Traceback" not in line and rows("runs") == 0 and rows("instances") == 0
+    # A command of the user's needs no torch: it plans.
+    res = gpurun(*LAUNCH, "--dry-run", "--", "python3", "-c", "pass", cwd=tmp_path, pythonpath=(no_torch,))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "gpurun plan" in res.stdout and "GPT-2 trainer (bundled)" in res.stdout
-    assert rows("runs") == 0
+    assert "nothing is installed for your command" in res.stdout
+
+
+def test_the_plan_says_what_bootstrap_installs(tmp_path: Path) -> None:
+    res = gpurun(*LAUNCH, "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"this Python ({sys.executable}) carries PyTorch: a check, nothing to install" in res.stdout
 
 
 def test_trainer_config_imports_and_validates_without_torch(no_torch: Path) -> None:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator.bootstrap import BootstrapError, bootstrap, ensure_packages
 from orchestrator.ledger import Ledger
 from orchestrator.local_transport import LocalTransport
 from orchestrator.plan import LaunchOptions, make_plan
+from orchestrator.transports import open_transport
 from providers import UnknownProviderError, get_provider
-from providers.base import InstanceSpec, ProviderError
+from providers.base import InstanceSpec, LocalSandbox, ProviderError, TorchOnImage
 from providers.local import LocalProvider, pgid_alive
 
 
@@ -133,3 +137,28 @@ def test_a_gpu_the_local_machine_lacks_is_refused_at_plan_time(tmp_path: Path) -
         make_plan(LaunchOptions(provider="local", gpu="H100", max_usd=0.02, usd_per_hour=1.2,
                                 runs_dir=str(tmp_path)))
     assert Ledger().list_runs() == []
+
+
+def test_the_sandbox_runs_jobs_with_the_controllers_own_interpreter(tmp_path: Path) -> None:
+    provider = LocalProvider(root=tmp_path)
+    inst = provider.create(_spec(provider))
+    access = provider.access(inst)
+    assert isinstance(access, LocalSandbox) and access.python == sys.executable
+    facts = provider.image_facts(None)
+    assert facts.torch is TorchOnImage.CARRIED and not facts.installs  # the test venv has torch; never installs
+    transport = open_transport(access, run_id=inst.run_id or "", instance_id=inst.id, ledger=Ledger())
+    info = bootstrap(transport)
+    assert info.python == sys.executable and info.torch_version and info.installed == []
+
+
+def test_a_named_interpreter_without_torch_is_never_installed_into(tmp_path: Path) -> None:
+    bare = tmp_path / "bare"  # a throwaway venv without torch, numpy or even pip
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python3")
+    transport = LocalTransport(tmp_path / "box", python=python)
+    transport.wait_ready(5)
+    with pytest.raises(BootstrapError, match="never installs into an interpreter it did not create"):
+        bootstrap(transport)
+    with pytest.raises(BootstrapError, match="lacks tiktoken"):
+        ensure_packages(transport, python, ["tiktoken"])
+    assert not list(bare.glob("lib/python*/site-packages/*torch*"))  # nothing was installed there

@@ -22,6 +22,7 @@ from orchestrator.watchdog import (
     move_deadline_earlier,
     read_deadline,
     read_reason,
+    set_pre_job,
 )
 from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
@@ -333,3 +334,25 @@ def test_the_watchdog_moves_on_to_the_job_once_it_starts(box: LocalTransport) ->
     log = log_of(root)
     assert log.index("watching job data") < log.index("watching job job") < log.index("job job ended")
     assert (root / "job.log").read_text() == "trained\n" and read_reason(box) == "idle"
+
+
+def test_a_switch_armed_before_bootstrap_waits_with_no_job_then_takes_the_data_phase_named_later(
+        box: LocalTransport) -> None:
+    root = Path(box.root)
+    for sub in ("code", "out"):  # armed in the first session: nothing uploaded yet
+        (root / sub).rmdir()
+    arm(box, idle_s=1, stall_s=2)
+    assert "watching job data" not in log_of(root) and not (root / "destructed").exists()  # no job: nothing to judge
+    set_pre_job(box, **DATA_WATCH)  # bootstrap decided the data phase
+    box.start_detached("data", "sleep 100000")
+    destructed_at(root)
+    log = log_of(root)
+    assert log.index("pre-job data (progress: data/lab/progress.json)") < log.index("watching job data")
+    assert log.index("watching job data") < log.index("stalled: data/lab/progress.json has not changed")
+    assert read_reason(box) == "stalled"
+
+
+def test_set_pre_job_refuses_a_bad_name_or_path(box: LocalTransport) -> None:
+    for job, progress in (("job", "x"), ("a b", "x"), ("data", "../x"), ("data", "/etc/passwd")):
+        with pytest.raises(ValueError):
+            set_pre_job(box, job, progress)
