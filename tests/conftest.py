@@ -1,7 +1,11 @@
-"""Shared test set-up: every test gets its own GPURUN_HOME and runs directory."""
+"""Shared test set-up: every test gets its own GPURUN_HOME and runs directory, and the test run's
+own interpreter first on PATH, so that no test (nor a command a test launches, as `python3 -c ...`
+on the local sandbox) ever runs the machine's own python."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("gpurun_home")
     monkeypatch.setenv("GPURUN_HOME", str(home))
     monkeypatch.setenv("GPURUN_RUNS_DIR", str(home / "runs"))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     return home
 
 

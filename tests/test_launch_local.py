@@ -21,8 +21,10 @@ from providers.local import LocalProvider, pgid_alive
 REPO = Path(__file__).resolve().parent.parent
 
 
-def gpurun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def gpurun(*args: str, cwd: Path, timeout: float = 240, path_first: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    if path_first is not None:
+        env["PATH"] = os.pathsep.join([str(path_first), env.get("PATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -34,10 +36,21 @@ def instances_in_ledger() -> int:
     return sum(len(ledger.instances(r.run_id)) for r in ledger.list_runs())
 
 
+def no_torch_in(python: Path) -> bool:
+    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+                           capture_output=True, text=True, timeout=60)
+    return probe.stdout.strip() == "True"
+
+
 def test_local_launch_is_stopped_by_the_guard_under_the_cap(tmp_path: Path) -> None:
+    # The README's `make run`, on a machine whose own python3 has no torch (a bare venv first on PATH
+    # stands in for it): the run trains with gpurun's interpreter and leaves that python3 alone.
+    machine = tmp_path / "machine-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(machine)], check=True)
     res = gpurun("launch", "--provider", "local", "--max-usd", "0.02", "--usd-per-hour", "1.2", "--yes",
-                 cwd=tmp_path)
+                 cwd=tmp_path, path_first=machine / "bin")
     assert res.returncode == 0, res.stdout + res.stderr
+    assert no_torch_in(machine / "bin" / "python3")
     ledger = Ledger()
     (run,) = ledger.list_runs()
     assert run.phase == "verified"
@@ -64,7 +77,9 @@ def test_local_launch_is_stopped_by_the_guard_under_the_cap(tmp_path: Path) -> N
 
     ok, bad = verify_checkpoints(run_dir / "out" / "checkpoints")
     assert ok and not bad
-    assert (run_dir / "out" / "train.log").read_text().count("device: cpu") == 1
+    train_log = (run_dir / "out" / "train.log").read_text()
+    assert train_log.count("device: cpu") == 1 and train_log.count("| loss ") >= 3, train_log[-2000:]
+    assert json.loads((run_dir / "out" / "bootstrap.json").read_text())["python"] == sys.executable
     card = (run_dir / "EVIDENCE.md").read_text()
     assert "SMOKE TEST" in card and run.run_id in card
     # Nothing of the instance is left running.
