@@ -285,7 +285,7 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
         assert first_refusal is not None
         raise first_refusal  # the chosen offer's own reason: one line saying what to change
     offer, allowance = accepted[0]
-    image = provider.image_facts(options.image)
+    image = provider.image_facts(options.image, offer)
     check_image(options, image)
     # The caps are checked again, atomically with the hold, when the run is created.
     check_caps(budgets, Ledger(), provider.name, allowance.max_usd)

@@ -317,9 +317,10 @@ class Provider(ABC):
             raise ProviderError(f"--nodes {nodes}: gpurun does not run multi-node jobs on {self.name or 'this provider'}"
                                 " (its instances share no network gpurun can set up): drop --nodes")
 
-    def image_facts(self, image: str | None) -> ImageFacts:
-        """Whether the image a launch boots (`image`: --image, None: the provider's default) carries
-        PyTorch. Default: not known, so the plan counts a torch install in the bootstrap."""
+    def image_facts(self, image: str | None, offer: Offer) -> ImageFacts:
+        """Whether the image a launch boots on `offer` (`image`: --image, None: the provider's default
+        or what `check_launchable` picked) carries PyTorch. Default: not known, so the plan counts a
+        torch install in the bootstrap."""
         return ImageFacts(image or f"{self.name}'s default image", TorchOnImage.UNKNOWN)
 
     def check_launchable(self, offer: Offer) -> None:  # noqa: B027 - optional capability

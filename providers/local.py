@@ -202,7 +202,7 @@ class LocalProvider(Provider):
         sandbox = instance.raw.get("sandbox")
         return LocalSandbox(str(sandbox), python=sys.executable) if sandbox and not instance.gone else None
 
-    def image_facts(self, image: str | None) -> ImageFacts:
+    def image_facts(self, image: str | None, offer: Offer) -> ImageFacts:
         """The "image" is the controller's own interpreter (the one with gpurun's `train` extra): jobs
         run with it, and bootstrap never installs into it or into any python found on PATH."""
         has = _importable("torch") and _importable("numpy")

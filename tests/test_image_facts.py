@@ -15,13 +15,23 @@ from providers.runpod.instance import DEFAULT_IMAGE as RUNPOD_DEFAULT_IMAGE
 from providers.runpod.instance import RunPodProvider
 
 
+def offer(**details: str) -> Offer:
+    return Offer(provider="x", gpu="V100", gpu_count=1, instance_type="1V100.6V", usd_per_hour=0.36,
+                 details=dict(details))
+
+
 def test_each_clouds_default_image_and_a_users_own() -> None:
-    assert RunPodProvider(api_key="rpa_X").image_facts(None) == ImageFacts(RUNPOD_DEFAULT_IMAGE, TorchOnImage.CARRIED)
-    assert RunPodProvider(api_key="rpa_X").image_facts("ubuntu:22.04").torch is TorchOnImage.UNKNOWN
-    assert AWSProvider().image_facts(None).torch is TorchOnImage.CARRIED  # the PyTorch Deep Learning AMI
-    assert AWSProvider().image_facts("ami-0123456789abcdef0").torch is TorchOnImage.UNKNOWN
+    runpod = RunPodProvider(api_key="rpa_X")
+    assert runpod.image_facts(None, offer()) == ImageFacts(RUNPOD_DEFAULT_IMAGE, TorchOnImage.CARRIED)
+    assert runpod.image_facts("ubuntu:22.04", offer()).torch is TorchOnImage.UNKNOWN
+    assert AWSProvider().image_facts(None, offer()).torch is TorchOnImage.CARRIED  # the PyTorch Deep Learning AMI
+    assert AWSProvider().image_facts("ami-0123456789abcdef0", offer()).torch is TorchOnImage.UNKNOWN
     dc = DataCrunchProvider(client_id="id", client_secret="secret")
-    assert dc.image_facts(None) == ImageFacts(DC_DEFAULT_IMAGE, TorchOnImage.ABSENT)  # CUDA, no PyTorch
+    assert dc.image_facts(None, offer()) == ImageFacts(DC_DEFAULT_IMAGE, TorchOnImage.ABSENT)  # CUDA, no PyTorch
+    # What check_launchable picked for the type: a PyTorch image where the type lists one.
+    picked = offer(image="ubuntu-22.04-cuda-12.4-pytorch-2.5", image_choice="picked: PyTorch + CUDA 12.4")
+    assert dc.image_facts(None, picked).torch is TorchOnImage.CARRIED
+    assert dc.image_facts(None, offer(image="ubuntu-24.04-cuda-12.8-open-docker")).torch is TorchOnImage.ABSENT
 
 
 def allowance(usd_per_hour: float) -> Allowance:
@@ -32,15 +42,15 @@ def allowance(usd_per_hour: float) -> Allowance:
 
 
 def test_the_bootstrap_row_prices_a_torch_install_where_the_image_lacks_it() -> None:
-    offer = Offer(provider="datacrunch", gpu="V100", gpu_count=1, instance_type="1V100.6V", usd_per_hour=0.36)
-    words = bootstrap_words(ImageFacts(DC_DEFAULT_IMAGE, TorchOnImage.ABSENT), LaunchOptions(), allowance(0.36), offer)
+    words = bootstrap_words(ImageFacts(DC_DEFAULT_IMAGE, TorchOnImage.ABSENT), LaunchOptions(), allowance(0.36),
+                            offer())
     usd = TORCH_INSTALL_S * 0.36 / 3600
     assert words.startswith(f"{DC_DEFAULT_IMAGE} has no PyTorch: bootstrap pip-installs torch first")
     assert f"{usd:.4f} USD (estimate)" in words and "use a PyTorch image" in words
-    carried = bootstrap_words(ImageFacts("img", TorchOnImage.CARRIED), LaunchOptions(), allowance(1), offer)
+    carried = bootstrap_words(ImageFacts("img", TorchOnImage.CARRIED), LaunchOptions(), allowance(1), offer())
     assert carried == "img carries PyTorch: a check, nothing to install"
     command = bootstrap_words(ImageFacts("img", TorchOnImage.ABSENT), LaunchOptions(command=["make"]), allowance(1),
-                              offer)
+                              offer())
     assert "nothing is installed for your command" in command
 
 

@@ -144,7 +144,7 @@ def test_the_sandbox_runs_jobs_with_the_controllers_own_interpreter(tmp_path: Pa
     inst = provider.create(_spec(provider))
     access = provider.access(inst)
     assert isinstance(access, LocalSandbox) and access.python == sys.executable
-    facts = provider.image_facts(None)
+    facts = provider.image_facts(None, provider.offers()[0])
     assert facts.torch is TorchOnImage.CARRIED and not facts.installs  # the test venv has torch; never installs
     transport = open_transport(access, run_id=inst.run_id or "", instance_id=inst.id, ledger=Ledger())
     info = bootstrap(transport)

@@ -327,7 +327,7 @@ class AWSProvider(Provider):
         support is theirs to know; gpurun only vouches for the default DLAMI's list."""
         return bool((spec and spec.image) or self.image or self.ami_ssm_parameter != DEFAULT_AMI_SSM_PARAMETER)
 
-    def image_facts(self, image: str | None) -> ImageFacts:
+    def image_facts(self, image: str | None, offer: Offer) -> ImageFacts:
         """The default Deep Learning AMI (PyTorch) keeps torch in /opt/pytorch; an AMI of the user's may not."""
         if image or self._custom_image():
             return ImageFacts(image or self.image or f"the AMI of {self.ami_ssm_parameter}", TorchOnImage.UNKNOWN)

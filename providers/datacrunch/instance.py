@@ -224,12 +224,15 @@ class DataCrunchProvider(Provider):
                 "top up the account or lower --max-usd"
             )
 
-    def image_facts(self, image: str | None) -> ImageFacts:
-        """DataCrunch's OS images (the default ubuntu-*-cuda-*) have CUDA and no PyTorch: bootstrap
-        pip-installs it (GET /images lists them; none is a PyTorch image)."""
-        name = image or self.image
-        torch = TorchOnImage.ABSENT if name.startswith("ubuntu-") else TorchOnImage.UNKNOWN
-        return ImageFacts(name, torch)
+    def image_facts(self, image: str | None, offer: Offer) -> ImageFacts:
+        """The image check_launchable picked (or --image): one whose name or details say PyTorch
+        carries it; the plain OS images (ubuntu-*-cuda-*, the default) have CUDA and no PyTorch, so
+        bootstrap pip-installs it; anything else is not known."""
+        name = image or str(offer.details.get("image") or self.image)
+        said = f"{name} {offer.details.get('image_choice') or ''}".lower()
+        if "torch" in said:
+            return ImageFacts(name, TorchOnImage.CARRIED)
+        return ImageFacts(name, TorchOnImage.ABSENT if name.startswith("ubuntu-") else TorchOnImage.UNKNOWN)
 
     def check_launchable(self, offer: Offer) -> None:
         """Plan time: the OS image must run on the offer's type (supported_os, GET /images?instance_type=).

@@ -424,7 +424,7 @@ class RunPodProvider(Provider):
         """Every pod (running or stopped) and network volume on the account (inventory.py)."""
         return account_inventory(self.client, run_id_from_name)
 
-    def image_facts(self, image: str | None) -> ImageFacts:
+    def image_facts(self, image: str | None, offer: Offer) -> ImageFacts:
         """RunPod's PyTorch images (runpod/pytorch:*, the default) carry torch; another image may not."""
         name = image or self.image
         torch = TorchOnImage.CARRIED if "pytorch" in name.lower() else TorchOnImage.UNKNOWN
