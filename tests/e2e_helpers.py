@@ -232,6 +232,29 @@ def point_at_datacrunch_fake(e2e: E2E, api: Any) -> None:
     })
 
 
+def runpod_pod_self_destructing(e2e: E2E, **fake: Any) -> Iterator[Any]:  # noqa: F811
+    """The RunPod fake (tests/fakes/runpod_api.py) with the pod's REAL self-destruct (not the
+    GPURUN_SELF_DESTRUCT_CMD hook): its script reads the pod's own id and key from "PID 1's
+    environment" (a file the fake writes, RUNPOD_PID1_ENVIRON) and posts podTerminate to the fake.
+    For a fixture: `yield from runpod_pod_self_destructing(e2e, boot_delay_s=0.5)`."""
+    from tests.fakes.runpod_api import FakeRunPodAPI
+
+    environ = e2e.tmp / "pod-pid1-environ"
+    api = FakeRunPodAPI(ssh_host=e2e.sshd.host, ssh_port=e2e.sshd.port, pid1_environ=environ, **fake).start()
+    e2e.env.pop("GPURUN_SELF_DESTRUCT_CMD")  # its API calls go to the fake, nowhere else
+    e2e.env.update({
+        "RUNPOD_API_BASE_URL": api.base_url,
+        "RUNPOD_API_KEY": api.api_key,
+        "HOME": str(e2e.tmp / "home"),  # no real ~/.runpod/config.toml
+        "RUNPOD_PID1_ENVIRON": str(environ),
+        "RUNPOD_SELF_DESTRUCT_API_BASE": api.base_url,
+    })
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
 def power_off(run_root: Path) -> Path:
     """What a cloud's reclaim does to the loopback "instance" of one run: the machine goes off (every
     process the run started on it dies) and the next instance has a fresh disk. Tell the fake cloud

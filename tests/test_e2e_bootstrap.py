@@ -32,6 +32,7 @@ from tests.e2e_helpers import (
     ledger_instances,
     phases,
     proof_of,
+    runpod_pod_self_destructing,
     wait_for,
 )
 from tests.fakes.runpod_api import DEFAULT_GPU_TYPES, FakeRunPodAPI
@@ -88,21 +89,8 @@ def hang_on(folder: Path, pattern: str, real: str = sys.executable) -> None:
 
 @pytest.fixture
 def runpod(e2e: E2E) -> Iterator[FakeRunPodAPI]:  # noqa: F811
-    environ = e2e.tmp / "pod-pid1-environ"
-    api = FakeRunPodAPI(ssh_host=e2e.sshd.host, ssh_port=e2e.sshd.port, boot_delay_s=0.5, pid1_environ=environ,
-                        gpu_types=[*DEFAULT_GPU_TYPES, PRICEY], balance=100.0, spend_limit=200.0).start()
-    e2e.env.pop("GPURUN_SELF_DESTRUCT_CMD")  # the pod's own self-destruct: its API calls go to the fake
-    e2e.env.update({
-        "RUNPOD_API_BASE_URL": api.base_url,
-        "RUNPOD_API_KEY": api.api_key,
-        "HOME": str(e2e.tmp / "home"),  # no real ~/.runpod/config.toml
-        "RUNPOD_PID1_ENVIRON": str(environ),
-        "RUNPOD_SELF_DESTRUCT_API_BASE": api.base_url,
-    })
-    try:
-        yield api
-    finally:
-        api.stop()
+    yield from runpod_pod_self_destructing(e2e, boot_delay_s=0.5, gpu_types=[*DEFAULT_GPU_TYPES, PRICEY],
+                                           balance=100.0, spend_limit=200.0)
 
 
 def launch_args(e2e: E2E, *extra: str) -> list[str]:  # noqa: F811

@@ -24,6 +24,7 @@ from tests.e2e_helpers import (
     phases,
     point_at_datacrunch_fake,
     proof_of,
+    runpod_pod_self_destructing,
     sshd,  # noqa: F401  (fixture)
     started_job_run_id,
     wait_for,
@@ -80,21 +81,7 @@ def teardown_proves_it_gone(e2e: E2E, run: Run) -> dict[str, Any]:  # noqa: F811
 
 @pytest.fixture
 def runpod(e2e: E2E) -> Iterator[FakeRunPodAPI]:  # noqa: F811
-    environ = e2e.tmp / "pod-pid1-environ"
-    api = FakeRunPodAPI(ssh_host=e2e.sshd.host, ssh_port=e2e.sshd.port, boot_delay_s=0.5,
-                        pid1_environ=environ).start()
-    real_self_destruct(e2e)
-    e2e.env.update({
-        "RUNPOD_API_BASE_URL": api.base_url,
-        "RUNPOD_API_KEY": api.api_key,
-        "HOME": str(e2e.tmp / "home"),  # no real ~/.runpod/config.toml
-        "RUNPOD_PID1_ENVIRON": str(environ),
-        "RUNPOD_SELF_DESTRUCT_API_BASE": api.base_url,
-    })
-    try:
-        yield api
-    finally:
-        api.stop()
+    yield from runpod_pod_self_destructing(e2e, boot_delay_s=0.5)
 
 
 def test_runpod_pod_destroys_itself_once_its_job_ended_and_no_controller_is_seen(
