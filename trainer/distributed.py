@@ -37,6 +37,19 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
     return torch.device(requested)
 
 
+class NoGPUForRank(RuntimeError):
+    """A rank asks for a GPU this machine does not have; the message is one line with the fix."""
+
+
+def check_gpu_for_rank(device: torch.device, local_rank: int) -> None:
+    """cuda:N needs N < the GPUs torch sees: else one line, not CUDA's "invalid device ordinal"."""
+    count = torch.cuda.device_count()
+    index = local_rank if device.index is None else device.index
+    if index >= count:
+        raise NoGPUForRank(f"local rank {local_rank} would use cuda:{index}, but this machine has {count} GPU(s):"
+                           f" start at most {count} rank(s) per node (--nproc-per-node), or pass --device cpu")
+
+
 def setup(requested_device: str) -> DistInfo:
     """Join the process group when launched by torchrun (RANK set); otherwise a single process."""
     if "RANK" not in os.environ:
@@ -46,6 +59,7 @@ def setup(requested_device: str) -> DistInfo:
     world_size = int(os.environ["WORLD_SIZE"])
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
+        check_gpu_for_rank(device, local_rank)
         torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl", device_id=device)
         control = dist.new_group(backend="gloo")

@@ -26,7 +26,7 @@ from trainer import checkpoint, data, distributed, onednn
 from trainer.batches import BatchSampler, Prefetcher, TokenDataset
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.hardware import device_name, hardware_record
+from trainer.hardware import UNKNOWN_PEAK, device_name, hardware_record
 from trainer.manifest import atomic_write_bytes, atomic_write_json
 from trainer.model import GPT
 from trainer.presets import GPTConfig
@@ -87,12 +87,33 @@ def cpu_threads(num_params: int, world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // world_size)
 
 
+def native_bf16() -> bool:
+    """bf16 in the GPU's tensor cores. T4 and V100 report is_bf16_supported() True through emulation
+    (PyTorch PR #148322): slow and no tensor cores, so those train in fp16 with a GradScaler."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # a torch before the flag: its answer did not count emulation
+        return bool(torch.cuda.is_bf16_supported())
+
+
 def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if native_bf16() else torch.float16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
+    """A bf16 or CPU checkpoint saves a disabled scaler's state, {}: an fp16 run resuming from it
+    starts its scaler afresh (an enabled scaler refuses an empty state)."""
+    if state:
+        scaler.load_state_dict(state)
+
+
+def configure_cuda_math() -> None:
+    """TF32 for float32 matmuls (what the legacy allow_tf32 flags did, through the current API)."""
+    torch.set_float32_matmul_precision("high")
 
 
 class Trainer:
@@ -233,14 +254,13 @@ class Trainer:
             torch.set_num_threads(cpu_threads(model.num_params(), d.world_size))
 
         if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            configure_cuda_math()
         opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), fused=True)
         scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = 0
         if resume is not None:
             opt.load_state_dict(resume["optimizer"])
-            scaler.load_state_dict(resume["scaler"])
+            load_scaler_state(scaler, resume.get("scaler"))
             step = int(resume["step"])
             self.last_ckpt_step = step
             self.sched = ScheduleState.from_dict(resume.get("schedule"))
@@ -367,7 +387,7 @@ class Trainer:
             sync = not d.enabled or m == micro - 1
             with net.no_sync() if not sync else nullcontext():  # type: ignore[operator]
                 with self.autocast:
-                    _, loss = net(x, y)
+                    _, loss = net(x, y, return_logits=False)
                 loss = loss / micro
                 scaler.scale(loss).backward()
             loss_acc += loss.detach()
@@ -382,7 +402,10 @@ class Trainer:
     def log_step(self, step: int, loss: float, lr: float, tok_s: float, elapsed: float, dev_name: str) -> None:
         mfu = self.model.estimate_mfu(tok_s / self.dist.world_size, self.seq_len, dev_name, self.dtype,
                                       self.cfg.peak_tflops)
-        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
+        if mfu is not None:
+            mfu_text = f"{100 * mfu:.1f}%"
+        else:  # a GPU without a datasheet figure is never given a guessed one
+            mfu_text = UNKNOWN_PEAK if self.device.type == "cuda" else "n/a"
         self.log.line(
             f"step {step:04d} | loss {loss:.4f} | lr {lr:.2e} | tok/s {tok_s:.0f} | "
             f"mfu {mfu_text} | elapsed {elapsed:.1f}s"
@@ -522,7 +545,7 @@ class Trainer:
             for i in range(self.dist.rank, self.cfg.eval_iters, self.dist.world_size):
                 x, y = sampler.batch(i, 0, self.device)
                 with self.autocast:
-                    _, loss = net(x, y)
+                    _, loss = net(x, y, return_logits=False)
                 total += loss
             losses[split] = (distributed.total(self.dist, total) / self.cfg.eval_iters).item()
         net.train()
@@ -571,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(argv)
         trainer = Trainer(cfg, stop)
         return trainer.run()
-    except (ConfigError, CheckpointError, ShardError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, ShardError, FileNotFoundError, distributed.NoGPUForRank) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
