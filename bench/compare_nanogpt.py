@@ -21,15 +21,18 @@ kept in the JSON as a cross-check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -140,24 +143,40 @@ def ours_cmd(a: argparse.Namespace, data_dir: Path, out_dir: Path) -> list[str]:
     ]
 
 
+class WallLimit(RuntimeError):
+    """A run (or the whole comparison) reached its hard wall-clock limit."""
+
+
 def run_one(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Pattern[str], timeout: float) -> dict:
-    """Run a trainer, timestamping its log lines as they arrive."""
+    """Run a trainer, timestamping its log lines as they arrive. `timeout` is a hard wall limit: a
+    timer kills the run's process group then, whether or not it prints (a silent hang included)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+                            text=True, bufsize=1, start_new_session=True)
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(max(0.0, timeout), kill)
+    timer.start()
     lines: list[tuple[int, float, float]] = []  # (step, arrival s, self-reported figure)
     tail: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        now = time.perf_counter()
-        tail = (tail + [line.rstrip()])[-30:]
-        m = pattern.match(line)
-        if m:
-            lines.append((int(m.group(1)), now, float(m.group(3))))
-        if now - t0 > timeout:
-            proc.kill()
-            break
+    try:
+        for line in proc.stdout:
+            now = time.perf_counter()
+            tail = (tail + [line.rstrip()])[-30:]
+            m = pattern.match(line)
+            if m:
+                lines.append((int(m.group(1)), now, float(m.group(3))))
+    finally:
+        timer.cancel()
     rc = proc.wait()
+    if killed.is_set():
+        raise WallLimit(f"{' '.join(cmd[:3])}... killed at its wall limit of {timeout:.0f} s:\n" + "\n".join(tail))
     if rc != 0 or len(lines) < 3:
         raise RuntimeError(f"{' '.join(cmd[:3])}... failed (exit {rc}):\n" + "\n".join(tail))
     return {"lines": lines, "wall_s": time.perf_counter() - t0}
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nanogpt", required=True, help="path to a nanoGPT checkout (fetched by the user)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="baby")
-    ap.add_argument("--pairs", type=int, default=5, help="A/B pairs (nanoGPT then ours), default 5")
+    ap.add_argument("--pairs", type=int, default=3, help="A/B pairs (nanoGPT then ours), default 3")
     ap.add_argument("--steps", type=int, help="optimizer steps per run (preset default)")
     ap.add_argument("--warmup", type=int, help="steps left out of the timing (preset default)")
     ap.add_argument("--log-interval", type=int, help="steps between timed log lines (preset default)")
@@ -204,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--text-file", help="text for the char-level preset (default: tinyshakespeare if found)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    ap.add_argument("--timeout", type=float, default=300, help="hard wall limit of one run, seconds (default 300)")
+    ap.add_argument("--budget-s", type=float, default=1200,
+                    help="hard wall limit of the whole comparison (default 1200): no run starts past it, and each"
+                         " run's limit is cut to what is left; the pairs done by then are reported")
     ap.add_argument("--json", help="where to write the figures (default bench/results/...)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work directory")
     a = ap.parse_args(argv)
@@ -236,11 +258,25 @@ def main(argv: list[str] | None = None) -> int:
               f"compile {a.compile}, threads {a.threads}, vocab {vocab}; data: {source}")
         print(f"{a.pairs} pairs, {a.steps} steps each, timed from step {a.warmup} every {a.log_interval} steps")
         pairs = []
+        budget_end = time.monotonic() + a.budget_s
+
+        def limit() -> float:
+            left = budget_end - time.monotonic()
+            if left <= 0:
+                raise WallLimit(f"the comparison's wall limit (--budget-s {a.budget_s:g}) is spent")
+            return min(a.timeout, left)
+
         for i in range(a.pairs):
             shutil.rmtree(nano_dir / "out", ignore_errors=True)
-            nano = run_one(nano_cmd(a), nano_dir, env, NANO_LINE, a.timeout)
-            ours_out = work / f"ours_out_{i}"
-            ours = run_one(ours_cmd(a, ours_data, ours_out), REPO, ours_env, OURS_LINE, a.timeout)
+            try:
+                nano = run_one(nano_cmd(a), nano_dir, env, NANO_LINE, limit())
+                ours_out = work / f"ours_out_{i}"
+                ours = run_one(ours_cmd(a, ours_data, ours_out), REPO, ours_env, OURS_LINE, limit())
+            except WallLimit as exc:
+                if not pairs:
+                    raise
+                print(f"stopping after {len(pairs)} pair(s): {str(exc).splitlines()[0]}")
+                break
             shutil.rmtree(ours_out, ignore_errors=True)
             row: dict[str, Any] = {"pair": i + 1}
             # nanoGPT's "iter k" line follows its (k+1)-th step, ours "step k" its k-th: shift nanoGPT's by one.

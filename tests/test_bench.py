@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from orchestrator.ledger import Event
 
@@ -37,12 +40,18 @@ def test_trainer_bench_writes_its_figures(tmp_path: Path) -> None:
     assert row["device"] == "cpu" and row["threads"] == 1 and row["steps"] == 2
 
 
-def _controller_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("controller_bench", REPO / "bench" / "controller_bench.py")
+def bench_module(name: str) -> ModuleType:
+    """A script of bench/ imported as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def _controller_bench() -> ModuleType:
+    return bench_module("controller_bench")
 
 
 def test_controller_bench_reads_its_intervals_from_the_ledger_events(tmp_path: Path) -> None:
@@ -82,11 +91,7 @@ def test_controller_bench_help() -> None:
 
 
 def _schedule_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("schedule_bench", REPO / "bench" / "schedule_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("schedule_bench")
 
 
 def test_schedule_bench_reads_the_deadline_checkpoint_and_its_eval(tmp_path: Path) -> None:
@@ -111,3 +116,14 @@ def test_schedule_bench_reads_the_deadline_checkpoint_and_its_eval(tmp_path: Pat
     assert flags["--lr-schedule"] == "cosine" and flags["--deadline-epoch"] == "1234.500"
     assert flags["--max-iters"] == "20000" and flags["--lr-decay-iters"] == "none"
     assert flags["--config"].endswith("trainer/configs/baby.yaml") and cmd[-2:] == ["--lr-decay-frac", "0.3"]
+
+
+def test_compare_nanogpt_kills_a_silent_run_at_its_wall_limit(tmp_path: Path) -> None:
+    compare_nanogpt = bench_module("compare_nanogpt")
+    silent = [sys.executable, "-c", "import time; print('starting', flush=True); time.sleep(600)"]
+    with pytest.raises(compare_nanogpt.WallLimit, match="killed at its wall limit of 1 s"):
+        compare_nanogpt.run_one(silent, tmp_path, dict(os.environ), re.compile(r"^never$"), timeout=1)
+    lines = "\n".join(f"step {i} | x | {i}.0" for i in range(5))
+    done = compare_nanogpt.run_one([sys.executable, "-c", f"print({lines!r})"], tmp_path, dict(os.environ),
+                                   re.compile(r"^step (\d+) \| (x) \| ([\d.]+)$"), timeout=60)
+    assert [n for n, _, _ in done["lines"]] == [0, 1, 2, 3, 4]
