@@ -62,14 +62,34 @@ def _importable(name: str) -> bool:
 
 
 def _local_gpus() -> list[str]:
-    """GPU names from nvidia-smi, without importing torch (the controller must not need it)."""
-    if not shutil.which("nvidia-smi"):
+    """GPU names from nvidia-smi, without importing torch (the controller must not need it), as CUDA
+    sees them: CUDA_VISIBLE_DEVICES (indices) narrows them, and an empty one hides them all."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip() or not shutil.which("nvidia-smi"):
         return []
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    return [line.split(":", 1)[1].split("(UUID")[0].strip() for line in out.splitlines() if ":" in line]
+    gpus = [(line.split(":", 1)[1].split("(UUID")[0].strip(), line.split("UUID:")[-1].strip(" )"))
+            for line in out.splitlines() if ":" in line]
+    if visible is None:
+        return [name for name, _ in gpus]
+    return [gpus[i][0] for i in visible_indices(visible, [uuid for _, uuid in gpus])]
+
+
+def visible_indices(visible: str, uuids: list[str]) -> list[int]:
+    """CUDA_VISIBLE_DEVICES as CUDA reads it: indices or (prefixes of) UUIDs, up to the first entry
+    that names no GPU ("-1" hides them all)."""
+    picked: list[int] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit() and int(entry) < len(uuids):
+            picked.append(int(entry))
+        elif entry.startswith(("GPU-", "MIG-")) and (match := [i for i, u in enumerate(uuids) if u.startswith(entry)]):
+            picked.append(match[0])
+        else:
+            break
+    return picked
 
 
 class LocalProvider(Provider):

@@ -15,6 +15,14 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
+def cpu_unless_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests mean the CPU, also on a machine with GPUs (a local run's recipe, a 2-rank DDP test,
+    bitwise resumes): what they start sees no GPU, except a test marked `cuda`."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
 def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("gpurun_home")
     monkeypatch.setenv("GPURUN_HOME", str(home))

@@ -17,7 +17,7 @@ from orchestrator.plan import LaunchOptions, make_plan
 from orchestrator.transports import open_transport
 from providers import UnknownProviderError, get_provider
 from providers.base import InstanceSpec, LocalSandbox, ProviderError, TorchOnImage
-from providers.local import LocalProvider, pgid_alive
+from providers.local import LocalProvider, pgid_alive, visible_indices
 
 
 def _spec(provider: LocalProvider, run_id: str = "20260101-000000-abcd") -> InstanceSpec:
@@ -162,3 +162,18 @@ def test_a_named_interpreter_without_torch_is_never_installed_into(tmp_path: Pat
     with pytest.raises(BootstrapError, match="lacks tiktoken"):
         ensure_packages(transport, python, ["tiktoken"])
     assert not list(bare.glob("lib/python*/site-packages/*torch*"))  # nothing was installed there
+
+
+def test_cuda_visible_devices_narrows_the_local_gpus_as_cuda_reads_it() -> None:
+    uuids = ["GPU-aaaa-1111", "GPU-bbbb-2222", "GPU-cccc-3333"]
+    assert visible_indices("", uuids) == []
+    assert visible_indices("-1", uuids) == []  # the usual way to hide them all
+    assert visible_indices("2,0", uuids) == [2, 0]
+    assert visible_indices("1,7,0", uuids) == [1]  # CUDA stops at the first entry naming no GPU
+    assert visible_indices("GPU-bbbb", uuids) == [1]  # a UUID prefix
+
+
+def test_an_empty_cuda_visible_devices_makes_the_local_offer_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    (offer,) = LocalProvider().offers()
+    assert offer.gpu == "cpu" and offer.gpu_count == 0 and offer.instance_type == "local-cpu"

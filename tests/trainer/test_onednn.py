@@ -71,7 +71,8 @@ def test_probe_never_touches_the_global_rng() -> None:
 
 @needs_onednn
 def test_the_trainer_uses_it_on_cpu(tmp_path: Path) -> None:
-    cfg = load_config(["--model", "tiny", "--out-dir", str(tmp_path / "out"), "--progress", "off", "--threads", "1"])
+    cfg = load_config(["--device", "cpu", "--model", "tiny", "--out-dir", str(tmp_path / "out"), "--progress", "off",
+                       "--threads", "1"])
     trainer = Trainer(cfg, StopRequest())
     try:
         trainer.setup()

@@ -127,7 +127,7 @@ class TickClock:
 
 class ClockedTrainer(Trainer):
     def __init__(self, argv: list[str], clock: TickClock, signal_after: int | None = None) -> None:
-        super().__init__(load_config(argv), StopRequest(), clock=clock)
+        super().__init__(load_config(["--device", "cpu", *argv]), StopRequest(), clock=clock)
         self.tick = clock
         self.signal_after = signal_after
 
