@@ -128,8 +128,11 @@ class Controller:
         self.handoff_requested = False  # the guard leaves the run to a detached guard (SIGHUP)
         # Set once the guard or a teardown runs: a signal then only sets a flag (orchestrator.signals).
         self.deferring_signals = False
-        self.gpu_count = 0  # what bootstrap found on the instance
-        self.python = "python3"  # the instance's python that has torch
+        # What bootstrap found on the instance: kept in the record, so that a controller loaded from the
+        # ledger (a detached guard starting the job after the data phase) runs the same python.
+        found = self.record.bootstrap or {}
+        self.gpu_count = int(found.get("gpu_count") or 0)
+        self.python = str(found.get("python") or "python3")
         self.syncer: Syncer | None = None  # periodic pulls while the guard runs
         self.instance: Instance | None = None  # the current attempt's (orchestrator.provisioning)
         self.workers: list[Node] = []  # nodes 1.. of a multi-node run (orchestrator.nodes); node 0 is above
@@ -1038,7 +1041,8 @@ class Controller:
             if entry["rank"] == 0:
                 continue
             inst = self.provider.get(entry["instance_id"])
-            node = Node(entry["rank"], inst, job=dict(entry.get("job") or {}))
+            node = Node(entry["rank"], inst, python=str(entry.get("python") or "python3"),
+                        job=dict(entry.get("job") or {}))
             if not inst.gone and (access := self.provider.access(inst)) is not None:
                 transport = open_transport(access, run_id=self.run.run_id, instance_id=inst.id, ledger=self.ledger,
                                            root=worker_root(self.run.run_id, node.rank))

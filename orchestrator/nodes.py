@@ -44,7 +44,7 @@ class Node:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "instance_id": self.instance.id, "private_ip": self.instance.private_ip,
-                "job": self.job}
+                "python": self.python, "job": self.job}
 
 
 def worker_root(run_id: str, rank: int) -> str:

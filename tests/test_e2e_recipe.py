@@ -98,8 +98,13 @@ def test_detach_during_the_data_phase_hands_both_phases_to_the_guard(tmp_path: P
     src = tmp_path / "tinyshakespeare"
     src.mkdir()
     (src / "input.txt").write_text(VERSE * 200)
+    # The machine's own python3 has no torch: the guard that starts the job must run bootstrap's
+    # python (kept in the run's record), not whichever python3 its PATH finds.
+    machine = tmp_path / "machine-python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(machine)], check=True)
     res = gpurun("launch", "--provider", "local", "--recipe", "shakespeare-char", "--data-from", str(src),
-                 "--detach", "--yes", *SMALL, cwd=tmp_path)
+                 "--detach", "--yes", *SMALL, cwd=tmp_path,
+                 env={"PATH": os.pathsep.join([str(machine / "bin"), os.environ["PATH"]])})
     assert res.returncode == Exit.OK and "detached: guard pid" in res.stdout, res.stdout + res.stderr
     ledger = Ledger()
     run = only_run()
