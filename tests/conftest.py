@@ -5,13 +5,23 @@ on the local sandbox) ever runs the machine's own python."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long quality checks (marked `slow`) first, the rest in file order: under pytest-xdist the
+    first item goes to the first worker, so the longest test starts at once instead of last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +39,53 @@ def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     monkeypatch.setenv("GPURUN_RUNS_DIR", str(home / "runs"))
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     return home
+
+
+def _started_under(home: Path) -> list[tuple[int, str]]:
+    """(pid, command) of every live process whose environment has GPURUN_HOME=home: whatever a test
+    started (a CLI, a local job, its trainer and watchdog), however detached. sshd is left alone: a
+    listener a test restarted inherits the variable too, and its fixture stops it."""
+    needle = f"GPURUN_HOME={home}".encode()
+    found: list[tuple[int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            if needle not in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                continue
+            if Path(f"/proc/{entry}/comm").read_text().startswith("sshd"):
+                continue
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone, or not ours to read
+            continue
+        if "from multiprocessing." in cmd:  # the worker's own resource tracker / forkserver, reused later
+            continue
+        found.append((int(entry), cmd.strip()[:160]))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def nothing_outlives_its_test(request: pytest.FixtureRequest, gpurun_home: Path) -> Iterator[None]:
+    """After the test (and its own clean-up fixtures, torn down before this one): SIGKILL whatever it
+    started that still runs, with a warning naming it. A test that failed half-way may leave a guarded
+    job training until a deadline an hour away; on 2 cores that job would slow every later test."""
+    yield
+    if not Path("/proc/self/environ").exists():
+        return
+    left = _started_under(gpurun_home)
+    for _ in range(10):  # a second for what is on its way out (a guard writing its last event)
+        if not left:
+            return
+        time.sleep(0.1)
+        left = _started_under(gpurun_home)
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if left:
+        listed = "; ".join(f"{pid}: {cmd}" for pid, cmd in left)
+        warnings.warn(f"{request.node.nodeid} left {len(left)} process(es) running, killed: {listed}", stacklevel=1)
 
 
 @pytest.fixture
