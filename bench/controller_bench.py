@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.ledger import Event, Ledger  # noqa: E402
+from orchestrator.state.ledger import Event, Ledger  # noqa: E402
 from trainer.hardware import cpu_model  # noqa: E402
 
 # (name, from, to): phases of the ledger, plus "stop_at" (the guard's stop time, from the run row)
@@ -93,7 +93,7 @@ def launch_local(work: Path, max_usd: float, usd_per_hour: float, timeout_s: flo
     cwd.mkdir(parents=True)
     env = dict(os.environ, GPURUN_HOME=str(home), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("GPURUN_RUNS_DIR", None)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "local", "--max-usd", str(max_usd),
+    cmd = [sys.executable, "-m", "orchestrator.cli.main", "launch", "--provider", "local", "--max-usd", str(max_usd),
            "--usd-per-hour", str(usd_per_hour), "--yes", "--set", "max_iters=1000000"]
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s,
                          stdin=subprocess.DEVNULL)

@@ -12,7 +12,7 @@ Stages (docs/PERFORMANCE.md, "The device check"), each under its own hard wall-c
                      nanogpt/ in the repo root); no checkout there: skipped with the reason
   5 lab              the `lab` recipe as the controller runs it on an instance (trainer.data prepare, then
                      trainer.launch with the recipe's config, a short max_iters), then its evidence card
-                     (orchestrator.evidence.write_evidence): does EVIDENCE.md show `device: cuda`?
+                     (orchestrator.proof.evidence.write_evidence): does EVIDENCE.md show `device: cuda`?
 
 Every command runs under compare_nanogpt.run_one: a timer kills its process group at the stage's limit,
 printing or silent. run_one keeps only the lines that match its pattern, so each command runs behind a
@@ -61,7 +61,7 @@ LOG_NAME = "device-check.log"
 LOG_CAP = 400_000  # bytes of one command's output in device-check.log; past it only its last lines
 LOG_TAIL = 150
 RELAY_LINE = re.compile(r"^(\d+)\t()(\d+)\t")  # what the relay prints per line, in run_one's (step, _, value) form
-JOB_CONFIG = "gpurun_config.yaml"  # the job's config file name on an instance (orchestrator/plan.py: JOB_CONFIG)
+JOB_CONFIG = "gpurun_config.yaml"  # the job's config file name on an instance (orchestrator/plan/launch.py: JOB_CONFIG)
 TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"  # where tiktoken fetches GPT-2's BPE files
 
 
@@ -505,7 +505,7 @@ def local_bpe() -> Path | None:
 
 def write_flat_yaml(path: Path, config: dict[str, Any]) -> None:
     """The job's config as flat `key: value` lines (JSON scalars are YAML): the trainer reads it with or
-    without PyYAML, as it reads the controller's (orchestrator.plan.config_text)."""
+    without PyYAML, as it reads the controller's (orchestrator.plan.launch.config_text)."""
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
 
 
@@ -553,10 +553,10 @@ def stage_lab(st: Stage) -> None:
         return fail(r, f"trainer.data prepare failed (exit {prep.rc})", prep)
 
     # The job: the recipe's config file with data_dir, the user's flags (here: a short run), the
-    # guard's deadline; one rank per GPU through trainer.launch (orchestrator.bootstrap.trainer_command).
+    # guard's deadline; one rank per GPU through trainer.launch (orchestrator.run.bootstrap.trainer_command).
     try:
-        from orchestrator.bootstrap import trainer_command
-        from orchestrator.evidence import write_evidence
+        from orchestrator.proof.evidence import write_evidence
+        from orchestrator.run.bootstrap import trainer_command
     except ImportError as e:
         return fail(r, f"the controller's modules do not import on this machine: {e}")
     write_flat_yaml(code / JOB_CONFIG, dict(recipe.config, data_dir=str(data_dir)))

@@ -9,4 +9,4 @@ class RunFailed(Exception):
 
 class BootFailed(RunFailed):
     """This attempt will not boot (no capacity, lost while booting, never reachable in its window):
-    another offer may (offer fallback, orchestrator.provisioning)."""
+    another offer may (offer fallback, orchestrator.run.provisioning)."""

@@ -46,9 +46,9 @@ VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_HOME": "providers/local.py: the local provider's sandboxes under $GPURUN_HOME/sandboxes",
     "GPURUN_CPU_LINEAR": "trainer/onednn.py: aten turns the oneDNN CPU linear layers off",
     "GPURUN_GPT2_BPE_DIR": "trainer/tokenizer.py: local GPT-2 encoder.json + vocab.bpe",
-    "GPURUN_WATCHDOG_RETRY_S": "orchestrator/watchdog.sh, on the instance: seconds between self-destruct retries",
+    "GPURUN_WATCHDOG_RETRY_S": "orchestrator/run/watchdog.sh, on the instance: seconds between self-destruct retries",
     "GPURUN_SHAKESPEARE": "bench/compare_nanogpt.py: a local tinyshakespeare input.txt",
-    # Set (not read) by the controller for the job on each node of a `--nodes N` run (orchestrator/nodes.py).
+    # Set (not read) by the controller for the job on each node of a `--nodes N` run (orchestrator/run/nodes.py).
     "GPURUN_NODE_RANK": "set for a --nodes job: this node's rank (0 hosts the rendezvous)",
     "GPURUN_NUM_NODES": "set for a --nodes job: how many nodes the run has",
     "GPURUN_NODE_IPS": "set for a --nodes job: every node's address, space-separated, node 0 first",

@@ -1,6 +1,6 @@
 """Shared plumbing for the end-to-end tests (tests/test_e2e_*.py).
 
-Each e2e test drives the REAL CLI in a subprocess (`python -m orchestrator.cli ...`) against a fake
+Each e2e test drives the REAL CLI in a subprocess (`python -m orchestrator.cli.main ...`) against a fake
 cloud (or moto's server) that runs in the pytest process, with the loopback sshd standing in for
 the instance: the run's key is authorized there, its remote root is a temp dir, and every process
 the run leaves on the "instance" (trainer, watchdog) is killed when the test ends, so no dead-man's
@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.ledger import Ledger, Run
-from orchestrator.phases import is_phase
+from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.phases import is_phase
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401  (re-exported fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ ENDLESS_TRAIN = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--se
 def write_budgets(path: Path, provider: str, *, reserve_s: int = 20, min_runtime_s: int = 10,
                   billing: dict[str, Any] | None = None) -> Path:
     """The packaged budgets.yaml with a test-sized reserve / minimum runtime for `provider`."""
-    from orchestrator.budgets_file import packaged_budgets_file
+    from orchestrator.money.budgets_file import packaged_budgets_file
 
     doc = yaml.safe_load(packaged_budgets_file().read_text())
     prov = doc.setdefault("providers", {}).setdefault(provider, {})
@@ -98,7 +98,7 @@ class E2E:
         full = {**os.environ, **self.env, **(env or {})}
         full = {k: v for k, v in full.items() if v is not None}
         return subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args], cwd=self.tmp, env=full,
+            [sys.executable, "-m", "orchestrator.cli.main", *args], cwd=self.tmp, env=full,
             capture_output=True, text=True, timeout=timeout,
             input=input, stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -106,7 +106,7 @@ class E2E:
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         full = {**os.environ, **self.env, **(env or {})}  # output: stdout and stderr together
         return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", *args], cwd=self.tmp, env=full, text=True,
+            [sys.executable, "-m", "orchestrator.cli.main", *args], cwd=self.tmp, env=full, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 
@@ -114,7 +114,7 @@ class E2E:
 @pytest.fixture
 def e2e(tmp_path: Path, sshd: SSHServer, gpurun_home: Path) -> Iterator[E2E]:  # noqa: F811
     """The loopback sshd authorizes this test's run key; the run's files on it live under tmp."""
-    from orchestrator.keys import run_key
+    from orchestrator.transport.keys import run_key
 
     sshd.authorize(run_key().public_line)  # the same GPURUN_HOME as the CLI subprocess: the same key
     remote_root = tmp_path / "instance"

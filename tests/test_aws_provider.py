@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.budgets_file import load_budgets, packaged_budgets_file
+from orchestrator.money.budgets_file import load_budgets, packaged_budgets_file
 from providers import get_provider
 from providers.aws import (
     DLAMI_SSM_PATH,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.budget import (
+from orchestrator.money.budget import (
     Allowance,
     allowance_for,
     day_start,
@@ -21,7 +21,7 @@ from orchestrator.budget import (
     reserve,
     settle,
 )
-from orchestrator.budgets_file import (
+from orchestrator.money.budgets_file import (
     CONSERVATIVE_BILLING,
     BudgetError,
     Budgets,
@@ -30,7 +30,7 @@ from orchestrator.budgets_file import (
     load_budgets,
     packaged_budgets_file,
 )
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 from providers.base import BillingRule
 
 REPO = Path(__file__).resolve().parent.parent
@@ -384,7 +384,7 @@ def test_lookup_order(tmp_path: Path, gpurun_home: Path, monkeypatch: pytest.Mon
 def test_packaged_default_used_outside_the_repo(tmp_path: Path) -> None:
     env = {**os.environ, "GPURUN_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.budgets_file import load_budgets; print(load_budgets().path)"],
+        [sys.executable, "-c", "from orchestrator.money.budgets_file import load_budgets; print(load_budgets().path)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     )
     assert Path(out.stdout.strip()) == packaged_budgets_file()
@@ -491,7 +491,7 @@ def test_local_day_and_month_boundaries() -> None:
 def test_local_time_is_the_tz_of_the_process(tmp_path: Path) -> None:
     # The same instant is a different calendar day in two time zones: caps follow the local one.
     code = (
-        "from orchestrator.budget import day_start; import sys; "
+        "from orchestrator.money.budget import day_start; import sys; "
         "print(day_start(1767225600.0 + 3600))"  # 2026-01-01 01:00 UTC
     )
     outs = {}
@@ -520,9 +520,9 @@ def test_reserve_rejects_bad_hold(tmp_path: Path) -> None:
 _RACE_SCRIPT = r"""
 import sys, time
 from pathlib import Path
-from orchestrator.budget import reserve
-from orchestrator.budgets_file import BudgetError, load_budgets
-from orchestrator.ledger import Ledger
+from orchestrator.money.budget import reserve
+from orchestrator.money.budgets_file import BudgetError, load_budgets
+from orchestrator.state.ledger import Ledger
 
 home, budgets_file, run_id, go_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 ledger = Ledger(Path(home))

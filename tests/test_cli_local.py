@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import wait_for
 from tests.test_launch_local import REPO, gpurun
 
@@ -21,7 +21,7 @@ ENDING = {"stopping", "syncing_final", "terminating", "verified"}
 
 def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: Path) -> None:
     launch = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--max-usd", "0.02", "--usd-per-hour", "1.2",
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--max-usd", "0.02", "--usd-per-hour", "1.2",
          "--detach", "--yes", "--set", "max_iters=1000000"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
@@ -81,7 +81,7 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
 def test_ctrl_c_without_a_terminal_tears_the_run_down(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
          "--set", "max_iters=1000000"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
     )

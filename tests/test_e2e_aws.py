@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.budgets_file import load_budgets, packaged_budgets_file
-from orchestrator.ledger import Ledger
+from orchestrator.money.budgets_file import load_budgets, packaged_budgets_file
+from orchestrator.state.ledger import Ledger
 from providers.aws import PRICE_OVERRIDE_SOURCE, TAG_RUN_ID, ebs_usd_per_hour, elapsed_seconds
 from tests.e2e_helpers import (
     E2E,
@@ -169,7 +169,7 @@ def test_sweep_asks_and_terminates_on_y(e2e: E2E, aws: Any) -> None:  # noqa: F8
     iid = _orphan(aws, "20250101-000000-beef")
     master, slave = pty.openpty()
     env = {**os.environ, **e2e.env}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "--provider", "aws"],
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli.main", "sweep", "--provider", "aws"],
                             cwd=e2e.tmp, env=env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     os.close(slave)

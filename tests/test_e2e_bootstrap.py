@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.exit_codes import Exit
-from orchestrator.ledger import Ledger, Run
+from orchestrator.state.endings import Exit
+from orchestrator.state.ledger import Ledger, Run
 from tests.e2e_helpers import (
     E2E,
     ENDLESS_TRAIN,

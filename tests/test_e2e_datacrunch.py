@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 from providers.base import BillingRule
 from tests.e2e_helpers import (
     E2E,

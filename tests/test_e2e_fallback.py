@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from orchestrator.ledger import Ledger
-from orchestrator.run_record import RunRecord
+from orchestrator.plan.record import RunRecord
+from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import (
     E2E,
     SHORT_TRAIN,

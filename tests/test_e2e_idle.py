@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger, Run
 from providers.base import BillingRule
 from tests.e2e_helpers import (
     E2E,

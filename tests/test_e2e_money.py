@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import E2E, e2e, event_names, ledger_instances, only_run, sshd  # noqa: F401
 from tests.fakes.runpod_api import FakeRunPodAPI
 from tests.test_launch_local import gpurun as local_gpurun

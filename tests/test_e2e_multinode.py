@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.keys import run_key
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
+from orchestrator.transport.keys import run_key
 from tests.e2e_helpers import kill_processes_under, only_run, phases, proof_of
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401  (fixtures)
 from tests.test_e2e_ssh import BUDGETS  # loopback: per second, 30 s reserve, 10 s minimum
@@ -60,7 +60,7 @@ def two_nodes(sshd: SSHServer, sshd_fn: SSHServer, tmp_path: Path,  # noqa: F811
 
 def launch(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "loopback", "--yes",
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--provider", "loopback", "--yes",
          "--budgets", str(tmp_path / "budgets.yaml"), "--nodes", "2", "--gpus", "1", *args],
         cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, stdin=subprocess.DEVNULL,
         timeout=240,  # a hang guard only

@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.ledger import Ledger, Run
-from orchestrator.phases import is_phase
+from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.phases import is_phase
 from providers.aws import elapsed_seconds
 from providers.base import NOT_FOUND, TERMINATED
 from tests.e2e_helpers import (
@@ -209,7 +209,7 @@ def test_runpod_spot_run_preempted_mid_training_resumes_on_a_second_pod(e2e: E2E
 
 @pytest.fixture
 def datacrunch(e2e: E2E) -> Iterator[FakeDataCrunchAPI]:
-    from orchestrator.budgets_file import load_budgets, packaged_budgets_file
+    from orchestrator.money.budgets_file import load_budgets, packaged_budgets_file
 
     # The meter bills as budgets.yaml does for DataCrunch (whole 10 minutes), so the cap is tested as planned.
     api = FakeDataCrunchAPI(billing=load_budgets(packaged_budgets_file()).billing_for("datacrunch"),

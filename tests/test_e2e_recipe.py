@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.exit_codes import Exit
-from orchestrator.ledger import Ledger
-from orchestrator.plan import JOB_CONFIG
+from orchestrator.plan.launch import JOB_CONFIG
+from orchestrator.state.endings import Exit
+from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import only_run, phases, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ VERSE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 def gpurun(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=full,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
 
 

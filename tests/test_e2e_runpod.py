@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import (
     E2E,
     ENDLESS_TRAIN,

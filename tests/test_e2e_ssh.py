@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import pytest
 
-from orchestrator.keys import run_key
-from orchestrator.ledger import Ledger
-from orchestrator.phases import Phase
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import Phase
+from orchestrator.transport.keys import run_key
 from tests.e2e_helpers import started_job_run_id, wait_for
 from tests.fixtures.sshd import SSHServer, free_port, sshd  # noqa: F401
 
@@ -60,7 +60,7 @@ def loopback(sshd: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def launch(args: list[str], cwd: Path, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--provider", "loopback", "--yes", *args],
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--provider", "loopback", "--yes", *args],
         cwd=cwd, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         stdin=subprocess.DEVNULL, **kw,  # type: ignore[call-overload]
     )
@@ -152,7 +152,7 @@ def test_watchdog_alone_stops_the_job_and_self_destructs_when_the_controller_die
     assert manifest["checkpoints"][-1]["step"] == ends[-1]["step"]
 
     # A later teardown finds the run, sees the instance gone, and writes the proof.
-    down = subprocess.run([sys.executable, "-m", "orchestrator.cli", "teardown", run.run_id],
+    down = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "teardown", run.run_id],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert ledger.resolve_run(run.run_id).phase == "verified"

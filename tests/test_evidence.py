@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.evidence import CPU_LABEL, write_evidence
-from orchestrator.proof import TerminateRequest, build_proof, write_proof
+from orchestrator.proof.evidence import CPU_LABEL, write_evidence
+from orchestrator.proof.shutdown import TerminateRequest, build_proof, write_proof
 from orchestrator.redact import clear_secrets, register_secret
 
 T0 = 1_760_000_000.0

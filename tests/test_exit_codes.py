@@ -1,4 +1,4 @@
-"""What `gpurun launch` exits with (orchestrator/exit_codes.py), and the stall kill, through the real
+"""What `gpurun launch` exits with (orchestrator/state/endings.py), and the stall kill, through the real
 CLI on the `local` provider; plus the pieces they rest on (the table, the stall check, the ledger's
 end_reason/job_exit_code columns on an old ledger)."""
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import lifecycle
-from orchestrator.cli import main
-from orchestrator.exit_codes import Ending, Exit, for_run
-from orchestrator.ledger import Ledger, Run
-from orchestrator.progress import Probe, StallWatch, parse_probe
+from orchestrator.cli.main import main
+from orchestrator.run import controller
+from orchestrator.run.progress import Probe, StallWatch, parse_probe
+from orchestrator.state.endings import Ending, Exit, for_run
+from orchestrator.state.ledger import Ledger, Run
 from providers.local import LocalProvider
 from tests.test_launch_local import gpurun, instances_in_ledger
 
@@ -27,7 +27,7 @@ def only_run() -> Run:
 
 
 def phases_of(run_id: str) -> list[str]:
-    from orchestrator.phases import is_phase
+    from orchestrator.state.phases import is_phase
 
     return [e.phase for e in Ledger().events(run_id) if is_phase(e.phase)]
 
@@ -152,7 +152,7 @@ def test_a_run_that_breaks_before_its_job_ends_exits_run_failed(monkeypatch: pyt
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("no python on the instance")
 
-    monkeypatch.setattr(lifecycle, "bootstrap", broken)
+    monkeypatch.setattr(controller, "bootstrap", broken)
     result = CliRunner().invoke(main, ["launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
                                        "--", "true"])
     assert result.exit_code == Exit.RUN_FAILED, result.output

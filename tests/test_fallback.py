@@ -1,4 +1,4 @@
-"""Offer fallback (orchestrator.provisioning): the plan's offers are tried in order, each failed
+"""Offer fallback (orchestrator.run.provisioning): the plan's offers are tried in order, each failed
 boot torn down and verified before the next, their cost bounded by --max-boot-usd and counted
 inside --max-usd. Driven through the scripted provider of tests/fakes/shelf_provider.py; the
 fallback against the RunPod and DataCrunch API fakes is in tests/test_e2e_fallback.py."""
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from orchestrator.budget import allowance_for
-from orchestrator.budgets_file import BudgetError, Budgets, ProviderBudget
 from orchestrator.errors import RunFailed
-from orchestrator.ledger import Ledger
-from orchestrator.lifecycle import Controller
-from orchestrator.phases import is_phase
-from orchestrator.plan import LaunchError, LaunchOptions, make_plan
-from orchestrator.provisioning import boot_window_s
-from orchestrator.run_record import RunRecord
+from orchestrator.money.budget import allowance_for
+from orchestrator.money.budgets_file import BudgetError, Budgets, ProviderBudget
+from orchestrator.plan.launch import LaunchError, LaunchOptions, make_plan
+from orchestrator.plan.record import RunRecord
+from orchestrator.run.controller import Controller
+from orchestrator.run.provisioning import boot_window_s
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import is_phase
 from providers.base import BillingRule, ProviderError
 
 PRICE = 36.0  # USD/h: 0.01 USD a second, so the money in each assertion is easy to read

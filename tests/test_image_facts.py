@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.budget import Allowance
-from orchestrator.plan import TORCH_INSTALL_S, LaunchOptions, bootstrap_words, check_image
+from orchestrator.money.budget import Allowance
+from orchestrator.plan.launch import TORCH_INSTALL_S, LaunchOptions, bootstrap_words, check_image
 from providers.aws.instance import AWSProvider
 from providers.base import BillingRule, ImageFacts, Offer, ProviderError, TorchOnImage
 from providers.datacrunch.instance import DEFAULT_IMAGE as DC_DEFAULT_IMAGE

@@ -4,7 +4,10 @@ Every `import` / `from ... import` counts, at module level, inside functions and
 TYPE_CHECKING alike: an import moved into a function to dodge a cycle is still a cycle.
 - no cycle among orchestrator/'s modules, nor among providers/'s;
 - providers/ never imports orchestrator/ (a cloud knows nothing of the controller);
-- trainer/ imports neither (it is what gets uploaded, and runs with torch + numpy only).
+- trainer/ imports neither (it is what gets uploaded, and runs with torch + numpy only), and
+  trainer/contract.py, the one file both sides import, imports nothing that needs torch;
+- orchestrator/'s folders are layers (docs/ARCHITECTURE.md): a module imports only from its own
+  folder and the layers below it, never from one above.
 """
 
 from __future__ import annotations
@@ -107,6 +110,16 @@ def test_the_walker_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert cycles({"o.a": {"o.b"}, "o.b": {"o.c"}, "o.c": {"o.a"}, "o.d": {"o.a"}}, "o") == [["o.a", "o.b", "o.c"]]
 
 
+# orchestrator/'s layers, top first; the top-level modules (notify, settings, redact, errors) are the base.
+LAYERS = ("cli", "run", "plan", "proof", "money", "transport", "state")
+
+
+def layer_of(module: str) -> int:
+    """The layer's index in LAYERS (len(LAYERS): a top-level module of orchestrator/)."""
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else len(LAYERS)
+
+
 @pytest.mark.parametrize("package", ["orchestrator", "providers"])
 def test_no_import_cycle(package: str) -> None:
     found = cycles(graph(), package)
@@ -123,3 +136,17 @@ def test_trainer_imports_neither_orchestrator_nor_providers() -> None:
     bad = {m: sorted(i for i in deps if top(i) in ("orchestrator", "providers"))
            for m, deps in graph().items() if top(m) == "trainer"}
     assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_orchestrator_module_imports_a_layer_above_its_own() -> None:
+    mods = all_modules()
+    assert {m.split(".")[1] for m in mods if top(m) == "orchestrator" and m.count(".") == 2
+            and (REPO / "orchestrator" / m.split(".")[1]).is_dir()} == set(LAYERS), "a folder LAYERS does not place"
+    bad = sorted(f"{m} imports {i}" for m, deps in graph().items() if top(m) == "orchestrator"
+                 for i in deps if top(i) == "orchestrator" and layer_of(i) < layer_of(m))
+    assert not bad, "; ".join(bad)
+
+
+def test_the_layer_rule_sees_an_upward_import() -> None:
+    assert layer_of("orchestrator.state.ledger") > layer_of("orchestrator.run.controller")
+    assert layer_of("orchestrator.notify") == len(LAYERS) > layer_of("orchestrator.state.ledger")

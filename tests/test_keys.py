@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from orchestrator import keys
+from orchestrator.transport import keys
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.ledger import Ledger
-from orchestrator.phases import is_phase
+from orchestrator.cli.main import main
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import is_phase
 from providers.local import LocalProvider, pgid_alive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ def gpurun(*args: str, cwd: Path, timeout: float = 240, path_first: Path | None 
     if path_first is not None:
         env["PATH"] = os.pathsep.join([str(path_first), env.get("PATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )
 
@@ -123,7 +123,7 @@ def test_malformed_budgets_file_is_refused_naming_key_and_line(tmp_path: Path) -
 
 
 def test_spent_monthly_cap_refuses_the_launch(tmp_path: Path) -> None:
-    from orchestrator.budgets_file import load_budgets
+    from orchestrator.money.budgets_file import load_budgets
 
     default = load_budgets()
     budgets = tmp_path / "budgets.yaml"
@@ -146,7 +146,7 @@ def test_spent_monthly_cap_refuses_the_launch(tmp_path: Path) -> None:
 def test_kill_9_then_teardown_finds_the_run_and_proves_it_gone(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--max-usd", "1", "--usd-per-hour", "1.2",
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--max-usd", "1", "--usd-per-hour", "1.2",
          "--yes", "--set", "max_iters=1000000"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

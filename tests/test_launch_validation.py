@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.exit_codes import Exit
-from orchestrator.ledger import Ledger
+from orchestrator.state.endings import Exit
+from orchestrator.state.ledger import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 # A real launch, small and cheap, so that a launch that is not refused ends soon (and fails the test).
@@ -25,7 +25,7 @@ LAUNCH = ["launch", "--provider", "local", "--max-usd", "0.02", "--usd-per-hour"
 
 def gpurun(*args: str, cwd: Path, pythonpath: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (*pythonpath, REPO))), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
 
 
@@ -123,7 +123,7 @@ def test_the_plan_says_what_bootstrap_installs(tmp_path: Path) -> None:
 
 def test_trainer_config_imports_and_validates_without_torch(no_torch: Path) -> None:
     code = ("try:\n    import torch\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('torch importable')\n"
-            "import sys, trainer.config as c, orchestrator.plan\n"
+            "import sys, trainer.config as c, orchestrator.plan.launch\n"
             "cfg = c.validate(None, ['--max-iters', '5', '--model', 'baby'])\n"
             "assert (cfg.max_iters, cfg.model_config(65).n_layer) == (5, 4)\n"
             "try:\n    c.validate(None, ['--max-iters', 'abc'])\nexcept c.ConfigError as e:\n    print(e)\n"
@@ -145,7 +145,7 @@ def test_nodes_that_gpurun_cannot_carry_are_refused_before_renting(tmp_path: Pat
 
 
 def test_the_plan_prices_every_node_against_the_one_cap(tmp_path: Path) -> None:
-    from orchestrator.plan import LaunchOptions, make_plan
+    from orchestrator.plan.launch import LaunchOptions, make_plan
 
     plan = make_plan(LaunchOptions(provider="local", max_usd=0.04, usd_per_hour=1.2, nodes=2))
     # Two nodes at 1.2 USD/h bill 2.4 USD/h: 0.04 USD buys 60 s of both, not 120 s of one.

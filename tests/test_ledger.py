@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import Event, Ledger, LedgerError, Run, default_home
-from orchestrator.phases import MAIN_PHASES
+from orchestrator.state.ledger import Event, Ledger, LedgerError, Run, default_home
+from orchestrator.state.phases import MAIN_PHASES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -402,7 +402,7 @@ def test_threads_share_a_ledger(ledger: Ledger) -> None:
 _WRITER = r"""
 import sys, time
 from pathlib import Path
-from orchestrator.ledger import Ledger
+from orchestrator.state.ledger import Ledger
 
 home, tag, n, go_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 led = Ledger(Path(home))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from orchestrator.ledger import Ledger
-from orchestrator.lifecycle import LiveStatus
-from orchestrator.live import LiveView
-from orchestrator.plan import account_words
-from orchestrator.watch_view import burn_down
+from orchestrator.cli.live import LiveView
+from orchestrator.cli.watch import burn_down
+from orchestrator.plan.launch import account_words
+from orchestrator.run.controller import LiveStatus
+from orchestrator.state.ledger import Ledger
 
 
 def rendered(renderable: object, width: int = 80) -> list[str]:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.bootstrap import BootstrapError, bootstrap, ensure_packages
-from orchestrator.ledger import Ledger
-from orchestrator.local_transport import LocalTransport
-from orchestrator.plan import LaunchOptions, make_plan
-from orchestrator.transports import open_transport
+from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.run.bootstrap import BootstrapError, bootstrap, ensure_packages
+from orchestrator.state.ledger import Ledger
+from orchestrator.transport.factory import open_transport
+from orchestrator.transport.local import LocalTransport
 from providers import UnknownProviderError, get_provider
 from providers.base import InstanceSpec, LocalSandbox, ProviderError, TorchOnImage
 from providers.local import LocalProvider, pgid_alive, visible_indices

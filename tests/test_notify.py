@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.budgets_file import BudgetError, load_budgets
+from orchestrator.money.budgets_file import BudgetError, load_budgets
 from orchestrator.notify import EVENTS, Notifier, NotifyConfig
 from orchestrator.redact import redact_text
 from tests.e2e_helpers import wait_for

@@ -1,12 +1,12 @@
-"""orchestrator.outcome: a bundled-trainer run that produced nothing is not a success."""
+"""orchestrator.run.outcome: a bundled-trainer run that produced nothing is not a success."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from orchestrator.exit_codes import Exit, for_run
-from orchestrator.outcome import Produced, nothing_trained, produced
+from orchestrator.run.outcome import Produced, nothing_trained, produced
+from orchestrator.state.endings import Exit, for_run
 
 
 def write(run_dir: Path, steps: int, checkpoints: int) -> None:

@@ -50,7 +50,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 def test_wheel_carries_the_one_budgets_yaml(wheel: zipfile.ZipFile) -> None:
     # The package path is a symlink to the root file in a checkout; the wheel must hold its content.
     assert (REPO / "orchestrator" / "budgets.yaml").is_symlink()
-    packaged = wheel.read("orchestrator/budgets.yaml")
+    packaged = wheel.read("orchestrator/money/budgets.yaml")
     assert packaged == (REPO / "budgets.yaml").read_bytes()
     assert "providers" in yaml.safe_load(packaged)
 
@@ -63,4 +63,4 @@ def test_wheel_carries_provider_scripts_and_subpackages(wheel: zipfile.ZipFile) 
         assert f"providers/scripts/{name}" in names
     for pkg in (p for p in (REPO / "providers").iterdir() if (p / "__init__.py").is_file()):
         assert f"providers/{pkg.name}/__init__.py" in names
-    assert "orchestrator/watchdog.sh" in names
+    assert "orchestrator/run/watchdog.sh" in names

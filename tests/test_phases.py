@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.phases import (
+from orchestrator.state.phases import (
     ALLOWED_TRANSITIONS,
     FAILED_PHASES,
     JOB_PHASES,
@@ -110,5 +110,5 @@ def test_architecture_doc_embeds_the_diagram() -> None:
     match = re.search(r"<!-- lifecycle-diagram:start -->\n```\n(.*?)```\n<!-- lifecycle-diagram:end -->", doc, re.S)
     assert match, "docs/ARCHITECTURE.md lost its lifecycle-diagram block"
     assert match.group(1) == lifecycle_diagram(), (
-        "docs/ARCHITECTURE.md's lifecycle diagram differs from orchestrator.phases: paste lifecycle_diagram()"
+        "docs/ARCHITECTURE.md's lifecycle diagram differs from orchestrator.state.phases: paste lifecycle_diagram()"
     )

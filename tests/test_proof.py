@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.proof import (
+from orchestrator.proof.shutdown import (
     PROOF_FILENAME,
     SCHEMA_VERSION,
     TerminateRequest,

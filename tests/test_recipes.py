@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.budget import allowance_for
-from orchestrator.budgets_file import load_budgets
-from orchestrator.exit_codes import Exit
-from orchestrator.plan import Forecast, LaunchOptions, effective_config, job_config, recipe_for
-from orchestrator.progress import StallWatch, parse_data_probe
+from orchestrator.money.budget import allowance_for
+from orchestrator.money.budgets_file import load_budgets
+from orchestrator.plan.launch import Forecast, LaunchOptions, effective_config, job_config, recipe_for
+from orchestrator.run.progress import StallWatch, parse_data_probe
+from orchestrator.state.endings import Exit
 from providers.base import Offer
 from tests.test_launch_validation import assert_refused, gpurun
 from trainer import config as trainer_config

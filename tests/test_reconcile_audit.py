@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.audit import FOREIGN, OPEN_RUN, ORPHAN, audit
-from orchestrator.ledger import Ledger, Run
-from orchestrator.lifecycle import Controller
-from orchestrator.plan import LaunchOptions, make_plan
-from orchestrator.reconcile import Reconciliation, pending, reconcile
+from orchestrator.money.audit import FOREIGN, OPEN_RUN, ORPHAN, audit
+from orchestrator.money.reconcile import Reconciliation, pending, reconcile
+from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.run.controller import Controller
+from orchestrator.state.ledger import Ledger, Run
 from providers.base import Billable, BilledCost, ProviderError
 from providers.local import LocalProvider
 

@@ -1,4 +1,4 @@
-"""Spot recovery (orchestrator/recovery.py): a preempted instance is verified gone, the run resumes
+"""Spot recovery (orchestrator/run/recovery.py): a preempted instance is verified gone, the run resumes
 on the next offer from the checkpoint that came home, and every attempt stays inside one cap.
 Driven through the scripted provider of tests/fakes/shelf_provider.py with the real trainer; the
 providers' own preemption signals against their API fakes are in tests/test_<provider>_preemption.py."""
@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.ledger import Ledger
-from orchestrator.lifecycle import Controller
-from orchestrator.phases import is_phase
-from orchestrator.plan import LaunchError, LaunchOptions, make_plan
-from orchestrator.run_record import RunRecord
+from orchestrator.plan.launch import LaunchError, LaunchOptions, make_plan
+from orchestrator.plan.record import RunRecord
+from orchestrator.run.controller import Controller
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import is_phase
 
 PRICE = 3.6  # USD/h: 0.001 USD a second
 TRAIN = ["--max-iters", "400", "--log-interval", "10", "--eval-interval", "100000", "--eval-iters", "2",

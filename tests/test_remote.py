@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import keys
-from orchestrator.bootstrap import bootstrap, trainer_command
-from orchestrator.ledger import Ledger
-from orchestrator.remote import (
+from orchestrator.run.bootstrap import bootstrap, trainer_command
+from orchestrator.state.ledger import Ledger
+from orchestrator.transport import keys
+from orchestrator.transport.openssh import HostKeyChangedError, resolve_endpoint
+from orchestrator.transport.ssh import (
     CommandTimeoutError,
     LedgerHostKeys,
     MemoryHostKeyStore,
     SSHTransport,
     SSHUnreachableError,
 )
-from orchestrator.ssh import HostKeyChangedError, resolve_endpoint
-from orchestrator.upload import UploadTooLargeError, upload_files
+from orchestrator.transport.upload import UploadTooLargeError, upload_files
 from providers.base import SSHEndpoint
 from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401

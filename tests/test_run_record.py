@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.budget import Allowance
-from orchestrator.ledger import Ledger, LedgerError
-from orchestrator.lifecycle import Controller, write_run_evidence
-from orchestrator.phases import Phase
-from orchestrator.plan import LaunchOptions, make_plan
-from orchestrator.run_record import ORPHAN_KEY, RunRecord
+from orchestrator.money.budget import Allowance
+from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.record import ORPHAN_KEY, RunRecord
+from orchestrator.run.controller import Controller, write_run_evidence
+from orchestrator.state.ledger import Ledger, LedgerError
+from orchestrator.state.phases import Phase
 from providers.base import BillingRule
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.budgets_file import load_budgets
-from orchestrator.ledger import Ledger
-from orchestrator.plan import LaunchOptions, make_plan
+from orchestrator.money.budgets_file import load_budgets
+from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.state.ledger import Ledger
 from providers.base import (
     NOT_FOUND,
     PENDING,

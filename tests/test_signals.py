@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.exit_codes import Exit, by_signal
-from orchestrator.ledger import Ledger, Run
-from orchestrator.phases import is_phase
+from orchestrator.state.endings import Exit, by_signal
+from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.phases import is_phase
 from providers.local import LocalProvider, pgid_alive
 from tests.e2e_helpers import wait_for
 from tests.test_launch_local import REPO, gpurun
@@ -28,7 +28,7 @@ FOREVER = ["sh", "-c", "sleep 100000"]
 
 def popen_launch(cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "launch", "--yes", *args],
+        [sys.executable, "-m", "orchestrator.cli.main", "launch", "--yes", *args],
         cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

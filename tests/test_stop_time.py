@@ -1,4 +1,4 @@
-"""orchestrator.stop_time: work on the instance ends by its time limit, saying what it was doing."""
+"""orchestrator.run.stop_time: work on the instance ends by its time limit, saying what it was doing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator.errors import RunFailed
-from orchestrator.stop_time import CutOff, Steps, hint_for, within
+from orchestrator.run.stop_time import CutOff, Steps, hint_for, within
 
 
 def test_work_done_in_time_gives_its_result() -> None:

@@ -1,4 +1,4 @@
-"""`gpurun sweep` on the `local` provider: each orphan is ended through orchestrator.teardown and leaves
+"""`gpurun sweep` on the `local` provider: each orphan is ended through orchestrator.run.teardown and leaves
 a shutdown proof chained into the ledger (`gpurun evidence --check-chain` counts it)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from orchestrator.cli import main
-from orchestrator.ledger import Ledger
-from orchestrator.proof import build_proof, sha256_bytes, write_proof
+from orchestrator.cli.main import main
+from orchestrator.proof.shutdown import build_proof, sha256_bytes, write_proof
+from orchestrator.state.ledger import Ledger
 from providers.base import InstanceSpec
 from providers.local import LocalProvider, pgid_alive
 
@@ -28,7 +28,7 @@ def make_orphan(run_id: str) -> tuple[str, int]:
     provider = LocalProvider()
     inst = provider.create(InstanceSpec(run_id=run_id, offer=provider.offers()[0]))
     sandbox = Path(inst.raw["sandbox"])
-    # The same detach as the local transport's jobs (orchestrator/transport.py detached_script):
+    # The same detach as the local transport's jobs (orchestrator/transport/protocol.py detached_script):
     # setsid makes the job lead its own session, so its pid is its process-group id.
     pid_file = sandbox / "job.pid"
     subprocess.run(["sh", "-c", f"setsid nohup sleep 600 >/dev/null 2>&1 </dev/null & echo $! > {pid_file}"],

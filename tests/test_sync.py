@@ -13,10 +13,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from orchestrator import keys, sync
-from orchestrator.remote import MemoryHostKeyStore, SSHTransport
-from orchestrator.ssh import HostKeyChangedError, SSHOptions
-from orchestrator.sync import Syncer, SyncError, pull_outputs
+from orchestrator.transport import keys
+from orchestrator.transport import pull as sync
+from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions
+from orchestrator.transport.pull import Syncer, SyncError, pull_outputs
+from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
 from tests.fixtures.sshd import SSHServer, sshd, sshd_fn  # noqa: F401
 
 
@@ -130,7 +131,7 @@ def test_drop_mid_sync_is_retried_and_checkpoint_arrives_whole(sshd_fn: SSHServe
 
     th = threading.Thread(target=drop)
     th.start()
-    with caplog.at_level(logging.WARNING, logger="orchestrator.sync"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.transport.pull"):
         r = pull_outputs(str(root), home, opts, extra_rsync_args=["--bwlimit=1500"])
     th.join()
     assert any("retrying" in m for m in caplog.messages), "the drop did not happen mid-sync"

@@ -1,4 +1,4 @@
-"""orchestrator.teardown.end: request -> verify -> record, against a provider that lies, refuses or races."""
+"""orchestrator.run.teardown.end: request -> verify -> record, against a provider that lies, refuses or races."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import teardown as td
-from orchestrator.ledger import Ledger
-from orchestrator.lifecycle import Controller
-from orchestrator.phases import is_phase
-from orchestrator.plan import LaunchOptions, make_plan
+from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.run import teardown as td
+from orchestrator.run.controller import Controller
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import is_phase
 from providers.base import Instance, Offer, Provider, ProviderError
 
 

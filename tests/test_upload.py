@@ -1,4 +1,4 @@
-"""The one upload rule (orchestrator/upload.py): what it ships, and that both transports ship exactly that."""
+"""The one upload rule (orchestrator/transport/upload.py): what it ships, and that both transports ship exactly that."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import keys
-from orchestrator.ledger import Ledger
-from orchestrator.local_transport import LocalTransport
-from orchestrator.remote import MemoryHostKeyStore, SSHTransport
-from orchestrator.upload import excluded, upload_files
+from orchestrator.state.ledger import Ledger
+from orchestrator.transport import keys
+from orchestrator.transport.local import LocalTransport
+from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
+from orchestrator.transport.upload import excluded, upload_files
 from providers.local import LocalProvider
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 from tests.test_launch_local import gpurun

@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import keys
-from orchestrator.local_transport import LocalTransport
-from orchestrator.remote import MemoryHostKeyStore, SSHTransport
-from orchestrator.watchdog import (
+from orchestrator.run.watchdog import (
     disarm_watchdog,
     heartbeat,
     heartbeat_interval_s,
@@ -24,6 +21,9 @@ from orchestrator.watchdog import (
     read_reason,
     set_pre_job,
 )
+from orchestrator.transport import keys
+from orchestrator.transport.local import LocalTransport
+from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
 from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 

@@ -3,7 +3,7 @@ under test, on this machine (the sandboxes of the `local` provider are its insta
 
 This is not a model of a cloud's API (tests/fakes/runpod_api.py and datacrunch_api.py are, and the
 e2e fallback tests run against those); it scripts the outcomes the providers report through the
-interface of providers/base.py, so that every path of orchestrator.provisioning can be driven:
+interface of providers/base.py, so that every path of orchestrator.run.provisioning can be driven:
 
     GPURUN_PROVIDERS="shelf=tests.fakes.shelf_provider:ShelfProvider"
     GPURUN_SHELF='[{"gpu": "A", "region": "r1", "usd_per_hour": 3.6, "boot": "no_capacity"}, ...]'

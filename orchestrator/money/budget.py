@@ -1,0 +1,313 @@
+"""The money maths: what `--max-usd N` buys, the deadline, and the account caps.
+
+budgets.yaml itself is read and validated by `orchestrator.money.budgets_file`; this module only computes.
+- `allowance_for` turns a budget and a live price into a deadline under the provider's billing rule:
+  the instance is verified gone by `deadline_epoch`; the guard starts stopping the job at
+  `stop_at_epoch` = deadline - reserve; a budget that leaves less than the minimum useful training
+  time is refused with what it buys and what would be needed.
+- `reserve` holds the run's whole budget against the daily/monthly (and per-provider) caps, in one
+  ledger transaction, like a card hold; `settle` replaces the hold by the actual cost.
+
+See docs/BUDGET.md for the user-facing semantics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from orchestrator.money.budgets_file import BudgetError, Budgets
+from orchestrator.state.ledger import Ledger, LedgerError
+from providers.base import BillingRule
+
+_EPS_USD = 1e-9  # float slack when comparing money (0.1 + 0.2 style noise), far below a cent
+
+# ---- deadline maths ---------------------------------------------------------------------------
+
+
+def _check_price(usd_per_hour: float) -> float:
+    if isinstance(usd_per_hour, bool) or not isinstance(usd_per_hour, (int, float)) \
+            or not math.isfinite(usd_per_hour) or usd_per_hour < 0:
+        raise BudgetError(f"price {usd_per_hour!r} USD/h is not a finite number >= 0: check the offer or --usd-per-hour")
+    return float(usd_per_hour)
+
+
+def max_runtime_s(max_usd: float, usd_per_hour: float, rule: BillingRule) -> float:
+    """The longest runtime whose billed cost under `rule` stays <= max_usd (inf when the price is 0).
+
+    Exact under the increment and the minimum: billing rounds a runtime up to a whole number of
+    increments (and at least the minimum), so the answer is the largest multiple of the increment
+    that is affordable, or 0 when even the minimum charge is not.
+    """
+    price = _check_price(usd_per_hour)
+    if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)) or math.isnan(max_usd) or max_usd < 0:
+        raise BudgetError(f"budget {max_usd!r} USD is not a number >= 0: pass a positive --max-usd")
+    if price == 0:
+        return math.inf
+    inc = max(1, int(rule.increment_s))
+    affordable = max_usd * 3600.0 / price
+    # Round the seconds a hair before flooring: 0.02 USD at 1.2 USD/h is 60 s, not 59.999... s.
+    steps = math.floor(round(affordable / inc, 9))
+    runtime = steps * inc
+    while runtime > 0 and rule.cost(runtime, price) > max_usd + _EPS_USD:
+        runtime -= inc  # guard against rounding making a step one too many
+    if runtime <= 0 or rule.billed_seconds(runtime) > runtime:
+        return 0.0  # the minimum charge alone is more than the budget
+    return float(runtime)
+
+
+def _fmt_s(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "unlimited time"
+    s = int(round(seconds))
+    if s < 120:
+        return f"{s} s"
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if not h:
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def _fmt_price(usd_per_hour: float) -> str:
+    return f"{usd_per_hour:.2f}" if usd_per_hour >= 0.1 else f"{usd_per_hour:.4g}"
+
+
+def _ceil_cents(usd: float) -> float:
+    return math.ceil(round(usd * 100, 6)) / 100
+
+
+@dataclass
+class Allowance:
+    """What `--max-usd N` allows under the provider's billing rule: how long the instance may bill,
+    and, once the clock starts at the create call, the deadline and the guard's stop time."""
+
+    provider: str
+    max_usd: float
+    usd_per_hour: float
+    billing: BillingRule
+    reserve_s: float
+    min_runtime_s: float
+    max_runtime_s: float  # longest runtime whose billed cost <= max_usd, bounded by max_runtime_h
+    clock_start_epoch: float  # the create call: billing starts here, not at SSH
+    deadline_epoch: float  # clock_start + max_runtime_s: the instance is verified gone by then
+    stop_at_epoch: float  # deadline - reserve_s: the guard starts stopping the job
+    train_s: float  # stop_at - clock_start (boot time included: the clock runs during boot)
+    # What earlier attempts of this run already cost (offer fallback: boots that failed, each
+    # verified gone). The attempt this allowance is for may spend max_usd - spent_before_usd.
+    spent_before_usd: float = 0.0
+
+    def cost_at(self, elapsed_s: float) -> float:
+        """The run's billed cost `elapsed_s` seconds after this attempt's clock started, earlier
+        attempts included: THE cost function."""
+        return self.spent_before_usd + self.attempt_cost_at(elapsed_s)
+
+    def attempt_cost_at(self, elapsed_s: float) -> float:
+        """What this attempt alone has cost after `elapsed_s` seconds (its billing rule and price)."""
+        return self.billing.cost(elapsed_s, self.usd_per_hour)
+
+    def with_clock_start(self, epoch: float) -> Allowance:
+        """The same allowance with the clock started at `epoch`: the one place the deadline and the
+        stop time are computed (at plan time for the preview, at the create call for real)."""
+        return replace(
+            self,
+            clock_start_epoch=epoch,
+            deadline_epoch=epoch + self.max_runtime_s,
+            stop_at_epoch=epoch + self.max_runtime_s - self.reserve_s,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "max_usd": self.max_usd,
+            "usd_per_hour": self.usd_per_hour,
+            "billing": {
+                "increment_s": self.billing.increment_s,
+                "minimum_s": self.billing.minimum_s,
+                "source": self.billing.source,
+            },
+            "reserve_s": self.reserve_s,
+            "min_runtime_s": self.min_runtime_s,
+            "max_runtime_s": self.max_runtime_s,
+            "clock_start_epoch": self.clock_start_epoch,
+            "deadline_epoch": self.deadline_epoch,
+            "stop_at_epoch": self.stop_at_epoch,
+            "train_s": self.train_s,
+            "spent_before_usd": self.spent_before_usd,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Allowance:
+        b = data["billing"]
+        billing = b if isinstance(b, BillingRule) else BillingRule(
+            increment_s=int(b["increment_s"]), minimum_s=int(b["minimum_s"]), source=str(b.get("source", ""))
+        )
+        return cls(
+            provider=str(data["provider"]),
+            max_usd=float(data["max_usd"]),
+            usd_per_hour=float(data["usd_per_hour"]),
+            billing=billing,
+            reserve_s=float(data["reserve_s"]),
+            min_runtime_s=float(data["min_runtime_s"]),
+            max_runtime_s=float(data["max_runtime_s"]),
+            clock_start_epoch=float(data["clock_start_epoch"]),
+            deadline_epoch=float(data["deadline_epoch"]),
+            stop_at_epoch=float(data["stop_at_epoch"]),
+            train_s=float(data["train_s"]),
+            spent_before_usd=float(data.get("spent_before_usd", 0.0)),
+        )
+
+
+def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
+    if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)):
+        raise BudgetError(f"--max-usd {max_usd!r} is not a number: pass a dollar amount such as --max-usd 3")
+    value = float(max_usd)
+    if math.isnan(value) or math.isinf(value):
+        raise BudgetError(f"--max-usd {max_usd} is not a finite number: pass a dollar amount such as --max-usd 3")
+    if value <= 0:
+        raise BudgetError(f"--max-usd {max_usd:g} must be more than 0: pass a positive dollar amount")
+    if value > budgets.per_run_max_usd + _EPS_USD:
+        raise BudgetError(
+            f"--max-usd {value:.2f} is above per_run_max_usd {budgets.per_run_max_usd:.2f} in {budgets.path}:"
+            " lower --max-usd or raise per_run_max_usd there"
+        )
+    return value
+
+
+def allowance_for(
+    budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None,
+    spent_before_usd: float = 0.0, spent_on: str = "failed boots",
+) -> Allowance:
+    """What the budget allows at this price, or BudgetError saying what it buys and what is needed.
+
+    `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd).
+    `spent_before_usd`: what earlier attempts of the run cost (offer fallback); this attempt may
+    spend only the rest of the cap; `spent_on` names those attempts in a refusal ("failed boots",
+    "a preempted instance")."""
+    budget = _check_max_usd(budgets, budgets.per_run_default_usd if max_usd is None else max_usd)
+    price = _check_price(usd_per_hour)
+    rule = budgets.billing_for(provider)
+    reserve_s = budgets.reserve_for(provider)
+    min_runtime_s = budgets.min_runtime_for(provider)
+    cap_s = budgets.max_runtime_h * 3600.0
+    spent = max(0.0, float(spent_before_usd))
+    left = budget - spent
+    if spent and left <= _EPS_USD:
+        raise BudgetError(f"--max-usd {budget:g}: earlier attempts of this run already cost {spent:.4f} USD,"
+                          " nothing is left for another offer")
+    bought = max_runtime_s(max(0.0, left), price, rule)
+    runtime = min(bought, cap_s)
+    train_s = runtime - reserve_s
+    if train_s < min_runtime_s:
+        need_s = min_runtime_s + reserve_s
+        if bought > cap_s:  # money is not the limit: max_runtime_h is
+            raise BudgetError(
+                f"max_runtime_h {budgets.max_runtime_h:g} in {budgets.path} allows {_fmt_s(cap_s)}; a run needs"
+                f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve: raise max_runtime_h"
+            )
+        need_usd = rule.cost(need_s, price)
+        raise_to = _ceil_cents(need_usd + spent)
+        above = (f" (above per_run_max_usd {budgets.per_run_max_usd:.2f}: raise it in {budgets.path} too)"
+                 if raise_to > budgets.per_run_max_usd + _EPS_USD else "")
+        why = ""
+        if bought == 0 and price > 0:
+            first = rule.billed_seconds(1)  # the smallest possible charge: minimum or one increment
+            what = "the minimum charge" if rule.minimum_s >= rule.increment_s else "one billing increment"
+            why = f" (less than {what} of {_fmt_s(first)})"
+        billed = rule.billed_seconds(need_s)
+        billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
+        spent_note = f" ({spent:.4f} USD already spent on {spent_on})" if spent else ""
+        raise BudgetError(
+            f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
+            f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"
+            f" raise --max-usd to at least {raise_to:.2f}{above}"
+        )
+    start = time.time() if now is None else float(now)
+    return Allowance(
+        provider=provider,
+        max_usd=budget,
+        usd_per_hour=price,
+        billing=rule,
+        reserve_s=reserve_s,
+        min_runtime_s=min_runtime_s,
+        max_runtime_s=runtime,
+        clock_start_epoch=start,
+        deadline_epoch=start,
+        stop_at_epoch=start,
+        train_s=train_s,
+        spent_before_usd=spent,
+    ).with_clock_start(start)
+
+
+# ---- account caps: holds and settlement -------------------------------------------------------
+
+
+def day_start(now: float) -> float:
+    """Local midnight at or before `now` (the daily cap's window)."""
+    d = datetime.fromtimestamp(now)
+    return d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def month_start(now: float) -> float:
+    """Local midnight of the first of the month (the monthly cap's window)."""
+    d = datetime.fromtimestamp(now)
+    return d.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def check_caps(
+    budgets: Budgets, ledger: Ledger, provider: str, max_usd: float, now: float | None = None,
+    exclude_run: str | None = None,
+) -> None:
+    """Refuse (BudgetError) if holding `max_usd` would break a daily/monthly cap; read-only."""
+    if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)) or not math.isfinite(max_usd) or max_usd < 0:
+        raise BudgetError(f"cannot hold {max_usd!r} USD: the hold must be a finite number >= 0")
+    when = time.time() if now is None else float(now)
+    pb = budgets.providers.get(provider)
+    caps: list[tuple[str, str, float | None, float, str | None]] = [
+        ("daily cap", "daily_usd", budgets.daily_usd, day_start(when), None),
+        ("monthly cap", "monthly_usd", budgets.monthly_usd, month_start(when), None),
+    ]
+    if pb is not None:
+        caps += [
+            (f"{provider} daily cap", f"providers.{provider}.daily_usd", pb.daily_usd, day_start(when), provider),
+            (f"{provider} monthly cap", f"providers.{provider}.monthly_usd", pb.monthly_usd, month_start(when), provider),
+        ]
+    for label, key, cap, since, prov in caps:
+        if cap is None:
+            continue
+        used = ledger.committed_usd(since, prov, exclude_run=exclude_run)
+        if used + max_usd > cap + _EPS_USD:
+            left = max(0.0, cap - used)
+            fix = (f"lower --max-usd to {math.floor(left * 100 + 1e-6) / 100:.2f} or less"
+                   if left >= 0.01 else "wait for the window to roll over")
+            raise BudgetError(
+                f"{label} {cap:.2f} USD: {used:.2f} already spent or held, this launch holds {max_usd:.2f}:"
+                f" {fix}, or raise {key} in {budgets.path}"
+            )
+
+
+def reserve(
+    budgets: Budgets, ledger: Ledger, run_id: str, provider: str, max_usd: float, now: float | None = None
+) -> None:
+    """Hold `max_usd` for the run against every cap, or refuse; check and hold are one transaction."""
+    when = time.time() if now is None else float(now)
+    try:
+        with ledger.transaction():
+            check_caps(budgets, ledger, provider, max_usd, when, exclude_run=run_id)
+            ledger.add_hold(run_id, provider, max_usd, at=when)
+    except LedgerError as exc:
+        raise BudgetError(str(exc)) from None
+
+
+def settle(ledger: Ledger, run_id: str, actual_usd: float) -> None:
+    """Replace the run's hold by its actual cost (call when the instance is verified gone)."""
+    if isinstance(actual_usd, bool) or not isinstance(actual_usd, (int, float)) \
+            or not math.isfinite(actual_usd) or actual_usd < 0:
+        raise BudgetError(f"cannot settle run {run_id} at {actual_usd!r} USD: the cost must be a finite number >= 0")
+    try:
+        ledger.settle(run_id, float(actual_usd))
+    except LedgerError as exc:
+        raise BudgetError(str(exc)) from None
