@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
-from orchestrator.run import controller
+from orchestrator.run import setup as run_setup
 from orchestrator.run.progress import Probe, StallWatch, parse_probe
 from orchestrator.state.endings import Ending, Exit, for_run
 from orchestrator.state.ledger import Ledger, Run
@@ -152,7 +152,7 @@ def test_a_run_that_breaks_before_its_job_ends_exits_run_failed(monkeypatch: pyt
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("no python on the instance")
 
-    monkeypatch.setattr(controller, "bootstrap", broken)
+    monkeypatch.setattr(run_setup, "bootstrap", broken)
     result = CliRunner().invoke(main, ["launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
                                        "--", "true"])
     assert result.exit_code == Exit.RUN_FAILED, result.output

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from orchestrator.run.outcome import Produced, nothing_trained, produced
-from orchestrator.state.endings import Exit, for_run
+from orchestrator.run.stop import End
+from orchestrator.state.endings import Ending, Exit, for_run
 
 
 def write(run_dir: Path, steps: int, checkpoints: int) -> None:
@@ -27,18 +28,22 @@ def test_produced_reads_steps_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_a_clean_stop_with_nothing_to_show_fails_the_run_saying_why() -> None:
-    reason = nothing_trained("deadline: budget guard", None, Produced(0, False), 52.4, 60)
+    failed = nothing_trained(End(Ending.DEADLINE, "deadline: budget guard"), None, Produced(0, False), 52.4, 60)
+    assert failed is not None
+    reason = failed.reason
     assert reason == ("run failed: nothing trained: no training step logged and no checkpoint saved before deadline:"
                       " budget guard; start-up (boot, bootstrap, data) took 52 s of the 60 s the budget buys:"
                       " raise --max-usd")
-    assert for_run(reason, None) is Exit.RUN_FAILED
-    never = nothing_trained("job ended (exit 0)", 0, Produced(0, False), None, 60)
-    assert never is not None and "the job never started" in never
+    assert for_run(failed.ending, None) is Exit.RUN_FAILED
+    never = nothing_trained(End.job_ended(0), 0, Produced(0, False), None, 60)
+    assert never is not None and "the job never started" in never.reason
 
 
 def test_anything_trained_or_another_ending_is_left_as_it_is() -> None:
-    assert nothing_trained("deadline: budget guard", None, Produced(1, False), 10, 60) is None
-    assert nothing_trained("deadline: budget guard", None, Produced(0, True), 10, 60) is None
-    for reason, code in (("job ended (exit 1)", 1), ("teardown requested (SIGTERM)", None),
-                         ("stalled: no new step for 10 min", None), ("run failed: boom", None)):
-        assert nothing_trained(reason, code, Produced(0, False), 10, 60) is None
+    deadline = End(Ending.DEADLINE, "deadline: budget guard")
+    assert nothing_trained(deadline, None, Produced(1, False), 10, 60) is None
+    assert nothing_trained(deadline, None, Produced(0, True), 10, 60) is None
+    for end, code in ((End.job_ended(1), 1), (End.noted(Ending.REQUESTED, "SIGTERM"), None),
+                      (End.because(Ending.STALLED, "no new step for 10 min"), None),
+                      (End.because(Ending.RUN_FAILED, "boom"), None)):
+        assert nothing_trained(end, code, Produced(0, False), 10, 60) is None

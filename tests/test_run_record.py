@@ -11,6 +11,8 @@ from orchestrator.money.budget import Allowance
 from orchestrator.plan.launch import LaunchOptions, make_plan
 from orchestrator.plan.record import ORPHAN_KEY, RunRecord
 from orchestrator.run.controller import Controller, write_run_evidence
+from orchestrator.run.stop import End
+from orchestrator.state.endings import Ending
 from orchestrator.state.ledger import Ledger, LedgerError
 from orchestrator.state.phases import Phase
 from providers.base import BillingRule
@@ -66,7 +68,7 @@ def test_finish_before_the_instance_is_reached_goes_straight_to_teardown(tmp_pat
     controller = _launch(tmp_path)
     controller.create_instance()
     controller.phase(Phase.BOOTING)
-    controller.finish("teardown requested (Ctrl-C)")
+    controller.finish(End.noted(Ending.REQUESTED, "Ctrl-C"))
     events = Ledger().events(controller.run.run_id)
     kinds = [e.phase for e in events]
     phases = [k for k in kinds if k in {p.value for p in Phase}]

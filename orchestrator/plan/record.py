@@ -33,6 +33,11 @@ class RunRecord:
     fallbacks: list[Offer] = field(default_factory=list)
     max_boot_usd: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # Written as the run goes: what bootstrap decided for the job on node 0 (recipe, config file,
+    # data_dir, the data command), every node of a multi-node run, and the run a `--resume` continues.
+    job: dict[str, Any] | None = None
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
 
     @classmethod
     def of_launch(cls, launch: LaunchPlan) -> RunRecord:
@@ -63,6 +68,12 @@ class RunRecord:
         }
         if self.bootstrap is not None:
             out["bootstrap"] = dict(self.bootstrap)
+        if self.job is not None:
+            out["job"] = dict(self.job)
+        if self.nodes:
+            out["nodes"] = [dict(n) for n in self.nodes]
+        if self.resumed_from is not None:
+            out["resumed_from"] = self.resumed_from
         return out
 
     @classmethod
@@ -82,6 +93,9 @@ class RunRecord:
             fallbacks=[_offer(o, allowance.billing) for o in data.get("fallbacks") or []],
             max_boot_usd=float(data.get("max_boot_usd") or 0.0),
             attempts=[dict(a) for a in data.get("attempts") or []],
+            job=dict(data["job"]) if isinstance(data.get("job"), dict) else None,
+            nodes=[dict(n) for n in data.get("nodes") or []],
+            resumed_from=data.get("resumed_from"),
         )
 
     @classmethod

@@ -1,9 +1,9 @@
-"""Multi-node runs (`gpurun launch --nodes N --gpus G`): N instances of one offer, one torchrun node each.
+"""A run's node group: nodes 0..N-1 of one offer (`gpurun launch --nodes N --gpus G`), one torchrun node each.
 
-Node 0 is the run's instance exactly as on a single-node run: its transport is the controller's, the
-guard probes its job, the periodic and final pulls come from it (rank 0 writes the logs and the
-checkpoints, and with torchrun's static rendezvous the node rank IS the group rank, so rank 0 is on
-node 0). Nodes 1..N-1 are its workers, kept here:
+A single-node run is a group of one. Node 0 is the rendezvous host: the guard probes its job, the
+periodic and final pulls come from it (rank 0 writes the logs and the checkpoints, and with
+torchrun's static rendezvous the node rank IS the group rank, so rank 0 is on node 0). Every node
+goes through the same steps (orchestrator/run/boot.py, setup.py, job.py); nodes 1..N-1, the workers, are:
 
 - created right after node 0, of the same offer, each an instance row of the run (so teardown
   terminates and verifies every one, and the proof lists every one);
@@ -34,17 +34,58 @@ from providers.base import Instance
 
 @dataclass
 class Node:
-    """A worker node (rank >= 1) of a multi-node run: its instance and, once it answers, its transport."""
+    """One node of the group: its instance and, once it answers, its transport."""
 
     rank: int
     instance: Instance
     transport: Transport | None = None
     python: str = "python3"  # the node's python that has torch (bootstrap)
-    job: dict[str, Any] = field(default_factory=dict)  # its data_dir / prepare command (lifecycle._set_up_job)
+    job: dict[str, Any] = field(default_factory=dict)  # its data_dir / prepare command (setup.set_up_job)
+
+    @property
+    def label(self) -> str:
+        """How a message names it: "instance i-1" on a single-node run's node 0, "node 1 (instance i-2)"."""
+        return f"instance {self.instance.id}" if self.rank == 0 else f"node {self.rank} (instance {self.instance.id})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "instance_id": self.instance.id, "private_ip": self.instance.private_ip,
-                "python": self.python, "job": self.job}
+        """Its entry in the run record's `nodes` (node 0's python and job are the record's own)."""
+        node = {"rank": self.rank, "instance_id": self.instance.id, "private_ip": self.instance.private_ip}
+        return node if self.rank == 0 else {**node, "python": self.python, "job": self.job}
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+@dataclass
+class NodeGroup:
+    """Nodes 0..N-1 (empty until node 0 is created, or reconnected from the ledger)."""
+
+    nodes: list[Node] = field(default_factory=list)
+    gpu_count: int = 0  # GPUs per node (bootstrap found them on node 0; the nodes are one offer)
+    failed_exit: int | None = None  # a worker's job that failed first: the run's job exit status
+
+    @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def workers(self) -> list[Node]:
+        return self.nodes[1:]
+
+    def transports(self) -> list[Transport]:
+        return [n.transport for n in self.nodes if n.transport is not None]
+
+    def instance_ids(self) -> list[str]:
+        return [n.instance.id for n in self.nodes]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [n.to_dict() for n in self.nodes]
 
 
 def worker_root(run_id: str, rank: int) -> str:

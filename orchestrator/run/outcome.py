@@ -12,7 +12,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.state.endings import Ending, ending_of
+from orchestrator.run.context import RunContext
+from orchestrator.run.stop import End
+from orchestrator.state.endings import Ending
+from orchestrator.state.phases import Phase
 
 
 @dataclass(frozen=True)
@@ -44,18 +47,33 @@ def produced(run_dir: Path) -> Produced:
     return Produced(steps, checkpoint)
 
 
-def nothing_trained(end_reason: str | None, job_exit_code: int | None, got: Produced,
-                    started_after_s: float | None, budget_s: float) -> str | None:
-    """The run's end reason when it ended "cleanly" (the stop time, or the job's exit 0) with nothing
-    to show, else None. `started_after_s`: from the create call to the job's start (None: it never
+def nothing_trained(end: End, job_exit_code: int | None, got: Produced,
+                    started_after_s: float | None, budget_s: float) -> End | None:
+    """The run's end when it ended "cleanly" (the stop time, or the job's exit 0) with nothing to
+    show, else None. `started_after_s`: from the create call to the job's start (None: it never
     started); `budget_s`: the billed time the cap buys."""
-    ending = ending_of(end_reason)
-    clean = ending is Ending.DEADLINE or (ending is Ending.JOB_ENDED and job_exit_code == 0)
+    clean = end.ending is Ending.DEADLINE or (end.ending is Ending.JOB_ENDED and job_exit_code == 0)
     if not clean or not got.nothing:
         return None
     if started_after_s is None:
         why = "the job never started"
     else:
         why = f"start-up (boot, bootstrap, data) took {started_after_s:.0f} s of the {budget_s:.0f} s the budget buys"
-    return (f"{Ending.RUN_FAILED}: nothing trained: no training step logged and no checkpoint saved before"
-            f" {end_reason}; {why}: raise --max-usd")
+    return End.because(Ending.RUN_FAILED, "nothing trained: no training step logged and no checkpoint saved"
+                       f" before {end.reason}; {why}: raise --max-usd")
+
+
+def judge_outputs(ctx: RunContext) -> None:
+    """A bundled-trainer run that stopped "cleanly" with no step logged and no checkpoint saved
+    failed: its end says so, and why (a `nothing_trained` event beside it)."""
+    run = ctx.refresh()
+    if run.ending is None or run.end_reason is None:
+        return
+    started = [e.time for e in ctx.ledger.events(run.run_id) if e.phase == Phase.RUNNING.value]
+    after = started[-1] - run.clock_start_epoch if started and run.clock_start_epoch else None
+    failed = nothing_trained(End(run.ending, run.end_reason), run.job_exit_code, produced(ctx.run_dir), after,
+                             ctx.allowance.max_runtime_s)
+    if failed is not None:
+        ctx.ledger.update_run(run.run_id, end_reason=failed.reason, ending=failed.ending)
+        ctx.event("nothing_trained", reason=failed.reason)
+        ctx.refresh()

@@ -18,63 +18,29 @@ never waited on for free.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from orchestrator.errors import BootFailed, RunFailed
-from orchestrator.money.budget import Allowance, max_runtime_s
+from orchestrator.money import budget as budget_mod
+from orchestrator.money.budget import max_runtime_s
 from orchestrator.money.budgets_file import BudgetError
 from orchestrator.plan.launch import offer_label
-from orchestrator.plan.record import RunRecord
 from orchestrator.run import teardown as teardown_mod
-from orchestrator.state.ledger import Ledger, Run
-from providers.base import Instance, NoCapacityError, Offer, Provider
-
-
-class Controller(Protocol):
-    """What provisioning needs of orchestrator.run.controller.Controller (which imports this module)."""
-
-    ledger: Ledger
-    provider: Provider
-    run: Run
-    record: RunRecord
-    offer: Offer
-    allowance: Allowance
-    instance: Instance | None
-
-    def switch_offer(self, offer: Offer, remaining: list[Offer], spent_usd: float, spent_on: str) -> None: ...
-    def create_instance(self) -> Instance: ...
-    def create_workers(self) -> None: ...
-    def attempt_instance_ids(self) -> list[str]: ...
-    def boot_and_connect(self, instance: Instance, until: float) -> None: ...
-    def record_failed_attempt(self, attempt: dict[str, Any]) -> None: ...
+from orchestrator.run.attempts import Attempt, Cause, attempts_usd, failed_boots_usd, spent_on
+from orchestrator.run.boot import boot_and_connect, create_head, create_workers
+from orchestrator.run.context import RunContext
+from orchestrator.run.nodes import NodeGroup
+from providers.base import Instance, NoCapacityError, Offer
 
 MAX_BOOT_S = 900.0  # one attempt that has not come up in 15 minutes is stuck, whatever the budget
 
 
-def failed_boots_usd(attempts: list[dict[str, Any]]) -> float:
-    """What boots that never came up cost (a preempted attempt did boot: it is not counted here)."""
-    return sum(float(a.get("cost_usd") or 0.0) for a in attempts if a.get("cause", "boot") == "boot")
-
-
-def attempts_usd(attempts: list[dict[str, Any]]) -> float:
-    """What every earlier attempt of the run cost: failed boots and preempted instances."""
-    return sum(float(a.get("cost_usd") or 0.0) for a in attempts)
-
-
-def spent_on(attempts: list[dict[str, Any]]) -> str:
-    """What the earlier attempts were, in words, for a refusal: "failed boots", "a preempted instance"."""
-    boots = sum(1 for a in attempts if a.get("cause", "boot") == "boot")
-    lost = len(attempts) - boots
-    words = ([("a failed boot" if boots == 1 else "failed boots")] if boots else []) + \
-        ([("a preempted instance" if lost == 1 else "preempted instances")] if lost else [])
-    return " and ".join(words) or "earlier attempts"
-
-
-def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
-    """How long this attempt may take to come up: what its share of the boot budget left buys at
-    its price. An attempt with offers after it takes half of what is left (a stuck boot must not
-    leave the next offers no window); the last one may use all of it."""
-    allowance = ctl.allowance
+def boot_window_s(ctx: Any, boot_left_usd: float, last: bool) -> float:
+    """How long this attempt may take to come up (`ctx`: anything with the attempt's `allowance`):
+    what its share of the boot budget left buys at its price. An attempt with offers after it takes
+    half of what is left (a stuck boot must not leave the next offers no window); the last one may
+    use all of it."""
+    allowance = ctx.allowance
     share = max(0.0, boot_left_usd) * (1.0 if last else 0.5)
     bought = max_runtime_s(share, allowance.usd_per_hour, allowance.billing)
     # The create already incurred the smallest charge (the minimum, or one whole increment):
@@ -82,70 +48,83 @@ def boot_window_s(ctl: Controller, boot_left_usd: float, last: bool) -> float:
     return min(MAX_BOOT_S, max(bought, float(allowance.billing.billed_seconds(1))))
 
 
-def provision(ctl: Controller, resume: bool = False) -> Instance:
-    """The run's instance, created and reachable; RunFailed naming every offer tried when none came up.
+def switch_offer(ctx: RunContext, offer: Offer, remaining: list[Offer]) -> None:
+    """Make `offer` the run's current one: its allowance is what is left of the cap after the
+    earlier attempts (BudgetError when that buys too little at its price)."""
+    attempts = ctx.record.attempts
+    allowance = budget_mod.allowance_for(ctx.budgets, ctx.provider.name, ctx.run.max_usd,
+                                         ctx.options.group_usd_per_hour(offer), spent_before_usd=attempts_usd(attempts),
+                                         spent_on=spent_on(attempts))
+    offer.billing = allowance.billing
+    ctx.record.offer, ctx.record.allowance, ctx.record.fallbacks = offer, allowance, list(remaining)
+    ctx.save_record()
+
+
+def record_attempt(ctx: RunContext, attempt: Attempt) -> None:
+    """A failed attempt joins the run record (the proof carries it) and the run's events."""
+    entry = attempt.to_dict()
+    ctx.record.attempts.append(entry)
+    ctx.save_record("attempts")
+    ctx.event("attempt_failed", **entry)
+    ctx.report(ctx.status(message=f"attempt {attempt.number} failed: {attempt.reason}"))
+
+
+def provision(ctx: RunContext, group: NodeGroup, resume: bool = False) -> Instance:
+    """The run's node group, created and reachable; RunFailed naming every offer tried when none came up.
 
     resume: after a preemption (orchestrator.run.recovery): the current offer is tried again first,
     with what is left of the cap after every earlier attempt."""
-    candidates = [ctl.offer, *ctl.record.fallbacks]
+    candidates = [ctx.offer, *ctx.record.fallbacks]
     failures: list[str] = []
     for n, offer in enumerate(candidates, 1):
         if n > 1 or resume:
             try:
-                ctl.switch_offer(offer, remaining=candidates[n:], spent_usd=attempts_usd(ctl.record.attempts),
-                                spent_on=spent_on(ctl.record.attempts))
+                switch_offer(ctx, offer, remaining=candidates[n:])
             except BudgetError as exc:
                 failures.append(f"{n}. {offer_label(offer)}: not tried: {exc}")
                 break
-        boot_left = ctl.record.max_boot_usd - failed_boots_usd(ctl.record.attempts)
+        boot_left = ctx.record.max_boot_usd - failed_boots_usd(ctx.record.attempts)
         if boot_left <= 0:
             failures.append(f"{n}. {offer_label(offer)}: not tried: failed boots used the"
-                            f" {ctl.record.max_boot_usd:.4f} USD of --max-boot-usd")
+                            f" {ctx.record.max_boot_usd:.4f} USD of --max-boot-usd")
             break
-        reason = _attempt(ctl, n, offer, boot_left, last=n == len(candidates))
+        reason = _attempt(ctx, group, offer, boot_left, last=n == len(candidates))
         if reason is None:
-            assert ctl.instance is not None
-            return ctl.instance
+            return group.head.instance
         failures.append(f"{n}. {offer_label(offer)}: {reason}")
     if resume:  # after a preemption: the lost instance booted; what stops the resume is the rest of the cap
         raise RunFailed("no offer to resume on: " + "; ".join(failures)
                         + ". Each instance was verified gone; the checkpoint is home: `gpurun launch --resume"
-                        f" {ctl.run.run_id} --max-usd N` continues from it")
+                        f" {ctx.run_id} --max-usd N` continues from it")
     raise RunFailed("no offer came up: " + "; ".join(failures)
                     + ". Each attempt was verified gone; try later, another --gpu, or raise --max-boot-usd")
 
 
-def _attempt(ctl: Controller, n: int, offer: Offer, boot_left_usd: float, last: bool) -> str | None:
-    """One offer: None when its instance is up and reachable, else why not (its instance verified gone)."""
+def _attempt(ctx: RunContext, group: NodeGroup, offer: Offer, boot_left_usd: float, last: bool) -> str | None:
+    """One offer: None when every node is up and reachable, else why not (each node verified gone)."""
     created_at = time.time()
+    number = len(ctx.record.attempts) + 1
     try:
-        instance = ctl.create_instance()
+        instance = create_head(ctx, group)
     except NoCapacityError as exc:
-        _record(ctl, n, offer, None, f"no capacity: {exc}", created_at, time.time(), 0.0)
+        record_attempt(ctx, Attempt(number, Cause.BOOT, offer, None, f"no capacity: {exc}", created_at, time.time(), 0.0))
         return f"no capacity: {exc}"
-    until = min(created_at + boot_window_s(ctl, boot_left_usd, last), ctl.run.stop_at_epoch or created_at + MAX_BOOT_S)
+    until = min(created_at + boot_window_s(ctx, boot_left_usd, last), ctx.run.stop_at_epoch or created_at + MAX_BOOT_S)
     try:
-        ctl.create_workers()  # a multi-node run's other nodes, created together with node 0
-        ctl.boot_and_connect(instance, until)
+        create_workers(ctx, group)  # a multi-node run's other nodes, created together with node 0
+        boot_and_connect(ctx, group, until)
         return None
     except BootFailed as exc:
         reason = str(exc)
     # Every node of the attempt goes, not only the one that failed (no worker is left billing).
-    retired = teardown_mod.retire_all(ctl.ledger, ctl.provider, ctl.run.run_id, ctl.attempt_instance_ids())
+    group.close()
+    retired = teardown_mod.retire_all(ctx.ledger, ctx.provider, ctx.run_id, group.instance_ids())
     gone_at = max(r.verified_at for r in retired)
-    cost = ctl.allowance.attempt_cost_at(gone_at - created_at)
+    cost = ctx.allowance.attempt_cost_at(gone_at - created_at)
     final = retired[0].final_describe if len(retired) == 1 else [r.final_describe for r in retired]
-    _record(ctl, n, offer, instance.id, reason, created_at, gone_at, cost,
-            terminate_requests=[q.__dict__ for r in retired for q in r.requests], final_describe=final,
-            **({"instance_ids": [r.instance_id for r in retired]} if len(retired) > 1 else {}))
+    evidence: dict[str, Any] = {"terminate_requests": [q.__dict__ for r in retired for q in r.requests],
+                                "final_describe": final}
+    if len(retired) > 1:
+        evidence["instance_ids"] = [r.instance_id for r in retired]
+    record_attempt(ctx, Attempt(number, Cause.BOOT, offer, instance.id, reason, created_at, gone_at, cost, evidence))
     return f"{reason} (verified gone, {cost:.4f} USD)"
-
-
-def _record(ctl: Controller, n: int, offer: Offer, instance_id: str | None, reason: str,
-            created_at: float, gone_at: float, cost_usd: float, **evidence: Any) -> None:
-    attempt = {
-        "attempt": len(ctl.record.attempts) + 1, "cause": "boot", "offer": offer_label(offer), "instance_type": offer.instance_type, "region": offer.region,
-        "usd_per_hour": offer.total_usd_per_hour, "instance_id": instance_id, "reason": reason,
-        "created_at": created_at, "gone_at": gone_at, "cost_usd": cost_usd, **evidence,
-    }
-    ctl.record_failed_attempt(attempt)

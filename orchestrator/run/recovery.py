@@ -26,83 +26,59 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator.errors import RunFailed
-from orchestrator.plan.launch import LaunchError, LaunchOptions, offer_label
+from orchestrator.plan.launch import LaunchError, LaunchOptions
 from orchestrator.plan.record import RunRecord, is_orphan
-from orchestrator.run import provisioning
 from orchestrator.run import teardown as teardown_mod
+from orchestrator.run.attempts import Attempt, Cause
+from orchestrator.run.context import RunContext
+from orchestrator.run.nodes import NodeGroup
+from orchestrator.run.provisioning import provision, record_attempt
+from orchestrator.run.stop import End
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.protocol import Transport
-from orchestrator.transport.pull import Syncer
-from providers.base import Instance
 from trainer.manifest import MANIFEST_NAME, latest_valid
 
 
-class Controller(provisioning.Controller):
-    """What recovery needs of orchestrator.run.controller.Controller (which imports this module)."""
+@dataclass
+class Checkpoint:
+    """The newest complete checkpoint at home and its manifest entry."""
 
-    syncer: Syncer | None
-    transport: Transport | None
-
-    def instance_ids(self) -> list[str]: ...
-    def sync_now(self) -> object: ...
-    def record_end(self, reason: str) -> None: ...
-    def bootstrap_instance(self, instance: Instance) -> None: ...
-    def start_after_bootstrap(self) -> None: ...
+    path: Path
+    entry: dict[str, object]
 
 
-def home_checkpoint(run_dir: Path) -> tuple[Path, dict[str, object]] | None:
+def home_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest checkpoint at home that verifies, and its manifest entry (None: none came home)."""
     entry, _ = latest_valid(run_dir / "out" / "checkpoints")
     if entry is None:
         return None
-    return run_dir / "out" / "checkpoints" / entry.file, entry.__dict__
+    return Checkpoint(run_dir / "out" / "checkpoints" / entry.file, entry.__dict__)
 
 
-def resume_after_preemption(ctl: Controller, reason: str) -> bool:
-    """Steps 1-4 of the module's docstring. False (the end reason recorded) when the run cannot go on."""
-    run_id = ctl.run.run_id
-    lost = ctl.instance_ids()[-1]
-    ctl.ledger.record_event(run_id, "preempted", instance_id=lost, reason=reason)
-    if ctl.syncer is not None:
-        ctl.syncer.stop()
-    if ctl.transport is not None:
-        # After a notice the machine still answers for a moment: the checkpoint the job just wrote
-        # comes home first (a reclaimed machine does not answer: what the periodic pulls brought stays).
-        try:
-            ctl.sync_now()
-        except Exception as exc:  # noqa: BLE001 - best effort: the instance may be gone already
-            ctl.ledger.record_event(run_id, "error", message=f"sync before resuming: {type(exc).__name__}: {exc}")
-        ctl.transport.close()
-        ctl.transport = None
-    started = ctl.run.clock_start_epoch or time.time()
-    retired = teardown_mod.retire(ctl.ledger, ctl.provider, run_id, lost)
-    cost = ctl.allowance.attempt_cost_at(retired.verified_at - started)
-    ctl.record_failed_attempt({
-        "attempt": len(ctl.record.attempts) + 1, "cause": "preempted", "offer": offer_label(ctl.offer),
-        "instance_type": ctl.offer.instance_type, "region": ctl.offer.region,
-        "usd_per_hour": ctl.offer.total_usd_per_hour, "instance_id": lost, "reason": reason,
-        "created_at": started, "gone_at": retired.verified_at, "cost_usd": cost,
-        "terminate_requests": [r.__dict__ for r in retired.requests], "final_describe": retired.final_describe,
-    })
-    keep_attempt_logs(Path(ctl.run.run_dir), len(ctl.record.attempts))
-    checkpoint = home_checkpoint(Path(ctl.run.run_dir))
+def reprovision(ctx: RunContext, group: NodeGroup, end: End) -> Checkpoint | End | None:
+    """Steps 1-3 of the module's docstring, the lost group already closed and its last outputs
+    pulled by the controller: the lost instance retired and counted, its logs kept, a new group
+    provisioned. The checkpoint to resume from (None: none came home), or the End of a run that
+    cannot go on."""
+    lost = ctx.ledger.instances(ctx.run_id)[-1].instance_id
+    ctx.event("preempted", instance_id=lost, reason=end.reason)
+    started = ctx.run.clock_start_epoch or time.time()
+    retired = teardown_mod.retire(ctx.ledger, ctx.provider, ctx.run_id, lost)
+    record_attempt(ctx, Attempt(len(ctx.record.attempts) + 1, Cause.PREEMPTED, ctx.offer, lost, end.reason, started,
+                                retired.verified_at, ctx.allowance.attempt_cost_at(retired.verified_at - started),
+                                {"terminate_requests": [r.__dict__ for r in retired.requests],
+                                 "final_describe": retired.final_describe}))
+    keep_attempt_logs(ctx.run_dir, len(ctx.record.attempts))
+    checkpoint = home_checkpoint(ctx.run_dir)
     try:
-        instance = provisioning.provision(ctl, resume=True)
+        provision(ctx, group, resume=True)
     except RunFailed as exc:
-        ctl.record_end(f"{reason}; not resumed: {exc}")
-        return False
-    ctl.bootstrap_instance(instance)
-    if checkpoint is not None:
-        push_checkpoint(ctl, *checkpoint)
-    ctl.ledger.record_event(run_id, "resuming", instance_id=instance.id,
-                            checkpoint=None if checkpoint is None else checkpoint[0].name,
-                            step=None if checkpoint is None else checkpoint[1]["step"])
-    ctl.start_after_bootstrap()
-    return True
+        return end.then(f"not resumed: {exc}")
+    return checkpoint
 
 
 def keep_attempt_logs(run_dir: Path, attempt: int | str) -> None:
@@ -115,13 +91,13 @@ def keep_attempt_logs(run_dir: Path, attempt: int | str) -> None:
             path.rename(path.with_name(f"{path.stem}.{tag}{path.suffix}"))
 
 
-def push_checkpoint(ctl: Controller, path: Path, entry: dict[str, object]) -> None:
+def push_checkpoint(transport: Transport, checkpoint: Checkpoint) -> None:
     """The checkpoint and a manifest naming only it, to the new instance's out/checkpoints."""
-    assert ctl.transport is not None
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / MANIFEST_NAME
-        manifest.write_text(json.dumps({"latest": entry["file"], "checkpoints": [entry]}, indent=2))
-        ctl.transport.push_files([path, manifest], "out/checkpoints")  # the manifest last: the file is whole
+        manifest.write_text(json.dumps({"latest": checkpoint.entry["file"], "checkpoints": [checkpoint.entry]},
+                                       indent=2))
+        transport.push_files([checkpoint.path, manifest], "out/checkpoints")  # the manifest last: the file is whole
 
 
 # ---- gpurun launch --resume RUN -------------------------------------------------------------------
@@ -143,15 +119,14 @@ def resume_options(ledger: Ledger, run_ref: str, max_usd: float | None, max_boot
     return replace(old, max_usd=max_usd, max_boot_usd=max_boot_usd, resume_run=run.run_id)
 
 
-def resume_earlier_run(ctl: Controller) -> None:
+def resume_earlier_run(ctx: RunContext, transport: Transport) -> None:
     """A `--resume RUN` launch, its instance bootstrapped: the earlier run's logs kept under its id,
     and its last checkpoint pushed, so the trainer starts from that step."""
-    earlier = ctl.run.plan.get("resumed_from") or ""
-    keep_attempt_logs(Path(ctl.run.run_dir), earlier)
-    checkpoint = home_checkpoint(Path(ctl.run.run_dir))
+    earlier = ctx.record.resumed_from or ""
+    keep_attempt_logs(ctx.run_dir, earlier)
+    checkpoint = home_checkpoint(ctx.run_dir)
     if checkpoint is None:
-        raise RunFailed(f"the checkpoint of run {earlier} is gone from {ctl.run.run_dir}: nothing to resume from")
-    push_checkpoint(ctl, *checkpoint)
-    ctl.ledger.record_event(ctl.run.run_id, "resuming", resumed_from=earlier, checkpoint=checkpoint[0].name,
-                            step=checkpoint[1]["step"])
+        raise RunFailed(f"the checkpoint of run {earlier} is gone from {ctx.run_dir}: nothing to resume from")
+    push_checkpoint(transport, checkpoint)
+    ctx.event("resuming", resumed_from=earlier, checkpoint=checkpoint.path.name, step=checkpoint.entry["step"])
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from orchestrator.errors import RunFailed
+from orchestrator.run.nodes import Node
 
 T = TypeVar("T")
 WAIT_SLICE_S = 0.5  # how often the waiting thread looks at the clock (and lets a signal in)
@@ -65,3 +66,13 @@ def within(until_epoch: float, phase: str, steps: Steps, work: Callable[[], T]) 
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
+
+
+def cut_at(node: Node, phase: str, steps: Steps, work: Callable[[], T], until_epoch: float) -> T:
+    """`work` (the node's transport only: no ledger) cut off at `until_epoch` (CutOff); a cut
+    abandons the node's transport, which the teardown then no longer uses."""
+    try:
+        return within(until_epoch, phase, steps, work)
+    except CutOff:
+        node.close()
+        raise

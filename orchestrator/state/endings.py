@@ -30,6 +30,7 @@ class Ending(str, Enum):
     REQUESTED = "teardown requested"  # `gpurun teardown`, Ctrl-C, SIGTERM
     LOST = "lost the instance"  # the guard could not watch it any more
     RUN_FAILED = "run failed"  # create, boot, SSH or bootstrap failed
+    DATA_FAILED = "data preparation failed"  # the recipe's data phase exited non-zero (its log: data.log)
     RESUMED = "guard resumed"  # a guard finished a run whose controller died mid-way
     PREEMPTED = "preempted"  # the provider took the (spot) instance back and the run could not resume
 

@@ -1,0 +1,135 @@
+"""One run's facts and its record-keeping, shared by the controller and the strategies it calls.
+
+The ledger's row (`run`) and the typed record (`record`, kept in the row's plan) are the one place
+each fact lives: the current offer and allowance are the record's, the clock and the stop time the
+row's. Every phase is written to the ledger BEFORE its action is taken (write-ahead), so a
+controller killed at any point leaves enough behind for `gpurun teardown` or a detached guard.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.money.budgets_file import BudgetError, Budgets, load_budgets
+from orchestrator.notify import Notifier
+from orchestrator.plan.launch import LaunchOptions
+from orchestrator.plan.record import RunRecord
+from orchestrator.run.status import LiveStatus, Reporter, quiet
+from orchestrator.run.stop import End
+from orchestrator.state.endings import Ending
+from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.phases import Phase
+from providers.base import Offer, Provider
+
+# Endings a person is told of as they happen (budgets.yaml notify:), beside started/verified.
+_NOTIFIED = {Ending.STALLED: "stalled", Ending.DEADLINE: "deadline"}
+
+
+class RunContext:
+    def __init__(self, ledger: Ledger, run: Run, provider: Provider, report: Reporter = quiet,
+                 budgets: Budgets | None = None) -> None:
+        self.ledger = ledger
+        self.run = run
+        self.provider = provider
+        self.report = report
+        self.record = RunRecord.of_run(run)
+        self.run_dir = Path(run.run_dir)
+        self._budgets = budgets  # the launch's budgets.yaml (offer fallback re-reads it)
+        self._notifier: Notifier | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def options(self) -> LaunchOptions:
+        return self.record.options
+
+    @property
+    def offer(self) -> Offer:
+        return self.record.offer
+
+    @property
+    def allowance(self):  # noqa: ANN201 - orchestrator.money.budget.Allowance
+        return self.record.allowance
+
+    # --- the ledger ---------------------------------------------------------------------------
+    def refresh(self) -> Run:
+        run = self.ledger.get_run(self.run_id)
+        assert run is not None
+        self.run = run
+        return run
+
+    def phase(self, name: str | Phase, **payload: Any) -> None:
+        """Record the phase (the ledger refuses a transition the lifecycle does not allow)."""
+        self.ledger.set_phase(self.run_id, name, **payload)
+        self.run.phase = Phase(name)
+        self.report(self.status(message=payload.get("message") or payload.get("reason", "")))
+
+    def event(self, kind: str, **payload: Any) -> None:
+        self.ledger.record_event(self.run_id, kind, **payload)
+
+    def save_record(self, *keys: str) -> None:
+        """Write the record (or only `keys` of it) into the run row's plan."""
+        data = self.record.to_dict()
+        self.ledger.update_run(self.run_id, plan={k: data[k] for k in keys} if keys else data)
+        self.refresh()
+
+    def end(self, end: End) -> None:
+        """Keep why the run ended; the first end stays (a later teardown only finishes the job)."""
+        if self.refresh().end_reason is not None:
+            return
+        self.ledger.update_run(self.run_id, end_reason=end.reason, ending=end.ending)
+        self.refresh()
+        event = "job_failed" if end.job_failed else _NOTIFIED.get(end.ending)
+        if event:
+            self.notice(event, f"run {self.run_id}: {end.reason}", reason=end.reason)
+
+    # --- money and time -----------------------------------------------------------------------
+    def spent_usd(self, at: float | None = None) -> float:
+        start = self.run.clock_start_epoch
+        if start is None:
+            return 0.0
+        return self.allowance.cost_at((at or time.time()) - start)
+
+    def status(self, **extra: Any) -> LiveStatus:
+        stop_at = self.run.stop_at_epoch
+        return LiveStatus(phase=self.run.phase, spent_usd=self.spent_usd(), max_usd=self.allowance.max_usd,
+                          seconds_to_stop=(stop_at - time.time()) if stop_at else None, **extra)
+
+    def watchdog_deadline(self) -> float:
+        """When the on-instance switch acts: half the reserve past the stop time, so that its
+        self-destruct lands before the money deadline."""
+        assert self.run.stop_at_epoch is not None
+        return self.run.stop_at_epoch + self.allowance.reserve_s / 2
+
+    def grace_s(self) -> float:
+        """How long a stopped job has to checkpoint before it is killed."""
+        return max(3.0, min(30.0, self.allowance.reserve_s / 4))
+
+    # --- budgets.yaml and notifications -------------------------------------------------------
+    @property
+    def budgets(self) -> Budgets:
+        if self._budgets is None:
+            self._budgets = load_budgets(self.options.budgets)
+        return self._budgets
+
+    @property
+    def notifier(self) -> Notifier:
+        """Run events to budgets.yaml's `notify:` targets; a budgets file that no longer loads only
+        turns them off (a teardown must never fail for a notification)."""
+        if self._notifier is None:
+            try:
+                config = self.budgets.notify
+            except BudgetError as exc:
+                self.event("notify_off", error=str(exc))
+                config = None
+            self._notifier = Notifier(config, on_failure=lambda event, target, error: self.event(
+                "notify_failed", event=event, target=target, error=error))
+        return self._notifier
+
+    def notice(self, event: str, message: str, **facts: Any) -> None:
+        self.notifier.send(event, self.run_id, message, provider=self.provider.name, phase=self.run.phase,
+                           spent_usd=round(self.spent_usd(), 6), max_usd=self.allowance.max_usd, **facts)
