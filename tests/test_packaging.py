@@ -49,7 +49,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
 
 def test_wheel_carries_the_one_budgets_yaml(wheel: zipfile.ZipFile) -> None:
     # The package path is a symlink to the root file in a checkout; the wheel must hold its content.
-    assert (REPO / "orchestrator" / "budgets.yaml").is_symlink()
+    assert (REPO / "orchestrator" / "money" / "budgets.yaml").is_symlink()
     packaged = wheel.read("orchestrator/money/budgets.yaml")
     assert packaged == (REPO / "budgets.yaml").read_bytes()
     assert "providers" in yaml.safe_load(packaged)
