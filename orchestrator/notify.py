@@ -28,27 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.notify_config import EVENTS, NotifyConfig
 from orchestrator.redact import redact, register_secret
 
-#: Every event a run can notify, in the order a run meets them.
-EVENTS = ("started", "cap_50", "cap_80", "cap_100", "stalled", "deadline", "job_failed", "verified", "not_verified")
+__all__ = ["CAP_THRESHOLDS", "CLOSE_WAIT_S", "EVENTS", "FailureSink", "Notifier", "NotifyConfig"]
+
 #: The share of the cap at which cap_NN fires (once per run each).
 CAP_THRESHOLDS = ((0.5, "cap_50"), (0.8, "cap_80"), (1.0, "cap_100"))
-DEFAULT_TIMEOUT_S = 5.0
 CLOSE_WAIT_S = 10.0  # how long the CLI waits at exit for queued messages
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    webhook: str | None = None
-    ntfy: str | None = None
-    command: str | None = None
-    events: tuple[str, ...] = EVENTS
-    timeout_s: float = DEFAULT_TIMEOUT_S
-
-    @property
-    def targets(self) -> list[str]:
-        return [name for name in ("webhook", "ntfy", "command") if getattr(self, name)]
 
 
 #: Records a delivery failure: (event, target, error). The lifecycle passes a ledger event writer.

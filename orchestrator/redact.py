@@ -14,7 +14,6 @@ Everything here is pure and idempotent: ``redact(redact(x)) == redact(x)``.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import threading
@@ -253,16 +252,3 @@ def redact(obj: Any) -> Any:
         except UnicodeDecodeError:
             return obj
     return obj  # numbers, None, Path, ...: immutable and nothing to hide
-
-
-class RedactingFilter(logging.Filter):
-    """A logging filter that masks secrets in the formatted message (install on handlers)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: leave it for logging's own error report
-            return True
-        record.msg = redact_text(message)
-        record.args = None
-        return True

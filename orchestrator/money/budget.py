@@ -177,6 +177,38 @@ def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
     return value
 
 
+def _too_little(budgets: Budgets, provider: str, budget: float, price: float, bought: float, spent: float,
+                spent_on: str) -> BudgetError:
+    """The refusal of a budget that buys less than the minimum useful run: what it buys, what is needed."""
+    rule = budgets.billing_for(provider)
+    reserve_s = budgets.reserve_for(provider)
+    min_runtime_s = budgets.min_runtime_for(provider)
+    cap_s = budgets.max_runtime_h * 3600.0
+    need_s = min_runtime_s + reserve_s
+    if bought > cap_s:  # money is not the limit: max_runtime_h is
+        return BudgetError(
+            f"max_runtime_h {budgets.max_runtime_h:g} in {budgets.path} allows {_fmt_s(cap_s)}; a run needs"
+            f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve: raise max_runtime_h"
+        )
+    need_usd = rule.cost(need_s, price)
+    raise_to = _ceil_cents(need_usd + spent)
+    above = (f" (above per_run_max_usd {budgets.per_run_max_usd:.2f}: raise it in {budgets.path} too)"
+             if raise_to > budgets.per_run_max_usd + _EPS_USD else "")
+    why = ""
+    if bought == 0 and price > 0:
+        first = rule.billed_seconds(1)  # the smallest possible charge: minimum or one increment
+        what = "the minimum charge" if rule.minimum_s >= rule.increment_s else "one billing increment"
+        why = f" (less than {what} of {_fmt_s(first)})"
+    billed = rule.billed_seconds(need_s)
+    billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
+    spent_note = f" ({spent:.4f} USD already spent on {spent_on})" if spent else ""
+    return BudgetError(
+        f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
+        f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"
+        f" raise --max-usd to at least {raise_to:.2f}{above}"
+    )
+
+
 def allowance_for(
     budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None,
     spent_before_usd: float = 0.0, spent_on: str = "failed boots",
@@ -202,29 +234,7 @@ def allowance_for(
     runtime = min(bought, cap_s)
     train_s = runtime - reserve_s
     if train_s < min_runtime_s:
-        need_s = min_runtime_s + reserve_s
-        if bought > cap_s:  # money is not the limit: max_runtime_h is
-            raise BudgetError(
-                f"max_runtime_h {budgets.max_runtime_h:g} in {budgets.path} allows {_fmt_s(cap_s)}; a run needs"
-                f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve: raise max_runtime_h"
-            )
-        need_usd = rule.cost(need_s, price)
-        raise_to = _ceil_cents(need_usd + spent)
-        above = (f" (above per_run_max_usd {budgets.per_run_max_usd:.2f}: raise it in {budgets.path} too)"
-                 if raise_to > budgets.per_run_max_usd + _EPS_USD else "")
-        why = ""
-        if bought == 0 and price > 0:
-            first = rule.billed_seconds(1)  # the smallest possible charge: minimum or one increment
-            what = "the minimum charge" if rule.minimum_s >= rule.increment_s else "one billing increment"
-            why = f" (less than {what} of {_fmt_s(first)})"
-        billed = rule.billed_seconds(need_s)
-        billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
-        spent_note = f" ({spent:.4f} USD already spent on {spent_on})" if spent else ""
-        raise BudgetError(
-            f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
-            f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"
-            f" raise --max-usd to at least {raise_to:.2f}{above}"
-        )
+        raise _too_little(budgets, provider, budget, price, bought, spent, spent_on)
     start = time.time() if now is None else float(now)
     return Allowance(
         provider=provider,

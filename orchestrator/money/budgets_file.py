@@ -3,11 +3,12 @@
 Every error names the file, the line and the key, and says how to fix it. The lookup order is
 --budgets FILE > ./budgets.yaml > $GPURUN_HOME/budgets.yaml > the packaged default (the root
 budgets.yaml of the repository, shipped inside the wheel as orchestrator/money/budgets.yaml).
+The `notify:` section becomes an orchestrator.notify_config.NotifyConfig: settings only, so reading
+budgets.yaml never loads the notifier.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,9 +17,13 @@ from typing import Any
 
 import yaml
 
-from orchestrator.notify import EVENTS, NotifyConfig
+from orchestrator.money.errors import BudgetError
+from orchestrator.money.yaml_doc import YamlDoc
+from orchestrator.notify_config import EVENTS, NotifyConfig
 from orchestrator.state.ledger import default_home
 from providers.base import BillingRule
+
+__all__ = ["BudgetError", "Budgets", "ProviderBudget", "find_budgets_file", "load_budgets", "packaged_budgets_file"]
 
 # Used when a budgets.yaml leaves these keys out (the packaged budgets.yaml spells them all out).
 DEFAULT_RESERVE_S = 180.0
@@ -31,10 +36,6 @@ CONSERVATIVE_SOURCE = "conservative default: no published rule found"
 CONSERVATIVE_BILLING = BillingRule(increment_s=600, minimum_s=0, source=CONSERVATIVE_SOURCE)
 
 _PROVIDER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-
-
-class BudgetError(Exception):
-    """A budget problem. str(e) is one line: what is wrong and how to fix it."""
 
 
 @dataclass
@@ -98,95 +99,6 @@ def find_budgets_file(explicit: str | Path | None = None, cwd: Path | None = Non
     return packaged_budgets_file()
 
 
-class _Doc:
-    """A composed YAML document: values plus the line each key sits on (for error messages)."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.name = str(path)
-        try:
-            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise BudgetError(
-                f"{self.name}{where}: not valid YAML ({exc.problem or exc.context}): fix the syntax"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise BudgetError(f"{self.name}: not valid YAML ({exc}): fix the syntax") from None
-
-    def fail(self, node: yaml.Node | None, key: str, message: str) -> BudgetError:
-        where = f" line {node.start_mark.line + 1}" if node is not None else ""
-        return BudgetError(f"{self.name}{where}: {key} {message}")
-
-    def mapping(self, node: yaml.Node, key: str, allowed: tuple[str, ...] | None) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """{name: (key node, value node)}; unknown and duplicate keys are errors."""
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, key or "the file", f"must be a mapping of keys to values, got {_show(node)}")
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for knode, vnode in node.value:
-            name = knode.value if isinstance(knode, yaml.ScalarNode) else None
-            dotted = f"{key}.{name}" if key else str(name)
-            if not isinstance(name, str) or knode.tag != "tag:yaml.org,2002:str":
-                raise self.fail(knode, dotted, "is not a valid key: keys are plain names")
-            if name in out:
-                raise self.fail(knode, dotted, f"appears twice (first on line {out[name][0].start_mark.line + 1}): keep one")
-            if allowed is not None and name not in allowed:
-                raise self.fail(knode, dotted, f"is not a known key: use one of {', '.join(allowed)}")
-            out[name] = (knode, vnode)
-        return out
-
-    def scalar(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return _Unreadable(node)
-        return yaml.SafeLoader("").construct_object(node, deep=True)
-
-    def number(
-        self, node: yaml.Node, key: str, *, positive: bool = False, nullable: bool = False, integer: bool = False
-    ) -> float | None:
-        value = self.scalar(node)
-        if value is None and nullable:
-            return None
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and integer and float(value) != int(value):
-            ok = False
-        if ok and (value <= 0 if positive else value < 0):
-            ok = False
-        if not ok:
-            kind = "a whole number" if integer else "a number"
-            bound = "> 0" if positive else ">= 0"
-            extra = " (or null for no cap)" if nullable else ""
-            raise self.fail(node, key, f"must be {kind} {bound}{extra}, got {_show_value(value, node)}")
-        return float(value)
-
-    def string(self, node: yaml.Node, key: str) -> str:
-        value = self.scalar(node)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(node, key, f"must be a non-empty text, got {_show_value(value, node)}")
-        return value
-
-
-class _Unreadable:
-    def __init__(self, node: yaml.Node) -> None:
-        self.node = node
-
-
-def _show(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    return repr(node.value)
-
-
-def _show_value(value: Any, node: yaml.Node) -> str:
-    if isinstance(value, _Unreadable):
-        return _show(node)
-    if value is None:
-        return "nothing (null)"
-    return repr(value)
-
-
 _TOP_KEYS = (
     "per_run_default_usd",
     "per_run_max_usd",
@@ -218,7 +130,7 @@ _BILLING_KEYS = ("increment_s", "minimum_s", "source")
 _NOTIFY_KEYS = ("webhook", "ntfy", "command", "events", "timeout_s")
 
 
-def _notify(doc: _Doc, node: yaml.Node) -> NotifyConfig | None:
+def _notify(doc: YamlDoc, node: yaml.Node) -> NotifyConfig | None:
     if doc.scalar(node) is None:
         return None
     items = doc.mapping(node, "notify", _NOTIFY_KEYS)
@@ -247,7 +159,7 @@ def _notify(doc: _Doc, node: yaml.Node) -> NotifyConfig | None:
     return NotifyConfig(**values)
 
 
-def _billing(doc: _Doc, pair: tuple[yaml.Node, yaml.Node], key: str) -> BillingRule:
+def _billing(doc: YamlDoc, pair: tuple[yaml.Node, yaml.Node], key: str) -> BillingRule:
     key_node, node = pair
     items = doc.mapping(node, key, _BILLING_KEYS)
     for required in _BILLING_KEYS:
@@ -260,26 +172,24 @@ def _billing(doc: _Doc, pair: tuple[yaml.Node, yaml.Node], key: str) -> BillingR
     return BillingRule(increment_s=int(inc), minimum_s=int(minimum), source=source)
 
 
-def load_budgets(path: str | Path | None = None) -> Budgets:
-    """Load and validate budgets.yaml (path None: see find_budgets_file)."""
+def _read(path: str | Path | None) -> YamlDoc:
     file = find_budgets_file(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise BudgetError(f"{file}: cannot read it ({exc.strerror}): check the file and its permissions") from None
-    doc = _Doc(file, text)
+    doc = YamlDoc(file, text)
     if doc.root is None:
         raise BudgetError(f"{file}: the file is empty: copy the packaged budgets.yaml ({packaged_budgets_file()}) and edit it")
-    top = doc.mapping(doc.root, "", _TOP_KEYS)
-    # Type errors first, in file order: a wrong value is reported even when another key is missing.
-    for name, (_, vnode) in top.items():
-        if name in _NUMBER_KEYS:
-            positive, nullable = _NUMBER_KEYS[name]
-            doc.number(vnode, name, positive=positive, nullable=nullable)
+    return doc
+
+
+def _caps(doc: YamlDoc, top: dict[str, tuple[yaml.Node, yaml.Node]]) -> tuple[float, float, float | None, float | None]:
+    """(per_run_default_usd, per_run_max_usd, daily_usd, monthly_usd): the keys every budgets.yaml sets."""
 
     def required(name: str, hint: str) -> yaml.Node:
         if name not in top:
-            raise BudgetError(f"{file}: {name} is missing: {hint}")
+            raise BudgetError(f"{doc.path}: {name} is missing: {hint}")
         return top[name][1]
 
     default_usd = doc.number(required("per_run_default_usd", "set the budget used without --max-usd"),
@@ -292,6 +202,49 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
     if default_usd > max_usd:
         raise doc.fail(top["per_run_default_usd"][1], "per_run_default_usd",
                        f"({default_usd:g}) is above per_run_max_usd ({max_usd:g}): lower it or raise per_run_max_usd")
+    return default_usd, max_usd, daily, monthly
+
+
+def _provider(doc: YamlDoc, key: str, node: yaml.Node, default_billing: BillingRule) -> ProviderBudget:
+    """One entry of providers: (empty: every default)."""
+    if doc.scalar(node) is None:  # "aws:" with nothing under it: all defaults
+        return ProviderBudget(billing=default_billing)
+    items = doc.mapping(node, key, _PROVIDER_KEYS)
+
+    def usd_or_s(name: str) -> float | None:
+        return doc.number(items[name][1], f"{key}.{name}", nullable=True) if name in items else None
+
+    return ProviderBudget(
+        billing=_billing(doc, items["billing"], f"{key}.billing") if "billing" in items else default_billing,
+        daily_usd=usd_or_s("daily_usd"),
+        monthly_usd=usd_or_s("monthly_usd"),
+        reserve_s=usd_or_s("reserve_s"),
+        min_runtime_s=usd_or_s("min_runtime_s"),
+    )
+
+
+def _providers(doc: YamlDoc, node: yaml.Node, default_billing: BillingRule) -> dict[str, ProviderBudget]:
+    out: dict[str, ProviderBudget] = {}
+    if doc.scalar(node) is None:
+        return out
+    for name, (knode, vnode) in doc.mapping(node, "providers", None).items():
+        key = f"providers.{name}"
+        if not _PROVIDER_NAME_RE.match(name):
+            raise doc.fail(knode, key, "is not a provider name: use lower-case letters, digits, - and _")
+        out[name] = _provider(doc, key, vnode, default_billing)
+    return out
+
+
+def load_budgets(path: str | Path | None = None) -> Budgets:
+    """Load and validate budgets.yaml (path None: see find_budgets_file)."""
+    doc = _read(path)
+    top = doc.mapping(doc.root, "", _TOP_KEYS)
+    # Type errors first, in file order: a wrong value is reported even when another key is missing.
+    for name, (_, vnode) in top.items():
+        if name in _NUMBER_KEYS:
+            positive, nullable = _NUMBER_KEYS[name]
+            doc.number(vnode, name, positive=positive, nullable=nullable)
+    default_usd, max_usd, daily, monthly = _caps(doc, top)
 
     def optional(name: str, default: float, positive: bool = False) -> float:
         if name not in top:
@@ -301,7 +254,7 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
         return value
 
     budgets = Budgets(
-        path=file,
+        path=doc.path,
         per_run_default_usd=default_usd,
         per_run_max_usd=max_usd,
         daily_usd=daily,
@@ -318,25 +271,6 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
     if budgets.boot_share > 1:
         raise doc.fail(top["boot_share"][1], "boot_share",
                        f"({budgets.boot_share:g}) is a share of --max-usd: use a number in (0, 1], e.g. 0.2")
-    if "providers" in top and doc.scalar(top["providers"][1]) is not None:
-        for name, (knode, vnode) in doc.mapping(top["providers"][1], "providers", None).items():
-            key = f"providers.{name}"
-            if not _PROVIDER_NAME_RE.match(name):
-                raise doc.fail(knode, key, "is not a provider name: use lower-case letters, digits, - and _")
-            if doc.scalar(vnode) is None:  # "aws:" with nothing under it: all defaults
-                budgets.providers[name] = ProviderBudget(billing=budgets.default_billing)
-                continue
-            items = doc.mapping(vnode, key, _PROVIDER_KEYS)
-            budgets.providers[name] = ProviderBudget(
-                billing=(_billing(doc, items["billing"], f"{key}.billing")
-                         if "billing" in items else budgets.default_billing),
-                daily_usd=(doc.number(items["daily_usd"][1], f"{key}.daily_usd", nullable=True)
-                           if "daily_usd" in items else None),
-                monthly_usd=(doc.number(items["monthly_usd"][1], f"{key}.monthly_usd", nullable=True)
-                             if "monthly_usd" in items else None),
-                reserve_s=(doc.number(items["reserve_s"][1], f"{key}.reserve_s", nullable=True)
-                           if "reserve_s" in items else None),
-                min_runtime_s=(doc.number(items["min_runtime_s"][1], f"{key}.min_runtime_s", nullable=True)
-                               if "min_runtime_s" in items else None),
-            )
+    if "providers" in top:
+        budgets.providers = _providers(doc, top["providers"][1], budgets.default_billing)
     return budgets

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from orchestrator import settings
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger, Run
 from providers.base import BilledCost, Provider, ProviderError
 
@@ -87,7 +88,7 @@ def reconcile(ledger: Ledger, run: Run, provider: Provider) -> Reconciliation:
     ledger.update_run(run.run_id, billed_usd=got.usd, billed_source=got.source, billed_complete=got.complete,
                       reconciled_at=now)
     result = Reconciliation(run.run_id, run.cost_usd, got.usd, got.source, got.complete, run.max_usd)
-    ledger.record_event(run.run_id, "reconciled", billed_usd=got.usd, source=got.source, complete=got.complete,
+    ledger.record_event(run.run_id, EventKind.RECONCILED, billed_usd=got.usd, source=got.source, complete=got.complete,
                         estimate_usd=run.cost_usd, flag=result.flag, details=got.details)
     return result
 
@@ -103,7 +104,7 @@ def reconcile_after_run(ledger: Ledger, run: Run, provider: Provider) -> Reconci
     try:
         return reconcile(ledger, run, provider)
     except Exception as exc:  # noqa: BLE001 - the run is verified gone; a figure we lack is not a failure
-        ledger.record_event(run.run_id, "error", message=f"reconcile: {type(exc).__name__}: {exc}")
+        ledger.record_event(run.run_id, EventKind.ERROR, message=f"reconcile: {type(exc).__name__}: {exc}")
         return None
 
 

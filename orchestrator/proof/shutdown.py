@@ -100,6 +100,39 @@ def _instance_state(entry: Mapping[str, Any]) -> str | None:
     return str(state) if state is not None else None
 
 
+def _contradictions(run_id: str, describe: list[Any], listing: list[Any], verified: bool,
+                    verified_at: float | None) -> list[str]:
+    """What in the proof's own contents says the instances are not verified gone."""
+    found: list[str] = []
+    if listing:
+        ids = ", ".join(str(d.get("id", "?")) for d in listing if isinstance(d, Mapping))
+        found.append(f"the listing for run {run_id} still has {len(listing)} match(es): {ids}")
+    for entry in describe:
+        if isinstance(entry, Mapping):
+            state = _instance_state(entry)
+            if state is not None and state not in GONE_STATES:
+                found.append(f"instance {entry.get('id', '?')} is described as {state!r}, not gone")
+    if verified and verified_at is None:
+        found.append("verified without a verification time")
+    return found
+
+
+def _final_states(describe: list[Any]) -> dict[str, str | None]:
+    return {str(d.get("id", i)): _instance_state(d) for i, d in enumerate(describe) if isinstance(d, Mapping)}
+
+
+def _cost(estimated_cost_usd: float | None, max_usd: float | None) -> dict[str, Any]:
+    cost = None if estimated_cost_usd is None else float(estimated_cost_usd)
+    cap = None if max_usd is None else float(max_usd)
+    within = None if cost is None or cap is None else cost <= cap + 1e-9
+    return {
+        "estimated_usd": cost,
+        "max_usd": cap,
+        "within_cap": within,
+        "headroom_usd": None if within is None or cap is None or cost is None else round(cap - cost, 6),
+    }
+
+
 def build_proof(
     *,
     run_id: str,
@@ -123,31 +156,14 @@ def build_proof(
     claims more than its own contents show: with a non-empty zero-match listing or a described
     instance that is not gone, ``verified`` is recorded as false and ``contradictions`` says why.
     Callers should take ``proof["verified"]`` as the outcome."""
-    if not run_id:
-        raise ValueError("build_proof: run_id is empty")
-    if not provider:
-        raise ValueError("build_proof: provider is empty")
-    notes = list(notes or [])
+    for name, value in (("run_id", run_id), ("provider", provider)):
+        if not value:
+            raise ValueError(f"build_proof: {name} is empty")
     describe = [jsonable(d) for d in final_describe]
     listing = [jsonable(d) for d in zero_match_listing]
-
-    contradictions: list[str] = []
-    if listing:
-        ids = ", ".join(str(d.get("id", "?")) for d in listing if isinstance(d, Mapping))
-        contradictions.append(f"the listing for run {run_id} still has {len(listing)} match(es): {ids}")
-    for entry in describe:
-        if isinstance(entry, Mapping):
-            state = _instance_state(entry)
-            if state is not None and state not in GONE_STATES:
-                contradictions.append(f"instance {entry.get('id', '?')} is described as {state!r}, not gone")
-    if verified and verified_at is None:
-        contradictions.append("verified without a verification time")
+    contradictions = _contradictions(run_id, describe, listing, verified, verified_at)
     claimed = bool(verified)
     verified = claimed and not contradictions
-
-    cost = None if estimated_cost_usd is None else float(estimated_cost_usd)
-    cap = None if max_usd is None else float(max_usd)
-    within = None if cost is None or cap is None else cost <= cap + 1e-9
     proof: dict[str, Any] = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -158,18 +174,11 @@ def build_proof(
         "started_at_iso": iso(started_at),
         "terminate_requests": [jsonable(r) for r in terminate_requests],
         "final_describe": describe,
-        "final_states": {
-            str(d.get("id", i)): _instance_state(d) for i, d in enumerate(describe) if isinstance(d, Mapping)
-        },
+        "final_states": _final_states(describe),
         "zero_match_listing": listing,
         "zero_match": not listing,
         "deleted_resources": [str(r) for r in deleted_resources],
-        "cost": {
-            "estimated_usd": cost,
-            "max_usd": cap,
-            "within_cap": within,
-            "headroom_usd": None if within is None else round(cap - cost, 6),
-        },
+        "cost": _cost(estimated_cost_usd, max_usd),
         "billing": jsonable(billing or {}),
         "verified": verified,
         "verified_claimed": claimed,
@@ -178,7 +187,7 @@ def build_proof(
         "verified_at": verified_at if verified else None,
         "verified_at_iso": iso(verified_at) if verified else None,
         "prev_sha256": prev_sha256,
-        "notes": notes,
+        "notes": list(notes or []),
         # Offer fallback: each boot that failed before the last offer, its instance verified gone
         # (its terminate requests and final describe) before the next offer was tried.
         "attempts": [jsonable(a) for a in attempts or []],
@@ -218,6 +227,44 @@ def _row_get(row: Any, key: str) -> Any:
         return getattr(row, key, None)
 
 
+def _recorded_bytes(label: str, path: Path, recorded: str) -> tuple[bytes | None, str | None]:
+    """The proof's bytes, from the file or its archived copy, when one hashes to `recorded`; else why not."""
+    for candidate in (path, archived_path(path, str(recorded))):
+        try:
+            blob = candidate.read_bytes()
+        except OSError:
+            continue
+        if sha256_bytes(blob) == recorded:
+            return blob, None
+    if not path.exists():
+        return None, f"{label}: proof file is missing: {path}"
+    try:
+        actual = sha256_file(path)
+    except OSError as e:
+        return None, f"{label}: cannot read {path}: {e}"
+    return None, (f"{label}: {path} was modified after it was recorded "
+                  f"(ledger sha256 {recorded}, file sha256 {actual})")
+
+
+def _content_problems(label: str, path: Path, data: bytes, run_id: Any, row_prev: str | None) -> list[str]:
+    """What the proof file itself contradicts in its ledger row (run, chain link, format)."""
+    try:
+        content = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return [f"{label}: {path} is not valid JSON: {e}"]
+    if not isinstance(content, dict) or content.get("schema") != SCHEMA:
+        return [f"{label}: {path} is not a {SCHEMA} document"]
+    problems: list[str] = []
+    if content.get("run_id") != run_id:
+        problems.append(f"{label}: {path} is the proof of run {content.get('run_id')}")
+    if (content.get("prev_sha256") or None) != row_prev:
+        problems.append(
+            f"{label}: the file links to {content.get('prev_sha256') or 'nothing'} "
+            f"but the ledger row says {row_prev or 'nothing'}"
+        )
+    return problems
+
+
 def verify_proof_chain(proofs: Sequence[Mapping[str, Any]], *, base_dir: Path | None = None) -> list[str]:
     """Check ledger proof rows (oldest first: run_id, sha256, path, prev_sha256) against the files.
 
@@ -244,45 +291,10 @@ def verify_proof_chain(proofs: Sequence[Mapping[str, Any]], *, base_dir: Path | 
         path = Path(raw_path)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
-        data: bytes | None = None
-        for candidate in (path, archived_path(path, str(recorded))):
-            try:
-                blob = candidate.read_bytes()
-            except OSError:
-                continue
-            if sha256_bytes(blob) == recorded:
-                data = blob
-                break
+        data, problem = _recorded_bytes(label, path, recorded)
         if data is None:
-            if not path.exists():
-                problems.append(f"{label}: proof file is missing: {path}")
-            else:
-                try:
-                    actual = sha256_file(path)
-                except OSError as e:
-                    problems.append(f"{label}: cannot read {path}: {e}")
-                else:
-                    problems.append(
-                        f"{label}: {path} was modified after it was recorded "
-                        f"(ledger sha256 {recorded}, file sha256 {actual})"
-                    )
-            prev = recorded
-            continue
-        try:
-            content = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            problems.append(f"{label}: {path} is not valid JSON: {e}")
-            prev = recorded
-            continue
-        if not isinstance(content, dict) or content.get("schema") != SCHEMA:
-            problems.append(f"{label}: {path} is not a {SCHEMA} document")
+            problems.append(str(problem))
         else:
-            if content.get("run_id") != run_id:
-                problems.append(f"{label}: {path} is the proof of run {content.get('run_id')}")
-            if (content.get("prev_sha256") or None) != row_prev:
-                problems.append(
-                    f"{label}: the file links to {content.get('prev_sha256') or 'nothing'} "
-                    f"but the ledger row says {row_prev or 'nothing'}"
-                )
+            problems += _content_problems(label, path, data, run_id, row_prev)
         prev = recorded
     return problems

@@ -1,8 +1,8 @@
 """What gpurun's exit status tells a script (the README lists these). One home for every code.
 
-A run's end is recorded as its `end_reason` (the `stopping` event's reason, kept on the run row):
-its leading words are one of `Ending`, so `for_run` can turn a finished run into the launch's
-exit status without guessing from free text.
+A run's end is recorded twice on its ledger row: `ending`, one of `Ending` (what kind of end), and
+`end_reason`, the human message that starts with that ending's words. `for_run` turns the typed
+ending into the launch's exit status without guessing from free text.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class Exit(IntEnum):
 
 
 class Ending(str, Enum):
-    """Why a run ended: the leading words of its end_reason."""
+    """Why a run ended (the ledger's runs.ending); its end_reason starts with the value."""
 
     JOB_ENDED = "job ended"  # by itself; its exit status decides between OK and JOB_FAILED
     DEADLINE = "deadline"  # the budget guard stopped it at the stop time: a clean end
@@ -37,17 +37,26 @@ class Ending(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 def ending_of(end_reason: str | None) -> Ending | None:
+    """The Ending an end_reason starts with. Only for reasons written before runs.ending existed
+    (the schema-3 migration) and for callers that still pass the reason's text (see for_run)."""
     for ending in Ending:
         if end_reason and end_reason.startswith(ending.value):
             return ending
     return None
 
 
-def for_run(end_reason: str | None, job_exit_code: int | None) -> Exit:
-    """The exit status of a launch whose run is verified gone, from how the run ended."""
-    ending = ending_of(end_reason)
+def for_run(ending: Ending | str | None, job_exit_code: int | None) -> Exit:
+    """The exit status of a launch whose run is verified gone, from how the run ended.
+
+    Pass the run's typed `ending`; an end_reason's text (a str that is not an Ending) is still read
+    by its leading words, deprecated: for callers that have not moved to Run.ending yet."""
+    if ending is not None and not isinstance(ending, Ending):
+        ending = ending_of(ending)
     if ending is Ending.STALLED:
         return Exit.STALLED
     if ending in (Ending.LOST, Ending.RUN_FAILED, Ending.PREEMPTED):

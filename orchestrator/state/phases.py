@@ -45,6 +45,9 @@ class Phase(str, Enum):
     def __str__(self) -> str:  # f-strings and click show the stored name, not "Phase.RUNNING"
         return self.value
 
+    def __format__(self, spec: str) -> str:  # format() too, on every Python version
+        return format(self.value, spec)
+
     def is_failed(self) -> bool:
         return self.value.startswith(FAILED_PREFIX)
 

@@ -1,0 +1,49 @@
+"""The kinds of a run's non-phase events (the ledger's events.phase when is_phase = 0).
+
+A phase change is recorded by `Ledger.set_phase` under the phase's own name; everything else a run
+records goes through `Ledger.record_event` under one of these kinds.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class EventKind(str, Enum):
+    # controller: the launch, its nodes and its job
+    ATTEMPT_FAILED = "attempt_failed"  # offer fallback: a boot failed; the next offer is tried
+    NODE_READY = "node_ready"  # a multi-node run's worker answered over SSH
+    INSTALLED = "installed"  # packages installed on a node
+    NODE_BOOTSTRAPPED = "node_bootstrapped"
+    DATA_REUSED = "data_reused"  # the data was already on the instance
+    DATA_STARTED = "data_started"
+    NODE_DATA_STARTED = "node_data_started"
+    DATA_READY = "data_ready"
+    JOB_STARTED = "job_started"
+    NODE_JOB_STARTED = "node_job_started"
+    JOB_KILLED = "job_killed"  # the job outlived its grace period after the stop signal
+    SYNC = "sync"  # outputs pulled home
+    HANDOFF = "handoff"  # the controller left the run to the on-instance guard
+    CONTROLLER_REPLACED = "controller_replaced"
+    FINISH = "finish"
+    NOTHING_TRAINED = "nothing_trained"  # a clean stop with no step and no checkpoint: a failed run
+    NOTIFY_OFF = "notify_off"  # the notify: config could not be used
+    NOTIFY_FAILED = "notify_failed"  # one notification could not be delivered
+    ERROR = "error"
+    # recovery: preemption and resume
+    PREEMPTED = "preempted"
+    RESUMING = "resuming"
+    # teardown and sweep
+    TERMINATE_REQUEST = "terminate_request"
+    ORPHAN = "orphan"  # `gpurun sweep` found an instance this run (or no run) owns
+    SWEEP_TERMINATING = "sweep_terminating"
+    SWEEP_VERIFIED = "sweep_verified"
+    SWEEP_FAILED_TERMINATING = "sweep_failed_terminating"
+    # money
+    RECONCILED = "reconciled"  # the provider's own figure for the run's cost
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)

@@ -1,0 +1,76 @@
+"""The typed end of a run (runs.ending, schema 4), Run.phase as a Phase, and the event kinds."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from orchestrator.state.endings import Ending, Exit, for_run
+from orchestrator.state.events import EventKind
+from orchestrator.state.ledger import Ledger, LedgerError
+from orchestrator.state.phases import Phase
+from orchestrator.state.schema import SCHEMA_VERSION
+from tests.test_imports import graph
+
+
+def test_a_schema_3_ledger_gains_ending_filled_from_end_reason(gpurun_home: Path) -> None:
+    old = Ledger()
+    for run_id, reason in (("a", "deadline: budget guard"), ("b", "job ended (exit 3)"), ("c", "odd words"),
+                           ("d", None)):
+        old.create_run(run_id, "local", 1.0, {}, "/tmp/x")
+        old.update_run(run_id, end_reason=reason)
+    old.close()
+    conn = sqlite3.connect(gpurun_home / "ledger.db")  # back to what a schema-3 gpurun wrote
+    conn.executescript("UPDATE runs SET ending = NULL; PRAGMA user_version = 3;")
+    conn.close()
+    ledger = Ledger()
+    got = {r.run_id: r.ending for r in ledger.list_runs()}
+    assert got == {"a": Ending.DEADLINE, "b": Ending.JOB_ENDED, "c": None, "d": None}
+    version = ledger._conn().execute("PRAGMA user_version").fetchone()[0]
+    assert version == SCHEMA_VERSION == 4
+
+
+def test_update_run_stores_the_typed_ending_beside_the_message() -> None:
+    ledger = Ledger()
+    ledger.create_run("r", "local", 1.0, {}, "/tmp/x")
+    ledger.update_run("r", end_reason="deadline: budget guard", ending=Ending.DEADLINE, job_exit_code=143)
+    run = ledger.get_run("r")
+    assert run is not None and run.ending is Ending.DEADLINE and run.end_reason == "deadline: budget guard"
+    assert for_run(run.ending, run.job_exit_code) is Exit.OK
+    ledger.update_run("r", end_reason="stalled: no new step for 1 min")  # a reason alone still records its ending
+    assert ledger.resolve_run("r").ending is Ending.STALLED
+    with pytest.raises(LedgerError, match="unknown ending"):
+        ledger.update_run("r", ending="sideways")  # type: ignore[arg-type]
+
+
+def test_for_run_reads_the_typed_ending() -> None:
+    assert for_run(Ending.JOB_ENDED, 0) is Exit.OK
+    assert for_run(Ending.JOB_ENDED, None) is Exit.JOB_FAILED
+    assert for_run(Ending.PREEMPTED, None) is Exit.RUN_FAILED
+    assert for_run(Ending.STALLED, 0) is Exit.STALLED
+    assert for_run(None, None) is Exit.OK
+
+
+def test_run_phase_is_a_phase_that_reads_as_its_name() -> None:
+    ledger = Ledger()
+    run = ledger.create_run("r", "local", 1.0, {}, "/tmp/x")
+    assert run.phase is Phase.PLANNED and run.phase == "planned"
+    assert f"{run.phase}|{run.phase:>8}|{run.ending}" == "planned| planned|None"
+    assert json.dumps({"phase": run.phase, "ending": Ending.DEADLINE}) == '{"phase": "planned", "ending": "deadline"}'
+
+
+def test_record_event_takes_an_event_kind() -> None:
+    ledger = Ledger()
+    ledger.create_run("r", "local", 1.0, {}, "/tmp/x")
+    ledger.record_event("r", EventKind.SYNC, files=1)
+    ledger.record_event("r", "error", message="a plain str kind still works")
+    assert [e.phase for e in ledger.events("r")] == ["planned", "sync", "error"]
+    assert f"{EventKind.HANDOFF}" == str(EventKind.HANDOFF) == "handoff"
+    assert not any(Phase._value2member_map_.get(k.value) for k in EventKind)  # no kind is a phase
+
+
+def test_budgets_file_does_not_import_the_notifier() -> None:
+    assert "orchestrator.notify" not in graph()["orchestrator.money.budgets_file"]
