@@ -1,4 +1,4 @@
-"""The run state machine of DESIGN.md, driving a Provider and a Transport.
+"""The run state machine of docs/DESIGN.md ("The lifecycle"), driving a Provider and a Transport.
 
 The phases and the transitions between them are `orchestrator.state.phases` (the ledger refuses any
 other); docs/ARCHITECTURE.md shows the diagram generated from them. Each phase is written to the ledger BEFORE its action is taken, so a controller killed at any
