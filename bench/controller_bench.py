@@ -3,7 +3,7 @@
     python bench/controller_bench.py                       # 3 runs, attached, 0.02 USD at 1.2 USD/h each
     python bench/controller_bench.py --baseline bench/results/controller_bench-1700000000.json
 
-DESIGN.md's target: from SSH-ready to the first training step, and from the stop time to a verified
+docs/DESIGN.md's target ("Performance targets"): from SSH-ready to the first training step, and from the stop time to a verified
 termination, each a few seconds beyond what the provider itself takes (on `local`, almost nothing).
 Each run is a real `gpurun launch --provider local` in a fresh GPURUN_HOME and working directory;
 the intervals come from the ledger's events (the same rows as `gpurun status RUN --timings`) and the

@@ -237,7 +237,7 @@ class Billable:
 
 
 class Provider(ABC):
-    """A cloud behind the interface of DESIGN.md. Methods raise ProviderError subclasses.
+    """A cloud behind the interface of docs/DESIGN.md ("Providers"). Methods raise ProviderError subclasses.
 
     The abstract methods are what every cloud must do. The others are optional capabilities with a
     harmless default, declared here so the controller calls them on any provider and never asks

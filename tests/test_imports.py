@@ -13,6 +13,7 @@ TYPE_CHECKING alike: an import moved into a function to dodge a cycle is still a
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,12 @@ def test_no_orchestrator_module_imports_a_layer_above_its_own() -> None:
 def test_the_layer_rule_sees_an_upward_import() -> None:
     assert layer_of("orchestrator.state.ledger") > layer_of("orchestrator.run.controller")
     assert layer_of("orchestrator.notify") == len(LAYERS) > layer_of("orchestrator.state.ledger")
+
+
+def test_the_trainer_contract_imports_only_the_standard_library() -> None:
+    """trainer/contract.py is imported by the controller (no torch there) and by the trainer alike."""
+    path = REPO / "trainer" / "contract.py"
+    outside = sorted(m for m in imports_of("trainer.contract", path, set(all_modules()))
+                     if top(m) not in sys.stdlib_module_names and top(m) != "__future__")
+    assert not outside, f"trainer/contract.py imports {outside}: the standard library only"
+    assert imports_of("x", path, set()), "the walker read no import at all"

@@ -1,4 +1,4 @@
-"""The Phase enum and its allowed transitions (DESIGN.md's lifecycle), and the diagram in the docs."""
+"""The Phase enum and its allowed transitions (docs/DESIGN.md, "The lifecycle"), and the diagram in the docs."""
 
 from __future__ import annotations
 

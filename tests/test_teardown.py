@@ -19,7 +19,7 @@ from providers.base import Instance, Offer, Provider, ProviderError
 
 class StubProvider(Provider):
     """The Provider interface over a dict of states. `lies` terminate calls answer and do nothing
-    (DESIGN.md: "A 200 from a terminate call proves nothing"); `refusals` raise first, like DataCrunch's
+    (docs/DESIGN.md, "Verified teardown": "a 200 from a terminate call proves nothing"); `refusals` raise first, like DataCrunch's
     "Can't discontinue a provisioning instance"; `late_listing` makes the listing after the checks
     show the instance again (a provider whose answers disagree)."""
 

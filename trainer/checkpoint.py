@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import manifest
+from trainer import contract, manifest
 from trainer.manifest import CheckpointEntry
 
 
@@ -84,7 +84,7 @@ def resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    d = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    d = p / contract.CHECKPOINTS_DIR if (p / contract.CHECKPOINTS_DIR).is_dir() else p
     entry, bad = find_latest(d)
     if entry is None:
         detail = f" (rejected: {', '.join(f'{k}: {v}' for k, v in bad.items())})" if bad else ""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from trainer import contract
 from trainer.presets import PRESETS, GPTConfig
 from trainer.schedule import SCHEDULES
 
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # data: prepared shards in data_dir, else text_file (or the built-in corpus) prepared into out_dir/data
-    out_dir: str = "out"
+    out_dir: str = contract.OUT_DIR
     data_dir: str = ""
     text_file: str = ""
     tokenizer: str = "char"  # for text_file / built-in corpus: char | gpt2

@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer import contract
 from trainer import prepare as prep
 from trainer.manifest import atomic_write_json
 from trainer.shards import write_shard
 from trainer.sources import builtin_corpus_files, builtin_corpus_text
 from trainer.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
-META_NAME = prep.META_NAME
+META_NAME = contract.META
 EXIT_DATA = 3  # contract: a failed download or a bad source
 VAL_FRACTION = prep.VAL_FRACTION
 # Re-exported: callers (train.py, bench/) know them as trainer.data's.
@@ -49,7 +50,7 @@ def shard_paths(data_dir: str | Path, split: str) -> list[Path]:
 
 def is_prepared(data_dir: str | Path) -> bool:
     d = Path(data_dir)
-    if (d / prep.PROGRESS_NAME).exists() and not (d / prep.READY_NAME).exists():
+    if (d / contract.PROGRESS).exists() and not (d / contract.READY).exists():
         return False  # `prepare` is still at work there, or died half-way
     return d.is_dir() and bool(shard_paths(d, "train")) and bool(shard_paths(d, "val"))
 

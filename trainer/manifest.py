@@ -1,6 +1,6 @@
 """Checkpoint manifest: atomic writes and SHA-256 verification. Torch-free (the controller imports it).
 
-Layout (docs/ARCHITECTURE.md, "Trainer contract"): `checkpoints/MANIFEST.json` is
+Layout (trainer/contract.py; docs/ARCHITECTURE.md, "Trainer contract"): `checkpoints/MANIFEST.json` is
 `{"latest": "ckpt-000100.pt", "checkpoints": [{"file", "step", "sha256", "bytes", "time"}]}` and only
 the files it lists are complete. A checkpoint whose size or hash disagrees with its entry is corrupt.
 """
@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-MANIFEST_NAME = "MANIFEST.json"
+from trainer import contract
+
+MANIFEST_NAME = contract.MANIFEST
 _CHUNK = 1 << 20
 
 
@@ -95,19 +97,19 @@ def read_manifest(ckpt_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed manifest; `{"latest": None, "checkpoints": []}` when there is none yet."""
     path = Path(ckpt_dir) / MANIFEST_NAME
     if not path.exists():
-        return {"latest": None, "checkpoints": []}
+        return {contract.MANIFEST_LATEST: None, contract.MANIFEST_ENTRIES: []}
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ManifestError(f"{path}: unreadable manifest ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
+    if not isinstance(data, dict) or not isinstance(data.get(contract.MANIFEST_ENTRIES), list):
         raise ManifestError(f"{path}: not a checkpoint manifest (no 'checkpoints' list)")
     return data
 
 
 def manifest_entries(ckpt_dir: str | os.PathLike[str]) -> list[CheckpointEntry]:
     entries = []
-    for raw in read_manifest(ckpt_dir)["checkpoints"]:
+    for raw in read_manifest(ckpt_dir)[contract.MANIFEST_ENTRIES]:
         try:
             entries.append(
                 CheckpointEntry(
@@ -178,7 +180,7 @@ def add_checkpoint(
     dropped = [e.file for e in entries if e not in kept]
     atomic_write_json(
         Path(ckpt_dir) / MANIFEST_NAME,
-        {"latest": entry.file, "checkpoints": [asdict(e) for e in kept]},
+        {contract.MANIFEST_LATEST: entry.file, contract.MANIFEST_ENTRIES: [asdict(e) for e in kept]},
     )
     return dropped
 

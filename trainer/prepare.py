@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import sources
+from trainer import contract, sources
 from trainer.download import DownloadError, fetch
 from trainer.manifest import atomic_write_json
 from trainer.shards import HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, write_shard
@@ -35,9 +35,9 @@ from trainer.tokenizer import GPT2_EOT, CharTokenizer, GPT2Tokenizer, Tokenizer
 
 SOURCES = ("builtin", "shakespeare", "tinystories", "fineweb-edu")
 DEFAULT_TOKENIZER = {"builtin": "char", "shakespeare": "char", "tinystories": "gpt2", "fineweb-edu": "gpt2"}
-META_NAME = "meta.json"
-PROGRESS_NAME = "progress.json"
-READY_NAME = "READY"
+META_NAME = contract.META
+PROGRESS_NAME = contract.PROGRESS
+READY_NAME = contract.READY
 DOWNLOAD_DIR = "download"
 FORMAT_VERSION = 1  # part of READY: a change in how shards are made invalidates old ones
 VAL_FRACTION = 0.1  # nanoGPT's 90/10 split for whole-text sources
@@ -74,8 +74,8 @@ class Progress:
         if not force and stage == self.stage and now - self.last < PROGRESS_EVERY_S:
             return
         self.stage, self.last = stage, now
-        atomic_write_json(self.path, {"stage": stage, "fraction": round(min(max(fraction, 0.0), 1.0), 4),
-                                      "tokens": int(tokens), "message": message, "updated_at": now})
+        values = (stage, round(min(max(fraction, 0.0), 1.0), 4), int(tokens), message, now)
+        atomic_write_json(self.path, dict(zip(contract.PROGRESS_FIELDS, values, strict=True)))
 
 
 # ---- shards -------------------------------------------------------------------------------------

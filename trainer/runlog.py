@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from trainer import contract
+
 
 class RunLog:
     def __init__(self, out_dir: Path, enabled: bool, progress: str, total_steps: int) -> None:
@@ -24,8 +26,8 @@ class RunLog:
         self.metrics: TextIO | None = None
         if enabled:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self.log = open(out_dir / "train.log", "a", buffering=1, encoding="utf-8")
-            self.metrics = open(out_dir / "metrics.jsonl", "a", buffering=1, encoding="utf-8")
+            self.log = open(out_dir / contract.TRAIN_LOG, "a", buffering=1, encoding="utf-8")
+            self.metrics = open(out_dir / contract.METRICS, "a", buffering=1, encoding="utf-8")
 
     def line(self, text: str) -> None:
         if not self.enabled:
@@ -39,7 +41,7 @@ class RunLog:
         if not self.enabled:
             return
         assert self.metrics is not None
-        self.metrics.write(json.dumps({"type": kind, **fields, "time": round(time.time(), 3)}) + "\n")
+        self.metrics.write(json.dumps({contract.TYPE: kind, **fields, contract.TIME: round(time.time(), 3)}) + "\n")
 
     def progress(self, step: int, loss: float | None = None) -> None:
         """Redraw the bar at most 10 times a second; a no-op off a terminal."""

@@ -55,7 +55,7 @@ def fineweb_token_files() -> list[tuple[str, str]]:
 def builtin_corpus_files() -> list[Path]:
     """The text files the offline corpus is made of, in a fixed order.
 
-    Everything textual inside the trainer package (its code, configs and trainer/corpus/), plus the
+    Everything textual inside the trainer package (its code and configs), plus the
     docs beside it when the package sits in a gpurun checkout rather than in site-packages.
     """
     files = [p for p in PACKAGE_DIR.rglob("*") if p.suffix in CORPUS_SUFFIXES and "__pycache__" not in p.parts]

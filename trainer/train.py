@@ -1,8 +1,9 @@
 """Train GPT-2: `python -m trainer.train [--config FILE] [--flags]`, or the same under torchrun for DDP.
 
 With no data flags it prepares the built-in offline corpus (char-level) into <out-dir>/data and
-trains the tiny preset, checkpointing every few seconds. Outputs follow the trainer contract in
-docs/ARCHITECTURE.md: train.log, metrics.jsonl, hardware.json, checkpoints/ + MANIFEST.json, sample.txt.
+trains the tiny preset, checkpointing every few seconds. Outputs follow the trainer contract
+(trainer/contract.py; docs/ARCHITECTURE.md): train.log, metrics.jsonl, hardware.json, checkpoints/ +
+MANIFEST.json, sample.txt.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint, data, distributed, onednn
+from trainer import checkpoint, contract, data, distributed, onednn
 from trainer.batches import BatchSampler, Prefetcher, TokenDataset
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
@@ -129,7 +130,7 @@ class Trainer:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available here")
         self.out = Path(cfg.out_dir)
-        self.ckpt_dir = self.out / "checkpoints"
+        self.ckpt_dir = self.out / contract.CHECKPOINTS_DIR
         self.log = RunLog(self.out, self.dist.master, cfg.progress, cfg.max_iters)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.last_ckpt_step = -1
@@ -350,7 +351,7 @@ class Trainer:
             eval_due = bool(cfg.eval_interval) and (step % cfg.eval_interval == 0 or step == cfg.max_iters)
             agreed = self.agree_stop(step, dt_step, self.checkpoint_due(step), eval_due)
             self.sched.observe(agreed.dt, agreed.left_s)
-            if eval_due and not agreed.skip_eval and agreed.reason != "deadline":  # a deadline stop evaluates below
+            if eval_due and not agreed.skip_eval and agreed.reason != contract.END_DEADLINE:  # a deadline stop evaluates below
                 self.evaluate(step)
             if agreed.stop or agreed.due or step == cfg.max_iters:
                 self.save(step, opt, scaler)
@@ -358,7 +359,7 @@ class Trainer:
         if agreed.stop:
             self.save(step, opt, scaler)  # stopped before the first step: make sure a checkpoint exists
         final: dict[str, float] = {}
-        if agreed.reason == "deadline" and step >= first_step:
+        if agreed.reason == contract.END_DEADLINE and step >= first_step:
             final["lr"] = lr  # the last step's: min_lr when the schedule ended at this stop
             if cfg.eval_interval:
                 # The guard's checkpoint is the run's result: say how good it is (the stop left time for this).
@@ -367,8 +368,8 @@ class Trainer:
                 assert self.last_eval is not None
                 final["val_loss"] = self.last_eval[1]["val"]
         self.write_sample(agreed.reason)
-        self.log.line(f"stopped: {agreed.reason} at step {step}")
-        self.log.record("end", reason=agreed.reason, step=step, **final)
+        self.log.line(f"{contract.LINE_STOPPED}: {agreed.reason} at step {step}")
+        self.log.record(contract.RECORD_END, reason=agreed.reason, step=step, **final)
         self.log.close()
         return 0
 
@@ -411,7 +412,7 @@ class Trainer:
             f"mfu {mfu_text} | elapsed {elapsed:.1f}s"
         )
         self.log.record(
-            "step", step=step, loss=loss, lr=lr, tokens_per_s=round(tok_s, 1),
+            contract.RECORD_STEP, step=step, loss=loss, lr=lr, tokens_per_s=round(tok_s, 1),
             mfu=None if mfu is None else round(mfu, 5), elapsed_s=round(elapsed, 3),
         )
         self.log.progress(step, loss)
@@ -419,12 +420,12 @@ class Trainer:
     def write_header(self, data_dir: Path, meta: dict[str, Any], resume_path: Path | None, step: int) -> None:
         d, cfg = self.dist, self.cfg
         if d.master:
-            atomic_write_json(self.out / "hardware.json", hardware_record(self.device, self.dtype, d.world_size))
-        self.log.line(f"device: {self.device.type}")
+            atomic_write_json(self.out / contract.HARDWARE, hardware_record(self.device, self.dtype, d.world_size))
+        self.log.line(f"{contract.LINE_DEVICE}: {self.device.type}")
         if self.device.type == "cuda":
-            self.log.line(f"cuda_name: {torch.cuda.get_device_name(self.device)}")
-        self.log.line(f"world_size: {d.world_size}")
-        self.log.line(f"dtype: {str(self.dtype).removeprefix('torch.')}")
+            self.log.line(f"{contract.LINE_CUDA_NAME}: {torch.cuda.get_device_name(self.device)}")
+        self.log.line(f"{contract.LINE_WORLD_SIZE}: {d.world_size}")
+        self.log.line(f"{contract.LINE_DTYPE}: {str(self.dtype).removeprefix('torch.')}")
         self.log.line(
             f"data: {data_dir} ({meta.get('tokenizer')}, vocab {meta['vocab_size']}, "
             f"train {self.sampler.dataset.num_tokens} tokens, val {self.eval_samplers['val'].dataset.num_tokens} tokens)"
@@ -434,10 +435,10 @@ class Trainer:
             f"model: {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, block {mc.block_size}, "
             f"vocab {mc.vocab_size}; batch {cfg.batch_size} x {self.seq_len} x {cfg.grad_accum} accum"
         )
-        self.log.line(f"parameters: {self.model.num_params(non_embedding=False) / 1e6:.2f}M")
+        self.log.line(f"{contract.LINE_PARAMETERS}: {self.model.num_params(non_embedding=False) / 1e6:.2f}M")
         self.log.line(f"lr schedule: {self.schedule.describe()}")
         if resume_path is not None:
-            self.log.line(f"resumed: checkpoints/{resume_path.name} at step {step}")
+            self.log.line(f"{contract.LINE_RESUMED}: {contract.CHECKPOINTS_DIR}/{resume_path.name} at step {step}")
 
     def agree_stop(self, step: int, dt: float | None, due: bool, eval_due: bool = False) -> Agreed:
         """What all ranks do after `step`, which took dt training seconds (None: before the first step).
@@ -470,7 +471,7 @@ class Trainer:
         dt_us = round(1e6 * dt) if dt is not None else 0
         flags = distributed.agree(self.dist, [int(signalled), int(late), int(due), int(skip), dt_us, -left_ms])
         signalled, late, due, skip = (bool(v) for v in flags[:4])
-        reason = "signal" if signalled else "deadline" if late else "max_iters"
+        reason = contract.END_SIGNAL if signalled else contract.END_DEADLINE if late else contract.END_MAX_ITERS
         left_s = -flags[5] / 1000 if cfg.deadline_epoch is not None and dt is not None else None
         return Agreed(signalled or late, reason, due, skip, flags[4] / 1e6, left_s)
 
@@ -525,8 +526,9 @@ class Trainer:
                 "schedule": self.sched.to_dict(),
             }
             entry = checkpoint.save(self.ckpt_dir, step, payload, self.cfg.keep_checkpoints)
-            self.log.line(f"checkpoint: checkpoints/{entry.file} sha256 {entry.sha256}")
-            self.log.record("checkpoint", step=step, file=f"checkpoints/{entry.file}", sha256=entry.sha256,
+            file = f"{contract.CHECKPOINTS_DIR}/{entry.file}"
+            self.log.line(f"{contract.LINE_CHECKPOINT}: {file} sha256 {entry.sha256}")
+            self.log.record(contract.RECORD_CHECKPOINT, step=step, file=file, sha256=entry.sha256,
                             bytes=entry.bytes)
         distributed.barrier(self.dist)
         self.last_ckpt_step = step
@@ -550,7 +552,7 @@ class Trainer:
             losses[split] = (distributed.total(self.dist, total) / self.cfg.eval_iters).item()
         net.train()
         self.log.line(f"eval step {step:04d} | train {losses['train']:.4f} | val {losses['val']:.4f}")
-        self.log.record("eval", step=step, train_loss=losses["train"], val_loss=losses["val"])
+        self.log.record(contract.RECORD_EVAL, step=step, train_loss=losses["train"], val_loss=losses["val"])
         self.last_eval = (step, losses)
         self.sched.eval_s = self.clock() - t0
         self.paused_s += self.sched.eval_s
@@ -582,8 +584,8 @@ class Trainer:
         model.train()
         ids = [i for i in idx[0].tolist() if i < int(self.meta["vocab_size"])]
         text = tok.decode(ids)
-        atomic_write_bytes(self.out / "sample.txt", text.encode("utf-8"))
-        self.log.line(f"sample: sample.txt ({len(ids) - len(prompt)} tokens)")
+        atomic_write_bytes(self.out / contract.SAMPLE, text.encode("utf-8"))
+        self.log.line(f"sample: {contract.SAMPLE} ({len(ids) - len(prompt)} tokens)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""What a signal does to the run this process is attached to (DESIGN.md: SIGTERM tears the run
+"""What a signal does to the run this process is attached to (docs/DESIGN.md, "The lifecycle": SIGTERM tears the run
 down like `gpurun teardown`; SIGHUP hands it to a detached guard and never ends it).
 
 The handlers never tear down themselves: once the guard runs (`Controller.deferring_signals`)

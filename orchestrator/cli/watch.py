@@ -7,7 +7,6 @@ column is no-wrap with an ellipsis, so a narrow terminal shortens cells instead 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.state.ledger import Ledger, Run
+from trainer import contract
 
 METRICS_TAIL_BYTES = 16384  # the last step record is near the end: never read a whole long log
 
@@ -43,7 +43,7 @@ def compact_rate(value: float | None) -> str:
 
 def last_step(run: Run) -> dict[str, Any]:
     """The last `step` record of the run's synced out/metrics.jsonl ({} before the first sync)."""
-    path = Path(run.run_dir) / "out" / "metrics.jsonl"
+    path = Path(run.run_dir) / contract.METRICS_PATH
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)
@@ -52,11 +52,8 @@ def last_step(run: Run) -> dict[str, Any]:
     except OSError:
         return {}
     for line in reversed(lines):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("type") == "step":
+        rec = contract.parse_record(line)
+        if contract.is_record(rec, contract.RECORD_STEP):
             return rec
     return {}
 

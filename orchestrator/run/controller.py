@@ -1,4 +1,5 @@
-"""The controller: one run from the create call to the verified teardown, phase by phase.
+"""The controller: one run from the create call to the verified teardown, phase by phase (the run
+state machine of docs/DESIGN.md, "The lifecycle").
 
 The phases and the transitions between them are `orchestrator.state.phases` (the ledger refuses any
 other); docs/ARCHITECTURE.md shows the diagram. The controller only sequences; each step is a

@@ -16,6 +16,7 @@ from orchestrator.run.context import RunContext
 from orchestrator.run.stop import End
 from orchestrator.state.endings import Ending
 from orchestrator.state.phases import Phase
+from trainer import contract
 
 
 @dataclass(frozen=True)
@@ -29,19 +30,17 @@ class Produced:
 
 
 def produced(run_dir: Path) -> Produced:
-    out = Path(run_dir) / "out"
+    root = Path(run_dir)
     steps = 0
     try:
-        for line in (out / "metrics.jsonl").read_text().splitlines():
-            try:
-                steps += json.loads(line).get("type") == "step"
-            except (ValueError, AttributeError):
-                continue  # a torn last line, or not a record
+        # a torn last line, or one that is not a record, counts for nothing
+        lines = (root / contract.METRICS_PATH).read_text().splitlines()
+        steps = sum(contract.is_record(contract.parse_record(line), contract.RECORD_STEP) for line in lines)
     except OSError:
         pass
     try:
-        manifest = json.loads((out / "checkpoints" / "MANIFEST.json").read_text())
-        checkpoint = bool(manifest.get("checkpoints")) if isinstance(manifest, dict) else False
+        manifest = json.loads((root / contract.MANIFEST_PATH).read_text())
+        checkpoint = bool(manifest.get(contract.MANIFEST_ENTRIES)) if isinstance(manifest, dict) else False
     except (OSError, ValueError):
         checkpoint = False
     return Produced(steps, checkpoint)

@@ -1,6 +1,6 @@
 """Is the job getting anywhere? What the guard reads each poll, and its stall check.
 
-DESIGN.md: a run is stalled when the bundled trainer writes no new step to out/metrics.jsonl, or
+docs/DESIGN.md ("The guard"): a run is stalled when the bundled trainer writes no new step to out/metrics.jsonl, or
 any other command writes no new output to job.log, for the stall window (`--stall-minutes`). One
 cheap command on the instance per poll reads both the log's size and the metrics' last lines.
 GPU utilisation is not read: a trainer that steps is making progress whatever the GPU shows.
@@ -15,10 +15,11 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer import contract
 from trainer.recipes import human
 
 METRICS_TAIL = 20  # lines: enough to find the last step line between eval and checkpoint records
-PROGRESS_FILE = "progress.json"  # in the data dir, written atomically by trainer.data prepare
+PROGRESS_FILE = contract.PROGRESS  # in the data dir, written atomically by trainer.data prepare
 
 
 def probe_command(root: str) -> str:
@@ -26,7 +27,7 @@ def probe_command(root: str) -> str:
     an SSH command starts in the login user's home, not in the run's root)."""
     q = shlex.quote
     return (f"wc -c < {q(root + '/job.log')} 2>/dev/null || echo; "
-            f"tail -n {METRICS_TAIL} {q(root + '/out/metrics.jsonl')} 2>/dev/null")
+            f"tail -n {METRICS_TAIL} {q(root + '/' + contract.METRICS_PATH)} 2>/dev/null")
 
 
 @dataclass
@@ -45,14 +46,11 @@ def parse_probe(stdout: str) -> Probe:
     size = first.strip()
     probe = Probe(log_bytes=int(size) if size.isdigit() else None)
     for line in reversed(rest.splitlines()):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("type") == "end" and probe.end_reason is None:
+        rec = contract.parse_record(line)
+        if contract.is_record(rec, contract.RECORD_END) and probe.end_reason is None:
             probe.end_reason = str(rec.get("reason"))
-        if isinstance(rec, dict) and rec.get("type") == "step":
-            probe.metrics = {"step": rec.get("step"), "loss": rec.get("loss"), "tokens_per_s": rec.get("tokens_per_s")}
+        if contract.is_record(rec, contract.RECORD_STEP):
+            probe.metrics = {k: rec.get(k) for k in ("step", "loss", "tokens_per_s")}
             break
     return probe
 

@@ -1,4 +1,4 @@
-"""The run lifecycle of DESIGN.md as data: the phases, and which phase may follow which.
+"""The run lifecycle of docs/DESIGN.md ("The lifecycle") as data: the phases, and which phase may follow which.
 
 The ledger refuses any transition not listed here (`Ledger.set_phase`), so a bug that jumps from
 ssh_ready to verified, or marks a run verified without passing through terminating, fails loudly

@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 # Secrets are refused by name, case-insensitively: a key or an env file has no business on a
-# rented machine (DESIGN.md: secrets never reach an upload).
+# rented machine (docs/DESIGN.md, "Conventions": secrets never reach an upload).
 SECRET_EXCLUDE = (
     ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.ppk",
     "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",  # OpenSSH private keys (and their .pub)

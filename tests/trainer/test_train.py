@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.helpers import FAST, REPO, env, records, run_trainer, step_losses, trainer_cmd
-from trainer import manifest, sample
+from trainer import contract, manifest, sample
 from trainer.train import main
 
 
@@ -36,7 +36,7 @@ def test_loss_falls_on_tiny_shakespeare(tmp_path: Path, shared_data: Path) -> No
     assert [e["step"] for e in evals] == [0, 75, 150]
     assert evals[0]["val_loss"] > 4.0  # ~ln(65) at initialisation
     assert evals[-1]["val_loss"] < 2.7 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.4
-    # The trainer contract the controller reads (docs/ARCHITECTURE.md).
+    # The trainer contract the controller reads (trainer/contract.py; docs/ARCHITECTURE.md).
     log = (out / "train.log").read_text()
     assert "device: cpu\n" in log and re.search(r"^parameters: \d+\.\d\dM$", log, re.M)
     assert re.search(r"^step 0050 \| loss \d\.\d{4} \| lr \S+ \| tok/s \d+ \| mfu n/a \| elapsed \d+\.\ds$", log, re.M)
@@ -46,7 +46,7 @@ def test_loss_falls_on_tiny_shakespeare(tmp_path: Path, shared_data: Path) -> No
     hw = json.loads((out / "hardware.json").read_text())
     assert hw["device"] == "cpu" and hw["world_size"] == 1 and hw["dtype"] == "float32" and "torch" in hw
     step = records(out, "step")[-1]
-    assert set(step) >= {"step", "loss", "lr", "tokens_per_s", "mfu", "elapsed_s", "time"}
+    assert set(step) == {*contract.STEP_FIELDS, contract.TYPE, contract.TIME}
     (end,) = records(out, "end")
     assert end == {"type": "end", "reason": "max_iters", "step": 150, "time": end["time"]}
     assert during(end["time"], before, after)
