@@ -18,7 +18,8 @@ def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, ru
     return write_evidence(
         Path(run.run_dir),
         run={"run_id": run.run_id, "provider": run.provider, "phase": run.phase, "plan": run.plan,
-             "end_reason": run.end_reason, "job_exit_code": run.job_exit_code, "billed": billed_of(run)},
+             "end_reason": run.end_reason, "ending": run.ending, "job_exit_code": run.job_exit_code,
+             "billed": billed_of(run)},
         offer=offer, proof_path=proof_path, runtime_s=runtime_s, cost_usd=cost, max_usd=run.max_usd,
     )
 

@@ -17,10 +17,12 @@ from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import Node, NodeGroup, worker_root
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watchdog import install_watchdog
+from orchestrator.state.events import EventKind
 from orchestrator.transport.factory import open_transport
 from orchestrator.transport.keys import run_key
 from orchestrator.transport.protocol import Transport
 from providers.base import Access, Instance, InstanceSpec
+from trainer import contract
 
 POLL_S = 1.0
 RECONNECT_S = 30.0  # how long a controller loaded from the ledger waits for a node to answer
@@ -80,7 +82,7 @@ def boot_and_connect(ctx: RunContext, group: NodeGroup, until: float) -> None:
         if node.rank == 0:
             ctx.phase("ssh_ready", root=transport.root, watchdog_deadline=ctx.watchdog_deadline())
         else:
-            ctx.event("node_ready", rank=node.rank, instance_id=node.instance.id, root=transport.root,
+            ctx.event(EventKind.NODE_READY, rank=node.rank, instance_id=node.instance.id, root=transport.root,
                       watchdog_deadline=ctx.watchdog_deadline())
     if group.workers:  # node 0's private address, for the rendezvous and a guard that takes over
         ctx.record.nodes = group.records()
@@ -134,7 +136,7 @@ def arm_switch(ctx: RunContext, node: Node) -> None:
             self_destruct_cmd=self_destruct_command(ctx, instance),
             # With this controller gone, an ended job's instance must not idle, nor a stalled job run on.
             idle_s=opts.idle_minutes * 60, stall_s=opts.stall_minutes * 60 if stall else None,
-            progress_file="out/metrics.jsonl" if stall and not opts.command else "job.log",
+            progress_file=contract.METRICS_PATH if stall and not opts.command else "job.log",
         )
 
     assert ctx.run.stop_at_epoch is not None
@@ -184,4 +186,4 @@ def _reconnect(ctx: RunContext, node: Node) -> None:
         node.transport = transport
     except Exception as exc:  # noqa: BLE001 - reported; teardown still ends it
         transport.close()
-        ctx.event("error", message=f"node {node.rank}: {exc}")
+        ctx.event(EventKind.ERROR, message=f"node {node.rank}: {exc}")

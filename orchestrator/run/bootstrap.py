@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from orchestrator.transport.protocol import Transport
+from trainer import contract
 
 # The AWS Deep Learning AMI keeps PyTorch in /opt/pytorch; conda images in /opt/conda.
 PYTHON_CANDIDATES = ("python3", "python", "/opt/pytorch/bin/python", "/opt/conda/bin/python",
@@ -161,8 +162,8 @@ def bootstrap(transport: Transport, install: bool = True, need_torch: bool = Tru
         device_name=_str(info.get("device_name")), gpu_count=int(str(info.get("gpu_count") or 0)),
         numpy_version=_str(info.get("numpy")), nvidia_smi=nvidia, installed=installed)
     root = transport.root
-    transport.write_file(f"{root}/out/bootstrap.txt", result.report())
-    transport.write_file(f"{root}/out/bootstrap.json", json.dumps(result.to_dict(), indent=1) + "\n")
+    transport.write_file(f"{root}/{contract.OUT_DIR}/bootstrap.txt", result.report())
+    transport.write_file(f"{root}/{contract.OUT_DIR}/bootstrap.json", json.dumps(result.to_dict(), indent=1) + "\n")
     return result
 
 
@@ -199,7 +200,7 @@ def trainer_command(gpu_count: int, args: Sequence[str] | str = (), root: str | 
     and SIGKILLs ranks still writing their checkpoint after 30 s. Pass python=BootstrapInfo.python:
     on some images python is not on a non-login PATH.
     """
-    out_dir = out_dir or (f"{root.rstrip('/')}/out" if root else "../out")
+    out_dir = out_dir or (f"{root.rstrip('/')}/{contract.OUT_DIR}" if root else f"../{contract.OUT_DIR}")
     extra = args if isinstance(args, str) else " ".join(shlex.quote(a) for a in args)
     cmd = f"{shlex.quote(python)} -m trainer.launch --nproc-per-node={max(1, int(gpu_count))} "
     if nodes > 1:  # torchrun's static-rendezvous flags: node R is group rank R, node 0 hosts the store

@@ -19,6 +19,7 @@ from orchestrator.plan.record import RunRecord
 from orchestrator.run.status import LiveStatus, Reporter, quiet
 from orchestrator.run.stop import End
 from orchestrator.state.endings import Ending
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger, Run
 from orchestrator.state.phases import Phase
 from providers.base import Offer, Provider
@@ -68,7 +69,7 @@ class RunContext:
         self.run.phase = Phase(name)
         self.report(self.status(message=payload.get("message") or payload.get("reason", "")))
 
-    def event(self, kind: str, **payload: Any) -> None:
+    def event(self, kind: EventKind, **payload: Any) -> None:
         self.ledger.record_event(self.run_id, kind, **payload)
 
     def save_record(self, *keys: str) -> None:
@@ -124,7 +125,7 @@ class RunContext:
             try:
                 config = self.budgets.notify
             except BudgetError as exc:
-                self.event("notify_off", error=str(exc))
+                self.event(EventKind.NOTIFY_OFF, error=str(exc))
                 config = None
             self._notifier = Notifier(config, on_failure=lambda event, target, error: self.event(
                 "notify_failed", event=event, target=target, error=error))

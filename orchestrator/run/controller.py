@@ -36,6 +36,7 @@ from orchestrator.run.stop import End, StopKind, Watched
 from orchestrator.run.syncing import Syncing
 from orchestrator.run.watch import Requests, Watch
 from orchestrator.state.endings import Ending
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger, Run
 from orchestrator.state.phases import Phase
 from orchestrator.transport.protocol import SyncResult, Transport
@@ -175,7 +176,7 @@ class Controller:
                 return True
             if stop.kind is StopKind.HANDOFF:
                 self.syncing.stop()
-                self.ctx.event("handoff", pid=os.getpid())
+                self.ctx.event(EventKind.HANDOFF, pid=os.getpid())
                 return False
             assert stop.end is not None
             if stop.end.ending is Ending.PREEMPTED and (watched := self._resume(stop.end)) is not None:
@@ -193,7 +194,7 @@ class Controller:
             try:
                 self.sync_now()
             except Exception as exc:  # noqa: BLE001 - best effort: the instance may be gone already
-                self.ctx.event("error", message=f"sync before resuming: {type(exc).__name__}: {exc}")
+                self.ctx.event(EventKind.ERROR, message=f"sync before resuming: {type(exc).__name__}: {exc}")
         self.group.close()
         try:
             found = recovery.reprovision(self.ctx, self.group, end)
@@ -203,7 +204,7 @@ class Controller:
             bootstrap_group(self.ctx, self.group)
             if found is not None:
                 recovery.push_checkpoint(self.ensure_transport(), found)
-            self.ctx.event("resuming", instance_id=self.group.head.instance.id,
+            self.ctx.event(EventKind.RESUMING, instance_id=self.group.head.instance.id,
                            checkpoint=None if found is None else found.path.name,
                            step=None if found is None else found.entry["step"])
             preparing = start_data(self.ctx, self.group)
@@ -224,7 +225,7 @@ class Controller:
         self.deferring_signals = True
         self.ctx.end(end)
         if not Phase(self.run.phase).is_job():
-            self.ctx.event("finish", reason=end.reason, job=False)
+            self.ctx.event(EventKind.FINISH, reason=end.reason, job=False)
             self.teardown()
             return
         try:
@@ -234,7 +235,7 @@ class Controller:
             self.phase("syncing_final")
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
-            self.ctx.event("error", message=f"{type(exc).__name__}: {exc}")
+            self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
         if not self.options.command:
             judge_outputs(self.ctx)
         self.teardown()
@@ -243,7 +244,7 @@ class Controller:
         error = f"{type(exc).__name__}: {exc}"
         current = Phase(self.run.phase)
         if current.is_failed():  # already recorded as failed: keep that phase, add the error
-            self.ctx.event("error", message=error)
+            self.ctx.event(EventKind.ERROR, message=error)
         else:
             self.phase(current.failure, error=error)
         self.ctx.ledger.update_run(self.ctx.run_id, error=error)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger, Run
 
 
@@ -41,4 +42,4 @@ def take_over(ledger: Ledger, run: Run) -> None:
     if controller_alive(run):
         assert run.controller_pid is not None
         os.kill(run.controller_pid, signal.SIGKILL)
-        ledger.record_event(run.run_id, "controller_replaced", pid=run.controller_pid)
+        ledger.record_event(run.run_id, EventKind.CONTROLLER_REPLACED, pid=run.controller_pid)

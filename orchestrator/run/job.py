@@ -29,7 +29,9 @@ from orchestrator.run.progress import (
 )
 from orchestrator.run.setup import DATA_JOB, DATA_SOURCE_DIR
 from orchestrator.run.stop import End
+from orchestrator.state.events import EventKind
 from orchestrator.transport.protocol import Transport
+from trainer import contract
 
 JOB = "job"  # the job's detached name on every node (job.pid, job.exit, job.log)
 DATA_FAILED = "data preparation failed"  # the leading words of a failed data phase's detail
@@ -56,16 +58,16 @@ def start_data(ctx: RunContext, group: NodeGroup) -> bool:
     job = head.job
     if not job.get("prepare"):
         return False
-    if head.transport.run(f"test -f {shlex.quote(job['data_dir'] + '/READY')}", timeout_s=30).ok:
-        ctx.event("data_reused", data_dir=job["data_dir"])
+    if head.transport.run(f"test -f {shlex.quote(job['data_dir'] + '/' + contract.READY)}", timeout_s=30).ok:
+        ctx.event(EventKind.DATA_REUSED, data_dir=job["data_dir"])
         return False
     ctx.phase("preparing_data", command=job["prepare"], data_dir=job["data_dir"], recipe=job["recipe"])
     pid = head.transport.start_detached(DATA_JOB, job["prepare"], env=_UNBUFFERED)
-    ctx.event("data_started", pid=pid)
+    ctx.event(EventKind.DATA_STARTED, pid=pid)
     for node in group.workers:  # every node prepares its own copy: the nodes share no disk
         if node.transport is not None and node.job.get("prepare"):
             node_pid = node.transport.start_detached(DATA_JOB, node.job["prepare"], env=_UNBUFFERED)
-            ctx.event("node_data_started", rank=node.rank, pid=node_pid)
+            ctx.event(EventKind.NODE_DATA_STARTED, rank=node.rank, pid=node_pid)
     return True
 
 
@@ -126,7 +128,7 @@ def job_command(ctx: RunContext, group: NodeGroup, node: Node) -> str:
     if opts.nodes > 1:
         rendezvous = dict(nodes=opts.nodes, node_rank=node.rank,
                           rdzv_endpoint=f"{rendezvous_address(group.head.instance)}:{settings.rdzv_port()}")
-    return trainer_command(gpus, args, python=node.python, out_dir=f"{node.transport.root}/out", **rendezvous)
+    return trainer_command(gpus, args, python=node.python, out_dir=f"{node.transport.root}/{contract.OUT_DIR}", **rendezvous)
 
 
 def _job_env(ctx: RunContext, group: NodeGroup, rank: int) -> dict[str, str]:
@@ -149,8 +151,8 @@ def start_job(ctx: RunContext, group: NodeGroup) -> None:
             raise RunFailed(f"node {node.rank} (instance {node.instance.id}) does not answer: the job cannot"
                             " start on every node")
         node_pid = node.transport.start_detached(JOB, job_command(ctx, group, node), env=_job_env(ctx, group, node.rank))
-        ctx.event("node_job_started", rank=node.rank, pid=node_pid)
-    ctx.event("job_started", pid=pid)
+        ctx.event(EventKind.NODE_JOB_STARTED, rank=node.rank, pid=node_pid)
+    ctx.event(EventKind.JOB_STARTED, pid=pid)
     ctx.notice("started", f"run {ctx.run_id} started on {ctx.offer.instance_type}; the guard stops it"
                f" at {time.strftime('%H:%M:%S', time.localtime(ctx.run.stop_at_epoch or 0))}",
                instance_type=ctx.offer.instance_type, usd_per_hour=ctx.offer.total_usd_per_hour,
@@ -184,7 +186,7 @@ def stop_job(ctx: RunContext, group: NodeGroup, end: End) -> None:
         for t in (head, *workers):
             quietly(lambda t=t: t.signal(JOB, signal.SIGTERM))  # the trainer checkpoints and exits 0
         if not _stop_within(head, JOB, ctx.grace_s()):
-            ctx.event("job_killed", after_s=ctx.grace_s())
+            ctx.event(EventKind.JOB_KILLED, after_s=ctx.grace_s())
             head.signal(JOB, signal.SIGKILL)
     for t in workers:  # a worker still running once node 0 is done has nothing left to give
         quietly(lambda t=t: t.job_state(JOB).running and t.signal(JOB, signal.SIGKILL))

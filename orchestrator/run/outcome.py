@@ -15,6 +15,7 @@ from pathlib import Path
 from orchestrator.run.context import RunContext
 from orchestrator.run.stop import End
 from orchestrator.state.endings import Ending
+from orchestrator.state.events import EventKind
 from orchestrator.state.phases import Phase
 from trainer import contract
 
@@ -74,5 +75,5 @@ def judge_outputs(ctx: RunContext) -> None:
                              ctx.allowance.max_runtime_s)
     if failed is not None:
         ctx.ledger.update_run(run.run_id, end_reason=failed.reason, ending=failed.ending)
-        ctx.event("nothing_trained", reason=failed.reason)
+        ctx.event(EventKind.NOTHING_TRAINED, reason=failed.reason)
         ctx.refresh()

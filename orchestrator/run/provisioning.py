@@ -30,6 +30,7 @@ from orchestrator.run.attempts import Attempt, Cause, attempts_usd, failed_boots
 from orchestrator.run.boot import boot_and_connect, create_head, create_workers
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
+from orchestrator.state.events import EventKind
 from providers.base import Instance, NoCapacityError, Offer
 
 MAX_BOOT_S = 900.0  # one attempt that has not come up in 15 minutes is stuck, whatever the budget
@@ -65,7 +66,7 @@ def record_attempt(ctx: RunContext, attempt: Attempt) -> None:
     entry = attempt.to_dict()
     ctx.record.attempts.append(entry)
     ctx.save_record("attempts")
-    ctx.event("attempt_failed", **entry)
+    ctx.event(EventKind.ATTEMPT_FAILED, **entry)
     ctx.report(ctx.status(message=f"attempt {attempt.number} failed: {attempt.reason}"))
 
 

@@ -38,8 +38,10 @@ from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
 from orchestrator.run.provisioning import provision, record_attempt
 from orchestrator.run.stop import End
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.protocol import Transport
+from trainer import contract
 from trainer.manifest import MANIFEST_NAME, latest_valid
 
 
@@ -53,10 +55,10 @@ class Checkpoint:
 
 def home_checkpoint(run_dir: Path) -> Checkpoint | None:
     """The newest checkpoint at home that verifies, and its manifest entry (None: none came home)."""
-    entry, _ = latest_valid(run_dir / "out" / "checkpoints")
+    entry, _ = latest_valid(run_dir / contract.CHECKPOINTS_PATH)
     if entry is None:
         return None
-    return Checkpoint(run_dir / "out" / "checkpoints" / entry.file, entry.__dict__)
+    return Checkpoint(run_dir / contract.CHECKPOINTS_PATH / entry.file, entry.__dict__)
 
 
 def reprovision(ctx: RunContext, group: NodeGroup, end: End) -> Checkpoint | End | None:
@@ -65,7 +67,7 @@ def reprovision(ctx: RunContext, group: NodeGroup, end: End) -> Checkpoint | End
     provisioned. The checkpoint to resume from (None: none came home), or the End of a run that
     cannot go on."""
     lost = ctx.ledger.instances(ctx.run_id)[-1].instance_id
-    ctx.event("preempted", instance_id=lost, reason=end.reason)
+    ctx.event(EventKind.PREEMPTED, instance_id=lost, reason=end.reason)
     started = ctx.run.clock_start_epoch or time.time()
     retired = teardown_mod.retire(ctx.ledger, ctx.provider, ctx.run_id, lost)
     record_attempt(ctx, Attempt(len(ctx.record.attempts) + 1, Cause.PREEMPTED, ctx.offer, lost, end.reason, started,
@@ -85,7 +87,7 @@ def keep_attempt_logs(run_dir: Path, attempt: int | str) -> None:
     """The lost instance's (or the earlier run's) train.log / metrics.jsonl / job.log / EVIDENCE.md
     stay as *.attempt-N.* (or *.<run id>.*): the next instance's pulls bring files of the same names."""
     tag = f"attempt-{attempt}" if isinstance(attempt, int) else str(attempt)
-    for rel in ("out/train.log", "out/metrics.jsonl", "job.log", "EVIDENCE.md"):
+    for rel in (contract.TRAIN_LOG_PATH, contract.METRICS_PATH, "job.log", "EVIDENCE.md"):
         path = run_dir / rel
         if path.exists():
             path.rename(path.with_name(f"{path.stem}.{tag}{path.suffix}"))
@@ -95,9 +97,9 @@ def push_checkpoint(transport: Transport, checkpoint: Checkpoint) -> None:
     """The checkpoint and a manifest naming only it, to the new instance's out/checkpoints."""
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / MANIFEST_NAME
-        manifest.write_text(json.dumps({"latest": checkpoint.entry["file"], "checkpoints": [checkpoint.entry]},
+        manifest.write_text(json.dumps({contract.MANIFEST_LATEST: checkpoint.entry["file"], contract.MANIFEST_ENTRIES: [checkpoint.entry]},
                                        indent=2))
-        transport.push_files([checkpoint.path, manifest], "out/checkpoints")  # the manifest last: the file is whole
+        transport.push_files([checkpoint.path, manifest], contract.CHECKPOINTS_PATH)  # the manifest last: the file is whole
 
 
 # ---- gpurun launch --resume RUN -------------------------------------------------------------------
@@ -113,7 +115,7 @@ def resume_options(ledger: Ledger, run_ref: str, max_usd: float | None, max_boot
     if is_orphan(run):
         raise LaunchError(f"run {run.run_id} was adopted by `gpurun sweep`: it has no launch to resume")
     if home_checkpoint(Path(run.run_dir)) is None:
-        raise LaunchError(f"run {run.run_id} has no complete checkpoint at home ({run.run_dir}/out/checkpoints):"
+        raise LaunchError(f"run {run.run_id} has no complete checkpoint at home ({run.run_dir}/{contract.CHECKPOINTS_PATH}):"
                           " nothing to resume from")
     old = RunRecord.of_run(run).options
     return replace(old, max_usd=max_usd, max_boot_usd=max_boot_usd, resume_run=run.run_id)
@@ -128,5 +130,5 @@ def resume_earlier_run(ctx: RunContext, transport: Transport) -> None:
     if checkpoint is None:
         raise RunFailed(f"the checkpoint of run {earlier} is gone from {ctx.run_dir}: nothing to resume from")
     push_checkpoint(transport, checkpoint)
-    ctx.event("resuming", resumed_from=earlier, checkpoint=checkpoint.path.name, step=checkpoint.entry["step"])
+    ctx.event(EventKind.RESUMING, resumed_from=earlier, checkpoint=checkpoint.path.name, step=checkpoint.entry["step"])
 

@@ -20,6 +20,7 @@ from orchestrator.run.nodes import Node, NodeGroup
 from orchestrator.run.progress import PROGRESS_FILE
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watchdog import set_pre_job
+from orchestrator.state.events import EventKind
 from orchestrator.transport.protocol import Transport
 from trainer.recipes import Recipe
 
@@ -43,7 +44,7 @@ def bootstrap_group(ctx: RunContext, group: NodeGroup) -> None:
             if ctx.offer.spot and (notice := ctx.provider.spot_notice_command(node.instance, node.transport.root)):
                 node.transport.start_detached(SPOT_NOTICE_JOB, notice)  # the provider's reclaim warning
         else:
-            ctx.event("node_bootstrapped", rank=node.rank, instance_id=node.instance.id, python=node_info.python,
+            ctx.event(EventKind.NODE_BOOTSTRAPPED, rank=node.rank, instance_id=node.instance.id, python=node_info.python,
                       torch=node_info.torch_version, gpu_count=node_info.gpu_count)
     if group.workers:
         ctx.record.nodes = group.records()  # with each worker's data command, for a guard that takes over
@@ -69,7 +70,7 @@ def _bootstrap_node(ctx: RunContext, node: Node, recipe: Recipe | None) -> tuple
     info, picked, node.job, installed = cut_at(node, what, steps, prepare, ctx.run.stop_at_epoch)
     node.python = info.python
     if installed:
-        ctx.event("installed", packages=installed, rank=node.rank)
+        ctx.event(EventKind.INSTALLED, packages=installed, rank=node.rank)
     if watch := data_watch(node):  # the switch watches the data phase too, until training starts
         set_pre_job(transport, **watch)
     return info, picked

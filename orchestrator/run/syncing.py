@@ -9,6 +9,7 @@ from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watch import Watch
+from orchestrator.state.events import EventKind
 from orchestrator.transport.protocol import SyncResult, Transport
 from orchestrator.transport.pull import Syncer
 
@@ -49,5 +50,5 @@ class Syncing:
 
     def _record(self, result: SyncResult, final: bool) -> None:
         self.watch.heartbeat(force=True)
-        self.ctx.event("sync", final=final, files=result.files, bytes=result.bytes, method=result.method,
+        self.ctx.event(EventKind.SYNC, final=final, files=result.files, bytes=result.bytes, method=result.method,
                        verified=result.checkpoints_verified, rejected=result.checkpoints_rejected)

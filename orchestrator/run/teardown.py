@@ -43,6 +43,7 @@ from orchestrator import settings
 from orchestrator.money import budget as budget_mod
 from orchestrator.plan.record import ORPHAN_KEY
 from orchestrator.proof.shutdown import TerminateRequest, build_proof, write_proof
+from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger, Run
 from orchestrator.state.phases import Phase
 from providers.base import BillingRule, Instance, Provider, ProviderError
@@ -131,7 +132,7 @@ def _terminate_until_gone(ledger: Ledger, provider: Provider, run_id: str, ids: 
             except ProviderError as exc:
                 req = TerminateRequest(iid, sent, None, error=str(exc), responded_at=time.time())
             requests.append(req)
-            ledger.record_event(run_id, "terminate_request", instance_id=iid,
+            ledger.record_event(run_id, EventKind.TERMINATE_REQUEST, instance_id=iid,
                                 response=req.response, error=req.error)
 
     def all_gone() -> bool:

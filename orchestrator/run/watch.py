@@ -19,7 +19,9 @@ from orchestrator.run.progress import StallWatch
 from orchestrator.run.stop import End, Stop, StopKind, Watched
 from orchestrator.run.watchdog import heartbeat, heartbeat_interval_s, read_reason
 from orchestrator.state.endings import Ending
+from orchestrator.state.events import EventKind
 from orchestrator.transport.protocol import Transport
+from trainer import contract
 
 POLL_S = 1.0
 PREEMPT_CHECK_S = 30.0  # how often the guard asks the provider whether it took a spot instance back
@@ -71,7 +73,7 @@ class Watch:
                 raise
             except Exception as exc:  # an instance we cannot watch is torn down, not left billing
                 errors += 1
-                ctx.event("error", message=f"{type(exc).__name__}: {exc}")
+                ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
                 if preempted := self.preempted():  # unreachable because the provider took it back
                     return Stop.ended(End.because(Ending.PREEMPTED, preempted + note))
                 if errors >= LOST_AFTER:
@@ -95,7 +97,7 @@ class Watch:
             if ctx.offer.spot and (preempted := self.preempted() or self._spot_notice(transport)):
                 return Stop.ended(End.because(Ending.PREEMPTED, preempted))  # the machine goes, not the job
             end = End.job_ended(state.exit_code)
-            if state.exit_code == 0 and not ctx.options.command and probe(transport).end_reason == "deadline":
+            if state.exit_code == 0 and not ctx.options.command and probe(transport).end_reason == contract.END_DEADLINE:
                 end = End.because(Ending.DEADLINE, "the trainer stopped itself at the guard's stop time")
             if read_reason(transport) == "stalled":  # the switch stopped it while we were away
                 end = End.because(Ending.STALLED, "stopped by the on-instance switch (no progress, no controller)")
@@ -122,7 +124,7 @@ class Watch:
             if waiting := workers_preparing(ctx, self.group):
                 ctx.report(ctx.status(data=f"node 0 ready; node(s) {', '.join(map(str, waiting))} preparing"))
                 return None
-            ctx.event("data_ready", data_dir=head.job["data_dir"],
+            ctx.event(EventKind.DATA_READY, data_dir=head.job["data_dir"],
                       **{k: seen.progress.get(k) for k in ("tokens", "message")})
             return Stop(StopKind.DATA_READY)
         ctx.report(ctx.status(data=seen.line))
