@@ -399,7 +399,7 @@ def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
             continue
         _summary(ledger.resolve_run(run.run_id))
     if failures:
-        sys.exit(3)
+        sys.exit(Exit.NOT_VERIFIED)
 
 
 def _end_run(ledger: Ledger, run: Run) -> None:
@@ -553,7 +553,7 @@ def sweep(providers_: tuple[str, ...], runs_dir: str | None, yes: bool) -> None:
                 console.print(f"{prov.name} {inst.id}: terminated (verified)")
             console.print(f"shutdown proof: {ended.proof_path} (ledger run {ended.run_id})", highlight=False)
     if failures:
-        sys.exit(3)
+        sys.exit(Exit.NOT_VERIFIED)
 
 
 @main.command()
@@ -567,7 +567,7 @@ def evidence(run_ref: str | None, check_chain: bool) -> None:
         if problems:
             for p in problems:
                 err_console.print(f"[red]chain broken:[/red] {p}")
-            sys.exit(3)
+            sys.exit(Exit.NOT_VERIFIED)
         console.print(f"proof chain intact: {len(ledger.proofs())} proofs")
         return
     run = ledger.resolve_run(run_ref)
