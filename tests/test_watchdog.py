@@ -20,8 +20,9 @@ from orchestrator.run.watchdog import (
     set_pre_job,
 )
 from orchestrator.transport import keys
+from orchestrator.transport.hostkeys import MemoryHostKeyStore
 from orchestrator.transport.local import LocalTransport
-from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
+from orchestrator.transport.ssh import SSHTransport
 from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 from tests.watchdog_helpers import disarm_watchdog, move_deadline_earlier
