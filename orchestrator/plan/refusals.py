@@ -16,7 +16,7 @@ from providers.base import ImageFacts, ProviderError, TorchOnImage
 from trainer import config as trainer_config
 from trainer import recipes
 
-# Trainer flags the controller passes itself (lifecycle.job_command, bootstrap.trainer_command): a
+# Trainer flags the controller passes itself (Controller.job_command, bootstrap.trainer_command): a
 # `--set` of one would be overridden on the instance or clash with it.
 SET_BY_GPURUN = {
     "deadline_epoch": "gpurun sets it from the budget (--max-usd)",
