@@ -381,7 +381,3 @@ def rank_offers(offers: list[Offer], gpu: str | None) -> list[Offer]:
         raise ProviderError(f"no offer for GPU {gpu!r}{hint} (see `gpurun offers`)")
     return ranked
 
-
-def pick_offer(offers: list[Offer], gpu: str | None) -> Offer:
-    """The cheapest available offer matching `gpu` (case-insensitive substring), or a clear error."""
-    return rank_offers(offers, split_gpus(gpu)[0] if split_gpus(gpu) else None)[0]

@@ -30,9 +30,10 @@ import pytest
 from providers.aws import TAG_RUN_ID, AWSProvider, billing, inventory
 from providers.aws.catalog import STATIC_CATALOGUE
 from providers.aws.instance import TAG_PRICE
-from providers.base import InstanceSpec, pick_offer
+from providers.base import InstanceSpec
 from providers.common import HOURS_PER_MONTH
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+from tests.offer_helpers import pick_offer
 
 DAY = 86400.0
 

@@ -24,9 +24,9 @@ from providers.base import (
     NoCapacityError,
     Offer,
     ProviderError,
-    pick_offer,
 )
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+from tests.offer_helpers import pick_offer
 
 # ------------------------------------------------------------------------------------ helpers
 

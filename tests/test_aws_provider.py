@@ -33,9 +33,9 @@ from providers.base import (
     InstanceSpec,
     Offer,
     ProviderError,
-    pick_offer,
 )
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
+from tests.offer_helpers import pick_offer
 
 STATIC = f"static table ({STATIC_PRICE_DATE})"
 # The provider carries no billing rule of its own: AWS's (per second, 60 s minimum) is budgets.yaml's.

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from providers import get_provider
-from providers.base import RUNNING, Billable, BillingRule, InstanceSpec, pick_offer
+from providers.base import RUNNING, Billable, BillingRule, InstanceSpec
 from providers.datacrunch import DataCrunchProvider
 from providers.datacrunch.inventory import scrub
 from tests.e2e_helpers import wait_for
 from tests.fakes.datacrunch_api import FakeDataCrunchAPI
+from tests.offer_helpers import pick_offer
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
 FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "timeout_s": 2.0}

@@ -16,11 +16,11 @@ from providers.base import (
     BillingRule,
     Instance,
     InstanceSpec,
-    pick_offer,
 )
 from providers.datacrunch import DataCrunchProvider
 from tests.e2e_helpers import wait_for
 from tests.fakes.datacrunch_api import FakeDataCrunchAPI
+from tests.offer_helpers import pick_offer
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
 FAST = {"retry_wait_s": 0.01, "retry_max_wait_s": 0.05, "timeout_s": 2.0}

@@ -30,12 +30,12 @@ from providers.base import (
     Offer,
     ProviderError,
     TransientProviderError,
-    pick_offer,
 )
 from providers.datacrunch import DataCrunchInsufficientFunds, DataCrunchProvider, ProvisioningRefusedError
 from providers.datacrunch.instance import created_id, per_id_failures
 from tests.e2e_helpers import wait_for
 from tests.fakes.datacrunch_api import PROVISIONING_REFUSAL, FakeDataCrunchAPI
+from tests.offer_helpers import pick_offer
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGdjcHVydW4tdGVzdC1rZXk gpurun-test"
 ENV_NAMES = ("DATACRUNCH_CLIENT_ID", "DATACRUNCH_CLIENT_SECRET", "DATACRUNCH_BASE_URL", "VERDA_CLIENT_ID",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.money.budget import Allowance
-from orchestrator.plan.launch import TORCH_INSTALL_S, LaunchOptions, bootstrap_words, check_image
+from orchestrator.plan.forecast import TORCH_INSTALL_S, bootstrap_words
+from orchestrator.plan.options import LaunchOptions
+from orchestrator.plan.refusals import check_image
 from providers.aws.instance import AWSProvider
 from providers.base import BillingRule, ImageFacts, Offer, ProviderError, TorchOnImage
 from providers.datacrunch.instance import DEFAULT_IMAGE as DC_DEFAULT_IMAGE

@@ -145,7 +145,8 @@ def test_nodes_that_gpurun_cannot_carry_are_refused_before_renting(tmp_path: Pat
 
 
 def test_the_plan_prices_every_node_against_the_one_cap(tmp_path: Path) -> None:
-    from orchestrator.plan.launch import LaunchOptions, make_plan
+    from orchestrator.plan.launch import make_plan
+    from orchestrator.plan.options import LaunchOptions
 
     plan = make_plan(LaunchOptions(provider="local", max_usd=0.04, usd_per_hour=1.2, nodes=2))
     # Two nodes at 1.2 USD/h bill 2.4 USD/h: 0.04 USD buys 60 s of both, not 120 s of one.

@@ -10,7 +10,9 @@ import pytest
 
 from orchestrator.money.budget import allowance_for
 from orchestrator.money.budgets_file import load_budgets
-from orchestrator.plan.launch import Forecast, LaunchOptions, effective_config, job_config, recipe_for
+from orchestrator.plan.forecast import Forecast
+from orchestrator.plan.job import effective_config, job_config, recipe_for
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.run.progress import StallWatch, parse_data_probe
 from orchestrator.state.endings import Exit
 from providers.base import Offer

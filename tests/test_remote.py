@@ -14,14 +14,9 @@ import pytest
 from orchestrator.run.bootstrap import bootstrap, trainer_command
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport import keys
+from orchestrator.transport.hostkeys import LedgerHostKeys, MemoryHostKeyStore
 from orchestrator.transport.openssh import HostKeyChangedError, resolve_endpoint
-from orchestrator.transport.ssh import (
-    CommandTimeoutError,
-    LedgerHostKeys,
-    MemoryHostKeyStore,
-    SSHTransport,
-    SSHUnreachableError,
-)
+from orchestrator.transport.ssh import CommandTimeoutError, SSHTransport, SSHUnreachableError
 from orchestrator.transport.upload import UploadTooLargeError, upload_files
 from providers.base import SSHEndpoint
 from tests.e2e_helpers import wait_for

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.money.budget import Allowance
-from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.record import ORPHAN_KEY, RunRecord
 from orchestrator.run.controller import Controller, write_run_evidence
 from orchestrator.run.stop import End

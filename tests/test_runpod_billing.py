@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from providers.base import BilledCost, CredentialsError, InstanceSpec, Offer, pick_offer
+from providers.base import BilledCost, CredentialsError, InstanceSpec, Offer
 from providers.common import HOURS_PER_MONTH
 from providers.runpod import RunPodProvider
 from providers.runpod import billing as runpod_billing
 from providers.runpod.billing import NO_ROWS_FINAL_AFTER_S, SETTLE_S, bucket_window
 from tests.fakes.runpod_api import FakeRunPodAPI
+from tests.offer_helpers import pick_offer
 
 PUBKEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0c2VjcmV0bm90cmVhbGx5YWtleWF0YWxs gpurun-run"
 SECRET_ENV = "hf_SECRETTOKEN0123456789"

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from providers.base import NOT_FOUND, RUNNING, STOPPED, InstanceSpec, Offer, pick_offer
+from providers.base import NOT_FOUND, RUNNING, STOPPED, InstanceSpec, Offer
 from providers.runpod import RunPodProvider
 from providers.runpod.preemption import preemption_reason
 from tests.e2e_helpers import wait_for
 from tests.fakes.runpod_api import FakeRunPodAPI
+from tests.offer_helpers import pick_offer
 from tests.test_runpod_provider import PUBKEY, fake  # noqa: F401  (fixture)
 
 

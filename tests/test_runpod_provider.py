@@ -31,7 +31,6 @@ from providers.base import (
     Offer,
     ProviderError,
     TransientProviderError,
-    pick_offer,
 )
 from providers.common import HOURS_PER_MONTH
 from providers.runpod import CONTAINER_DISK_USD_PER_GB_MONTH, DEFAULT_IMAGE, RunPodProvider
@@ -39,6 +38,7 @@ from providers.runpod.self_destruct import script_text
 from tests.conftest import REPO
 from tests.e2e_helpers import wait_for
 from tests.fakes.runpod_api import FakeRunPodAPI
+from tests.offer_helpers import pick_offer
 
 # The billing rule the plan puts on a RunPod offer: budgets.yaml is the one place it lives.
 RUNPOD_BILLING = load_budgets(REPO / "budgets.yaml").billing_for("runpod")

@@ -15,9 +15,10 @@ import pytest
 
 from orchestrator.transport import keys
 from orchestrator.transport import pull as sync
+from orchestrator.transport.hostkeys import MemoryHostKeyStore
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions
 from orchestrator.transport.pull import Syncer, SyncError, pull_outputs
-from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
+from orchestrator.transport.ssh import SSHTransport
 from tests.fixtures.sshd import SSHServer, sshd, sshd_fn  # noqa: F401
 
 

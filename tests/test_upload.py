@@ -12,8 +12,9 @@ import pytest
 
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport import keys
+from orchestrator.transport.hostkeys import MemoryHostKeyStore
 from orchestrator.transport.local import LocalTransport
-from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
+from orchestrator.transport.ssh import SSHTransport
 from orchestrator.transport.upload import excluded, upload_files
 from providers.local import LocalProvider
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401

@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 
 from orchestrator.run.watchdog import (
-    disarm_watchdog,
     heartbeat,
     heartbeat_interval_s,
     install_watchdog,
-    move_deadline_earlier,
     read_deadline,
     read_reason,
     set_pre_job,
 )
 from orchestrator.transport import keys
+from orchestrator.transport.hostkeys import MemoryHostKeyStore
 from orchestrator.transport.local import LocalTransport
-from orchestrator.transport.ssh import MemoryHostKeyStore, SSHTransport
+from orchestrator.transport.ssh import SSHTransport
 from tests.e2e_helpers import wait_for
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
+from tests.watchdog_helpers import disarm_watchdog, move_deadline_earlier
 
 # The stand-in job: on SIGTERM it checkpoints (writes a file with the time) and exits 0.
 JOB = """\

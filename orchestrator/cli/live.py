@@ -1,4 +1,7 @@
-"""What the user sees while attached: a live panel on a terminal, plain lines otherwise."""
+"""What the user sees while attached to a launch: a live panel on a terminal, plain lines otherwise.
+
+Not `gpurun status -w`, the table of every open run: that is cli/watch.py (whose figures this reuses).
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from orchestrator.money.budget import Allowance
-from orchestrator.plan.launch import LaunchOptions, LaunchPlan
+from orchestrator.plan.launch import LaunchPlan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.state.ledger import LedgerError, Run
 from providers.base import BillingRule, Offer
 

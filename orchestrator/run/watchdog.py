@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import signal
 from importlib import resources
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
@@ -144,24 +143,3 @@ def read_reason(transport: Transport) -> str | None:
     text = res.stdout.strip()
     return text if res.ok and text in REASONS else None
 
-
-def move_deadline_earlier(transport: Transport, new_deadline: float, ack_timeout_s: float = 10.0) -> int:
-    """Bring the deadline forward (e.g. the budget shrank); returns it once the watchdog holds it."""
-    current = read_deadline(transport)
-    if current is None:
-        raise RuntimeError(f"no watchdog deadline under {transport.root}: install_watchdog first")
-    new = math.floor(new_deadline)
-    if new > current:
-        raise ValueError(f"the watchdog deadline can only move earlier: {new} is after the current {current}")
-    if new < current:
-        transport.write_file(f"{transport.root}/watchdog.deadline", f"{new}\n", 0o644)
-    _wait_armed(transport, new, ack_timeout_s)
-    return new
-
-
-def disarm_watchdog(transport: Transport) -> None:
-    """Stop the switch (only for a run that is over and torn down by other means, e.g. `local`)."""
-    try:
-        transport.signal(NAME, signal.SIGTERM)
-    except (ProcessLookupError, RuntimeError):
-        pass  # not running: nothing to disarm

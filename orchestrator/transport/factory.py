@@ -1,5 +1,6 @@
-"""The transport factory: how the controller reaches an instance, picked by what the provider's
-`access(instance)` answered (providers/base.py), never by the provider's name.
+"""The transport factory (`open_transport`): builds the Transport (transport/protocol.py) for an instance.
+
+Picked by what the provider's `access(instance)` answered (providers/base.py), never by the provider's name:
 
     LocalSandbox(path)  -> LocalTransport, the sandbox directory on this machine, jobs run with its python
     SSHEndpoint         -> SSHTransport with the run key, after GPURUN_SSH_OVERRIDE, host keys pinned
@@ -14,11 +15,12 @@ from pathlib import Path
 
 from orchestrator import settings
 from orchestrator.state.ledger import Ledger
+from orchestrator.transport.hostkeys import LedgerHostKeys
 from orchestrator.transport.keys import run_key
 from orchestrator.transport.local import LocalTransport
 from orchestrator.transport.openssh import resolve_endpoint
 from orchestrator.transport.protocol import Transport
-from orchestrator.transport.ssh import LedgerHostKeys, SSHTransport
+from orchestrator.transport.ssh import SSHTransport
 from providers.base import Access, LocalSandbox, SSHEndpoint
 
 

@@ -95,13 +95,3 @@ def public_key_line(private_path: Path, comment: str = "") -> str:
     key = load_private_key(private_path)
     return f"{key.get_name()} {key.get_base64()}" + (f" {comment}" if comment else "")
 
-
-def delete_keypair(name: str = DEFAULT_NAME) -> list[str]:
-    """Remove keys/<name> and its .pub; return the paths that went (for the shutdown proof)."""
-    _check_name(name)
-    gone = []
-    for p in (keys_dir() / name, keys_dir() / f"{name}.pub"):
-        if p.exists():
-            p.unlink()
-            gone.append(str(p))
-    return gone

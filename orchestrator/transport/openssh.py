@@ -1,8 +1,8 @@
-"""SSH plumbing shared by the transport (remote.py) and the sync (sync.py).
+"""Reaching an instance with the run's key and the PINNED host key: paramiko's `connect` and OpenSSH's options.
 
-Both reach the instance with the run's key and the host key PINNED on first contact: paramiko
-through `connect`, rsync/OpenSSH through `SSHOptions.ssh_command`. A host key other than the pin
-is `HostKeyChangedError` on either path.
+Shared by the paramiko transport (transport/ssh.py, through `connect`) and the rsync pull
+(transport/pull_rsync.py, whose OpenSSH client gets `SSHOptions.ssh_command` and a known_hosts line
+holding only the pin). A host key other than the pin is `HostKeyChangedError` on either path.
 """
 
 from __future__ import annotations

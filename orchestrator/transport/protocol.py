@@ -1,4 +1,4 @@
-"""How the controller reaches an instance: run a command, upload, start a detached job, pull outputs.
+"""The `Transport` protocol: how the controller reaches an instance (run a command, upload, start a job, pull).
 
 Two implementations: `LocalTransport` (orchestrator/transport/local.py, the `local` provider's
 sandbox on this machine) and `SSHTransport` (orchestrator/transport/ssh.py, every cloud), picked by

@@ -1,7 +1,11 @@
-"""SSHTransport: the Transport protocol over paramiko, for every cloud instance.
+"""SSHTransport: the Transport protocol (transport/protocol.py) over paramiko, for every cloud instance.
 
-- Host keys are trusted on first use and pinned per instance in a `HostKeyStore` (the ledger in
-  production, `MemoryHostKeyStore` in tests); a different key later is refused (HostKeyChangedError).
+Not to be confused with transport/openssh.py, the options and pinned known_hosts line for the
+OpenSSH client that rsync runs; transport/factory.py picks this transport or transport/local.py.
+
+- Host keys are trusted on first use and pinned per instance in a `HostKeyStore`
+  (transport/hostkeys.py: the ledger in production, `MemoryHostKeyStore` in tests); a different key
+  later is refused (HostKeyChangedError).
 - `wait_ready` is bounded: TCP + SSH banner, then `true` over an authenticated session, with
   exponential backoff, never longer than its timeout.
 - Every operation that loses the connection reconnects (bounded) and is retried once. Operations
@@ -23,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TypeVar
 
 import paramiko
 from tenacity import (
@@ -35,6 +39,7 @@ from tenacity import (
 )
 
 from orchestrator.transport import upload as upload_rule
+from orchestrator.transport.hostkeys import HostKeyStore
 from orchestrator.transport.keys import load_private_key
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions, connect
 from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
@@ -55,25 +60,6 @@ class CommandTimeoutError(Exception):
     """A remote command ran past its timeout (deliberately not an OSError: it is not a drop)."""
 
 
-class HostKeyStore(Protocol):
-    def get(self, instance_id: str) -> tuple[str, str] | None: ...
-
-    def put(self, instance_id: str, key_type: str, key_b64: str) -> None: ...
-
-
-class MemoryHostKeyStore:
-    """A HostKeyStore in a dict (tests; the ledger implements the same two methods)."""
-
-    def __init__(self) -> None:
-        self.keys: dict[str, tuple[str, str]] = {}
-
-    def get(self, instance_id: str) -> tuple[str, str] | None:
-        return self.keys.get(instance_id)
-
-    def put(self, instance_id: str, key_type: str, key_b64: str) -> None:
-        self.keys[instance_id] = (key_type, key_b64)
-
-
 def _is_drop(e: BaseException) -> bool:
     if isinstance(e, (HostKeyChangedError, CommandTimeoutError, paramiko.AuthenticationException)):
         return False
@@ -87,19 +73,6 @@ def _is_drop(e: BaseException) -> bool:
 class _Conn:
     transport: paramiko.Transport
     sftp: paramiko.SFTPClient | None = None
-
-
-class LedgerHostKeys:
-    """HostKeyStore over the ledger's `host_key` / `pin_host_key` (duck-typed: no ledger import here)."""
-
-    def __init__(self, ledger: Any) -> None:
-        self.ledger = ledger
-
-    def get(self, instance_id: str) -> tuple[str, str] | None:
-        return self.ledger.host_key(instance_id)
-
-    def put(self, instance_id: str, key_type: str, key_b64: str) -> None:
-        self.ledger.pin_host_key(instance_id, key_type, key_b64)
 
 
 class SSHTransport:

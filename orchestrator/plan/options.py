@@ -1,0 +1,71 @@
+"""What `gpurun launch` was asked: `LaunchOptions` (every flag), and `LaunchError` for input that is wrong.
+
+The checks that refuse a launch are plan/refusals.py; plan/launch.py turns the options into a plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from providers import provider_class
+from providers.base import Offer, ProviderError
+
+
+class LaunchError(ValueError):
+    """The launch's own input is wrong (not the provider, not the budget): refused before anything is created."""
+
+
+@dataclass
+class LaunchOptions:
+    provider: str = "local"
+    max_usd: float | None = None
+    gpu: str | None = None  # one GPU, or "A,B": the ones the user accepts, preferred first
+    gpus: int = 1
+    spot: bool = False
+    # With --spot: after the spot offers, the same GPUs on-demand, for a boot or a preemption.
+    spot_fallback: bool = False
+    config: str | None = None  # trainer YAML config (uploaded with the trainer)
+    recipe: str | None = None  # trainer/recipes.py; None: `lab` on a GPU, the CPU smoke run without
+    data_from: str | None = None  # a local copy of the recipe's data (its public format), uploaded
+    command: list[str] = field(default_factory=list)  # any other command instead of the trainer
+    workdir: str | None = None  # uploaded as code/ for a custom command
+    trainer_args: list[str] = field(default_factory=list)
+    usd_per_hour: float | None = None  # price of the local provider's "instance"
+    budgets: str | None = None
+    runs_dir: str | None = None
+    image: str | None = None
+    disk_gb: int | None = None
+    sync_interval_s: float | None = None
+    # The job has ended and no controller was seen for this long: the instance destroys itself.
+    idle_minutes: float = 10.0
+    # No new step (the bundled trainer) or no new output (any command) for this long: stalled.
+    stall_minutes: float = 10.0
+    # What boots that never came up may cost in total, all offers tried together (None:
+    # budgets.yaml's boot_share of the cap). It is part of --max-usd, never on top of it.
+    max_boot_usd: float | None = None
+    # `--resume RUN`: the run this launch continues (its directory, its last checkpoint).
+    resume_run: str | None = None
+    # `--nodes N`: N instances of the same offer, one torchrun node each (node 0 the rendezvous).
+    nodes: int = 1
+
+    def group_usd_per_hour(self, offer: Offer) -> float:
+        """What the run's instances bill together per hour: every node is the same offer."""
+        return offer.total_usd_per_hour * self.nodes
+
+    def provider_options(self) -> dict[str, Any]:
+        """Constructor options for the provider: only those its class declares it takes
+        (`Provider.launch_options`); an option it does not take is refused in one line."""
+        if self.disk_gb is not None and self.disk_gb < 1:
+            raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
+        given = {"usd_per_hour": self.usd_per_hour, "image": self.image, "disk_gb": self.disk_gb}
+        takes = provider_class(self.provider).launch_options
+        for name, value in given.items():
+            if value is not None and name not in takes:
+                flag = "--" + name.replace("_", "-")
+                raise ProviderError(f"{flag} does not apply to provider {self.provider!r}"
+                                    + (": cloud prices are read live" if name == "usd_per_hour" else ""))
+        return {name: value for name, value in given.items() if value is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,89 @@
+"""A pull's rsync pass: the manifest first, then out/ (exactly the listed checkpoints) and the root's *.log.
+
+rsync runs its own OpenSSH client with the run's key and the PINNED host key
+(transport/openssh.py's `SSHOptions`); transport/pull.py chooses this pass or the SFTP / copy one
+(transport/pull_tree.py) and verifies what came (transport/pull_checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator.transport.openssh import SSHOptions
+from orchestrator.transport.pull_checkpoints import (
+    CKPT,
+    STAGING,
+    Moved,
+    SyncError,
+    listed_files,
+    parse_manifest,
+)
+
+DROP_CODES = {10, 11, 12, 14, 20, 30, 35, 255}  # socket/protocol/timeout/ssh failures: worth a retry
+
+
+class ConnectionDropped(Exception):
+    """The connection went away mid-sync: retried."""
+
+
+class RsyncMissing(Exception):
+    """rsync is not installed on the instance: fall back to SFTP."""
+
+
+def parse_stats(text: str) -> Moved:
+    def num(label: str) -> int:
+        m = re.search(rf"^{label}:\s*([\d,.]+)", text, re.M)
+        return int(re.sub(r"[,.]", "", m.group(1))) if m else 0
+
+    return Moved(num("Number of regular files transferred"), num("Total transferred file size"))
+
+
+def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hosts: Path | None,
+              remote_rsync: str, io_timeout_s: int, control_path: str | None = None) -> Moved:
+    cmd = [rsync_bin, "-a", "--partial", "--partial-dir=.rsync-partial", "--stats", f"--timeout={io_timeout_s}"]
+    if ssh is not None:
+        assert known_hosts is not None
+        cmd += ["-e", ssh.ssh_command(known_hosts, control_path), f"--rsync-path={remote_rsync}"]
+    p = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    if p.returncode in (0, 24):  # 24: a source file vanished (rotated checkpoint): not an error here
+        return parse_stats(p.stdout)
+    err = p.stderr.strip()
+    changed = ssh.host_key_error(err) if ssh is not None else None
+    if changed is not None:
+        raise changed
+    if re.search(r"rsync: (command )?not found|rsync: No such file or directory$", err, re.M):
+        raise RsyncMissing(err)
+    if p.returncode in DROP_CODES:
+        raise ConnectionDropped(f"rsync exit {p.returncode}: {err[-300:]}")
+    raise SyncError(f"rsync failed (exit {p.returncode}): {err[-500:]}")
+
+
+def rsync_pass(src: str, local_dir: Path, ssh: SSHOptions | None, rsync_bin: str, remote_rsync: str,
+               extra: Sequence[str], io_timeout_s: int) -> tuple[Moved, bytes | None]:
+    staging = local_dir / STAGING
+    known_hosts = control = None
+    if ssh is not None:
+        known_hosts = staging / "known_hosts"
+        known_hosts.write_text(ssh.known_hosts_line())
+        control = ssh.control_path(local_dir)
+    source = (ssh.remote(src) if ssh else src) + "/"
+    # 1) the manifest alone, into staging (nothing there yet is not an error: no checkpoint so far)
+    first = run_rsync(rsync_bin, [*extra, "--include=/out/", "--include=/out/checkpoints/",
+                                  "--include=/out/checkpoints/MANIFEST.json", "--exclude=*",
+                                  source, str(staging / "remote") + "/"],
+                      ssh, known_hosts, remote_rsync, io_timeout_s, control)
+    mpath = staging / "remote" / CKPT / "MANIFEST.json"
+    manifest_bytes = mpath.read_bytes() if mpath.exists() else None
+    listed = listed_files(parse_manifest(manifest_bytes))
+    # 2) out/ (checkpoints: exactly the listed ones) and the root's *.log
+    filters = ["--exclude=/out/checkpoints/MANIFEST.json"]
+    filters += [f"--include=/out/checkpoints/{f}" for f in listed]
+    filters += ["--exclude=/out/checkpoints/**", "--exclude=.rsync-partial/", "--include=/out/***",
+                "--include=/*.log", "--exclude=*"]
+    second = run_rsync(rsync_bin, [*extra, *filters, source, str(local_dir) + "/"],
+                       ssh, known_hosts, remote_rsync, io_timeout_s, control)
+    # The manifest counts as moved only when it changed (rsync skipped it otherwise).
+    return Moved(first.files + second.files, first.bytes + second.bytes), manifest_bytes
