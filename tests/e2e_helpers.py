@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import is_phase
+from orchestrator.state.rows import Run
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401  (re-exported fixture)
 
 REPO = Path(__file__).resolve().parent.parent

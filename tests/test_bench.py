@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from orchestrator.state.ledger import Event
+from orchestrator.state.rows import Event
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,13 +23,13 @@ from orchestrator.money.budget import (
 )
 from orchestrator.money.budgets_file import (
     CONSERVATIVE_BILLING,
-    BudgetError,
     Budgets,
     ProviderBudget,
     find_budgets_file,
     load_budgets,
     packaged_budgets_file,
 )
+from orchestrator.money.errors import BudgetError
 from orchestrator.state.ledger import Ledger
 from providers.base import BillingRule
 
@@ -521,7 +521,8 @@ _RACE_SCRIPT = r"""
 import sys, time
 from pathlib import Path
 from orchestrator.money.budget import reserve
-from orchestrator.money.budgets_file import BudgetError, load_budgets
+from orchestrator.money.budgets_file import load_budgets
+from orchestrator.money.errors import BudgetError
 from orchestrator.state.ledger import Ledger
 
 home, budgets_file, run_id, go_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.state.endings import Exit
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from tests.e2e_helpers import (
     E2E,
     ENDLESS_TRAIN,

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from providers.base import BillingRule
 from tests.e2e_helpers import (
     E2E,

@@ -34,8 +34,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import is_phase
+from orchestrator.state.rows import Run
 from providers.aws import elapsed_seconds
 from providers.base import NOT_FOUND, TERMINATED
 from tests.e2e_helpers import (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.plan.launch import JOB_CONFIG
+from orchestrator.plan.job import JOB_CONFIG
 from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import only_run, phases, wait_for

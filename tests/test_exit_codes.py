@@ -16,7 +16,8 @@ from orchestrator.cli.main import main
 from orchestrator.run import setup as run_setup
 from orchestrator.run.progress import Probe, StallWatch, parse_probe
 from orchestrator.state.endings import Ending, Exit, for_run
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from providers.local import LocalProvider
 from tests.test_launch_local import gpurun, instances_in_ledger
 
@@ -43,19 +44,22 @@ def assert_verified_with_proof(run: Run) -> dict:
 
 # --- the table --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("reason", "job_exit", "expect"),
+    ("ending", "job_exit", "expect"),
     [
-        ("job ended (exit 0)", 0, Exit.OK),
-        ("deadline: budget guard", 143, Exit.OK),  # the guard's clean stop of a command at the stop time
-        ("job ended (exit 3)", 3, Exit.JOB_FAILED),
-        ("job ended (exit None)", None, Exit.JOB_FAILED),  # killed before it could record a status
-        ("stalled: no new step for 10 min", 0, Exit.STALLED),
-        ("lost the instance: TimeoutError: x", None, Exit.RUN_FAILED),
-        ("run failed: BootstrapError: no python", None, Exit.RUN_FAILED),
+        (Ending.JOB_ENDED, 0, Exit.OK),
+        (Ending.DEADLINE, 143, Exit.OK),  # the guard's clean stop of a command at the stop time
+        (Ending.JOB_ENDED, 3, Exit.JOB_FAILED),
+        (Ending.JOB_ENDED, None, Exit.JOB_FAILED),  # killed before it could record a status
+        (Ending.STALLED, 0, Exit.STALLED),
+        (Ending.LOST, None, Exit.RUN_FAILED),
+        (Ending.RUN_FAILED, None, Exit.RUN_FAILED),
+        (Ending.DATA_FAILED, None, Exit.RUN_FAILED),
+        (Ending.PREEMPTED, None, Exit.RUN_FAILED),
+        (Ending.REQUESTED, None, Exit.OK),
     ],
 )
-def test_a_runs_end_maps_to_one_exit_code(reason: str, job_exit: int | None, expect: Exit) -> None:
-    assert for_run(reason, job_exit) is expect
+def test_a_runs_end_maps_to_one_exit_code(ending: Ending, job_exit: int | None, expect: Exit) -> None:
+    assert for_run(ending, job_exit) is expect
 
 
 # --- the stall check --------------------------------------------------------------------------------
@@ -96,7 +100,7 @@ def test_a_ledger_written_before_the_end_columns_opens_and_gains_them(gpurun_hom
     ledger = Ledger()
     old = ledger.resolve_run("20250101-000000-aaaa")
     assert old.end_reason is None and old.job_exit_code is None
-    ledger.update_run(old.run_id, end_reason="stalled: no new step for 1 min", job_exit_code=143)
+    ledger.update_run(old.run_id, end_reason="stalled: no new step for 1 min", ending=Ending.STALLED, job_exit_code=143)
     again = Ledger().resolve_run(old.run_id)
     assert (again.end_reason, again.job_exit_code) == ("stalled: no new step for 1 min", 143)
 

@@ -14,8 +14,10 @@ import pytest
 
 from orchestrator.errors import RunFailed
 from orchestrator.money.budget import allowance_for
-from orchestrator.money.budgets_file import BudgetError, Budgets, ProviderBudget
-from orchestrator.plan.launch import LaunchError, LaunchOptions, make_plan
+from orchestrator.money.budgets_file import Budgets, ProviderBudget
+from orchestrator.money.errors import BudgetError
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.plan.record import RunRecord
 from orchestrator.run.controller import Controller
 from orchestrator.run.provisioning import boot_window_s

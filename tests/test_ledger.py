@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.state.ledger import Event, Ledger, LedgerError, Run, default_home
+from orchestrator.state.db import default_home
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import MAIN_PHASES
+from orchestrator.state.rows import Event, Run
+from orchestrator.state.values import LedgerError
 
 REPO = Path(__file__).resolve().parent.parent
 

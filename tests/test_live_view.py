@@ -13,7 +13,7 @@ from rich.console import Console
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.watch import burn_down
 from orchestrator.plan.words import account_words
-from orchestrator.run.controller import LiveStatus
+from orchestrator.run.status import LiveStatus
 from orchestrator.state.ledger import Ledger
 
 

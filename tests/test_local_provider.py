@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.run.bootstrap import BootstrapError, bootstrap, ensure_packages
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.factory import open_transport

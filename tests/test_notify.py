@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.money.budgets_file import BudgetError, load_budgets
-from orchestrator.notify import EVENTS, Notifier, NotifyConfig
+from orchestrator.money.budgets_file import load_budgets
+from orchestrator.money.errors import BudgetError
+from orchestrator.notify import Notifier
+from orchestrator.notify_config import EVENTS, NotifyConfig
 from orchestrator.redact import redact_text
 from tests.e2e_helpers import wait_for
 

@@ -11,9 +11,11 @@ import pytest
 
 from orchestrator.money.audit import FOREIGN, OPEN_RUN, ORPHAN, audit
 from orchestrator.money.reconcile import Reconciliation, pending, reconcile
-from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.run.controller import Controller
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from providers.base import Billable, BilledCost, ProviderError
 from providers.local import LocalProvider
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.plan.launch import LaunchError, LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.plan.record import RunRecord
 from orchestrator.run.controller import Controller
 from orchestrator.state.ledger import Ledger

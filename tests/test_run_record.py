@@ -11,11 +11,13 @@ from orchestrator.money.budget import Allowance
 from orchestrator.plan.launch import make_plan
 from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.record import ORPHAN_KEY, RunRecord
-from orchestrator.run.controller import Controller, write_run_evidence
+from orchestrator.proof.run_card import write_run_evidence
+from orchestrator.run.controller import Controller
 from orchestrator.run.stop import End
 from orchestrator.state.endings import Ending
-from orchestrator.state.ledger import Ledger, LedgerError
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
+from orchestrator.state.values import LedgerError
 from providers.base import BillingRule
 
 

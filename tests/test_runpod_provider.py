@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.money.budgets_file import load_budgets
-from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.state.ledger import Ledger
 from providers.base import (
     NOT_FOUND,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.state.endings import Exit, by_signal
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import is_phase
+from orchestrator.state.rows import Run
 from providers.local import LocalProvider, pgid_alive
 from tests.e2e_helpers import wait_for
 from tests.test_launch_local import REPO, gpurun

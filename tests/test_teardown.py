@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.plan.launch import LaunchOptions, make_plan
+from orchestrator.plan.launch import make_plan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.run import teardown as td
 from orchestrator.run.controller import Controller
 from orchestrator.state.ledger import Ledger

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from orchestrator.state.ledger import Run
+from orchestrator.state.rows import Run
 from providers.base import ProviderError
 
 console = Console()

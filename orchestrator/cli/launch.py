@@ -15,14 +15,19 @@ from rich.table import Table
 from orchestrator.cli.console import confirm, console, say, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.signals import Received, Terminated, attached
+from orchestrator.errors import RunFailed
 from orchestrator.plan.launch import make_plan
 from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.refusals import check_nodes_input
-from orchestrator.run.controller import DATA_FAILED, Controller, RunFailed, spawn_guard
+from orchestrator.run.controller import Controller
+from orchestrator.run.handoff import spawn_guard
 from orchestrator.run.recovery import resume_options
+from orchestrator.run.stop import End
 from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state.endings import Ending, Exit, by_signal, for_run
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import Phase
+from orchestrator.state.rows import Run
 from providers import provider_names
 from providers.common import one_line
 
@@ -112,7 +117,7 @@ def _launch_with(options: LaunchOptions, kw: dict[str, Any]) -> None:
             except Terminated:
                 view.__exit__()
                 console.print("SIGTERM: tearing down ...")
-                controller.finish(f"{Ending.REQUESTED} (SIGTERM)")
+                controller.finish(End.noted(Ending.REQUESTED, "SIGTERM"))
                 got.term = signal.SIGTERM
                 guard_pid = None
             except (RunFailed, VerifyFailed):
@@ -131,8 +136,8 @@ def _launch_exit(run: Run, guard_pid: int | None, got: Received) -> int:
     summary(run)
     if got.term is not None:
         return by_signal(got.term)
-    code = for_run(run.end_reason, run.job_exit_code)
-    log = Path(run.run_dir) / ("data.log" if DATA_FAILED in (run.end_reason or "") else "job.log")
+    code = for_run(run.ending, run.job_exit_code)
+    log = Path(run.run_dir) / ("data.log" if run.ending is Ending.DATA_FAILED else "job.log")
     if code is Exit.JOB_FAILED:
         status = "killed, no exit status" if run.job_exit_code is None else f"exit {run.job_exit_code}"
         say(f"job failed ({status}); its log: {log}")
@@ -149,7 +154,7 @@ def _interrupted(controller: Controller, view: LiveView) -> int:
     view.__exit__()
     run = controller.refresh()
     choice = "t"
-    if run.phase in ("running", "preparing_data") and sys.stdin.isatty():
+    if run.phase in (Phase.RUNNING, Phase.PREPARING_DATA) and sys.stdin.isatty():
         choice = click.prompt(
             "\n[d]etach (the run keeps going under its guard) or [t]ear down now?",
             type=click.Choice(["d", "t"]), default="d",
@@ -159,7 +164,7 @@ def _interrupted(controller: Controller, view: LiveView) -> int:
         console.print(f"detached: guard pid {pid}; `gpurun status {run.run_id}`, `gpurun teardown {run.run_id}`")
         return Exit.OK
     console.print("tearing down ...")
-    controller.finish(f"{Ending.REQUESTED} (Ctrl-C)")
+    controller.finish(End.noted(Ending.REQUESTED, "Ctrl-C"))
     summary(controller.refresh())
     return by_signal(signal.SIGINT)
 
@@ -177,12 +182,12 @@ def guard(run_ref: str) -> None:
     with attached(controller, handoff_on_hup=False) as got:
         ledger.update_run(run.run_id, controller_pid=os.getpid())  # signals are handled from here on
         try:
-            if run.phase in ("running", "preparing_data"):  # the data phase goes on, then training
+            if run.phase in (Phase.RUNNING, Phase.PREPARING_DATA):  # the data phase goes on, then training
                 controller.guard()
             else:
-                controller.finish(f"{Ending.RESUMED} an interrupted run")
+                controller.finish(End(Ending.RESUMED, f"{Ending.RESUMED} an interrupted run"))
         except Terminated:
-            controller.finish(f"{Ending.REQUESTED} (SIGTERM)")
+            controller.finish(End.noted(Ending.REQUESTED, "SIGTERM"))
             got.term = signal.SIGTERM
     if got.term is not None:
         sys.exit(by_signal(got.term))

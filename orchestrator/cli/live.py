@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.cli.watch import compact_rate, short_duration
-from orchestrator.run.controller import LiveStatus
+from orchestrator.run.status import LiveStatus
 
 
 def _fmt(status: LiveStatus) -> dict[str, str]:

@@ -19,14 +19,14 @@ from orchestrator.cli.money import audit_cmd, cost
 from orchestrator.cli.offers import offers, recipes_
 from orchestrator.cli.runs import evidence, logs, status, sync, teardown
 from orchestrator.cli.sweep import sweep
-from orchestrator.money.budgets_file import BudgetError
+from orchestrator.errors import RunFailed
+from orchestrator.money.errors import BudgetError
 from orchestrator.plan.options import LaunchError
 from orchestrator.redact import register_secrets_from_env
-from orchestrator.run.controller import RunFailed
 from orchestrator.run.teardown import VerifyFailed
 from orchestrator.settings import SettingsError
 from orchestrator.state.endings import Exit
-from orchestrator.state.ledger import LedgerError
+from orchestrator.state.values import LedgerError
 from providers.base import ProviderError
 
 

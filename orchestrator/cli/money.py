@@ -20,9 +20,10 @@ from orchestrator.money.budget import day_start, month_start
 from orchestrator.money.budgets_file import load_budgets
 from orchestrator.money.reconcile import Reconciliation, pending, reconcile, verified_at
 from orchestrator.plan.record import is_orphan
-from orchestrator.run.controller import write_run_evidence
+from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.state.endings import Exit
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from providers import get_provider, provider_names
 from providers.base import Provider, ProviderError
 

@@ -14,13 +14,18 @@ from orchestrator.cli.console import console, err_console, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.watch import burn_down
 from orchestrator.plan.record import RunRecord, is_orphan
+from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.proof.shutdown import verify_proof_chain
 from orchestrator.run import teardown as teardown_mod
-from orchestrator.run.controller import Controller, controller_alive, take_over, write_run_evidence
+from orchestrator.run.controller import Controller
+from orchestrator.run.handoff import controller_alive, take_over
+from orchestrator.run.stop import End
 from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state import phases
-from orchestrator.state.endings import Exit
-from orchestrator.state.ledger import Ledger, LedgerError, Run
+from orchestrator.state.endings import Ending, Exit
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
+from orchestrator.state.values import LedgerError
 from providers import get_provider
 from providers.base import ProviderError
 from providers.common import one_line
@@ -168,7 +173,7 @@ def _end_run(ledger: Ledger, run: Run) -> None:
     take_over(ledger, run)
     controller = Controller.load(ledger, ledger.resolve_run(run.run_id), reporter=LiveView(console))
     if run.phase in JOB_PHASES:
-        controller.finish("teardown requested")
+        controller.finish(End.noted(Ending.REQUESTED))
     else:
         controller.teardown()
 

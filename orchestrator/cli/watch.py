@@ -15,7 +15,8 @@ from typing import Any
 from rich.table import Table
 
 from orchestrator.plan.record import RunRecord, is_orphan
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from trainer import contract
 
 METRICS_TAIL_BYTES = 16384  # the last step record is near the end: never read a whole long log

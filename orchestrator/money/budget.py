@@ -19,8 +19,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from orchestrator.money.budgets_file import BudgetError, Budgets
-from orchestrator.state.ledger import Ledger, LedgerError
+from orchestrator.money.budgets_file import Budgets
+from orchestrator.money.errors import BudgetError
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.values import LedgerError
 from providers.base import BillingRule
 
 _EPS_USD = 1e-9  # float slack when comparing money (0.1 + 0.2 style noise), far below a cent

@@ -20,7 +20,7 @@ import yaml
 from orchestrator.money.errors import BudgetError
 from orchestrator.money.yaml_doc import YamlDoc
 from orchestrator.notify_config import EVENTS, NotifyConfig
-from orchestrator.state.ledger import default_home
+from orchestrator.state.db import default_home
 from providers.base import BillingRule
 
 __all__ = ["BudgetError", "Budgets", "ProviderBudget", "find_budgets_file", "load_budgets", "packaged_budgets_file"]

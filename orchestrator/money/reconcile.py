@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from orchestrator import settings
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 from providers.base import BilledCost, Provider, ProviderError
 
 #: A provider figure this far (relative) from the estimate is flagged.

@@ -4,7 +4,6 @@ Everything that can refuse a launch (unknown provider, missing credentials, unkn
 too small, a cap already spent, a balance too low) refuses here, before anything is created. The
 pieces: plan/options.py (the options), plan/refusals.py (checks of the input), plan/job.py (the
 recipe and its config), plan/forecast.py (what the money buys), plan/words.py (figures in words).
-The `X as X` imports re-export names for callers that still import them from here.
 """
 
 from __future__ import annotations
@@ -16,15 +15,11 @@ from typing import Any
 
 from orchestrator import settings
 from orchestrator.money.budget import Allowance, allowance_for, check_caps
-from orchestrator.money.budgets_file import BudgetError, Budgets, load_budgets
+from orchestrator.money.budgets_file import Budgets, load_budgets
+from orchestrator.money.errors import BudgetError
 from orchestrator.plan.forecast import Forecast, bootstrap_words
 from orchestrator.plan.job import DEFAULT_CPU_RECIPE, DEFAULT_GPU_RECIPE, has_gpu, recipe_for
-from orchestrator.plan.job import JOB_CONFIG as JOB_CONFIG
-from orchestrator.plan.job import config_text as config_text
-from orchestrator.plan.job import data_phase as data_phase
-from orchestrator.plan.job import job_config as job_config
-from orchestrator.plan.options import LaunchError as LaunchError
-from orchestrator.plan.options import LaunchOptions as LaunchOptions
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.refusals import boot_budget_usd, check_image, check_options
 from orchestrator.plan.words import account_words, duration, offer_label
 from orchestrator.state.ledger import Ledger

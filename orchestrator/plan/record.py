@@ -14,7 +14,8 @@ from typing import Any
 from orchestrator.money.budget import Allowance
 from orchestrator.plan.launch import LaunchPlan
 from orchestrator.plan.options import LaunchOptions
-from orchestrator.state.ledger import LedgerError, Run
+from orchestrator.state.rows import Run
+from orchestrator.state.values import LedgerError
 from providers.base import BillingRule, Offer
 
 ORPHAN_KEY = "orphan"  # the record of a run `gpurun sweep` adopted: no launch facts, only the orphan

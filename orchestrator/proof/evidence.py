@@ -36,7 +36,7 @@ from orchestrator.proof.reading import num, read_text
 from orchestrator.proof.shutdown import jsonable
 from orchestrator.proof.training_facts import hardware_section, parameters_section, training_section
 from orchestrator.redact import redact
-from orchestrator.state.endings import Ending, Exit, ending_of, for_run
+from orchestrator.state.endings import Ending, Exit, for_run
 from trainer.manifest import atomic_write_bytes
 
 SCHEMA = "gpurun.evidence"
@@ -89,11 +89,8 @@ def _cost_section(runtime_s: float | None, cost_usd: float | None, max_usd: floa
 
 
 def _ending_of_run(run: Mapping[str, Any]) -> Ending | None:
-    """The run's typed ending: its "ending", else (deprecated) the leading words of its end_reason,
-    for a caller that does not pass "ending" yet."""
-    if run.get("ending") is not None:
-        return Ending(run["ending"])
-    return ending_of(run.get("end_reason"))
+    """The run's typed ending (None: it has not ended)."""
+    return Ending(run["ending"]) if run.get("ending") is not None else None
 
 
 def _ending_section(run: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 from orchestrator.money.reconcile import Reconciliation
 from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.proof.evidence import write_evidence
-from orchestrator.state.ledger import Run
+from orchestrator.state.rows import Run
 
 
 def write_run_evidence(run: Run, proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from orchestrator.plan.launch import offer_label
+from orchestrator.plan.words import offer_label
 from providers.base import Offer
 
 

@@ -12,16 +12,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.money.budgets_file import BudgetError, Budgets, load_budgets
+from orchestrator.money.budgets_file import Budgets, load_budgets
+from orchestrator.money.errors import BudgetError
 from orchestrator.notify import Notifier
-from orchestrator.plan.launch import LaunchOptions
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.record import RunRecord
 from orchestrator.run.status import LiveStatus, Reporter, quiet
 from orchestrator.run.stop import End
 from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
+from orchestrator.state.rows import Run
 from providers.base import Offer, Provider
 
 # Endings a person is told of as they happen (budgets.yaml notify:), beside started/verified.

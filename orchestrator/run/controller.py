@@ -18,33 +18,32 @@ import time
 from pathlib import Path
 
 from orchestrator.money import budget as budget_mod
-from orchestrator.plan.launch import LaunchOptions, LaunchPlan
+from orchestrator.plan.launch import LaunchPlan
+from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.record import RunRecord
-from orchestrator.proof.run_card import billed_of, write_run_evidence
+from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.run import recovery, stop_time
 from orchestrator.run.boot import create_head, reconnect
 from orchestrator.run.context import RunContext
 from orchestrator.run.finish import end_run
-from orchestrator.run.handoff import controller_alive, spawn_guard, take_over
+from orchestrator.run.handoff import spawn_guard
 from orchestrator.run.job import DataFailed, start_data, start_job, stop_job
 from orchestrator.run.nodes import NodeGroup
 from orchestrator.run.outcome import judge_outputs
 from orchestrator.run.provisioning import provision
 from orchestrator.run.setup import bootstrap_group
-from orchestrator.run.status import LiveStatus, Reporter, quiet
+from orchestrator.run.status import Reporter, quiet
 from orchestrator.run.stop import End, StopKind, Watched
 from orchestrator.run.syncing import Syncing
 from orchestrator.run.watch import Requests, Watch
 from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
+from orchestrator.state.rows import Run
 from orchestrator.transport.protocol import SyncResult, Transport
 from providers import get_provider
 from providers.base import Instance, Provider
-
-__all__ = ["Controller", "LiveStatus", "billed_of", "controller_alive", "spawn_guard", "take_over",
-           "write_run_evidence"]
 
 
 def new_run_id(now: float | None = None) -> str:

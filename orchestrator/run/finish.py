@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.money.reconcile import reconcile_after_run
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.context import RunContext
-from orchestrator.state.ledger import Run
+from orchestrator.state.rows import Run
 
 CardWriter = Callable[[Run, "Path | None", "float | None", "float | None"], Path]
 

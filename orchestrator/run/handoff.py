@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
+from orchestrator.state.rows import Run
 
 
 def spawn_guard(run: Run) -> int:

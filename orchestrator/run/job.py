@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator import settings
 from orchestrator.errors import RunFailed
-from orchestrator.plan.launch import JOB_CONFIG
+from orchestrator.plan.job import JOB_CONFIG
 from orchestrator.run.bootstrap import trainer_command
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import Node, NodeGroup, group_env, rendezvous_address

@@ -23,8 +23,8 @@ from typing import Any
 from orchestrator.errors import BootFailed, RunFailed
 from orchestrator.money import budget as budget_mod
 from orchestrator.money.budget import max_runtime_s
-from orchestrator.money.budgets_file import BudgetError
-from orchestrator.plan.launch import offer_label
+from orchestrator.money.errors import BudgetError
+from orchestrator.plan.words import offer_label
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.attempts import Attempt, Cause, attempts_usd, failed_boots_usd, spent_on
 from orchestrator.run.boot import boot_and_connect, create_head, create_workers

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator.errors import RunFailed
-from orchestrator.plan.launch import LaunchError, LaunchOptions
+from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.attempts import Attempt, Cause

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import trainer
-from orchestrator.plan.launch import JOB_CONFIG, config_text, data_phase, job_config, recipe_for
+from orchestrator.plan.job import JOB_CONFIG, config_text, data_phase, job_config, recipe_for
 from orchestrator.run.bootstrap import BootstrapInfo, bootstrap, ensure_packages
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import Node, NodeGroup

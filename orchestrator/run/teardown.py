@@ -44,8 +44,9 @@ from orchestrator.money import budget as budget_mod
 from orchestrator.plan.record import ORPHAN_KEY
 from orchestrator.proof.shutdown import TerminateRequest, build_proof, write_proof
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger, Run
+from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
+from orchestrator.state.rows import Run
 from providers.base import BillingRule, Instance, Provider, ProviderError
 
 SWEEP_PREFIX = "sweep-"

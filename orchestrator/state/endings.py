@@ -41,25 +41,11 @@ class Ending(str, Enum):
         return format(self.value, spec)
 
 
-def ending_of(end_reason: str | None) -> Ending | None:
-    """The Ending an end_reason starts with. Only for reasons written before runs.ending existed
-    (the schema-3 migration) and for callers that still pass the reason's text (see for_run)."""
-    for ending in Ending:
-        if end_reason and end_reason.startswith(ending.value):
-            return ending
-    return None
-
-
-def for_run(ending: Ending | str | None, job_exit_code: int | None) -> Exit:
-    """The exit status of a launch whose run is verified gone, from how the run ended.
-
-    Pass the run's typed `ending`; an end_reason's text (a str that is not an Ending) is still read
-    by its leading words, deprecated: for callers that have not moved to Run.ending yet."""
-    if ending is not None and not isinstance(ending, Ending):
-        ending = ending_of(ending)
+def for_run(ending: Ending | None, job_exit_code: int | None) -> Exit:
+    """The exit status of a launch whose run is verified gone, from how the run ended (Run.ending)."""
     if ending is Ending.STALLED:
         return Exit.STALLED
-    if ending in (Ending.LOST, Ending.RUN_FAILED, Ending.PREEMPTED):
+    if ending in (Ending.LOST, Ending.RUN_FAILED, Ending.DATA_FAILED, Ending.PREEMPTED):
         return Exit.RUN_FAILED
     if ending is Ending.JOB_ENDED and job_exit_code != 0:  # None: killed before it could say
         return Exit.JOB_FAILED

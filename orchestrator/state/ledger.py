@@ -20,7 +20,7 @@ from typing import Any
 from orchestrator.redact import redact
 from orchestrator.state import phases
 from orchestrator.state.db import BUSY_TIMEOUT_S, Database, default_home, ensure_home
-from orchestrator.state.endings import Ending, ending_of
+from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
 from orchestrator.state.holds import HoldStore
 from orchestrator.state.instances import InstanceStore
@@ -137,11 +137,10 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
         unknown = sorted(set(fields_) - _UPDATABLE)
         if unknown:
             raise LedgerError(f"cannot update run field(s) {', '.join(unknown)}: not a field, or run_id")
+        if fields_.get("end_reason") is not None and ending is None:
+            raise LedgerError("an end_reason is recorded with its ending (orchestrator.state.endings.Ending)")
         if ending is not None:
             fields_["ending"] = ending
-        elif fields_.get("end_reason") is not None:
-            # Until every writer passes ending=: a reason given alone still records its Ending.
-            fields_["ending"] = ending_of(str(fields_["end_reason"]))
         with self.transaction() as conn:
             row = conn.execute("SELECT plan FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from orchestrator.state.endings import ending_of
+from orchestrator.state.endings import Ending
 from orchestrator.state.values import LedgerError
 
 SCHEMA_VERSION = 4
@@ -119,6 +119,15 @@ def _fill_endings(conn: sqlite3.Connection) -> None:
     leading words (the last place a reason's text is read back as an Ending)."""
     rows = conn.execute("SELECT run_id, end_reason FROM runs WHERE ending IS NULL AND end_reason IS NOT NULL")
     for row in rows.fetchall():
-        ending = ending_of(row["end_reason"])
+        ending = _ending_of_reason(row["end_reason"])
         if ending is not None:
             conn.execute("UPDATE runs SET ending = ? WHERE run_id = ?", (ending.value, row["run_id"]))
+
+
+def _ending_of_reason(end_reason: str | None) -> Ending | None:
+    """The Ending a schema-3 end_reason starts with: the one-time migration to runs.ending reads the
+    words those ledgers kept; nothing else reads an ending out of a reason."""
+    for ending in Ending:
+        if end_reason and end_reason.startswith(ending.value):
+            return ending
+    return None
