@@ -61,7 +61,7 @@ LOG_NAME = "device-check.log"
 LOG_CAP = 400_000  # bytes of one command's output in device-check.log; past it only its last lines
 LOG_TAIL = 150
 RELAY_LINE = re.compile(r"^(\d+)\t()(\d+)\t")  # what the relay prints per line, in run_one's (step, _, value) form
-JOB_CONFIG = "gpurun_config.yaml"  # the job's config file name on an instance (orchestrator/plan/launch.py: JOB_CONFIG)
+JOB_CONFIG = "gpurun_config.yaml"  # the job's config file name on an instance (orchestrator/plan/job.py: JOB_CONFIG)
 TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"  # where tiktoken fetches GPT-2's BPE files
 
 
@@ -505,7 +505,7 @@ def local_bpe() -> Path | None:
 
 def write_flat_yaml(path: Path, config: dict[str, Any]) -> None:
     """The job's config as flat `key: value` lines (JSON scalars are YAML): the trainer reads it with or
-    without PyYAML, as it reads the controller's (orchestrator.plan.launch.config_text)."""
+    without PyYAML, as it reads the controller's (orchestrator.plan.job.config_text)."""
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in config.items()))
 
 

@@ -142,9 +142,9 @@ def _verdict(ev: dict[str, Any]) -> dict[str, Any]:
         missing.append("cost against the cap")
     elif not cost["within_cap"]:
         failures.append(f"cost ${cost['cost_usd']:.4f} is over the ${cost['max_usd']:.2f} cap")
-    billed_flag = str(((ev.get("run") or {}).get("billed") or {}).get("flag") or "")
-    if billed_flag.startswith("OVER THE CAP"):
-        failures.append(billed_flag)
+    billed = (ev.get("run") or {}).get("billed") or {}
+    if billed.get("usd") is not None and cost["max_usd"] and billed["usd"] > cost["max_usd"] + 1e-9:
+        failures.append(str(billed.get("flag")))  # the provider billed more than the cap
     if ev["job_log"]["traceback"]:
         failures.append("job.log contains a Python traceback")
     ending = ev["ending"]
