@@ -62,6 +62,10 @@ def test_the_deadline_is_fixed_at_the_create_call(tmp_path: Path) -> None:
     clock = planned.with_clock_start(run.clock_start_epoch)
     assert (run.deadline_epoch, run.stop_at_epoch) == (clock.deadline_epoch, clock.stop_at_epoch)
     assert run.deadline_epoch - run.stop_at_epoch == planned.reserve_s
+    # The record's allowance carries the same clock as the row (not the plan's), loaded or live.
+    kept = RunRecord.of_run(run).allowance
+    assert (kept.clock_start_epoch, kept.stop_at_epoch) == (run.clock_start_epoch, run.stop_at_epoch)
+    assert controller.allowance.stop_at_epoch == run.stop_at_epoch
     controller.teardown()
     assert controller.provider.get(instance.id).gone
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from orchestrator import settings
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
+from orchestrator.state.phases import Phase
 from orchestrator.state.rows import Run
 from providers.base import BilledCost, Provider, ProviderError
 
@@ -65,7 +66,7 @@ class Reconciliation:
 
 def verified_at(ledger: Ledger, run: Run) -> float | None:
     """When the run was verified gone (its `verified` phase): fixed, unlike the row's updated_at."""
-    times = [e.time for e in ledger.events(run.run_id) if e.phase == "verified"]
+    times = [e.time for e in ledger.events(run.run_id) if e.phase == Phase.VERIFIED]
     return times[-1] if times else None
 
 

@@ -18,6 +18,7 @@ from orchestrator.run.nodes import Node, NodeGroup, worker_root
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watchdog import install_watchdog
 from orchestrator.state.events import EventKind
+from orchestrator.state.phases import Phase
 from orchestrator.transport.factory import open_transport
 from orchestrator.transport.keys import run_key
 from orchestrator.transport.protocol import Transport
@@ -42,8 +43,9 @@ def create_head(ctx: RunContext, group: NodeGroup) -> Instance:
     ctx.ledger.update_run(ctx.run_id, clock_start_epoch=clock.clock_start_epoch, deadline_epoch=clock.deadline_epoch,
                           stop_at_epoch=clock.stop_at_epoch, usd_per_hour=ctx.options.group_usd_per_hour(ctx.offer),
                           controller_pid=os.getpid())
-    ctx.refresh()
-    ctx.phase("creating", instance_type=ctx.offer.instance_type, deadline_epoch=clock.deadline_epoch,
+    ctx.record.allowance = clock  # the record's allowance carries this attempt's clock, as the row does
+    ctx.save_record("allowance")
+    ctx.phase(Phase.CREATING, instance_type=ctx.offer.instance_type, deadline_epoch=clock.deadline_epoch,
               **({"nodes": ctx.options.nodes} if ctx.options.nodes > 1 else {}))
     group.nodes = []
     instance = ctx.provider.create(spec(ctx, node_rank=0))
@@ -69,7 +71,7 @@ def boot_and_connect(ctx: RunContext, group: NodeGroup, until: float) -> None:
     """Every node running and answering by `until`, its switch armed; BootFailed if one will not."""
     for node in group.nodes:
         if node.rank == 0:
-            ctx.phase("booting", instance_id=node.instance.id)
+            ctx.phase(Phase.BOOTING, instance_id=node.instance.id)
         node.instance, access = _wait_running(ctx, node, until)
         transport = _open(ctx, node, access)
         try:
@@ -80,7 +82,7 @@ def boot_and_connect(ctx: RunContext, group: NodeGroup, until: float) -> None:
         node.transport = transport  # only a reachable node has outputs worth a final sync
         arm_switch(ctx, node)
         if node.rank == 0:
-            ctx.phase("ssh_ready", root=transport.root, watchdog_deadline=ctx.watchdog_deadline())
+            ctx.phase(Phase.SSH_READY, root=transport.root, watchdog_deadline=ctx.watchdog_deadline())
         else:
             ctx.event(EventKind.NODE_READY, rank=node.rank, instance_id=node.instance.id, root=transport.root,
                       watchdog_deadline=ctx.watchdog_deadline())

@@ -65,7 +65,7 @@ class RunContext:
         self.run = run
         return run
 
-    def phase(self, name: str | Phase, **payload: Any) -> None:
+    def phase(self, name: Phase, **payload: Any) -> None:
         """Record the phase (the ledger refuses a transition the lifecycle does not allow)."""
         self.ledger.set_phase(self.run_id, name, **payload)
         self.run.phase = Phase(name)

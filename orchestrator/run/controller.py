@@ -112,7 +112,7 @@ class Controller:
     def refresh(self) -> Run:
         return self.ctx.refresh()
 
-    def phase(self, name: str | Phase, **payload: object) -> None:
+    def phase(self, name: Phase, **payload: object) -> None:
         self.ctx.phase(name, **payload)
 
     def create_instance(self) -> Instance:
@@ -231,7 +231,7 @@ class Controller:
             reconnect(self.ctx, self.group)
             stop_job(self.ctx, self.group, end)  # first: the job checkpoints while a periodic pull may finish
             self.syncing.stop()
-            self.phase("syncing_final")
+            self.phase(Phase.SYNCING_FINAL)
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")

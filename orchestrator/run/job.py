@@ -30,6 +30,7 @@ from orchestrator.run.progress import (
 from orchestrator.run.setup import DATA_JOB, DATA_SOURCE_DIR
 from orchestrator.run.stop import End
 from orchestrator.state.events import EventKind
+from orchestrator.state.phases import Phase
 from orchestrator.transport.protocol import Transport
 from trainer import contract
 
@@ -61,7 +62,7 @@ def start_data(ctx: RunContext, group: NodeGroup) -> bool:
     if head.transport.run(f"test -f {shlex.quote(job['data_dir'] + '/' + contract.READY)}", timeout_s=30).ok:
         ctx.event(EventKind.DATA_REUSED, data_dir=job["data_dir"])
         return False
-    ctx.phase("preparing_data", command=job["prepare"], data_dir=job["data_dir"], recipe=job["recipe"])
+    ctx.phase(Phase.PREPARING_DATA, command=job["prepare"], data_dir=job["data_dir"], recipe=job["recipe"])
     pid = head.transport.start_detached(DATA_JOB, job["prepare"], env=_UNBUFFERED)
     ctx.event(EventKind.DATA_STARTED, pid=pid)
     for node in group.workers:  # every node prepares its own copy: the nodes share no disk
@@ -144,7 +145,7 @@ def start_job(ctx: RunContext, group: NodeGroup) -> None:
     head = group.head
     assert head.transport is not None
     command = job_command(ctx, group, head)
-    ctx.phase("running", command=command)
+    ctx.phase(Phase.RUNNING, command=command)
     pid = head.transport.start_detached(JOB, command, env=_job_env(ctx, group, 0))
     for node in group.workers:
         if node.transport is None:
@@ -172,7 +173,7 @@ def stop_job(ctx: RunContext, group: NodeGroup, end: End) -> None:
     exit status (a worker's that failed first decides: node 0's ranks only stopped because of it)."""
     head = group.head.transport
     assert head is not None
-    ctx.phase("stopping", reason=end.reason)
+    ctx.phase(Phase.STOPPING, reason=end.reason)
     for node in group.workers:  # a stop during the data phase: every node's preparer
         if node.transport is not None and node.job.get("prepare"):
             quietly(lambda t=node.transport: t.job_state(DATA_JOB).running and t.signal(DATA_JOB, signal.SIGTERM))

@@ -21,6 +21,7 @@ from orchestrator.run.progress import PROGRESS_FILE
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watchdog import set_pre_job
 from orchestrator.state.events import EventKind
+from orchestrator.state.phases import Phase
 from orchestrator.transport.protocol import Transport
 from trainer.recipes import Recipe
 
@@ -50,7 +51,7 @@ def bootstrap_group(ctx: RunContext, group: NodeGroup) -> None:
         ctx.record.nodes = group.records()  # with each worker's data command, for a guard that takes over
         ctx.save_record("nodes")
     assert info is not None
-    ctx.phase("bootstrapped", watchdog_deadline=ctx.watchdog_deadline(), **info.to_dict())
+    ctx.phase(Phase.BOOTSTRAPPED, watchdog_deadline=ctx.watchdog_deadline(), **info.to_dict())
 
 
 def _bootstrap_node(ctx: RunContext, node: Node, recipe: Recipe | None) -> tuple[BootstrapInfo, Recipe | None]:
