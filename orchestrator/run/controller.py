@@ -19,7 +19,6 @@ from pathlib import Path
 
 from orchestrator.money import budget as budget_mod
 from orchestrator.plan.launch import LaunchPlan
-from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.record import RunRecord
 from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.run import recovery, stop_time
@@ -100,10 +99,6 @@ class Controller:
     @property
     def provider(self) -> Provider:
         return self.ctx.provider
-
-    @property
-    def options(self) -> LaunchOptions:
-        return self.ctx.options
 
     @property
     def allowance(self) -> budget_mod.Allowance:
@@ -235,7 +230,7 @@ class Controller:
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
-        if not self.options.command:
+        if not self.ctx.options.command:
             judge_outputs(self.ctx)
         self.teardown()
 
