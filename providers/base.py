@@ -91,6 +91,10 @@ class Offer:
     available: bool = True
     memory_gb: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Data transfer out of the provider (what gpurun pulls home), USD per GB, and where that figure
+    # comes from ("free: <source>" where the provider does not bill egress).
+    egress_usd_per_gb: float = 0.0
+    egress_source: str = ""
 
     @property
     def total_usd_per_hour(self) -> float:
