@@ -10,6 +10,7 @@ them accept a timeout. The endpoint paths are the SDK's own constants (`sdk_path
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 from collections.abc import Callable
@@ -20,6 +21,12 @@ from providers.base import CredentialsError, NoCapacityError, ProviderError, Tra
 from providers.common import bounded_call, first_env, is_transient, one_line, retry_policy
 
 T = TypeVar("T")
+
+# Retries are logged here (tenacity's before_sleep, "Retrying ... in N seconds"), never printed: the
+# NullHandler keeps Python's last-resort handler from writing them to the user's stderr when nothing
+# is configured; whoever runs gpurun attaches a handler to "gpurun" to put them in the run's log.
+log = logging.getLogger("gpurun.providers.datacrunch")
+log.addHandler(logging.NullHandler())
 
 DEFAULT_BASE_URL = "https://api.verda.com/v1"
 ENV_CLIENT_ID = ("DATACRUNCH_CLIENT_ID", "VERDA_CLIENT_ID")
@@ -101,10 +108,30 @@ def body_of(resp: Any) -> Any:
         return resp.text
 
 
-# The words of a create refused for capacity are documented nowhere (the SDKs' ErrorCodes have no
-# capacity code; dstack maps every create error to NoCapacityError with a FIXME): match the message.
+# The words of a create refused for capacity are in no SDK's ErrorCodes (dstack maps every create error to
+# NoCapacityError with a FIXME): match the message. A 4xx is matched loosely; a 503 only by words that name
+# resources or capacity, since "Service Unavailable" is what any overloaded gateway says.
 _CAPACITY_RE = re.compile(r"capacity|not available|unavailable|out of stock|sold out|not enough resources"
                           r"|no (?:available )?(?:resources|servers|hosts)", re.I)
+# The API answers "no capacity" as HTTP 503: verda-cli issue 4 ("API error 503: Not enough resources to
+# deploy a 1 GPU instance type 1V100.6V in FIN-03"; the Go SDK's errors.go formats `API error %d: %s`
+# from the status and the JSON body's `message`, pkg/verda/instances.go Create).
+_CAPACITY_503_RE = re.compile(r"not enough resources|insufficient (?:capacity|resources)|no capacity"
+                              r"|out of capacity|out of stock|sold out", re.I)
+
+
+def said(exc: BaseException) -> str:
+    """What the API answered, in one line (`HTTP 503 service_unavailable: upstream timed out`), or what
+    went wrong on the way when nothing answered (a timeout, a refused connection)."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return one_line(str(exc).removeprefix("DataCrunch "), 200)
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        code, message = body.get("code") or "", body.get("message") or body
+    else:
+        code, message = "", body
+    return f"HTTP {status}{' ' + str(code) if code else ''}: {one_line(message, 160)}"
 
 
 def classify(method: str, path: str, resp: Any, code: str | None, message: Any) -> ProviderError:
@@ -123,6 +150,8 @@ def classify(method: str, path: str, resp: Any, code: str | None, message: Any) 
     if status == 402 or code == "insufficient_funds":  # verda.constants.ErrorCodes; verda-cli agent_error.go
         return DataCrunchInsufficientFunds(f"{what}; add credit to the DataCrunch account", status, body)
     if status is not None and 400 <= status < 500 and _CAPACITY_RE.search(str(message)):
+        return DataCrunchNoCapacity(f"{what}; try another location or GPU", status, body)
+    if status == 503 and _CAPACITY_503_RE.search(f"{code or ''} {message}"):
         return DataCrunchNoCapacity(f"{what}; try another location or GPU", status, body)
     if status is None or status == 429 or status >= 500:
         return DataCrunchTransientError(what, status, body)
@@ -221,7 +250,8 @@ class DataCrunchAPI:
             return is_transient(exc) and (retry_refusals or not isinstance(exc, ProvisioningRefusedError))
 
         policy = retry_policy(attempts=self.retry_attempts, deadline_s=self.retry_budget_s,
-                              initial_s=self.retry_wait_s, max_wait_s=self.retry_max_wait_s, retry_on=retry_on)
+                              initial_s=self.retry_wait_s, max_wait_s=self.retry_max_wait_s, retry_on=retry_on,
+                              logger=log)
         return policy(fn)
 
     # ---- one call ----------------------------------------------------------------------------------------

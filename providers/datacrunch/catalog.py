@@ -35,12 +35,30 @@ def gpu_name(instance_type: dict[str, Any]) -> str:
     return desc or str(t.get("name") or t.get("model") or t.get("instance_type"))
 
 
+# Data transfer out is not priced anywhere DataCrunch publishes: the pricing page
+# (https://docs.verda.com/welcome-to-verda/pricing-and-billing) lists GPU, storage and contract prices and
+# no data-transfer charge, and no API answer (instance types, volume types, balance) carries one.
+EGRESS_USD_PER_GB = 0.0
+EGRESS_SOURCE = ("not billed: no data-transfer charge on https://docs.verda.com/welcome-to-verda/pricing-and-billing"
+                 " and no egress price in the API (read 2026-12; an absence, not a published 'free')")
+
+
+def spot_params(spot: bool) -> dict[str, str]:
+    """The spot flag of an /instance-availability query, in both spellings: the Go SDK sends `is_spot=true`
+    and nothing for on-demand (pkg/verda/instance_availability.go, GetAllAvailabilities and
+    GetInstanceTypeAvailability; verda-cli's `availability --spot` goes through it), and so does the API's
+    published parameter list (listInstanceAvailability: `is_spot`, boolean); the Python SDK sends
+    `isSpot=true|false` (verda/instances/_instances.py, get_availabilities / is_available). Sending only
+    `isSpot` to an API that reads `is_spot` would ask for on-demand stock on a spot launch."""
+    flag = str(bool(spot)).lower()
+    return {"is_spot": flag, "isSpot": flag}
+
+
 def availability(api: DataCrunchAPI, spot: bool) -> dict[str, list[str]] | None:
     """instance type -> the locations that have it now (GET /instance-availability: one row per location
     with the types in stock, asked for spot or on-demand); None when the API would not say."""
     try:
-        # `isSpot` as the Python SDK spells it (InstancesService.get_availabilities).
-        rows = api.request("get", sdk_paths().availability, params={"isSpot": str(bool(spot)).lower()}).json()
+        rows = api.request("get", sdk_paths().availability, params=spot_params(spot)).json()
     except CredentialsError:
         raise
     except ProviderError:
@@ -75,7 +93,7 @@ def in_stock(api: DataCrunchAPI, instance_type: str, location: str, spot: bool) 
     try:
         answer = api.request("get", sdk_paths().availability + "/{instance_type}",
                              path_params={"instance_type": instance_type},
-                             params={"isSpot": str(bool(spot)).lower(), "location_code": location}).json()
+                             params={**spot_params(spot), "location_code": location}).json()
     except CredentialsError:
         raise
     except (ProviderError, ValueError):
@@ -85,6 +103,25 @@ def in_stock(api: DataCrunchAPI, instance_type: str, location: str, spot: bool) 
     if isinstance(answer, str) and answer.lower() in ("true", "false"):
         return answer.lower() == "true"
     return None
+
+
+def planned_price(api_price: Decimal, n_gpu: int) -> tuple[Decimal, dict[str, str], str]:
+    """The USD/h a plan uses for an instance type whose API price is `api_price`, both readings, and why.
+
+    Whether `price_per_hour` / `spot_price` on /instance-types is the whole instance or per unit (per GPU,
+    per vCPU) is not settled by any source gpurun can read: the API's reference and the Python SDK
+    (InstanceType.price_per_hour: "Instance type price per hour") do not say; verda-cli says both (commit
+    26d3b11 "API price_per_hour is total, not per-GPU", its cmd/vm/CLAUDE.md, README and create wizard read it
+    as the total; commit 2d98f06 "price_per_hour is per-unit, not total", its root CLAUDE.md ("Pricing")
+    and cmd/util/pricing.go multiply it by the GPU count); dstack's gpuhunt reads the total. Until one is
+    settled, a multi-GPU type is planned at the dearer reading (x the GPU count): the cap then holds under
+    either, at the cost of buying less time if the total reading is the true one."""
+    total, per_unit = api_price, api_price * n_gpu
+    readings = {"instance_total": str(total), "per_gpu_x_count": str(per_unit)}
+    if n_gpu == 1:
+        return total, readings, "one GPU: both readings agree"
+    return per_unit, readings, (f"planned at the dearer reading, {api_price} x {n_gpu} GPUs = {per_unit} USD/h "
+                                f"(price_per_hour per GPU); read as the instance total it is {total} USD/h")
 
 
 def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, spot: bool, currency: str,
@@ -97,26 +134,22 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
     want = (gpu or "").lower().replace(" ", "")
     out: list[Offer] = []
     for t in types:
-        # `price_per_hour` (and `spot_price`) is the price of the WHOLE instance, all its GPUs, not per GPU.
-        # Sources: the Python SDK's own use (examples/advanced_create_instance.py: `price_per_hour * DURATION
-        # < balance.amount` for an 8V100.48V, no GPU count); verda-cli commit 26d3b11 "API price_per_hour is
-        # total, not per-GPU — remove double multiply" and cmd/vm/CLAUDE.md "Pricing"; the Go SDK's mock
-        # (1H100 3.17). verda-cli's cmd/util/pricing.go multiplies an INSTANCE's price_per_hour (GET
-        # /instances) by its GPUs for a dashboard: that is not this field, and the same CLI's create wizard
-        # and `cost estimate` read this one as the total.
-        price = decimal_or_none(t.get("spot_price") if spot else t.get("price_per_hour"))
+        api_price = decimal_or_none(t.get("spot_price") if spot else t.get("price_per_hour"))
         n_gpu = int((t.get("gpu") or {}).get("number_of_gpus") or 0)
-        if price is None or n_gpu == 0 or (count and n_gpu != count):
+        if api_price is None or n_gpu == 0 or (count and n_gpu != count):
             continue
         name = gpu_name(t)
         itype = str(t.get("instance_type", ""))
         if want and want not in name.lower().replace(" ", "") and want != itype.lower():
             continue
+        price, readings, reading = planned_price(api_price, n_gpu)
         details = {
             "price_per_hour": str(t.get("price_per_hour")),  # exact strings as the API sent them
             "spot_price": str(t.get("spot_price")),
-            "usd_per_hour_exact": str(price),  # the whole instance
-            "usd_per_gpu_hour_exact": str(price / n_gpu),  # derived for display, as verda-cli's wizard does
+            "usd_per_hour_exact": str(price),  # what the plan uses: the dearer reading
+            "usd_per_gpu_hour_exact": str(price / n_gpu),
+            "price_readings": readings,
+            "price_reading": reading,
             "extra_usd_per_hour_exact": str(extra),
             "storage": f"{disk_gb} GB NVMe OS volume at {vol_price} USD/GB-month",
             "currency": t.get("currency", currency),
@@ -129,6 +162,7 @@ def offers(api: DataCrunchAPI, *, provider: str, gpu: str | None, count: int, sp
             out.append(Offer(
                 provider=provider, gpu=name, gpu_count=n_gpu, instance_type=itype,
                 usd_per_hour=float(price), extra_usd_per_hour=float(extra), price_source="live",
+                egress_usd_per_gb=EGRESS_USD_PER_GB, egress_source=EGRESS_SOURCE,
                 spot=spot, region=region, available=bool(region) or where is None,
                 memory_gb=float((t.get("gpu_memory") or {}).get("size_in_gigabytes") or 0) or None,
                 details=dict(details, location=region,

@@ -53,6 +53,7 @@ from providers.datacrunch.api import (
     DataCrunchNotFound,
     DataCrunchTransientError,
     body_of,
+    said,
     sdk_paths,
 )
 from providers.datacrunch.preemption import PreemptionWatch
@@ -388,7 +389,8 @@ class DataCrunchProvider(Provider):
         except CredentialsError:
             raise
         except TransientProviderError as exc:  # retries spent: it may still have landed
-            return self._landed_or_raise(spec, f"DataCrunch create did not answer ({one_line(exc, 160)})")
+            return self._landed_or_raise(spec, f"DataCrunch did not take the create of {what} in {location}, "
+                                               f"retried; the API said {said(exc)}")
         except ProviderError:  # refused (capacity, image, funds): nothing of this attempt may bill
             self._discard_landed(spec)
             raise

@@ -46,8 +46,23 @@ def gone(code: int, text: str) -> bool:
     return code == 404 or (code == 200 and json.loads(text).get("status") in GONE)
 
 
+def volume_ids(base: str, iid: str, inst: dict[str, Any], token: str) -> list[str]:
+    """Every volume the instance has: its OS volume, its `volume_ids` (Go SDK Instance.VolumeIDs) and any
+    volume GET /volumes lists as attached to it. A volume left out of the delete is detached and keeps
+    billing (Go SDK InstanceActionRequest: "nil omits the field (API default: OS volume deleted, rest
+    detached)"), so the delete names them all, as the controller's terminate does."""
+    ids = [inst["os_volume_id"]] if inst.get("os_volume_id") else []
+    ids += [v for v in inst.get("volume_ids") or [] if isinstance(v, str)]
+    code, text = call(base, "GET", "/volumes", token=token)
+    if code == 200:
+        ids += [str(v["id"]) for v in json.loads(text) if isinstance(v, dict) and v.get("instance_id") == iid]
+    else:
+        log("volumes HTTP", code)
+    return list(dict.fromkeys(ids))
+
+
 def attempt(base: str, iid: str, cred: str, settle_s: float) -> bool:
-    """One try: token, look, delete (with the OS volume, permanently), look again. True once gone."""
+    """One try: token, look, delete (with every volume, permanently), look again. True once gone."""
     with open(cred) as f:
         code, text = call(base, "POST", "/oauth2/token", json.load(f))
     if code != 200:
@@ -58,13 +73,15 @@ def attempt(base: str, iid: str, cred: str, settle_s: float) -> bool:
     if gone(code, text):
         log("instance gone" if code == 404 else "instance " + json.loads(text)["status"])
         return True
-    inst = json.loads(text) if code == 200 else {}
-    vols = [inst["os_volume_id"]] if inst.get("os_volume_id") else []
-    body: dict[str, Any] = {"id": [iid], "action": "delete", "volume_ids": vols or None}
+    if code != 200:
+        log("instance HTTP", code)  # the instance's money first: delete it even without its volume list
+    vols = volume_ids(base, iid, json.loads(text), token) if code == 200 else []
+    body: dict[str, Any] = {"id": [iid], "action": "delete"}
     if vols:
-        body["delete_permanently"] = True  # not the trash, where the volume keeps billing
+        body["volume_ids"] = vols
+        body["delete_permanently"] = True  # not the trash, where the volumes keep billing
     code, text = call(base, "PUT", "/instances", body, token)
-    log("delete HTTP", code, " ".join(text.split())[:200])
+    log("delete HTTP", code, "volumes", len(vols), " ".join(text.split())[:200])
     if code == 404:
         return True
     if 200 <= code < 300:

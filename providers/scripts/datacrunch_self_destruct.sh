@@ -5,11 +5,11 @@
 #
 # Run ON the instance by the dead-man's switch, with the controller gone. Where python3 exists it
 # hands over to datacrunch_self_destruct.py beside it; otherwise the same loop with curl: token, look,
-# delete (with the OS volume, permanently), until the API shows the instance deleting, discontinued
+# delete (with every volume, permanently), until the API shows the instance deleting, discontinued
 # or absent (exit 0) or LIMIT_S passes (exit 1).
 # The token request body is the credential file itself (--data-binary @file) and the bearer header
 # goes to curl on stdin (-K -), so neither the secret nor the token is ever in argv or the output.
-# Needs only sh, curl, sed, date and sleep (${0%/*}, not dirname, finds the python beside it).
+# Needs only sh, curl, sed, tr, date and sleep (${0%/*}, not dirname, finds the python beside it).
 set -u
 if [ "$#" -ne 5 ]; then
     echo "gpurun self-destruct: usage: $0 BASE_URL INSTANCE_ID CREDENTIALS_FILE LIMIT_S PAUSE_S"
@@ -37,9 +37,15 @@ while [ "$(date +%s)" -lt "$end" ]; do
             *HTTP404|*'"deleting"'*|*'"discontinued"'*)
                 echo 'gpurun self-destruct: instance gone'; rc=0; break;;
         esac
-        v=$(printf '%s' "$s" | sed -n 's/.*"os_volume_id"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+        # Every volume: the OS volume and the instance's volume_ids (a volume left out is detached and
+        # keeps billing: Go SDK InstanceActionRequest).
+        o=$(printf '%s' "$s" | sed -n 's/.*"os_volume_id"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p')
+        w=$(printf '%s' "$s" | sed -n 's/.*"volume_ids"[[:space:]]*:[[:space:]]*\[\([^]]*\)\].*/\1/p' \
+            | tr -d ' ')
+        v=${o:+\"$o\"}
+        if [ -n "$w" ]; then v=${v:+$v,}$w; fi
         if [ -n "$v" ]; then
-            d='{"id":["'"$I"'"],"action":"delete","volume_ids":["'"$v"'"],"delete_permanently":true}'
+            d='{"id":["'"$I"'"],"action":"delete","volume_ids":['"$v"'],"delete_permanently":true}'
         else
             d='{"id":["'"$I"'"],"action":"delete"}'
         fi

@@ -175,10 +175,12 @@ DEFAULT_AVAILABILITY: dict[str, list[str]] = {
 }
 
 PROVISIONING_REFUSAL = "Can't discontinue a provisioning instance"
-# The exact words of a create refused for capacity are not in the SDKs or the docs; dstack treats
-# every create APIException as NoCapacityError (datacrunch/compute.py _deploy_instance, "FIXME").
-# This fake answers a 400 invalid_request with a message naming the capacity, as a conservative guess.
-CAPACITY_REFUSAL = "Not enough capacity for {itype} in {location}: try another location or instance type"
+# A create refused for capacity is HTTP 503 with these words: verda-cli issue 4 quotes the Go SDK's
+# error for one ("API error 503: Not enough resources to deploy a 1 GPU instance type 1V100.6V in
+# FIN-03"; errors.go formats `API error %d: %s` from the status and the JSON body's `message`,
+# pkg/verda/instances.go Create). The body's `code` is not quoted anywhere: this fake sends the same
+# `service_unavailable` as a gateway's 503 (verda.constants.ErrorCodes), so only the words tell them apart.
+CAPACITY_REFUSAL = "Not enough resources to deploy a {n} GPU instance type {itype} in {location}"
 # verda.constants.ErrorCodes.INSUFFICIENT_FUNDS; verda-cli maps HTTP 402 to "insufficient balance"
 # (cmd/util/agent_error.go).
 FUNDS_REFUSAL = "Not enough balance to deploy this instance"
@@ -246,9 +248,10 @@ class FakeDataCrunchAPI:
     # Orders for these instance types / locations / "type@location" go pending -> no_capacity
     # (StatusNoCapacity, terminal in verda-cli InstanceTerminalStatuses) instead of provisioning.
     no_capacity_where: set[str] = field(default_factory=set)
-    # Creates for these are refused outright (400, CAPACITY_REFUSAL), nothing created; so is a create
-    # for a type the location does not have in stock.
+    # Creates for these are refused outright (CAPACITY_REFUSAL, HTTP `capacity_refusal_status`), nothing
+    # created; so is a create for a type the location does not have in stock.
     refuse_create_where: set[str] = field(default_factory=set)
+    capacity_refusal_status: int = 503
     # Statuses in which a delete is refused with PROVISIONING_REFUSAL (the SDK's instance_actions example:
     # "encounter an error (because it's still provisioning)"; dstack's messages). What the API does for
     # `pending` is not documented: add it here to model a refusal.
@@ -624,13 +627,15 @@ class FakeDataCrunchAPI:
         return next((t for t in self.instance_types if t["instance_type"] == name), None)
 
     def _spot_query(self, query: dict[str, str]) -> bool:
-        """The Python SDK sends `isSpot=true|false` (instances.get_availabilities / is_available), the Go
-        SDK `is_spot=true` and nothing when false (instance_availability.go): accept both, record which."""
+        """Spot stock is asked for with `is_spot=true`: the Go SDK sends that and nothing for on-demand
+        (pkg/verda/instance_availability.go), verda-cli through it, and the API's parameter list names
+        `is_spot` (listInstanceAvailability). The Python SDK's `isSpot=true|false` (verda/instances/
+        _instances.py) is not what those agree on, so this fake records it and answers as if it were
+        absent: on-demand stock, the unpleasant reading of a spot launch that asks with `isSpot` alone."""
         for key in ("isSpot", "is_spot"):
             if key in query:
                 self.spot_flags.append({"where": "availability", "key": key, "value": query[key]})
-                return query[key].lower() == "true"
-        return False
+        return query.get("is_spot", "false").lower() == "true"
 
     def _stock(self, spot: bool) -> dict[str, list[str]]:
         return self.spot_availability if spot and self.spot_availability is not None else self.availability
@@ -780,8 +785,9 @@ class FakeDataCrunchAPI:
             return self._error(402, "insufficient_funds", FUNDS_REFUSAL)
         if (self._matches(self.refuse_create_where, itype["instance_type"], location)
                 or itype["instance_type"] not in self._stock(spot).get(location, [])):
-            return self._error(400, "invalid_request",
-                               CAPACITY_REFUSAL.format(itype=itype["instance_type"], location=location))
+            code = "service_unavailable" if self.capacity_refusal_status >= 500 else "invalid_request"
+            return self._error(self.capacity_refusal_status, code, CAPACITY_REFUSAL.format(
+                n=itype["gpu"]["number_of_gpus"], itype=itype["instance_type"], location=location))
         inst = self._place(itype, p, spot, image, location, script, now)
         new_id = inst.id
         # The real API answers the id as plain text (the Python SDK reads `.text`), or sometimes as JSON
@@ -865,8 +871,14 @@ class FakeDataCrunchAPI:
                     # the conservative reading is that it needs (and takes) a delete like any other and
                     # bills until discontinued (verda-cli: "Delete: always available").
                     self._set_status(inst, "deleting", now)
-                    vols = [v for v in (p.get("volume_ids") or []) if v in self.volumes
-                            and self.volumes[v].get("instance_id") == iid]
+                    # Go SDK InstanceActionRequest: "nil omits the field (API default: OS volume deleted,
+                    # rest detached), empty slice sends [] (no volumes deleted), slice with IDs deletes those
+                    # volumes". Whether the default's OS-volume delete is permanent is not said: the trash
+                    # (still billing), the costlier reading, unless delete_permanently came.
+                    listed = p.get("volume_ids")
+                    if listed is None:
+                        listed = [inst.body.get("os_volume_id")]
+                    vols = [v for v in listed if v in self.volumes and self.volumes[v].get("instance_id") == iid]
                     inst.body["_delete_volumes"] = vols  # listed volumes go with the instance
                     inst.body["_delete_permanently"] = bool(p.get("delete_permanently"))
                 results.append({"action": action, "instanceId": iid, "status": "success"})
