@@ -3,6 +3,7 @@ talking to the REST fake (tests/fakes/datacrunch_api.py); SSH goes to the loopba
 
 from __future__ import annotations
 
+import re
 import signal
 import stat
 import subprocess
@@ -176,3 +177,62 @@ def test_no_capacity_order_fails_in_one_line_quickly_with_nothing_billing(
     assert fake.billed_volumes() == [] and fake.total_usd() <= 3
     assert "job_started" not in event_names(run)  # it never trained: it failed at boot, not at the boot timeout
 
+
+
+def _first_location(e2e: E2E, args: list[str]) -> str:  # noqa: F811
+    """Where the plan sends the first create, from `launch --dry-run`."""
+    res = e2e.gpurun(*args, "--dry-run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    where = re.search(r"provider\W+datacrunch \(([A-Z0-9-]+)\)", res.stdout)
+    assert where, res.stdout
+    return where.group(1)
+
+
+def test_create_refused_503_not_enough_resources_lands_in_the_next_location(
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    # The API answers "no capacity" as HTTP 503 "Not enough resources to deploy ..." (verda-cli issue 4):
+    # that is this offer refused, not the API down, so the next location is tried at once.
+    args = launch_args(e2e, "--gpu", "A100")
+    first = _first_location(e2e, args)
+    other = next(loc for loc in fake.availability if loc != first and "1A100.22V" in fake.availability[loc])
+    fake.refuse_create_where = {f"1A100.22V@{first}"}  # in stock by /instance-availability, refused at the POST
+    res = e2e.gpurun(*args, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    posts = [c for c in fake.requests if c["method"] == "POST" and c["path"] == "/instances"]
+    assert [c["status"] for c in posts] == [503, 202]  # the refusal was not retried where it was refused
+    assert [b["location_code"] for b in fake.creates] == [first, other]
+    (iid,) = list(fake.instances)
+    assert fake.instances[iid].body["location"] == other and ledger_instances() == [iid]
+    assert fake.status_of(iid) == "discontinued" and fake.total_usd() <= 3 and fake.billed_volumes() == []
+    assert "Retrying" not in res.stderr + res.stdout
+
+
+def test_create_503_that_lands_is_found_by_hostname_never_created_twice(
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    fake.lost_create_answers = 1  # the order lands, its answer is a gateway's 503 (no capacity words)
+    res = e2e.gpurun(*launch_args(e2e), timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    posts = [c for c in fake.requests if c["method"] == "POST" and c["path"] == "/instances"]
+    assert [c["status"] for c in posts] == [503]  # retried: it looked by hostname, found it, sent no second
+    (iid,) = list(fake.instances)
+    assert ledger_instances() == [iid] and fake.status_of(iid) == "discontinued"
+    # The look by hostname came after the 503 and before anything else was created.
+    looks = [i for i, c in enumerate(fake.requests) if c["method"] == "GET" and c["path"] == "/instances"]
+    assert any(i > fake.requests.index(posts[0]) for i in looks)
+    assert fake.total_usd() <= 3 and "Retrying" not in res.stderr + res.stdout
+
+
+def test_create_503_that_never_lands_is_retried_then_one_line_saying_what_the_api_said(
+        e2e: E2E, fake: FakeDataCrunchAPI) -> None:  # noqa: F811
+    fake.fail_next(1000, 503, method="POST", path_prefix="/instances")  # a 503 with no capacity words, always
+    res = e2e.gpurun(*launch_args(e2e), timeout=240)
+    line = assert_one_line_error(res, "HTTP 503", "injected failure")  # what the API said, once
+    assert "Retrying" not in res.stderr + res.stdout and "did not answer" not in line
+    posts = [c for c in fake.requests if c["method"] == "POST" and c["path"] == "/instances"]
+    assert len(posts) > 1 and {c["status"] for c in posts} == {503}  # a transient failure: retried
+    assert not fake.instances and fake.total_usd() == 0
