@@ -21,7 +21,9 @@ Stock and capacity, per cloud type (issue 13):
 - `stock_status[(gpu_id, "SECURE"|"COMMUNITY")]` / `set_stock_status(gpu_id, cloud, status)`: what
   `lowestPrice(input: {gpuCount, secureCloud})` reports as `stockStatus` ("High", "Medium", "Low" or
   None). Default "High" where the type is offered on that cloud, None where it is not. A deploy to a
-  cloud whose stockStatus is None is refused for capacity.
+  cloud whose stockStatus is None is refused for capacity. Out of stock is answered as the STRING
+  "None": "Values include `High`, `Medium`, `Low`, and `None`" (runpod/docs sdks/graphql/manage-pods.mdx,
+  "Check GPU availability"); `out_of_stock_status = None` answers a JSON null instead.
 - `refuse_deploy(gpu_id, cloud=None, times=1)`: the next `times` deploys of that type (to that cloud,
   or any) are refused for capacity although stockStatus says otherwise: stock changes between the
   query and the deploy. This is how an end-to-end test makes the first offer fail at create.
@@ -132,6 +134,9 @@ NO_CAPACITY = ("There are no longer any instances available with the requested s
 LOW_BALANCE = ("Insufficient balance: your account must have at least one hour's worth of credits "
                "for the selected configuration to deploy this pod.")
 STOCK_LEVELS = ("High", "Medium", "Low")
+# What stockStatus says when nothing can be placed: the documented value `None`, a string
+# (runpod/docs sdks/graphql/manage-pods.mdx: "Values include `High`, `Medium`, `Low`, and `None`").
+OUT_OF_STOCK = "None"
 CLOUDS = ("SECURE", "COMMUNITY")
 # Storage billed with the pod (https://docs.runpod.io/pods/storage): part of "the selected configuration".
 _DISK_USD_PER_GB_HOUR = 0.10 / 730
@@ -239,6 +244,8 @@ class FakeRunPodAPI:
             (t["id"], c): (8, 2 * int(t.get("memoryInGb") or 16)) for t in self.gpu_types for c in CLOUDS
         }
         self._refusals: list[tuple[str, str | None]] = []
+        # stockStatus where nothing can be placed: the string "None" (the docs' value), or None (null).
+        self.out_of_stock_status: str | None = OUT_OF_STOCK
         self.initial_balance = balance
         # myself { clientBalance currentSpendPerHr spendLimit }: the account's balance, what runs now
         # per hour and the hourly cap a new pod must fit under (`runpodctl user` prints these fields:
@@ -366,7 +373,8 @@ class FakeRunPodAPI:
 
     def set_stock_status(self, gpu_id: str, cloud: str, status: str | None) -> None:
         """What lowestPrice reports for `gpu_id` in `cloud` ("SECURE", "COMMUNITY" or "ALL" for both)."""
-        assert status is None or status in STOCK_LEVELS, status
+        assert status is None or status in (*STOCK_LEVELS, OUT_OF_STOCK), status
+        status = None if status == OUT_OF_STOCK else status
         with self._lock:
             for c in (CLOUDS if cloud == "ALL" else (cloud,)):
                 self.stock_status[(gpu_id, c)] = status
@@ -599,7 +607,7 @@ class FakeRunPodAPI:
                 # Nothing to place: no price and no stock (the old reading of a null lowestPrice).
                 "minimumBidPrice": min(spots) if spots else None,
                 "uninterruptablePrice": min(prices) if prices else None,
-                "stockStatus": best,
+                "stockStatus": best or self.out_of_stock_status,
                 "minVcpu": min(h[0] for h in host) * count if host else None,
                 "minMemory": min(h[1] for h in host) * count if host else None,
                 "availableGpuCounts": [n for n in range(1, int(t.get("maxGpuCount") or 8) + 1)
