@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import Offer
+from providers.base import InstanceSpec, Offer, TransientProviderError
 from providers.runpod import RunPodProvider
+from providers.runpod.api import retry_after_seconds
 from providers.runpod.catalog import stock_level
 from tests.fakes.runpod_api import FakeRunPodAPI
 from tests.offer_helpers import pick_offer
@@ -81,3 +82,90 @@ def test_offers_say_egress_is_free_and_where_that_is_written(fake: FakeRunPodAPI
         assert o.egress_usd_per_gb == 0.0
         assert o.egress_source.startswith("free: ") and "docs.runpod.io/pods/pricing" in o.egress_source
         assert "no fees for data ingress or egress" in o.egress_source
+
+
+# ------------------------------------------------------------------ item 11: REST v2 429 + Retry-After
+
+
+class VirtualClock:
+    """The client's sleep and clock, and the fake's rate-limit clock: time passes only by sleeping."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def _on_virtual_clock(p: RunPodProvider, fake: FakeRunPodAPI) -> VirtualClock:
+    vc = VirtualClock()
+    p.client.sleep, p.client.clock, fake.clock = vc.sleep, vc.now, vc.now
+    return vc
+
+
+def _billing_requests(fake: FakeRunPodAPI) -> list[dict[str, object]]:
+    return [r for r in fake.requests if "GET /v2/billing/pods" in r["ops"]]
+
+
+def _a_pod(p: RunPodProvider) -> str:
+    inst = p.create(InstanceSpec(run_id="run-rl1", offer=pick_offer(p.offers(gpu="4090"), "4090"),
+                                 ssh_public_key=PUBKEY))
+    p.terminate(inst.id)
+    return inst.id
+
+
+def test_429_waits_its_retry_after_then_asks_again(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    pod_id = _a_pod(p)
+    vc = _on_virtual_clock(p, fake)
+    fake.rate_limit_next(1, retry_after_s=12)
+    cost = p.billed_cost("run-rl1", [pod_id], 0.0, 1.0)
+    first, second = _billing_requests(fake)
+    # Order of events: a 429 asking for 12 s, the client's 12 s wait, then the answer.
+    assert (first["status"], first["retry_after"], second["status"]) == (429, 12, 200)
+    assert vc.sleeps == [12]
+    assert second["clock"] >= first["clock"] + 12  # it came after the window, not inside it
+    assert cost.details["pods"][pod_id] is not None
+
+
+def test_429_window_that_holds_is_waited_out_each_time(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    pod_id = _a_pod(p)
+    vc = _on_virtual_clock(p, fake)
+    fake.rate_limit_next(2, retry_after_s=30)  # two windows in a row, 30 s each
+    p.billed_cost("run-rl1", [pod_id], 0.0, 1.0)
+    assert [r["status"] for r in _billing_requests(fake)] == [429, 429, 200]
+    assert vc.sleeps == [30, 30] and sum(vc.sleeps) <= p.client.policy.retry_deadline_s
+
+
+def test_429_whose_wait_would_pass_the_calls_bound_gives_up_without_waiting(fake: FakeRunPodAPI,
+                                                                           tmp_path: Path) -> None:
+    p = make(fake, tmp_path, retry_deadline_s=90)
+    pod_id = _a_pod(p)
+    vc = _on_virtual_clock(p, fake)
+    fake.rate_limit_next(3, retry_after_s=40)  # 40 + 40 fit in 90 s; a third 40 does not
+    with pytest.raises(TransientProviderError) as info:
+        p.billed_cost("run-rl1", [pod_id], 0.0, 1.0)
+    assert vc.sleeps == [40, 40] and sum(vc.sleeps) <= 90  # never slept past the bound
+    assert [r["status"] for r in _billing_requests(fake)] == [429, 429, 429]
+    msg = str(info.value)
+    assert "Retry-After" in msg and "gave up" in msg and "\n" not in msg and fake.api_key not in msg
+
+    fake.requests.clear()
+    fake.rate_limit_next(1, retry_after_s=600)  # longer than the whole bound: not even one wait
+    vc.sleeps.clear()
+    vc.t += 3600  # past the window left open above
+    with pytest.raises(TransientProviderError):
+        p.billed_cost("run-rl1", [pod_id], 0.0, 1.0)
+    assert vc.sleeps == [] and [r["status"] for r in _billing_requests(fake)] == [429]
+
+
+def test_retry_after_is_read_as_integer_seconds() -> None:
+    assert retry_after_seconds("12") == 12 and retry_after_seconds(" 0 ") == 0
+    for junk in (None, "", "soon", "-3", "nan", "inf", "Wed, 21 Oct 2026 07:28:00 GMT"):
+        assert retry_after_seconds(junk) is None, junk

@@ -55,6 +55,15 @@ buckets is exactly `meter_usd(pod)`). Knobs:
 - `billing_factor`: what the history charges over what the meter and the docs' rates say (1.05: 5 %
   more), so a test can make the provider's figure differ from gpurun's estimate.
 - `billed_usd(pod_id=None)`: what the history reports now (lag, cycle and factor applied).
+Rate limit (REST v2, components.responses.TooManyRequestsError in api-reference-v2/openapi.json):
+"The caller exceeded its per-user rate limit. The response identifies the window that was exceeded
+and how long to wait": 429, problem JSON `{"title": "Too Many Requests", "status": 429, "detail":
+"rate limit exceeded for the minute window"}`, `Retry-After` ("Seconds to wait before retrying, per
+the exceeded window", an integer) and the `RateLimit` / `RateLimit-Policy` headers (IETF draft:
+`"minute";r=0;t=12`). `rate_limit_next(n=1, retry_after_s=12)`: the next n REST requests each open
+a window of that length; the window holds: a request inside it is answered 429 again, with
+Retry-After counting down what is left (rounded up), so only a client that waits it out gets through.
+Windows are measured on `clock` (time.monotonic; a test may share a virtual clock with the client).
 Inventory (issue 15): `add_pod(name, volume_gb=..., stopped_s=...)` adds a pod made outside gpurun
 (console, runpodctl), running or stopped; `stop_pod(id)` stops any pod as podStop does (the GPU stops,
 the volume keeps billing at the stopped rate until the pod is terminated); `add_network_volume(name,
@@ -268,6 +277,10 @@ class FakeRunPodAPI:
         self.billing_cycle_s = 0.0
         self.billing_factor = 1.0
         self.network_volumes: list[dict[str, Any]] = []
+        # REST v2 rate limit: windows still to open, the end of the open one, on `clock`.
+        self.clock = time.monotonic
+        self._rate_limits: list[float] = []
+        self._rate_limited_until: float | None = None
         # Pods keep monotonic times; the billing history speaks wall-clock RFC 3339.
         self._wall_offset = time.time() - time.monotonic()
         self._lock = threading.RLock()
@@ -333,6 +346,23 @@ class FakeRunPodAPI:
     def delay_next(self, n: int, seconds: float) -> None:
         with self._lock:
             self._delays.extend([seconds] * n)
+
+    def rate_limit_next(self, n: int = 1, retry_after_s: int = 12) -> None:
+        """The next n REST v2 requests each hit the per-user limit: a 429 with `Retry-After`, and a
+        window of `retry_after_s` (on `clock`) inside which every request is answered 429 again."""
+        with self._lock:
+            self._rate_limits.extend([float(retry_after_s)] * n)
+
+    def _rate_limit(self) -> float | None:
+        """Seconds left in the open rate-limit window (opening the next one queued), or None: served."""
+        now = self.clock()
+        if self._rate_limited_until is not None and now < self._rate_limited_until:
+            return self._rate_limited_until - now
+        if self._rate_limits:
+            window = self._rate_limits.pop(0)
+            self._rate_limited_until = now + window
+            return window
+        return None
 
     def sticky_terminate(self, polls: int) -> None:
         """The next podTerminate answers OK, but the pod stays RUNNING for `polls` `pod` queries."""
@@ -459,10 +489,13 @@ class FakeRunPodAPI:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json") -> None:
+    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json",
+               headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", ctype)
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         try:
@@ -534,6 +567,20 @@ class FakeRunPodAPI:
         if fault is not None:  # carried out, answer lost
             return self._fault_reply(h, record, fault)
         return self._reply(h, 200, {"data": data})
+
+    def _rate_limited_reply(self, h: BaseHTTPRequestHandler, record: dict[str, Any], left_s: float) -> None:
+        """REST v2's TooManyRequestsError: problem JSON, Retry-After in whole seconds (rounded up, so
+        a client that waits it out arrives after the window), RateLimit / RateLimit-Policy."""
+        wait = max(1, math.ceil(left_s))
+        record["status"] = 429
+        record["retry_after"] = wait
+        record["ops"] = ["429"] + record["ops"]
+        problem = {"title": "Too Many Requests", "status": 429, "detail": "rate limit exceeded for the minute window"}
+        return self._reply(h, 429, problem, "application/problem+json", headers={
+            "Retry-After": str(wait),
+            "RateLimit": f'"minute";r=0;t={wait}, "hour";r=2800;t=1812, "day";r=49500;t=45012',
+            "RateLimit-Policy": '"minute";q=60;w=60, "hour";q=3000;w=3600, "day";q=50000;w=86400',
+        })
 
     def _fault_reply(self, h: BaseHTTPRequestHandler, record: dict[str, Any],
                      fault: tuple[int, bool, bool]) -> None:
@@ -890,12 +937,16 @@ class FakeRunPodAPI:
         problem JSON for errors (components.responses.UnauthorizedError / ForbiddenError)."""
         url = urlparse(h.path)
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+            limited = self._rate_limit()
+            fault = None if limited is not None else (self._faults.pop(0) if self._faults else None)
             delay = self._delays.pop(0) if self._delays else self.delay_s
-            record: dict[str, Any] = {"ops": [f"GET {url.path}"], "status": 200, "time": time.time()}
+            record: dict[str, Any] = {"ops": [f"GET {url.path}"], "status": 200, "time": time.time(),
+                                      "clock": self.clock()}
             self.requests.append(record)
         if delay:
             time.sleep(delay)
+        if limited is not None:
+            return self._rate_limited_reply(h, record, limited)
         if fault is not None:
             return self._fault_reply(h, record, fault)
         auth = h.headers.get("Authorization") or ""
