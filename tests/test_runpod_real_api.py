@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.base import InstanceSpec, Offer, TransientProviderError
+from providers.base import InstanceSpec, Offer, ProviderError, TransientProviderError
 from providers.runpod import RunPodProvider
 from providers.runpod.api import retry_after_seconds
 from providers.runpod.catalog import stock_level
@@ -169,3 +169,48 @@ def test_retry_after_is_read_as_integer_seconds() -> None:
     assert retry_after_seconds("12") == 12 and retry_after_seconds(" 0 ") == 0
     for junk in (None, "", "soon", "-3", "nan", "inf", "Wed, 21 Oct 2026 07:28:00 GMT"):
         assert retry_after_seconds(junk) is None, junk
+
+
+# ------------------------------------------------------------------ item 4: an account with SSH keys
+
+ACCOUNT_KEYS = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE5vdFRoZVJ1bnNLZXlCdXRUaGVVc2Vyc093bjAx me@laptop",
+                "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDvdGhlcmtleW9mdGhldXNlcg== me@desktop"]
+
+
+@pytest.mark.parametrize("account_keys", [ACCOUNT_KEYS, []], ids=["account-has-keys", "no-keys"])
+@pytest.mark.parametrize("kept", [False, True], ids=["graphql-replaces", "rest-v2-keeps"])
+@pytest.mark.parametrize("image", ["runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+                                   "nvcr.io/nvidia/pytorch:24.05-py3"], ids=["runpod-image", "custom-image"])
+def test_runs_key_reaches_authorized_keys_whatever_the_account_has(
+        fake: FakeRunPodAPI, tmp_path: Path, account_keys: list[str], kept: bool, image: str) -> None:
+    # RunPod injects the account's registered keys into PUBLIC_KEY; SSH_PUBLIC_KEY overrides them
+    # for one pod (docs.runpod.io/pods/configuration/use-ssh). Whichever reading of a request's own
+    # PUBLIC_KEY holds (kept or replaced), the run's key must be in root's authorized_keys.
+    fake.account_ssh_keys, fake.request_public_key_kept = account_keys, kept
+    p = make(fake, tmp_path)
+    inst = p.create(InstanceSpec(run_id="run-key1", offer=pick_offer(p.offers(gpu="4090"), "4090"),
+                                 ssh_public_key=PUBKEY, image=image))
+    pod = fake.pods[inst.id]
+    assert PUBKEY in pod.authorized_keys and pod.sshd_started
+    assert pod.start_ssh and pod.env["SSH_PUBLIC_KEY"] == PUBKEY and pod.env["PUBLIC_KEY"] == PUBKEY
+
+
+def test_account_keys_replace_a_requests_public_key_in_the_fake(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    # The model, on its own: without SSH_PUBLIC_KEY the account's keys are what the pod authorizes.
+    fake.account_ssh_keys = ACCOUNT_KEYS
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(gpu="4090"), "4090")
+    fake._create({"name": "x", "imageName": "runpod/base:0.4", "gpuTypeId": offer.instance_type,
+                  "cloudType": "SECURE", "startSsh": True, "ports": "22/tcp",
+                  "env": [{"key": "PUBLIC_KEY", "value": PUBKEY}]}, spot=False)
+    (pod,) = fake.live_pods()
+    assert pod.authorized_keys == ACCOUNT_KEYS and PUBKEY not in pod.authorized_keys
+
+
+def test_ssh_key_env_from_the_user_is_refused(fake: FakeRunPodAPI, tmp_path: Path) -> None:
+    p = make(fake, tmp_path)
+    offer = pick_offer(p.offers(gpu="4090"), "4090")
+    with pytest.raises(ProviderError, match="SSH_PUBLIC_KEY is set by gpurun"):
+        p.create(InstanceSpec(run_id="run-key2", offer=offer, ssh_public_key=PUBKEY,
+                              env={"SSH_PUBLIC_KEY": ACCOUNT_KEYS[0]}))
+    assert fake.pods == {}

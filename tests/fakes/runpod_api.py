@@ -55,6 +55,27 @@ buckets is exactly `meter_usd(pod)`). Knobs:
 - `billing_factor`: what the history charges over what the meter and the docs' rates say (1.05: 5 %
   more), so a test can make the provider's figure differ from gpurun's estimate.
 - `billed_usd(pod_id=None)`: what the history reports now (lag, cycle and factor applied).
+SSH keys of an account (item 4). `account_ssh_keys`: the public keys registered on the account
+(console Settings -> SSH Public Keys, `runpodctl ssh add-key`, REST v2 `PUT /v2/account/ssh-keys`).
+What the pod's container gets in PUBLIC_KEY (`FakePod.container_env`), per RunPod's own words:
+- "Runpod will attempt to automatically inject the public SSH keys added in your account settings
+  ... If you prefer to use a different public key for a specific Pod, you can override the default by
+  setting the `SSH_PUBLIC_KEY` environment variable for that Pod" (runpod/docs
+  pods/configuration/use-ssh.mdx, "Override your public key for a specific Pod"): a request env
+  SSH_PUBLIC_KEY becomes the container's PUBLIC_KEY;
+- otherwise, with `startSsh` and registered keys, PUBLIC_KEY carries the account's keys, one a line
+  ("each key on its own line", same page). REST v2's startSsh does so "unless the request already sets
+  one" (api-reference-v2/openapi.json, CreatePodRequest.startSsh); what GraphQL's deploy does with a
+  request's own PUBLIC_KEY is not published, and use-ssh.mdx names only SSH_PUBLIC_KEY as the
+  override, so by default the account's keys REPLACE it (`request_public_key_kept = False`); True is
+  REST v2's reading. With no key registered nothing is injected ("with none registered the flag does
+  nothing").
+The image's start script then writes authorized_keys (`FakePod.authorized_keys`): RunPod's images
+run `echo "$PUBLIC_KEY" >> ~/.ssh/authorized_keys` (runpod/containers container-template/start.sh,
+setup_ssh); a start command (dockerArgs) appends what its own authorized_keys lines name, as the
+documented one does (use-ssh.mdx: `echo "$PUBLIC_KEY" >> authorized_keys`). `authorized_keys_file`
+(a path): each new pod's lines are appended there, the loopback sshd's AuthorizedKeysFile in the
+end-to-end tests, so only a key that really reached the pod opens SSH.
 Rate limit (REST v2, components.responses.TooManyRequestsError in api-reference-v2/openapi.json):
 "The caller exceeded its per-user rate limit. The response identifies the window that was exceeded
 and how long to wait": 429, problem JSON `{"title": "Too Many Requests", "status": 429, "detail":
@@ -197,6 +218,22 @@ class FakePod:
     ended_by: str | None = None  # who ended it first: "account", "pod" (its own key) or "platform" (reclaim)
     terminated_by: str | None = None  # who sent podTerminate: "account" or "pod"
 
+    container_env: dict[str, str] = field(default_factory=dict)  # env as the container sees it
+
+    @property
+    def authorized_keys(self) -> list[str]:
+        """What the container's start writes to root's authorized_keys (see "SSH keys" above)."""
+        if "22/tcp" not in self.ports.split(","):
+            return []
+        if self.docker_args:
+            names = list(dict.fromkeys(
+                n for line in _decoded_start_command(self.docker_args).splitlines()
+                if "authorized_keys" in line and ">>" in line
+                for n in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", line.split(">>")[0])))
+        else:
+            names = ["PUBLIC_KEY"] if self.image.startswith("runpod/") else []
+        return [k.strip() for n in names for k in self.container_env.get(n, "").splitlines() if k.strip()]
+
     @property
     def sshd_started(self) -> bool:
         """Would the container open SSH? RunPod's official images start sshd from PUBLIC_KEY in their
@@ -209,7 +246,7 @@ class FakePod:
             return False
         if self.docker_args:
             return "sshd" in _decoded_start_command(self.docker_args)
-        return self.image.startswith("runpod/") and bool(self.env.get("PUBLIC_KEY"))
+        return self.image.startswith("runpod/") and bool(self.container_env.get("PUBLIC_KEY"))
 
     def billed_seconds(self, now: float | None = None) -> int:
         end = self.ended if self.ended is not None else (now or time.monotonic())
@@ -231,9 +268,15 @@ class FakeRunPodAPI:
         balance: float = 25.0,
         spend_limit: float = 80.0,
         pid1_environ: Path | None = None,
+        account_ssh_keys: list[str] | None = None,
+        authorized_keys_file: Path | None = None,
     ) -> None:
         self.api_key = api_key
         self.pid1_environ = pid1_environ
+        # SSH keys registered on the account, and where pods' authorized_keys land (see "SSH keys").
+        self.account_ssh_keys = list(account_ssh_keys or [])
+        self.request_public_key_kept = False
+        self.authorized_keys_file = authorized_keys_file
         self.ssh_host = ssh_host
         self.ssh_port = ssh_port
         self.boot_delay_s = boot_delay_s
@@ -776,11 +819,24 @@ class FakeRunPodAPI:
             start_ssh=bool(inp.get("startSsh")),
             ports=str(inp.get("ports") or ""),
         )
+        pod.container_env = self._container_env(env, pod.start_ssh)
         pod.last_status_change = self._status_text("Rented by User", pod.started)
         self.pods[pod.id] = pod
         if self.pid1_environ is not None:
             self._write_container_environ(pod)
+        if self.authorized_keys_file is not None and pod.authorized_keys:
+            with open(self.authorized_keys_file, "a") as fh:
+                fh.write("".join(k + "\n" for k in pod.authorized_keys))
         return pod
+
+    def _container_env(self, env: dict[str, str], start_ssh: bool) -> dict[str, str]:
+        """The request's env plus what RunPod injects into PUBLIC_KEY (see "SSH keys" above)."""
+        out = dict(env)
+        if env.get("SSH_PUBLIC_KEY"):  # use-ssh.mdx: the per-pod override of the account's keys
+            out["PUBLIC_KEY"] = env["SSH_PUBLIC_KEY"]
+        elif start_ssh and self.account_ssh_keys and not (self.request_public_key_kept and env.get("PUBLIC_KEY")):
+            out["PUBLIC_KEY"] = "\n".join(self.account_ssh_keys)
+        return out
 
     def _write_container_environ(self, pod: FakePod) -> None:
         """RunPod sets RUNPOD_POD_ID and RUNPOD_API_KEY in the container's environment, which PID 1
@@ -788,7 +844,7 @@ class FakeRunPodAPI:
         the key is "a Pod-scoped API key" (https://docs.runpod.io/runpodctl). The file stands in for that
         /proc/1/environ: NUL-separated KEY=VALUE, the user's env from podFindAndDeployOnDemand too."""
         assert self.pid1_environ is not None
-        env = {**pod.env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key}
+        env = {**pod.container_env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key}
         self.pid1_environ.write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
 
     def _own_pod(self, pod_id: str, principal: tuple[str, str | None], missing: str) -> FakePod:
