@@ -13,11 +13,13 @@ from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import (
     E2E,
     ENDLESS_TRAIN,
+    REPO,
     SHORT_TRAIN,
     assert_one_line_error,
     assert_trained_and_synced,
     e2e,  # noqa: F401  (fixture)
     event,
+    kill_processes_under,
     ledger_instances,
     only_run,
     phases,
@@ -25,6 +27,7 @@ from tests.e2e_helpers import (
     sshd,  # noqa: F401  (fixture)
 )
 from tests.fakes.runpod_api import DEFAULT_GPU_TYPES, FakeRunPodAPI
+from tests.fixtures.sshd import SSHServer, sshd_fn  # noqa: F401  (fixture)
 
 # A GPU priced so that 1 USD buys 44 s: the budget guard, not the trainer, ends the run.
 PRICEY = {
@@ -175,3 +178,54 @@ def test_first_offer_out_of_stock_at_deploy_lands_on_the_next(e2e: E2E, fake: Fa
     failed = event(run, "attempt_failed").payload
     assert "no machine free" in str(failed), failed
     assert fake.meter_usd() <= 3
+
+
+# An account with SSH keys of its own registered (console Settings -> SSH Public Keys): RunPod puts
+# THOSE in the pod's PUBLIC_KEY, and SSH_PUBLIC_KEY is the per-pod override
+# (docs.runpod.io/pods/configuration/use-ssh). The fake's model is in tests/fakes/runpod_api.py.
+ACCOUNT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE5vdFRoZVJ1bnNLZXlCdXRUaGVVc2Vyc093bjAx me@laptop"
+
+
+@pytest.fixture
+def pod_keys_only(tmp_path: Path, sshd_fn: SSHServer, gpurun_home: Path) -> Iterator[tuple[E2E, FakeRunPodAPI]]:  # noqa: F811
+    """The e2e world, except that the run's key is NOT pre-authorized on the loopback sshd: its
+    authorized_keys starts empty and holds only what the fake's pods write there, as the image's start
+    script would (runpod/containers container-template/start.sh). SSH works only if the key got in."""
+    authorized = sshd_fn.dir / "authorized_keys"
+    authorized.write_text("")
+    remote_root = tmp_path / "instance"
+    remote_root.mkdir()
+    world = E2E(tmp=tmp_path, sshd=sshd_fn, remote_root=remote_root, env={
+        "PYTHONPATH": str(REPO), "COLUMNS": "200", "GPURUN_REMOTE_ROOT": str(remote_root),
+        "GPURUN_VERIFY_TIMEOUT_S": "60",
+        "GPURUN_SELF_DESTRUCT_CMD": f"date +%s > {remote_root}/self_destruct.ran",
+    })
+    api = FakeRunPodAPI(ssh_host=sshd_fn.host, ssh_port=sshd_fn.port, boot_delay_s=1.0,
+                        account_ssh_keys=[ACCOUNT_KEY], authorized_keys_file=authorized).start()
+    world.env.update({"RUNPOD_API_BASE_URL": api.base_url, "RUNPOD_API_KEY": api.api_key,
+                      "HOME": str(tmp_path / "home")})
+    try:
+        yield world, api
+    finally:
+        api.stop()
+        kill_processes_under(remote_root)
+
+
+def test_runs_key_reaches_a_pod_of_an_account_with_registered_keys(
+        pod_keys_only: tuple[E2E, FakeRunPodAPI]) -> None:
+    from orchestrator.transport.keys import run_key
+
+    world, fake = pod_keys_only
+    res = launch(world, *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (pod_id,) = ledger_instances()
+    pod = fake.pods[pod_id]
+    authorized = (world.sshd.dir / "authorized_keys").read_text().splitlines()
+    run_public = run_key().public_line.strip()
+    # The pod's start wrote the run's key (not only the account's) and that is what let gpurun in.
+    assert run_public in pod.authorized_keys and run_public in authorized, authorized
+    assert pod.env["SSH_PUBLIC_KEY"] == run_public
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    assert pod.gone and not fake.live_pods() and fake.meter_usd() <= 3

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import random
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,14 +227,42 @@ class CallPolicy:
         return max(self.request_timeout_s, 30.0) + 15.0
 
 
-class RunPodClient:
-    """One account's way into the API: finds the key, then bounds, classifies and retries each call."""
+class RateLimited(TransientProviderError):
+    """REST v2's 429 (components.responses.TooManyRequestsError in api-reference-v2/openapi.json):
+    "The caller exceeded its per-user rate limit"; its `Retry-After` header is "Seconds to wait before
+    retrying, per the exceeded window" (an integer). `retry_after_s` is None where it was missing or
+    not a number of seconds."""
 
-    def __init__(self, *, api_key: str | None, config_path: Path, profile: str, policy: CallPolicy) -> None:
+    def __init__(self, message: str, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds: an integer on this API (openapi.json: `schema: {type: integer}`; its
+    createPod sample: "Retry-After is integer seconds on this API"). An HTTP-date or junk: None."""
+    try:
+        seconds = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class RunPodClient:
+    """One account's way into the API: finds the key, then bounds, classifies and retries each call.
+
+    `sleep` and `clock` (time.sleep, time.monotonic) are what the REST retries wait with and measure
+    their bound by; a test swaps them for a virtual clock."""
+
+    def __init__(self, *, api_key: str | None, config_path: Path, profile: str, policy: CallPolicy,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._explicit_key = api_key
         self.config_path = config_path
         self.profile = profile
         self.policy = policy
+        self.sleep = sleep
+        self.clock = clock
 
     def api_key(self) -> str | None:
         """The argument, else RUNPOD_API_KEY, else the SDK's config file (what `runpod config` writes)."""
@@ -302,11 +333,12 @@ class RunPodClient:
 
     def rest_get(self, what: str, path: str, params: dict[str, str]) -> Any:
         """GET on REST v2 (`https://api.runpod.io/v2/...`: the same host as GraphQL, so
-        RUNPOD_API_BASE_URL points both), bounded, classified and retried like every SDK call.
+        RUNPOD_API_BASE_URL points both), bounded, classified and retried.
 
         The SDK has no REST function; requests is its own HTTP client. Auth is `Authorization:
         Bearer <key>` (api-reference-v2/openapi.json, securitySchemes.bearerAuth); errors are RFC 9457
-        problem JSON (`title`, `status`, `detail`).
+        problem JSON (`title`, `status`, `detail`). A 429 is retried after its `Retry-After` (see
+        `rest_retrying`).
         """
         key = self.require_key()
         timeout = self.policy.request_timeout_s
@@ -317,16 +349,50 @@ class RunPodClient:
             base = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_BASE).rstrip("/")
             resp = requests.get(f"{base}{path}", params=params, timeout=timeout,
                                 headers={"Authorization": f"Bearer {key}", "Accept": "application/json"})
-            return rest_answer(resp.status_code, resp.text, f"{what} ({path})")
+            return rest_answer(resp.status_code, resp.text, f"{what} ({path})",
+                               retry_after=resp.headers.get("Retry-After"))
 
-        return self.sdk(what, call)
+        return self.rest_retrying(what, lambda: self.sdk(what, call, retry=False))
+
+    def _backoff_s(self, attempt: int) -> float:
+        p = self.policy
+        return min(p.backoff_max_s, p.backoff_initial_s * 2 ** (attempt - 1)) + random.uniform(0, p.backoff_initial_s)
+
+    def rest_retrying(self, what: str, once: Callable[[], T]) -> T:
+        """Call `once` until it answers, within `max_attempts` tries and `retry_deadline_s` of `clock`.
+
+        A transient failure waits the usual backoff; a 429 waits what its Retry-After asks ("Back off
+        using `Retry-After`, then resume", createPod's table in api-reference-v2/openapi.json), never
+        less: asking again inside the window only earns another 429. A wait that would end past the
+        call's bound is not waited: the call gives up at once, saying so."""
+        p = self.policy
+        deadline = self.clock() + p.retry_deadline_s
+        for attempt in range(1, max(1, p.max_attempts) + 1):
+            try:
+                return once()
+            except RateLimited as exc:
+                wait, last = (exc.retry_after_s if exc.retry_after_s is not None else self._backoff_s(attempt)), exc
+            except TransientProviderError as exc:
+                wait, last = self._backoff_s(attempt), exc
+            if attempt >= p.max_attempts:
+                break
+            left = deadline - self.clock()
+            if wait > left:
+                asked = " (Retry-After)" if isinstance(last, RateLimited) else ""
+                raise TransientProviderError(
+                    f"{what}: {last} (the next try is {wait:g}s away{asked}, past this call's "
+                    f"{p.retry_deadline_s:g}s bound: gave up)") from None
+            log.warning("%s: %s; trying again in %.1fs", what, last, wait)
+            self.sleep(wait)
+        raise TransientProviderError(f"{what}: {last} (gave up after retries)") from None
 
 
-def rest_answer(status: int, body: str, what: str) -> Any:
+def rest_answer(status: int, body: str, what: str, *, retry_after: str | None = None) -> Any:
     """A REST v2 answer: the JSON body on 2xx, else one error line from the problem JSON.
 
     Status codes per api-reference-v2/openapi.json (components.responses): 401 bad key, 403 the key
-    lacks access, 429 back off, 5xx retry. The key is never part of the message."""
+    lacks access, 429 back off on `Retry-After` (`RateLimited`), 5xx retry. The key is never part of
+    the message."""
     try:
         data = json.loads(body) if body else None
     except ValueError:
@@ -341,6 +407,10 @@ def rest_answer(status: int, body: str, what: str) -> Any:
         raise CredentialsError("RunPod rejected the API key (401): check RUNPOD_API_KEY or ~/.runpod/config.toml")
     if status == 403:
         raise CredentialsError(f"RunPod refused {what} (403: {detail}): the API key lacks access to it")
-    if status == 429 or status >= 500:
+    if status == 429:
+        wait = retry_after_seconds(retry_after)
+        raise RateLimited(f"RunPod {what} answered 429 (rate limited, Retry-After "
+                          f"{'missing' if wait is None else f'{wait:g}s'}): {detail}", wait)
+    if status >= 500:
         raise TransientProviderError(f"RunPod {what} answered {status} (will retry): {detail}")
     raise ProviderError(f"RunPod {what} answered {status}: {detail}")

@@ -23,6 +23,25 @@ CLOUD_TYPES = ("SECURE", "COMMUNITY", "ALL")
 CONTAINER_DISK_USD_PER_GB_MONTH = 0.10
 VOLUME_DISK_USD_PER_GB_MONTH = 0.10
 STORAGE_RATES = "container $0.10/GB-month, volume $0.10/GB-month (running)"
+# Data transfer is not billed: "Pods are billed by the second for compute and storage, with no fees
+# for data ingress or egress" (https://docs.runpod.io/pods/pricing, runpod/docs pods/pricing.mdx;
+# also pods/overview.mdx: "no fees for ingress/egress").
+EGRESS_USD_PER_GB = 0.0
+EGRESS_SOURCE = ("free: docs.runpod.io/pods/pricing (\"Pods are billed by the second for compute and storage, "
+                 "with no fees for data ingress or egress\")")
+
+# lowestPrice's stockStatus: "Values include `High`, `Medium`, `Low`, and `None`" (runpod/docs
+# sdks/graphql/manage-pods.mdx, "Check GPU availability"). `None` is a value, the STRING "None",
+# beside a JSON null: both mean nothing to place. Only a level below is in stock; any other text
+# (the console's "Unavailable", get-started.mdx) is read as out of stock, never as available.
+STOCK_LEVELS = ("High", "Medium", "Low")
+
+
+def stock_level(value: Any) -> str | None:
+    """The stock level a stockStatus names ("High", "Medium", "Low"), or None: out of stock (null,
+    the string "None", or anything else)."""
+    text = str(value).strip().capitalize() if isinstance(value, str) else ""
+    return text if text in STOCK_LEVELS else None
 
 
 def check_cloud_type(cloud_type: str, what: str = "cloud type") -> str:
@@ -106,7 +125,7 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
                           vcpu_per_gpu: int = MIN_VCPU_PER_GPU,
                           ram_gb_per_gpu: int | None = None) -> list[Offer]:
     """One Offer per GPU type and cloud type (SECURE / COMMUNITY) that has a price, cheapest first;
-    `available` is that cloud's own stockStatus (None: nothing to place)."""
+    `available` is that cloud's own stockStatus: High / Medium / Low (null or "None": nothing to place)."""
     extra = storage_usd_per_hour(container_disk_gb, volume_gb)
     want = gpu.lower().replace(" ", "") if gpu else None
     out: list[Offer] = []
@@ -130,10 +149,12 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
             per_gpu = _per_gpu_price(listed, lowest, spot)
             if not per_gpu:
                 continue
-            stock = lowest.get("stockStatus") or None
+            reported = lowest.get("stockStatus")
+            stock = stock_level(reported)
             details: dict[str, Any] = {
                 "cloud_type": cloud,
                 "stock_status": stock,
+                "stock_status_reported": reported,
                 "usd_per_gpu_hour": per_gpu,
                 "container_disk_gb": container_disk_gb,
                 "volume_gb": volume_gb,
@@ -158,6 +179,8 @@ def offers_from_gpu_types(types: list[dict[str, Any]], *, gpu: str | None, count
                 available=stock is not None,
                 memory_gb=to_float(t.get("memoryInGb")),
                 details=details,
+                egress_usd_per_gb=EGRESS_USD_PER_GB,
+                egress_source=EGRESS_SOURCE,
             ))
     out.sort(key=lambda o: o.total_usd_per_hour)
     return out

@@ -68,6 +68,8 @@ from providers.runpod.ssh_start import check_ssh_setup, docker_args_for
 log = logging.getLogger("gpurun.providers.runpod")
 
 NAME_PREFIX = "gpurun-"
+# Where the run's SSH public key travels in the pod's env (see `_validated_env`).
+SSH_KEY_ENV = ("PUBLIC_KEY", "SSH_PUBLIC_KEY")
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
 BILLING_DOCS = "https://docs.runpod.io/accounts-billing/billing"
 _API_BASE_RE = re.compile(r"^https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._/-]*)?$")
@@ -255,8 +257,20 @@ class RunPodProvider(Provider):
     def _validated_env(self, spec: InstanceSpec) -> dict[str, str]:
         env: dict[str, str] = {}
         if spec.ssh_public_key:
-            # The RunPod images' start script appends $PUBLIC_KEY to root's authorized_keys.
-            env["PUBLIC_KEY"] = spec.ssh_public_key.strip()
+            # RunPod's images append $PUBLIC_KEY to root's authorized_keys (runpod/containers
+            # container-template/start.sh). On an account with SSH keys registered, RunPod fills
+            # PUBLIC_KEY with THOSE keys ("Runpod will attempt to automatically inject the public SSH
+            # keys added in your account settings"), and the per-pod override is SSH_PUBLIC_KEY
+            # ("you can override the default by setting the SSH_PUBLIC_KEY environment variable for
+            # that Pod": docs.runpod.io/pods/configuration/use-ssh). So the run's key goes in both:
+            # SSH_PUBLIC_KEY wins over the account's keys; PUBLIC_KEY serves where nothing is
+            # injected (no keys registered) and REST v2's startSsh, which keeps a PUBLIC_KEY the
+            # request sets (api-reference-v2/openapi.json, CreatePodRequest.startSsh).
+            for key in SSH_KEY_ENV:
+                if key in spec.env:
+                    raise ProviderError(f"RunPod env key {key} is set by gpurun to the run's SSH key; "
+                                        f"do not pass it")
+                env[key] = spec.ssh_public_key.strip()
         env["GPURUN_RUN_ID"] = spec.run_id
         env.update(spec.env)
         for k, v in env.items():

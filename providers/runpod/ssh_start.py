@@ -3,6 +3,7 @@
 RunPod's official images (`runpod/...`) start sshd from the `PUBLIC_KEY` env var in their own start
 script; any other image opens no SSH at all, and RunPod's docs say to give it a start command that
 installs openssh-server, appends `$PUBLIC_KEY` to `~/.ssh/authorized_keys` and starts the daemon
+(plus `$SSH_PUBLIC_KEY`, the per-pod key, where RunPod put the account's keys in PUBLIC_KEY)
 (https://docs.runpod.io/pods/configuration/use-ssh, "Full SSH via public IP with key
 authentication"; runpod/docs pods/configuration/use-ssh.mdx). That command is what is built here,
 plus rsync (the controller syncs with it) and the container's environment for ssh sessions, as
@@ -47,13 +48,18 @@ if need sshd || need rsync; then
 fi
 mkdir -p /run/sshd /root/.ssh && chmod 700 /root/.ssh
 if [ -n "${PUBLIC_KEY:-}" ]; then printf '%s\n' "$PUBLIC_KEY" >> /root/.ssh/authorized_keys; fi
+# The per-pod key (docs.runpod.io/pods/configuration/use-ssh): RunPod may have put the account's keys in
+# PUBLIC_KEY; the run's own key is in SSH_PUBLIC_KEY as well.
+if [ -n "${SSH_PUBLIC_KEY:-}" ] && [ "$SSH_PUBLIC_KEY" != "${PUBLIC_KEY:-}" ]; then
+  printf '%s\n' "$SSH_PUBLIC_KEY" >> /root/.ssh/authorized_keys
+fi
 chmod 600 /root/.ssh/authorized_keys 2>/dev/null
 sed -i 's@session\s*required\s*pam_loginuid.so@session optional pam_loginuid.so@g' /etc/pam.d/sshd 2>/dev/null
 ssh-keygen -A >/dev/null 2>&1
 # ssh sessions do not inherit the container's environment (CUDA paths...): keep it for login shells,
 # without the pod's own API key.
 mkdir -p /etc/profile.d
-export -p | grep -v -e ' RUNPOD_API_KEY=' -e ' PUBLIC_KEY=' > /etc/profile.d/gpurun_container_env.sh
+export -p | grep -v -e ' RUNPOD_API_KEY=' -e ' PUBLIC_KEY=' -e ' SSH_PUBLIC_KEY=' > /etc/profile.d/gpurun_container_env.sh
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 "$SSHD" -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
 trap 'exit 0' TERM INT

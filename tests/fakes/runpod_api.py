@@ -21,7 +21,9 @@ Stock and capacity, per cloud type (issue 13):
 - `stock_status[(gpu_id, "SECURE"|"COMMUNITY")]` / `set_stock_status(gpu_id, cloud, status)`: what
   `lowestPrice(input: {gpuCount, secureCloud})` reports as `stockStatus` ("High", "Medium", "Low" or
   None). Default "High" where the type is offered on that cloud, None where it is not. A deploy to a
-  cloud whose stockStatus is None is refused for capacity.
+  cloud whose stockStatus is None is refused for capacity. Out of stock is answered as the STRING
+  "None": "Values include `High`, `Medium`, `Low`, and `None`" (runpod/docs sdks/graphql/manage-pods.mdx,
+  "Check GPU availability"); `out_of_stock_status = None` answers a JSON null instead.
 - `refuse_deploy(gpu_id, cloud=None, times=1)`: the next `times` deploys of that type (to that cloud,
   or any) are refused for capacity although stockStatus says otherwise: stock changes between the
   query and the deploy. This is how an end-to-end test makes the first offer fail at create.
@@ -53,6 +55,36 @@ buckets is exactly `meter_usd(pod)`). Knobs:
 - `billing_factor`: what the history charges over what the meter and the docs' rates say (1.05: 5 %
   more), so a test can make the provider's figure differ from gpurun's estimate.
 - `billed_usd(pod_id=None)`: what the history reports now (lag, cycle and factor applied).
+SSH keys of an account (item 4). `account_ssh_keys`: the public keys registered on the account
+(console Settings -> SSH Public Keys, `runpodctl ssh add-key`, REST v2 `PUT /v2/account/ssh-keys`).
+What the pod's container gets in PUBLIC_KEY (`FakePod.container_env`), per RunPod's own words:
+- "Runpod will attempt to automatically inject the public SSH keys added in your account settings
+  ... If you prefer to use a different public key for a specific Pod, you can override the default by
+  setting the `SSH_PUBLIC_KEY` environment variable for that Pod" (runpod/docs
+  pods/configuration/use-ssh.mdx, "Override your public key for a specific Pod"): a request env
+  SSH_PUBLIC_KEY becomes the container's PUBLIC_KEY;
+- otherwise, with `startSsh` and registered keys, PUBLIC_KEY carries the account's keys, one a line
+  ("each key on its own line", same page). REST v2's startSsh does so "unless the request already sets
+  one" (api-reference-v2/openapi.json, CreatePodRequest.startSsh); what GraphQL's deploy does with a
+  request's own PUBLIC_KEY is not published, and use-ssh.mdx names only SSH_PUBLIC_KEY as the
+  override, so by default the account's keys REPLACE it (`request_public_key_kept = False`); True is
+  REST v2's reading. With no key registered nothing is injected ("with none registered the flag does
+  nothing").
+The image's start script then writes authorized_keys (`FakePod.authorized_keys`): RunPod's images
+run `echo "$PUBLIC_KEY" >> ~/.ssh/authorized_keys` (runpod/containers container-template/start.sh,
+setup_ssh); a start command (dockerArgs) appends what its own authorized_keys lines name, as the
+documented one does (use-ssh.mdx: `echo "$PUBLIC_KEY" >> authorized_keys`). `authorized_keys_file`
+(a path): each new pod's lines are appended there, the loopback sshd's AuthorizedKeysFile in the
+end-to-end tests, so only a key that really reached the pod opens SSH.
+Rate limit (REST v2, components.responses.TooManyRequestsError in api-reference-v2/openapi.json):
+"The caller exceeded its per-user rate limit. The response identifies the window that was exceeded
+and how long to wait": 429, problem JSON `{"title": "Too Many Requests", "status": 429, "detail":
+"rate limit exceeded for the minute window"}`, `Retry-After` ("Seconds to wait before retrying, per
+the exceeded window", an integer) and the `RateLimit` / `RateLimit-Policy` headers (IETF draft:
+`"minute";r=0;t=12`). `rate_limit_next(n=1, retry_after_s=12)`: the next n REST requests each open
+a window of that length; the window holds: a request inside it is answered 429 again, with
+Retry-After counting down what is left (rounded up), so only a client that waits it out gets through.
+Windows are measured on `clock` (time.monotonic; a test may share a virtual clock with the client).
 Inventory (issue 15): `add_pod(name, volume_gb=..., stopped_s=...)` adds a pod made outside gpurun
 (console, runpodctl), running or stopped; `stop_pod(id)` stops any pod as podStop does (the GPU stops,
 the volume keeps billing at the stopped rate until the pod is terminated); `add_network_volume(name,
@@ -132,6 +164,9 @@ NO_CAPACITY = ("There are no longer any instances available with the requested s
 LOW_BALANCE = ("Insufficient balance: your account must have at least one hour's worth of credits "
                "for the selected configuration to deploy this pod.")
 STOCK_LEVELS = ("High", "Medium", "Low")
+# What stockStatus says when nothing can be placed: the documented value `None`, a string
+# (runpod/docs sdks/graphql/manage-pods.mdx: "Values include `High`, `Medium`, `Low`, and `None`").
+OUT_OF_STOCK = "None"
 CLOUDS = ("SECURE", "COMMUNITY")
 # Storage billed with the pod (https://docs.runpod.io/pods/storage): part of "the selected configuration".
 _DISK_USD_PER_GB_HOUR = 0.10 / 730
@@ -183,6 +218,22 @@ class FakePod:
     ended_by: str | None = None  # who ended it first: "account", "pod" (its own key) or "platform" (reclaim)
     terminated_by: str | None = None  # who sent podTerminate: "account" or "pod"
 
+    container_env: dict[str, str] = field(default_factory=dict)  # env as the container sees it
+
+    @property
+    def authorized_keys(self) -> list[str]:
+        """What the container's start writes to root's authorized_keys (see "SSH keys" above)."""
+        if "22/tcp" not in self.ports.split(","):
+            return []
+        if self.docker_args:
+            names = list(dict.fromkeys(
+                n for line in _decoded_start_command(self.docker_args).splitlines()
+                if "authorized_keys" in line and ">>" in line
+                for n in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", line.split(">>")[0])))
+        else:
+            names = ["PUBLIC_KEY"] if self.image.startswith("runpod/") else []
+        return [k.strip() for n in names for k in self.container_env.get(n, "").splitlines() if k.strip()]
+
     @property
     def sshd_started(self) -> bool:
         """Would the container open SSH? RunPod's official images start sshd from PUBLIC_KEY in their
@@ -195,7 +246,7 @@ class FakePod:
             return False
         if self.docker_args:
             return "sshd" in _decoded_start_command(self.docker_args)
-        return self.image.startswith("runpod/") and bool(self.env.get("PUBLIC_KEY"))
+        return self.image.startswith("runpod/") and bool(self.container_env.get("PUBLIC_KEY"))
 
     def billed_seconds(self, now: float | None = None) -> int:
         end = self.ended if self.ended is not None else (now or time.monotonic())
@@ -217,9 +268,15 @@ class FakeRunPodAPI:
         balance: float = 25.0,
         spend_limit: float = 80.0,
         pid1_environ: Path | None = None,
+        account_ssh_keys: list[str] | None = None,
+        authorized_keys_file: Path | None = None,
     ) -> None:
         self.api_key = api_key
         self.pid1_environ = pid1_environ
+        # SSH keys registered on the account, and where pods' authorized_keys land (see "SSH keys").
+        self.account_ssh_keys = list(account_ssh_keys or [])
+        self.request_public_key_kept = False
+        self.authorized_keys_file = authorized_keys_file
         self.ssh_host = ssh_host
         self.ssh_port = ssh_port
         self.boot_delay_s = boot_delay_s
@@ -239,6 +296,8 @@ class FakeRunPodAPI:
             (t["id"], c): (8, 2 * int(t.get("memoryInGb") or 16)) for t in self.gpu_types for c in CLOUDS
         }
         self._refusals: list[tuple[str, str | None]] = []
+        # stockStatus where nothing can be placed: the string "None" (the docs' value), or None (null).
+        self.out_of_stock_status: str | None = OUT_OF_STOCK
         self.initial_balance = balance
         # myself { clientBalance currentSpendPerHr spendLimit }: the account's balance, what runs now
         # per hour and the hourly cap a new pod must fit under (`runpodctl user` prints these fields:
@@ -261,6 +320,10 @@ class FakeRunPodAPI:
         self.billing_cycle_s = 0.0
         self.billing_factor = 1.0
         self.network_volumes: list[dict[str, Any]] = []
+        # REST v2 rate limit: windows still to open, the end of the open one, on `clock`.
+        self.clock = time.monotonic
+        self._rate_limits: list[float] = []
+        self._rate_limited_until: float | None = None
         # Pods keep monotonic times; the billing history speaks wall-clock RFC 3339.
         self._wall_offset = time.time() - time.monotonic()
         self._lock = threading.RLock()
@@ -327,6 +390,23 @@ class FakeRunPodAPI:
         with self._lock:
             self._delays.extend([seconds] * n)
 
+    def rate_limit_next(self, n: int = 1, retry_after_s: int = 12) -> None:
+        """The next n REST v2 requests each hit the per-user limit: a 429 with `Retry-After`, and a
+        window of `retry_after_s` (on `clock`) inside which every request is answered 429 again."""
+        with self._lock:
+            self._rate_limits.extend([float(retry_after_s)] * n)
+
+    def _rate_limit(self) -> float | None:
+        """Seconds left in the open rate-limit window (opening the next one queued), or None: served."""
+        now = self.clock()
+        if self._rate_limited_until is not None and now < self._rate_limited_until:
+            return self._rate_limited_until - now
+        if self._rate_limits:
+            window = self._rate_limits.pop(0)
+            self._rate_limited_until = now + window
+            return window
+        return None
+
     def sticky_terminate(self, polls: int) -> None:
         """The next podTerminate answers OK, but the pod stays RUNNING for `polls` `pod` queries."""
         with self._lock:
@@ -366,7 +446,8 @@ class FakeRunPodAPI:
 
     def set_stock_status(self, gpu_id: str, cloud: str, status: str | None) -> None:
         """What lowestPrice reports for `gpu_id` in `cloud` ("SECURE", "COMMUNITY" or "ALL" for both)."""
-        assert status is None or status in STOCK_LEVELS, status
+        assert status is None or status in (*STOCK_LEVELS, OUT_OF_STOCK), status
+        status = None if status == OUT_OF_STOCK else status
         with self._lock:
             for c in (CLOUDS if cloud == "ALL" else (cloud,)):
                 self.stock_status[(gpu_id, c)] = status
@@ -451,10 +532,13 @@ class FakeRunPodAPI:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json") -> None:
+    def _reply(self, h: BaseHTTPRequestHandler, status: int, body: Any, ctype: str = "application/json",
+               headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", ctype)
+        for name, value in (headers or {}).items():
+            h.send_header(name, value)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         try:
@@ -526,6 +610,20 @@ class FakeRunPodAPI:
         if fault is not None:  # carried out, answer lost
             return self._fault_reply(h, record, fault)
         return self._reply(h, 200, {"data": data})
+
+    def _rate_limited_reply(self, h: BaseHTTPRequestHandler, record: dict[str, Any], left_s: float) -> None:
+        """REST v2's TooManyRequestsError: problem JSON, Retry-After in whole seconds (rounded up, so
+        a client that waits it out arrives after the window), RateLimit / RateLimit-Policy."""
+        wait = max(1, math.ceil(left_s))
+        record["status"] = 429
+        record["retry_after"] = wait
+        record["ops"] = ["429"] + record["ops"]
+        problem = {"title": "Too Many Requests", "status": 429, "detail": "rate limit exceeded for the minute window"}
+        return self._reply(h, 429, problem, "application/problem+json", headers={
+            "Retry-After": str(wait),
+            "RateLimit": f'"minute";r=0;t={wait}, "hour";r=2800;t=1812, "day";r=49500;t=45012',
+            "RateLimit-Policy": '"minute";q=60;w=60, "hour";q=3000;w=3600, "day";q=50000;w=86400',
+        })
 
     def _fault_reply(self, h: BaseHTTPRequestHandler, record: dict[str, Any],
                      fault: tuple[int, bool, bool]) -> None:
@@ -599,7 +697,7 @@ class FakeRunPodAPI:
                 # Nothing to place: no price and no stock (the old reading of a null lowestPrice).
                 "minimumBidPrice": min(spots) if spots else None,
                 "uninterruptablePrice": min(prices) if prices else None,
-                "stockStatus": best,
+                "stockStatus": best or self.out_of_stock_status,
                 "minVcpu": min(h[0] for h in host) * count if host else None,
                 "minMemory": min(h[1] for h in host) * count if host else None,
                 "availableGpuCounts": [n for n in range(1, int(t.get("maxGpuCount") or 8) + 1)
@@ -721,11 +819,24 @@ class FakeRunPodAPI:
             start_ssh=bool(inp.get("startSsh")),
             ports=str(inp.get("ports") or ""),
         )
+        pod.container_env = self._container_env(env, pod.start_ssh)
         pod.last_status_change = self._status_text("Rented by User", pod.started)
         self.pods[pod.id] = pod
         if self.pid1_environ is not None:
             self._write_container_environ(pod)
+        if self.authorized_keys_file is not None and pod.authorized_keys:
+            with open(self.authorized_keys_file, "a") as fh:
+                fh.write("".join(k + "\n" for k in pod.authorized_keys))
         return pod
+
+    def _container_env(self, env: dict[str, str], start_ssh: bool) -> dict[str, str]:
+        """The request's env plus what RunPod injects into PUBLIC_KEY (see "SSH keys" above)."""
+        out = dict(env)
+        if env.get("SSH_PUBLIC_KEY"):  # use-ssh.mdx: the per-pod override of the account's keys
+            out["PUBLIC_KEY"] = env["SSH_PUBLIC_KEY"]
+        elif start_ssh and self.account_ssh_keys and not (self.request_public_key_kept and env.get("PUBLIC_KEY")):
+            out["PUBLIC_KEY"] = "\n".join(self.account_ssh_keys)
+        return out
 
     def _write_container_environ(self, pod: FakePod) -> None:
         """RunPod sets RUNPOD_POD_ID and RUNPOD_API_KEY in the container's environment, which PID 1
@@ -733,7 +844,7 @@ class FakeRunPodAPI:
         the key is "a Pod-scoped API key" (https://docs.runpod.io/runpodctl). The file stands in for that
         /proc/1/environ: NUL-separated KEY=VALUE, the user's env from podFindAndDeployOnDemand too."""
         assert self.pid1_environ is not None
-        env = {**pod.env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key}
+        env = {**pod.container_env, "RUNPOD_POD_ID": pod.id, "RUNPOD_API_KEY": pod.pod_key}
         self.pid1_environ.write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
 
     def _own_pod(self, pod_id: str, principal: tuple[str, str | None], missing: str) -> FakePod:
@@ -882,12 +993,16 @@ class FakeRunPodAPI:
         problem JSON for errors (components.responses.UnauthorizedError / ForbiddenError)."""
         url = urlparse(h.path)
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+            limited = self._rate_limit()
+            fault = None if limited is not None else (self._faults.pop(0) if self._faults else None)
             delay = self._delays.pop(0) if self._delays else self.delay_s
-            record: dict[str, Any] = {"ops": [f"GET {url.path}"], "status": 200, "time": time.time()}
+            record: dict[str, Any] = {"ops": [f"GET {url.path}"], "status": 200, "time": time.time(),
+                                      "clock": self.clock()}
             self.requests.append(record)
         if delay:
             time.sleep(delay)
+        if limited is not None:
+            return self._rate_limited_reply(h, record, limited)
         if fault is not None:
             return self._fault_reply(h, record, fault)
         auth = h.headers.get("Authorization") or ""
