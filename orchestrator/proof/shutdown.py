@@ -133,6 +133,22 @@ def _cost(estimated_cost_usd: float | None, max_usd: float | None) -> dict[str, 
     }
 
 
+def cleanup_failure(provider: str, tag: str, exc: BaseException, at: float) -> dict[str, Any]:
+    """A cleanup call that raised after the instances were verified gone: what may be left, what it
+    bills, and the command that removes it (the proof, the card and `gpurun audit` show it)."""
+    return {
+        "tag": tag,
+        "error": f"{type(exc).__name__}: {exc}",
+        "at": at,
+        "left": (f"whatever {provider}'s cleanup had not yet deleted for run {tag}: the resources made for the run"
+                 f" besides its instances (SSH key pairs, security groups, placement groups, startup scripts,"
+                 f" detached volumes), tagged or named gpurun-{tag}"),
+        "bills": ("a detached volume bills for its storage until it is deleted (`gpurun audit` lists it with its"
+                  " USD/h); key pairs, security and placement groups and startup scripts bill nothing"),
+        "remove": f"gpurun audit --cleanup --provider {provider}",
+    }
+
+
 def build_proof(
     *,
     run_id: str,
@@ -151,6 +167,7 @@ def build_proof(
     verified_at: float | None,
     notes: list[str] | None = None,
     attempts: list[dict] | None = None,
+    cleanup_failures: list[dict] | None = None,
 ) -> dict:
     """Assemble the proof dict (redacted). ``verified`` is what the caller saw, but the proof never
     claims more than its own contents show: with a non-empty zero-match listing or a described
@@ -191,6 +208,9 @@ def build_proof(
         # Offer fallback: each boot that failed before the last offer, its instance verified gone
         # (its terminate requests and final describe) before the next offer was tried.
         "attempts": [jsonable(a) for a in attempts or []],
+        # Cleanup calls that raised after the instances were verified gone (`cleanup_failure`): what
+        # may be left, what it bills, the command that removes it. The termination stays verified.
+        "cleanup_failures": [jsonable(f) for f in cleanup_failures or []],
     }
     return redact(proof)
 

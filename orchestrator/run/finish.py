@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator.money.reconcile import reconcile_after_run
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.context import RunContext
+from orchestrator.run.syncing import pulled_bytes
 from orchestrator.state.rows import Run
 
 CardWriter = Callable[[Run, "Path | None", "float | None", "float | None"], Path]
@@ -27,7 +28,9 @@ def end_run(ctx: RunContext, write_card: CardWriter, verify_timeout_s: float | N
         ledger=ctx.ledger, provider=ctx.provider, run_id=ctx.run_id, tag=ctx.run_id, proof_dir=ctx.run_dir,
         record_phase=ctx.phase, max_usd=allowance.max_usd, started_at=ctx.run.clock_start_epoch,
         cost_at=allowance.cost_at, billing={**allowance.billing.__dict__, "usd_per_hour": allowance.usd_per_hour},
-        evidence=evidence, attempts=ctx.record.attempts,
+        evidence=evidence, attempts=ctx.record.attempts, egress_usd_per_gb=allowance.egress_usd_per_gb,
+        egress_source=ctx.offer.egress_source, egress_reserve_usd=allowance.egress_reserve_usd,
+        pulled_bytes=lambda: pulled_bytes(ctx.ledger, ctx.run_id),
     )
     try:
         ended = teardown_mod.end(target, verify_timeout_s)
