@@ -166,18 +166,13 @@ def _print_billing(result: Audit) -> None:
 
 
 def _print_leftovers(found: list[Leftover]) -> None:
-    """One row per run whose cleanup failed after its teardown: the error, what is left, what it
-    bills, the command that removes it."""
-    if not found:
-        return
-    table = Table(title="cleanup not finished (the instances are verified gone)", box=box.SIMPLE_HEAD)
-    for col in ("provider", "run", "error", "left", "bills", "what to do"):
-        table.add_column(col, overflow="fold")
+    """One line per run whose cleanup failed after its teardown (never wrapped, so a script can grep
+    it): the error, what is left, what it bills, the command that removes it."""
     for left in found:
         f = left.failure
-        table.add_row(left.provider, left.run_id, f"[bold red]{f.get('error')}[/]", str(f.get("left")),
-                      str(f.get("bills")), f"`{f.get('remove')}`")
-    console.print(table)
+        console.print(f"cleanup not finished: run {left.run_id} ({left.provider}), its instances verified gone:"
+                      f" {f.get('error')}; left: {f.get('left')}; bills: {f.get('bills')}; remove it: `{f.get('remove')}`",
+                      soft_wrap=True, markup=False, highlight=False, style="bold red")
 
 
 def _clean_again(ledger: Ledger, left: Leftover) -> bool:

@@ -41,7 +41,7 @@ def parameters(cfg: TrainConfig) -> int:
     if model is None:
         return 0
     d, b = model.n_embd, 1 if model.bias else 0
-    block = 12 * d * d + b * 13 * d + (2 + 2 * b) * d  # attention + MLP (+ biases), two LayerNorms
+    block = 12 * d * d + b * 9 * d + (2 + 2 * b) * d  # attention + MLP (+ their biases), two LayerNorms
     return model.vocab_size * d + model.block_size * d + model.n_layer * block + (1 + b) * d
 
 
