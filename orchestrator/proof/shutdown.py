@@ -173,11 +173,9 @@ def build_proof(
     claims more than its own contents show: with a non-empty zero-match listing or a described
     instance that is not gone, ``verified`` is recorded as false and ``contradictions`` says why.
     Callers should take ``proof["verified"]`` as the outcome."""
-    for name, value in (("run_id", run_id), ("provider", provider)):
-        if not value:
-            raise ValueError(f"build_proof: {name} is empty")
-    describe = [jsonable(d) for d in final_describe]
-    listing = [jsonable(d) for d in zero_match_listing]
+    if not run_id or not provider:
+        raise ValueError(f"build_proof: {'run_id' if not run_id else 'provider'} is empty")
+    describe, listing = [jsonable(d) for d in final_describe], [jsonable(d) for d in zero_match_listing]
     contradictions = _contradictions(run_id, describe, listing, verified, verified_at)
     claimed = bool(verified)
     verified = claimed and not contradictions
@@ -205,11 +203,9 @@ def build_proof(
         "verified_at_iso": iso(verified_at) if verified else None,
         "prev_sha256": prev_sha256,
         "notes": list(notes or []),
-        # Offer fallback: each boot that failed before the last offer, its instance verified gone
-        # (its terminate requests and final describe) before the next offer was tried.
+        # Offer fallback: each failed boot, verified gone before the next offer was tried; and each
+        # cleanup call that raised after the verification (`cleanup_failure`): the proof stays verified.
         "attempts": [jsonable(a) for a in attempts or []],
-        # Cleanup calls that raised after the instances were verified gone (`cleanup_failure`): what
-        # may be left, what it bills, the command that removes it. The termination stays verified.
         "cleanup_failures": [jsonable(f) for f in cleanup_failures or []],
     }
     return redact(proof)
