@@ -137,3 +137,26 @@ def test_a_run_on_an_offer_that_bills_egress_ends_with_compute_plus_egress_withi
     card = (tmp_path / rid / "EVIDENCE.md").read_text()
     assert f"GB pulled x $0.0900/GB = ${egress['usd']:.4f}, in the cost" in card
     assert json.loads((tmp_path / rid / "evidence.json").read_text())["cost"]["egress"]["usd"] == egress["usd"]
+
+
+def test_a_local_launch_that_bills_egress_meters_every_byte_it_pulled_inside_the_cap(tmp_path: Path) -> None:
+    """End to end: the real CLI and trainer on the local provider at an egress price; the guard stops the
+    run, and what the sync events say was pulled is in the settled cost, which stays within the cap."""
+    from tests.test_launch_local import gpurun
+
+    res = gpurun("launch", "--provider", "local", "--max-usd", "0.02", "--usd-per-hour", "1.2",
+                 "--egress-usd-per-gb", "0.09", "--yes", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0.0900 USD/GB (configured (--egress-usd-per-gb))" in " ".join(res.stdout.split())
+    ledger = Ledger()
+    (run,) = ledger.list_runs()
+    assert run.phase == "verified"
+    pulled = sum(int(e.payload.get("bytes") or 0) for e in ledger.events(run.run_id) if e.phase == "sync")
+    proof = json.loads((Path(run.run_dir) / "shutdown_proof.json").read_text())
+    egress = proof["billing"]["egress"]
+    assert pulled > 0 and egress["bytes_pulled"] == pulled
+    assert egress["usd"] == pytest.approx(pulled / BYTES_PER_GB * RATE)
+    assert egress["usd"] <= egress["reserved_usd"]  # the estimate held: the pulls stayed inside the reserve
+    assert run.cost_usd == pytest.approx(egress["compute_usd"] + egress["usd"])
+    assert run.cost_usd is not None and run.cost_usd <= 0.02 and proof["cost"]["within_cap"] is True
+    assert "| egress |" in (Path(run.run_dir) / "EVIDENCE.md").read_text()
