@@ -9,7 +9,6 @@ from pathlib import Path
 from orchestrator.money.reconcile import reconcile_after_run
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.context import RunContext
-from orchestrator.run.syncing import pulled_bytes
 from orchestrator.state.rows import Run
 
 CardWriter = Callable[[Run, "Path | None", "float | None", "float | None"], Path]
@@ -30,7 +29,7 @@ def end_run(ctx: RunContext, write_card: CardWriter, verify_timeout_s: float | N
         cost_at=allowance.cost_at, billing={**allowance.billing.__dict__, "usd_per_hour": allowance.usd_per_hour},
         evidence=evidence, attempts=ctx.record.attempts, egress_usd_per_gb=allowance.egress_usd_per_gb,
         egress_source=ctx.offer.egress_source, egress_reserve_usd=allowance.egress_reserve_usd,
-        pulled_bytes=lambda: pulled_bytes(ctx.ledger, ctx.run_id),
+        pulled_bytes=ctx.pulled_bytes,
     )
     try:
         ended = teardown_mod.end(target, verify_timeout_s)

@@ -10,7 +10,6 @@ from orchestrator.run.nodes import NodeGroup
 from orchestrator.run.stop_time import Steps, cut_at
 from orchestrator.run.watch import Watch
 from orchestrator.state.events import EventKind
-from orchestrator.state.ledger import Ledger
 from orchestrator.transport.protocol import SyncResult, Transport
 from orchestrator.transport.pull import Syncer
 
@@ -53,8 +52,3 @@ class Syncing:
         self.watch.heartbeat(force=True)
         self.ctx.event(EventKind.SYNC, final=final, files=result.files, bytes=result.bytes, method=result.method,
                        verified=result.checkpoints_verified, rejected=result.checkpoints_rejected)
-
-
-def pulled_bytes(ledger: Ledger, run_id: str) -> int:
-    """Every byte the run's pulls brought home (its sync events, every attempt's): the egress meter."""
-    return sum(int(e.payload.get("bytes") or 0) for e in ledger.events(run_id) if e.phase == EventKind.SYNC.value)
