@@ -96,12 +96,16 @@ class LocalProvider(Provider):
     name = "local"
     needs_ssh_key = False  # the "instance" is a directory on this machine, reached without SSH
     default_sync_interval_s = 5.0  # a pull is a local copy: cheap
-    launch_options = frozenset({"usd_per_hour"})  # the price of the pretend instance
+    # The price of the pretend instance, and of the data pulled home from it (a cloud's egress).
+    launch_options = frozenset({"usd_per_hour", "egress_usd_per_gb"})
 
-    def __init__(self, usd_per_hour: float = 0.0, root: Path | None = None) -> None:
-        if usd_per_hour < 0:
-            raise ProviderError(f"--usd-per-hour must be >= 0, got {usd_per_hour}")
+    def __init__(self, usd_per_hour: float = 0.0, root: Path | None = None, egress_usd_per_gb: float = 0.0) -> None:
+        if not usd_per_hour >= 0 or not math.isfinite(usd_per_hour):
+            raise ProviderError(f"--usd-per-hour must be a finite number >= 0, got {usd_per_hour}")
+        if not egress_usd_per_gb >= 0 or not math.isfinite(egress_usd_per_gb):
+            raise ProviderError(f"--egress-usd-per-gb must be a finite number >= 0, got {egress_usd_per_gb}")
         self.usd_per_hour = float(usd_per_hour)
+        self.egress_usd_per_gb = float(egress_usd_per_gb)
         self.root = Path(root) if root else gpurun_home() / "sandboxes"
 
     # --- offers -------------------------------------------------------------------------------
@@ -117,6 +121,9 @@ class LocalProvider(Provider):
                 usd_per_hour=self.usd_per_hour,
                 price_source="configured (--usd-per-hour)",
                 details={"cpus": os.cpu_count() or 1},
+                egress_usd_per_gb=self.egress_usd_per_gb,
+                egress_source=("configured (--egress-usd-per-gb)" if self.egress_usd_per_gb
+                               else "local: nothing leaves this machine"),
             )
         ]
 

@@ -54,6 +54,8 @@ from providers.common import one_line
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="trainer flag, e.g. --set max_iters=200")
 @click.option("--workdir", type=click.Path(file_okay=False), help="directory uploaded for a custom command")
 @click.option("--usd-per-hour", type=float, help="price of the local provider's instance (default 0)")
+@click.option("--egress-usd-per-gb", type=float,
+              help="the local provider's price of data pulled home, USD/GB (default 0: free), like a cloud's egress")
 @click.option("--budgets", type=click.Path(dir_okay=False), help="budgets.yaml to use")
 @click.option("--runs-dir", type=click.Path(file_okay=False), help="where runs/<run-id>/ go (default ./runs)")
 @click.option("--image", help="override the provider's default image / AMI")
@@ -86,7 +88,7 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
     options = LaunchOptions(
         provider=kw["provider"], max_usd=kw["max_usd"], gpu=kw["gpu"], gpus=kw["gpus"], spot=kw["spot"],
         config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
-        usd_per_hour=kw["usd_per_hour"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
+        usd_per_hour=kw["usd_per_hour"], egress_usd_per_gb=kw["egress_usd_per_gb"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],
         spot_fallback=kw["spot_fallback"], nodes=kw["nodes"],

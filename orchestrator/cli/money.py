@@ -15,11 +15,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.money.audit import ORPHAN, audit
+from orchestrator.money.audit import ORPHAN, Audit, Leftover, audit, retry_cleanup
 from orchestrator.money.budget import day_start, month_start
 from orchestrator.money.budgets_file import load_budgets
 from orchestrator.money.reconcile import Reconciliation, pending, reconcile, verified_at
-from orchestrator.plan.record import is_orphan
+from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
@@ -119,9 +119,11 @@ def cost(by: str, budgets: str | None, ask: bool) -> None:
 
 @click.command("audit")
 @click.option("--provider", "providers_", multiple=True, help="provider(s) to audit (default: all with credentials)")
-def audit_cmd(providers_: tuple[str, ...]) -> None:
-    """Everything billing on your accounts now, gpurun's or not; exits 7 when anything bills that
-    no open run owns (for cron)."""
+@click.option("--cleanup", "again", is_flag=True,
+              help="run the provider's cleanup again for every run whose cleanup failed after its teardown")
+def audit_cmd(providers_: tuple[str, ...], again: bool) -> None:
+    """Everything billing on your accounts now, gpurun's or not, and every run whose cleanup did not
+    finish; exits 7 when anything bills that no open run owns, or a cleanup is unfinished (for cron)."""
     ledger = Ledger()
     names = list(providers_) or [n for n in provider_names() if n != "local"]
     providers: list[Provider] = []
@@ -132,9 +134,22 @@ def audit_cmd(providers_: tuple[str, ...]) -> None:
             if providers_:
                 raise
             console.print(f"[dim]{name}: skipped ({exc})[/dim]")
-    result = audit(ledger, providers)
+    result = audit(ledger, providers, names)
+    if again:
+        result.leftovers = [left for left in result.leftovers if not _clean_again(ledger, left)]
     for name, why in result.skipped:
         console.print(f"[dim]{name}: not listed ({why})[/dim]")
+    _print_billing(result)
+    _print_leftovers(result.leftovers)
+    unowned = result.unowned
+    console.print(f"{len(result.rows)} billing item(s), {result.usd_per_hour:.4f} USD/h in all; "
+                  f"{len(unowned)} not owned by an open run"
+                  + (f"; {len(result.leftovers)} run(s) whose cleanup did not finish" if result.leftovers else ""))
+    if unowned or result.leftovers:
+        sys.exit(Exit.UNOWNED_BILLING)
+
+
+def _print_billing(result: Audit) -> None:
     now = time.time()
     table = Table(title="billing now", box=box.SIMPLE_HEAD)
     for col in ("provider", "kind", "id", "name", "state", "USD/h", "age", "whose", "what to do"):
@@ -148,8 +163,27 @@ def audit_cmd(providers_: tuple[str, ...]) -> None:
                       "?" if item.usd_per_hour is None else f"{item.usd_per_hour:.4f}", _age(age),
                       f"[{style}]{whose}[/]" if style else whose, row.action)
     console.print(table)
-    unowned = result.unowned
-    console.print(f"{len(result.rows)} billing item(s), {result.usd_per_hour:.4f} USD/h in all; "
-                  f"{len(unowned)} not owned by an open run")
-    if unowned:
-        sys.exit(Exit.UNOWNED_BILLING)
+
+
+def _print_leftovers(found: list[Leftover]) -> None:
+    """One line per run whose cleanup failed after its teardown (never wrapped, so a script can grep
+    it): the error, what is left, what it bills, the command that removes it."""
+    for left in found:
+        f = left.failure
+        console.print(f"cleanup not finished: run {left.run_id} ({left.provider}), its instances verified gone:"
+                      f" {f.get('error')}; left: {f.get('left')}; bills: {f.get('bills')}; remove it: `{f.get('remove')}`",
+                      soft_wrap=True, markup=False, highlight=False, style="bold red")
+
+
+def _clean_again(ledger: Ledger, left: Leftover) -> bool:
+    """`gpurun audit --cleanup`: the provider's cleanup for the run once more (with the run's own
+    provider options: an AWS region); True when it went through."""
+    run = ledger.get_run(left.run_id)
+    options = {} if run is None or is_orphan(run) else RunRecord.of_run(run).provider_options
+    try:
+        deleted = retry_cleanup(ledger, left, get_provider(left.provider, **options))
+    except Exception as exc:  # noqa: BLE001 - whatever the SDK raises: the leftover stays listed
+        console.print(f"run {left.run_id}: cleanup failed again: {type(exc).__name__}: {exc}")
+        return False
+    console.print(f"run {left.run_id}: cleaned up: {', '.join(deleted) or 'nothing was left'}")
+    return True

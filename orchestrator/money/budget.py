@@ -26,6 +26,9 @@ from orchestrator.state.values import LedgerError
 from providers.base import BillingRule
 
 _EPS_USD = 1e-9  # float slack when comparing money (0.1 + 0.2 style noise), far below a cent
+# Bytes in one GB of data transfer out, as the meter counts them: decimal, so a pull counts as at least
+# as many GB as a provider that bills GiB (2**30) would: the meter never reads low.
+BYTES_PER_GB = 1e9
 
 # ---- deadline maths ---------------------------------------------------------------------------
 
@@ -59,6 +62,26 @@ def max_runtime_s(max_usd: float, usd_per_hour: float, rule: BillingRule) -> flo
     if runtime <= 0 or rule.billed_seconds(runtime) > runtime:
         return 0.0  # the minimum charge alone is more than the budget
     return float(runtime)
+
+
+def _check_rate(usd_per_gb: float) -> float:
+    if isinstance(usd_per_gb, bool) or not isinstance(usd_per_gb, (int, float)) \
+            or not math.isfinite(usd_per_gb) or usd_per_gb < 0:
+        raise BudgetError(f"egress price {usd_per_gb!r} USD/GB is not a finite number >= 0:"
+                          " check the offer or --egress-usd-per-gb")
+    return float(usd_per_gb)
+
+
+def egress_usd(pulled_bytes: float, usd_per_gb: float) -> float:
+    """What pulling `pulled_bytes` home costs at `usd_per_gb` (data transfer out)."""
+    return max(0.0, float(pulled_bytes)) / BYTES_PER_GB * float(usd_per_gb)
+
+
+def egress_figure(pulled_bytes: int, usd_per_gb: float, source: str, reserved_usd: float) -> dict[str, Any]:
+    """The egress the meter counted, as the shutdown proof's billing and the card show it."""
+    return {"usd_per_gb": float(usd_per_gb), "source": source, "bytes_pulled": int(pulled_bytes),
+            "gb_pulled": round(max(0, pulled_bytes) / BYTES_PER_GB, 9),
+            "usd": round(egress_usd(pulled_bytes, usd_per_gb), 9), "reserved_usd": round(float(reserved_usd), 9)}
 
 
 def _fmt_s(seconds: float) -> str:
@@ -101,11 +124,25 @@ class Allowance:
     # What earlier attempts of this run already cost (offer fallback: boots that failed, each
     # verified gone). The attempt this allowance is for may spend max_usd - spent_before_usd.
     spent_before_usd: float = 0.0
+    # Data transfer out: the offer's USD per GB pulled home, and the bytes the plan expects the run to
+    # pull (checkpoints and logs, the final pull included). Their product is kept out of the cap
+    # before max_runtime_s is computed (`egress_reserve_usd`), so compute + egress stays <= max_usd.
+    egress_usd_per_gb: float = 0.0
+    egress_bytes: float = 0.0
 
-    def cost_at(self, elapsed_s: float) -> float:
+    @property
+    def egress_reserve_usd(self) -> float:
+        """What the expected pulls cost at this offer's egress price: kept out of the cap."""
+        return egress_usd(self.egress_bytes, self.egress_usd_per_gb)
+
+    def egress_usd(self, pulled_bytes: float) -> float:
+        """What `pulled_bytes` actually pulled home cost at this offer's egress price (the meter)."""
+        return egress_usd(pulled_bytes, self.egress_usd_per_gb)
+
+    def cost_at(self, elapsed_s: float, pulled_bytes: float = 0.0) -> float:
         """The run's billed cost `elapsed_s` seconds after this attempt's clock started, earlier
-        attempts included: THE cost function."""
-        return self.spent_before_usd + self.attempt_cost_at(elapsed_s)
+        attempts included, plus the egress of `pulled_bytes` pulled home: THE cost function."""
+        return self.spent_before_usd + self.attempt_cost_at(elapsed_s) + self.egress_usd(pulled_bytes)
 
     def attempt_cost_at(self, elapsed_s: float) -> float:
         """What this attempt alone has cost after `elapsed_s` seconds (its billing rule and price)."""
@@ -139,6 +176,8 @@ class Allowance:
             "stop_at_epoch": self.stop_at_epoch,
             "train_s": self.train_s,
             "spent_before_usd": self.spent_before_usd,
+            "egress_usd_per_gb": self.egress_usd_per_gb,
+            "egress_bytes": self.egress_bytes,
         }
 
     @classmethod
@@ -160,6 +199,8 @@ class Allowance:
             stop_at_epoch=float(data["stop_at_epoch"]),
             train_s=float(data["train_s"]),
             spent_before_usd=float(data.get("spent_before_usd", 0.0)),
+            egress_usd_per_gb=float(data.get("egress_usd_per_gb", 0.0)),
+            egress_bytes=float(data.get("egress_bytes", 0.0)),
         )
 
 
@@ -180,7 +221,7 @@ def _check_max_usd(budgets: Budgets, max_usd: Any) -> float:
 
 
 def _too_little(budgets: Budgets, provider: str, budget: float, price: float, bought: float, spent: float,
-                spent_on: str) -> BudgetError:
+                spent_on: str, egress_reserve: float = 0.0) -> BudgetError:
     """The refusal of a budget that buys less than the minimum useful run: what it buys, what is needed."""
     rule = budgets.billing_for(provider)
     reserve_s = budgets.reserve_for(provider)
@@ -193,7 +234,7 @@ def _too_little(budgets: Budgets, provider: str, budget: float, price: float, bo
             f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve: raise max_runtime_h"
         )
     need_usd = rule.cost(need_s, price)
-    raise_to = _ceil_cents(need_usd + spent)
+    raise_to = _ceil_cents(need_usd + spent + egress_reserve)
     above = (f" (above per_run_max_usd {budgets.per_run_max_usd:.2f}: raise it in {budgets.path} too)"
              if raise_to > budgets.per_run_max_usd + _EPS_USD else "")
     why = ""
@@ -204,6 +245,8 @@ def _too_little(budgets: Budgets, provider: str, budget: float, price: float, bo
     billed = rule.billed_seconds(need_s)
     billed_note = f" (billed as {_fmt_s(billed)})" if billed > need_s else ""
     spent_note = f" ({spent:.4f} USD already spent on {spent_on})" if spent else ""
+    if egress_reserve > _EPS_USD:
+        spent_note += f" (less {egress_reserve:.4f} USD reserved for egress)"
     return BudgetError(
         f"--max-usd {budget:g}{spent_note} at {_fmt_price(price)} USD/h buys {_fmt_s(bought)}{why}; a run needs"
         f" {_fmt_s(min_runtime_s)} of training + {_fmt_s(reserve_s)} reserve{billed_note} = {need_usd:.4f} USD:"
@@ -213,14 +256,16 @@ def _too_little(budgets: Budgets, provider: str, budget: float, price: float, bo
 
 def allowance_for(
     budgets: Budgets, provider: str, max_usd: float | None, usd_per_hour: float, now: float | None = None,
-    spent_before_usd: float = 0.0, spent_on: str = "failed boots",
+    spent_before_usd: float = 0.0, spent_on: str = "failed boots", egress_usd_per_gb: float = 0.0,
+    egress_bytes: float = 0.0,
 ) -> Allowance:
     """What the budget allows at this price, or BudgetError saying what it buys and what is needed.
 
     `max_usd` is validated here, once, at the edge (None: budgets.yaml's per_run_default_usd).
     `spent_before_usd`: what earlier attempts of the run cost (offer fallback); this attempt may
     spend only the rest of the cap; `spent_on` names those attempts in a refusal ("failed boots",
-    "a preempted instance")."""
+    "a preempted instance"). `egress_usd_per_gb` x `egress_bytes` (the pulls the plan expects) is
+    reserved out of the cap before the runtime is bought."""
     budget = _check_max_usd(budgets, budgets.per_run_default_usd if max_usd is None else max_usd)
     price = _check_price(usd_per_hour)
     rule = budgets.billing_for(provider)
@@ -228,15 +273,18 @@ def allowance_for(
     min_runtime_s = budgets.min_runtime_for(provider)
     cap_s = budgets.max_runtime_h * 3600.0
     spent = max(0.0, float(spent_before_usd))
+    rate = _check_rate(egress_usd_per_gb)
+    expected = max(0.0, float(egress_bytes))
+    egress_reserve = egress_usd(expected, rate)
     left = budget - spent
     if spent and left <= _EPS_USD:
         raise BudgetError(f"--max-usd {budget:g}: earlier attempts of this run already cost {spent:.4f} USD,"
                           " nothing is left for another offer")
-    bought = max_runtime_s(max(0.0, left), price, rule)
+    bought = max_runtime_s(max(0.0, left - egress_reserve), price, rule)
     runtime = min(bought, cap_s)
     train_s = runtime - reserve_s
     if train_s < min_runtime_s:
-        raise _too_little(budgets, provider, budget, price, bought, spent, spent_on)
+        raise _too_little(budgets, provider, budget, price, bought, spent, spent_on, egress_reserve)
     start = time.time() if now is None else float(now)
     return Allowance(
         provider=provider,
@@ -251,6 +299,8 @@ def allowance_for(
         stop_at_epoch=start,
         train_s=train_s,
         spent_before_usd=spent,
+        egress_usd_per_gb=rate,
+        egress_bytes=expected,
     ).with_clock_start(start)
 
 

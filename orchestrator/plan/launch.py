@@ -17,6 +17,7 @@ from orchestrator import settings
 from orchestrator.money.budget import Allowance, allowance_for, check_caps
 from orchestrator.money.budgets_file import Budgets, load_budgets
 from orchestrator.money.errors import BudgetError
+from orchestrator.plan.egress import Pulls, egress_words, expected_pulls
 from orchestrator.plan.forecast import Forecast, bootstrap_words
 from orchestrator.plan.job import DEFAULT_CPU_RECIPE, DEFAULT_GPU_RECIPE, has_gpu, recipe_for
 from orchestrator.plan.options import LaunchOptions
@@ -49,6 +50,8 @@ class LaunchPlan:
     forecast: Forecast | None = None
     # PyTorch on the image: where it is not carried, bootstrap's install comes out of the budget.
     image: ImageFacts | None = None
+    # What the run is expected to pull home (None: the offer bills no egress, nothing is reserved).
+    egress: Pulls | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -61,9 +64,11 @@ class LaunchPlan:
                       f"= {o.total_usd_per_hour:.4f} USD/h ({o.price_source}){price_note}"),
             ("billing", f"per {b.billing.increment_s} s, minimum {b.billing.minimum_s} s"
                         + (f" ({b.billing.source})" if b.billing.source else "")),
-            ("budget", f"{b.max_usd:.4f} USD  ->  {duration(b.max_runtime_s)} of billed time"),
+            ("budget", f"{b.max_usd:.4f} USD  ->  {duration(b.max_runtime_s)} of billed time"
+                       + (f" (after {b.egress_reserve_usd:.4f} USD reserved for egress)" if b.egress_reserve_usd else "")),
             ("training", f"{duration(b.train_s)}, then the guard stops the job "
                          f"({duration(b.reserve_s)} reserved for the final sync and teardown)"),
+            ("egress", egress_words(o, self.egress, b.egress_reserve_usd)),
             ("job", self._job_label()),
         ]
         if self.image is not None:
@@ -129,7 +134,7 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     provider.check_nodes(options.nodes)
     provider.check_credentials()
     accepted, skipped = _affordable(options, provider, budgets, _candidates(options, provider), now)
-    offer, allowance = accepted[0]
+    offer, allowance, egress = accepted[0]
     image = provider.image_facts(options.image, offer)
     check_image(options, image)
     # The caps are checked again, atomically with the hold, when the run is created.
@@ -138,9 +143,9 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     recipe, default = recipe_for(options, has_gpu(offer))
     forecast = Forecast.of(options, recipe, default, offer) if recipe is not None else None
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
-                      fallbacks=[o for o, _ in accepted[1:]], skipped=skipped,
+                      fallbacks=[o for o, _, _ in accepted[1:]], skipped=skipped,
                       max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast,
-                      image=image)
+                      image=image, egress=egress)
 
 
 def _candidates(options: LaunchOptions, provider: Provider) -> list[Offer]:
@@ -158,18 +163,31 @@ def _candidates(options: LaunchOptions, provider: Provider) -> list[Offer]:
     return ranked
 
 
+def _allowance(options: LaunchOptions, provider: Provider, budgets: Budgets, offer: Offer,
+               now: float) -> tuple[Allowance, Pulls | None]:
+    """What the budget buys on `offer`: where the offer bills egress, the price of the pulls expected
+    in the time the whole budget buys (an upper bound) is reserved first, and the runtime bought
+    with the rest (BudgetError when that is too little)."""
+    price = options.group_usd_per_hour(offer)
+    allowance = allowance_for(budgets, provider.name, options.max_usd, price, now=now)
+    if not offer.egress_usd_per_gb:
+        return allowance, None
+    pulls = expected_pulls(options, offer, allowance.train_s, provider.default_sync_interval_s)
+    return allowance_for(budgets, provider.name, options.max_usd, price, now=now,
+                         egress_usd_per_gb=offer.egress_usd_per_gb, egress_bytes=pulls.bytes), pulls
+
+
 def _affordable(options: LaunchOptions, provider: Provider, budgets: Budgets, ranked: list[Offer],
-                now: float | None) -> tuple[list[tuple[Offer, Allowance]], list[tuple[Offer, str]]]:
-    """(the candidates the budget, the account and the provider accept, with their allowance; the
-    others with the reason). None accepted: the first candidate's own refusal is raised."""
-    accepted: list[tuple[Offer, Allowance]] = []
+                now: float | None) -> tuple[list[tuple[Offer, Allowance, Pulls | None]], list[tuple[Offer, str]]]:
+    """(the candidates the budget, the account and the provider accept, with their allowance and
+    expected pulls; the others with the reason). None accepted: the first candidate's own refusal is raised."""
+    accepted: list[tuple[Offer, Allowance, Pulls | None]] = []
     skipped: list[tuple[Offer, str]] = []
     first_refusal: Exception | None = None
     for offer in ranked:
         offer.billing = budgets.billing_for(provider.name)
         try:
-            allowance = allowance_for(budgets, provider.name, options.max_usd, options.group_usd_per_hour(offer),
-                                      now=now or time.time())
+            allowance, egress = _allowance(options, provider, budgets, offer, now or time.time())
             provider.check_launchable(offer)  # quota, image support, credit to deploy
             # The account must be able to pay the cap, and the price must fit an hourly spend limit.
             provider.check_spend(allowance.max_usd, options.group_usd_per_hour(offer))
@@ -177,7 +195,7 @@ def _affordable(options: LaunchOptions, provider: Provider, budgets: Budgets, ra
             skipped.append((offer, str(exc)))
             first_refusal = first_refusal or exc
             continue
-        accepted.append((offer, allowance))
+        accepted.append((offer, allowance, egress))
     if not accepted:
         assert first_refusal is not None
         raise first_refusal  # the chosen offer's own reason: one line saying what to change

@@ -32,6 +32,7 @@ class LaunchOptions:
     workdir: str | None = None  # uploaded as code/ for a custom command
     trainer_args: list[str] = field(default_factory=list)
     usd_per_hour: float | None = None  # price of the local provider's "instance"
+    egress_usd_per_gb: float | None = None  # the local provider's data-transfer-out price (a pretend cloud's)
     budgets: str | None = None
     runs_dir: str | None = None
     image: str | None = None
@@ -58,13 +59,15 @@ class LaunchOptions:
         (`Provider.launch_options`); an option it does not take is refused in one line."""
         if self.disk_gb is not None and self.disk_gb < 1:
             raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
-        given = {"usd_per_hour": self.usd_per_hour, "image": self.image, "disk_gb": self.disk_gb}
+        given = {"usd_per_hour": self.usd_per_hour, "image": self.image, "disk_gb": self.disk_gb,
+                 "egress_usd_per_gb": self.egress_usd_per_gb}
         takes = provider_class(self.provider).launch_options
         for name, value in given.items():
             if value is not None and name not in takes:
                 flag = "--" + name.replace("_", "-")
                 raise ProviderError(f"{flag} does not apply to provider {self.provider!r}"
-                                    + (": cloud prices are read live" if name == "usd_per_hour" else ""))
+                                    + (": cloud prices are read live" if name in ("usd_per_hour", "egress_usd_per_gb")
+                                       else ""))
         return {name: value for name, value in given.items() if value is not None}
 
     def to_dict(self) -> dict[str, Any]:

@@ -141,6 +141,9 @@ def proof_section(proof_path: Path | None, run_dir: Path) -> dict[str, Any]:
         estimated_cost_usd=(proof.get("cost") or {}).get("estimated_usd"),
         attempts=[{k: a.get(k) for k in ("attempt", "offer", "instance_id", "reason", "cost_usd")}
                   for a in proof.get("attempts") or [] if isinstance(a, dict)],
+        egress=(proof.get("billing") or {}).get("egress") if isinstance(proof.get("billing"), dict) else None,
+        cleanup_failures=[{k: f.get(k) for k in ("error", "left", "bills", "remove")}
+                          for f in proof.get("cleanup_failures") or [] if isinstance(f, dict)],
     )
     return section
 

@@ -48,7 +48,8 @@ def _billed_line(billed: Mapping[str, Any] | None) -> str:
 def _verdict_md(ev: Mapping[str, Any]) -> list[str]:
     v = ev["verdict"]
     md: list[str] = [f"# Evidence — run {ev['run_id']}", "", f"**Verdict: {v['label']}**", ""]
-    for title, items in (("Failures", v["failures"]), ("Missing", v["missing"])):
+    left = ("Left behind (the instances are verified gone; this may still bill)", v.get("left_behind") or [])
+    for title, items in (("Failures", v["failures"]), ("Missing", v["missing"]), left):
         if items:
             md += [f"{title}:", *[f"- {i}" for i in items], ""]
     return md
@@ -70,6 +71,16 @@ def _cost_line(cost: Mapping[str, Any]) -> str:
     return "unknown" + (f" (cap ${cost['max_usd']:.2f})" if cost["max_usd"] is not None else "")
 
 
+def _egress_line(egress: Mapping[str, Any]) -> str:
+    """The data pulled home and what it cost (part of the cost above), from the proof's billing."""
+    source = egress.get("source") or "source unknown"
+    if not egress.get("usd_per_gb"):
+        return f"{float(egress.get('gb_pulled') or 0):.3f} GB pulled: free ({source})".replace("|", "\\|")
+    return (f"{float(egress.get('gb_pulled') or 0):.3f} GB pulled x ${float(egress['usd_per_gb']):.4f}/GB ="
+            f" ${float(egress.get('usd') or 0):.4f}, in the cost (reserved ${float(egress.get('reserved_usd') or 0):.4f};"
+            f" {source})").replace("|", "\\|")
+
+
 def _run_md(ev: Mapping[str, Any]) -> list[str]:
     p, cost = ev["provider"], ev["cost"]
     ended = ev["ending"]["shown"].replace("|", "\\|")  # a reason quoting an error must not split the row
@@ -89,6 +100,7 @@ def _run_md(ev: Mapping[str, Any]) -> list[str]:
         f"| price | {_price_line(p)} |",
         f"| runtime | {_fmt_duration(cost['runtime_s'])} |",
         f"| cost | {_cost_line(cost)} |",
+        *([f"| egress | {_egress_line(cost['egress'])} |"] if cost.get("egress") else []),
         f"| provider's figure | {_billed_line(ev['run'].get('billed'))} |",
         f"| ended | {ended} |",
         "",
@@ -208,6 +220,8 @@ def _proof_md(ev: Mapping[str, Any]) -> list[str]:
         f"- previous proof in the chain: `{_fmt(pf.get('prev_sha256'), 'none (first)')}`",
     ]
     md += [f"- contradiction: {c}" for c in pf.get("contradictions") or []]
+    md += [f"- cleanup failed after the verification: {f['error']}; left: {f['left']}; bills: {f['bills']};"
+           f" remove it: `{f['remove']}`" for f in pf.get("cleanup_failures") or []]
     for a in pf.get("attempts") or []:  # offer fallback: boots that failed before the last offer
         md.append(f"- failed attempt {a['attempt']}: {a['offer']}: {a['reason']}"
                   f" (instance {a['instance_id'] or 'none made'}, {float(a['cost_usd'] or 0):.4f} USD)")

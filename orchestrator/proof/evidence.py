@@ -164,7 +164,10 @@ def _verdict(ev: dict[str, Any]) -> dict[str, Any]:
         label, status = "INCOMPLETE", "incomplete"
     else:
         label, status = "PASS", "pass"
-    return {"label": label, "status": status, "missing": missing, "failures": failures}
+    # The instances are gone (verified), but the provider's cleanup raised: what it may have left.
+    left = [f"cleanup failed ({f['error']}): {f['left']}; {f['bills']}; remove it: `{f['remove']}`"
+            for f in proof.get("cleanup_failures") or []]
+    return {"label": label, "status": status, "missing": missing, "failures": failures, "left_behind": left}
 
 
 # --- assembling ------------------------------------------------------------------------------------
@@ -219,6 +222,8 @@ def collect_evidence(
         "ending": _ending_section(run),
         "run": jsonable(run),
     }
+    if ev["shutdown_proof"].get("egress"):  # the meter's egress, from the proof's billing
+        ev["cost"]["egress"] = ev["shutdown_proof"]["egress"]
     if not ev["provider"]["instance_ids"]:  # the ledger's run row may not carry them; the proof does
         ev["provider"]["instance_ids"] = list(ev["shutdown_proof"].get("instance_ids") or [])
     ev["verdict"] = _verdict(ev)

@@ -133,6 +133,22 @@ def _cost(estimated_cost_usd: float | None, max_usd: float | None) -> dict[str, 
     }
 
 
+def cleanup_failure(provider: str, tag: str, exc: BaseException, at: float) -> dict[str, Any]:
+    """A cleanup call that raised after the instances were verified gone: what may be left, what it
+    bills, and the command that removes it (the proof, the card and `gpurun audit` show it)."""
+    return {
+        "tag": tag,
+        "error": f"{type(exc).__name__}: {exc}",
+        "at": at,
+        "left": (f"whatever {provider}'s cleanup had not yet deleted for run {tag}: the resources made for the run"
+                 f" besides its instances (SSH key pairs, security groups, placement groups, startup scripts,"
+                 f" detached volumes), tagged or named gpurun-{tag}"),
+        "bills": ("a detached volume bills for its storage until it is deleted (`gpurun audit` lists it with its"
+                  " USD/h); key pairs, security and placement groups and startup scripts bill nothing"),
+        "remove": f"gpurun audit --cleanup --provider {provider}",
+    }
+
+
 def build_proof(
     *,
     run_id: str,
@@ -151,16 +167,15 @@ def build_proof(
     verified_at: float | None,
     notes: list[str] | None = None,
     attempts: list[dict] | None = None,
+    cleanup_failures: list[dict] | None = None,
 ) -> dict:
     """Assemble the proof dict (redacted). ``verified`` is what the caller saw, but the proof never
     claims more than its own contents show: with a non-empty zero-match listing or a described
     instance that is not gone, ``verified`` is recorded as false and ``contradictions`` says why.
     Callers should take ``proof["verified"]`` as the outcome."""
-    for name, value in (("run_id", run_id), ("provider", provider)):
-        if not value:
-            raise ValueError(f"build_proof: {name} is empty")
-    describe = [jsonable(d) for d in final_describe]
-    listing = [jsonable(d) for d in zero_match_listing]
+    if not run_id or not provider:
+        raise ValueError(f"build_proof: {'run_id' if not run_id else 'provider'} is empty")
+    describe, listing = [jsonable(d) for d in final_describe], [jsonable(d) for d in zero_match_listing]
     contradictions = _contradictions(run_id, describe, listing, verified, verified_at)
     claimed = bool(verified)
     verified = claimed and not contradictions
@@ -188,9 +203,10 @@ def build_proof(
         "verified_at_iso": iso(verified_at) if verified else None,
         "prev_sha256": prev_sha256,
         "notes": list(notes or []),
-        # Offer fallback: each boot that failed before the last offer, its instance verified gone
-        # (its terminate requests and final describe) before the next offer was tried.
+        # Offer fallback: each failed boot, verified gone before the next offer was tried; and each
+        # cleanup call that raised after the verification (`cleanup_failure`): the proof stays verified.
         "attempts": [jsonable(a) for a in attempts or []],
+        "cleanup_failures": [jsonable(f) for f in cleanup_failures or []],
     }
     return redact(proof)
 

@@ -92,10 +92,17 @@ class RunContext:
 
     # --- money and time -----------------------------------------------------------------------
     def spent_usd(self, at: float | None = None) -> float:
+        """The run's cost so far: compute under the billing rule, plus the egress of what was pulled."""
         start = self.run.clock_start_epoch
         if start is None:
             return 0.0
-        return self.allowance.cost_at((at or time.time()) - start)
+        pulled = self.pulled_bytes() if self.allowance.egress_usd_per_gb else 0
+        return self.allowance.cost_at((at or time.time()) - start, pulled)
+
+    def pulled_bytes(self) -> int:
+        """Every byte the run's pulls brought home (its sync events, every attempt's): the egress meter."""
+        return sum(int(e.payload.get("bytes") or 0) for e in self.ledger.events(self.run_id)
+                   if e.phase == EventKind.SYNC.value)
 
     def status(self, **extra: Any) -> LiveStatus:
         stop_at = self.run.stop_at_epoch

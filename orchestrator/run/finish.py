@@ -27,7 +27,9 @@ def end_run(ctx: RunContext, write_card: CardWriter, verify_timeout_s: float | N
         ledger=ctx.ledger, provider=ctx.provider, run_id=ctx.run_id, tag=ctx.run_id, proof_dir=ctx.run_dir,
         record_phase=ctx.phase, max_usd=allowance.max_usd, started_at=ctx.run.clock_start_epoch,
         cost_at=allowance.cost_at, billing={**allowance.billing.__dict__, "usd_per_hour": allowance.usd_per_hour},
-        evidence=evidence, attempts=ctx.record.attempts,
+        evidence=evidence, attempts=ctx.record.attempts, egress_usd_per_gb=allowance.egress_usd_per_gb,
+        egress_source=ctx.offer.egress_source, egress_reserve_usd=allowance.egress_reserve_usd,
+        pulled_bytes=ctx.pulled_bytes,
     )
     try:
         ended = teardown_mod.end(target, verify_timeout_s)

@@ -55,7 +55,8 @@ def switch_offer(ctx: RunContext, offer: Offer, remaining: list[Offer]) -> None:
     attempts = ctx.record.attempts
     allowance = budget_mod.allowance_for(ctx.budgets, ctx.provider.name, ctx.run.max_usd,
                                          ctx.options.group_usd_per_hour(offer), spent_before_usd=attempts_usd(attempts),
-                                         spent_on=spent_on(attempts))
+                                         spent_on=spent_on(attempts), egress_usd_per_gb=offer.egress_usd_per_gb,
+                                         egress_bytes=ctx.allowance.egress_bytes)  # the plan's pulls, at this offer's rate
     offer.billing = allowance.billing
     ctx.record.offer, ctx.record.allowance, ctx.record.fallbacks = offer, allowance, list(remaining)
     ctx.save_record()

@@ -7,8 +7,10 @@
   a terminate call proves nothing). Never verified on a timeout: VerifyFailed, phase
   failed_terminating;
 - record: shutdown_proof.json chained to the ledger's last proof (its own contradictions check
-  wins over what we saw), the ledger's proofs row, the budget hold settled at the billed cost,
-  phase verified, the evidence card.
+  wins over what we saw), the ledger's proofs row, the budget hold settled at the billed cost
+  (compute under the billing rule + the egress of every byte the run pulled home), phase verified,
+  the evidence card. A provider cleanup (keys, groups, volumes) that raises after the verification
+  is recorded in the proof (`cleanup_failures`) and as an event `gpurun audit` lists: never lost.
 
 `gpurun sweep` ends orphans (live instances tagged gpurun that no open run owns) through the same
 `end()`, one proof per orphaned run (all its orphaned instances together, so the zero-match listing
@@ -42,7 +44,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from orchestrator import settings
 from orchestrator.money import budget as budget_mod
 from orchestrator.plan.record import ORPHAN_KEY
-from orchestrator.proof.shutdown import TerminateRequest, build_proof, write_proof
+from orchestrator.proof.shutdown import TerminateRequest, build_proof, cleanup_failure, write_proof
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
@@ -81,6 +83,12 @@ class Target:
     retry_hint: str = ""  # what the user runs when termination cannot be verified (default: gpurun teardown)
     notes: list[str] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)  # failed boots before the last offer
+    # Egress: the offer's USD per GB pulled home (its source), and the bytes the run pulled (the sync
+    # events); the cost is compute + these bytes at that price.
+    egress_usd_per_gb: float = 0.0
+    egress_source: str = ""
+    egress_reserve_usd: float = 0.0
+    pulled_bytes: Callable[[], int] | None = None
 
 
 @dataclass
@@ -94,6 +102,7 @@ class Ended:
     cost_usd: float | None
     verified_at: float
     runtime_s: float | None
+    cleanup_failures: list[dict[str, Any]] = field(default_factory=list)  # what the provider's cleanup left
 
 
 def verify_timeout_s(explicit: float | None = None) -> float:
@@ -190,15 +199,12 @@ def retire_all(ledger: Ledger, provider: Provider, run_id: str, instance_ids: li
             for iid in instance_ids]
 
 
-def end(target: Target, timeout_s: float | None = None) -> Ended:
-    """Terminate, verify with the provider, write and chain the proof, settle; VerifyFailed if not gone."""
-    ledger, provider = target.ledger, target.provider
-    target.record_phase(Phase.TERMINATING)
-    ids = run_instance_ids(ledger, provider, target.run_id, target.tag)
+def _verify_gone(target: Target, ids: list[str], timeout_s: float | None) -> list[TerminateRequest]:
+    """Request and verify (teardown's first two steps); VerifyFailed, phase failed_terminating, if not gone."""
     timeout = verify_timeout_s(timeout_s)
     try:
-        requests = _terminate_until_gone(ledger, provider, target.run_id, ids,
-                                         lambda: _live_listing(target, ids), timeout)
+        return _terminate_until_gone(target.ledger, target.provider, target.run_id, ids,
+                                     lambda: _live_listing(target, ids), timeout)
     except RetryError as exc:
         target.record_phase(Phase.FAILED_TERMINATING, error="termination not verified")
         raise VerifyFailed(
@@ -206,36 +212,55 @@ def end(target: Target, timeout_s: float | None = None) -> Ended:
             f" it may still be billing: check the provider console and run"
             f" {target.retry_hint or f'`gpurun teardown {target.run_id}`'}"
         ) from exc
+
+
+def _cleanup(target: Target) -> tuple[list[str], list[dict[str, Any]]]:
+    """The provider's cleanup of what the run made besides its instances: (what went, what failed).
+    A cleanup that raises never costs the verified termination its proof: it is recorded instead."""
+    if not target.tag:
+        return [], []
+    try:
+        return list(target.provider.cleanup(target.tag)), []
+    except Exception as exc:  # noqa: BLE001 - whatever the SDK raises, the proof of termination comes first
+        failure = cleanup_failure(target.provider.name, target.tag, exc, time.time())
+        target.ledger.record_event(target.run_id, EventKind.CLEANUP_FAILED, **failure)
+        return [], [failure]
+
+
+def _cost(target: Target, runtime: float | None) -> tuple[float | None, dict[str, Any]]:
+    """The run's cost (compute under the billing rule + the egress of the bytes pulled), and the
+    egress figure for the proof's billing."""
+    pulled = int(target.pulled_bytes()) if target.pulled_bytes is not None else 0
+    figure = budget_mod.egress_figure(pulled, target.egress_usd_per_gb, target.egress_source, target.egress_reserve_usd)
+    if target.cost_at is None:
+        return None, figure
+    compute = target.cost_at(runtime) if runtime is not None else 0.0
+    figure["compute_usd"] = round(compute, 9)
+    return compute + budget_mod.egress_usd(pulled, target.egress_usd_per_gb), figure
+
+
+def end(target: Target, timeout_s: float | None = None) -> Ended:
+    """Terminate, verify with the provider, write and chain the proof, settle; VerifyFailed if not gone."""
+    ledger, provider = target.ledger, target.provider
+    target.record_phase(Phase.TERMINATING)
+    ids = run_instance_ids(ledger, provider, target.run_id, target.tag)
+    requests = _verify_gone(target, ids, timeout_s)
     verified_at = time.time()
-    deleted = provider.cleanup(target.tag) if target.tag else []
+    deleted, cleanup_failures = _cleanup(target)
     final = [provider.get(i).to_dict() for i in ids]
     listing = [i.to_dict() for i in _live_listing(target, ids)]
     start = target.started_at
     runtime = (verified_at - start) if start else None
-    if target.cost_at is None:
-        cost: float | None = None
-    else:
-        cost = target.cost_at(runtime) if runtime is not None else 0.0
+    cost, egress = _cost(target, runtime)
     # Read the chain head, write the file and append the row under one write lock: a concurrent
     # teardown cannot chain to the same head.
     with ledger.transaction():
         proof = build_proof(
-            run_id=target.run_id,
-            provider=provider.name,
-            instance_ids=ids,
-            terminate_requests=requests,
-            final_describe=final,
-            zero_match_listing=listing,
-            deleted_resources=deleted,
-            estimated_cost_usd=cost,
-            max_usd=target.max_usd,
-            billing=target.billing,
-            verified=True,
-            prev_sha256=ledger.last_proof_sha256(),
-            started_at=start,
-            verified_at=verified_at,
-            notes=target.notes,
-            attempts=target.attempts,
+            run_id=target.run_id, provider=provider.name, instance_ids=ids, terminate_requests=requests,
+            final_describe=final, zero_match_listing=listing, deleted_resources=deleted,
+            estimated_cost_usd=cost, max_usd=target.max_usd, billing={**target.billing, "egress": egress},
+            verified=True, prev_sha256=ledger.last_proof_sha256(), started_at=start, verified_at=verified_at,
+            notes=target.notes, attempts=target.attempts, cleanup_failures=cleanup_failures,
         )
         if proof["verified"]:  # the proof's own reading of what the provider reported wins
             path, sha = write_proof(target.proof_dir, proof)
@@ -246,10 +271,11 @@ def end(target: Target, timeout_s: float | None = None) -> Ended:
         raise VerifyFailed(f"run {target.run_id}: termination not verified: {contradictions}")
     if target.settle:
         budget_mod.settle(ledger, target.run_id, cost or 0.0)
-    target.record_phase(Phase.VERIFIED, cost_usd=cost, proof_sha256=sha)
+    target.record_phase(Phase.VERIFIED, cost_usd=cost, proof_sha256=sha, egress_usd=egress["usd"],
+                        cleanup_failed=len(cleanup_failures))
     if target.evidence is not None:
         target.evidence(path, cost, runtime)
-    return Ended(target.run_id, ids, path, sha, cost, verified_at, runtime)
+    return Ended(target.run_id, ids, path, sha, cost, verified_at, runtime, cleanup_failures)
 
 
 # --- orphans (gpurun sweep) ------------------------------------------------------------------------

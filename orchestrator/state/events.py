@@ -39,6 +39,8 @@ class EventKind(str, Enum):
     SWEEP_TERMINATING = "sweep_terminating"
     SWEEP_VERIFIED = "sweep_verified"
     SWEEP_FAILED_TERMINATING = "sweep_failed_terminating"
+    CLEANUP_FAILED = "cleanup_failed"  # the provider's cleanup raised after the instances were verified gone
+    CLEANUP_DONE = "cleanup_done"  # a later `gpurun audit --cleanup` finished it
     # money
     RECONCILED = "reconciled"  # the provider's own figure for the run's cost
 
