@@ -684,7 +684,7 @@ class AWSProvider(Provider):
         return Instance(
             id=instance_id, provider=self.name, state=PENDING if which == "create" else STOPPING,
             raw={"describe": NOT_FOUND_CODE, "not_known_yet": f"{NOT_FOUND_CODE} {self.sightings.age_s(instance_id)} s "
-                 f"after the {which} (EC2 eventual consistency): not taken as gone", "region": self.region},
+                 f"after the {which} (EC2 eventual consistency): not known yet, not taken as gone", "region": self.region},
         )
 
     def terminate(self, instance_id: str) -> dict[str, Any]:
