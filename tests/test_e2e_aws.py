@@ -33,6 +33,7 @@ from tests.e2e_helpers import (
 from tests.fixtures import moto_consistency
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
 from tests.test_aws_billing import ce_answers, ce_day, ce_result
+from tests.test_aws_capacity import spot_market
 
 AWS_RULE = load_budgets(packaged_budgets_file()).billing_for("aws")  # per second, 60 s minimum
 
@@ -273,3 +274,21 @@ def test_a_terminate_ec2_answers_not_found_is_asked_again_until_terminated(
     assert any((r.get("response") or {}).get("TerminatingInstances") for r in requests[1:])
     proof = proof_of(run)
     assert proof["verified"] is True and proof["final_describe"][0]["state"] == "terminated"
+
+
+def test_a_spot_price_refusal_goes_on_to_the_next_offer(e2e: E2E, aws: Any,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """EC2 refuses a spot request whose price is too low (SpotMaxPriceTooLow): no capacity for that
+    offer, so the plan's next one is tried (before: the launch ended on the first refusal). No
+    MaxPrice is ever sent: EC2's own ceiling is the on-demand price, gpurun's cap is the guard's."""
+    dear = {t: 50.0 for t in ("g5.16xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge")}  # all but g5.xlarge
+    sent = spot_market(monkeypatch, dear)
+    res = launch(e2e, "--spot", *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    (desc,) = all_instances(aws)  # the refused offers made nothing
+    assert desc["InstanceType"] == "g5.xlarge" and desc["State"]["Name"] == "terminated"
+    assert len(sent) >= 2 and set(sent) == {None}  # tried more than one offer; never a MaxPrice
+    assert proof_of(run)["verified"] is True
