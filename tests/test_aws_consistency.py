@@ -165,3 +165,16 @@ def test_the_planned_price_tagged_at_create_carries_ipv4_and_the_regions_gp3(mot
     inst = p.create(InstanceSpec(run_id="aws-tagprice", offer=offer, ssh_public_key=pubkey, owner="tester"))
     assert inst.usd_per_hour == pytest.approx(offer.total_usd_per_hour, abs=1e-6)
     assert p.list_run("aws-tagprice")[0].usd_per_hour == pytest.approx(offer.total_usd_per_hour, abs=1e-6)
+
+
+def test_node_1_finds_node_0s_subnet_before_the_listing_shows_node_0(moto_aws: MotoAWS, pubkey: str,  # noqa: F811
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    p = provider_on(Clock())
+    moto_consistency.install(monkeypatch, after_create=100)  # the tag listing leaves node 0 out
+    offer = pick_offer(p.offers(gpu="A10G"), "A10G")
+    spec = InstanceSpec(run_id="aws-lagnodes", offer=offer, ssh_public_key=pubkey, owner="tester", nodes=2)
+    node0 = p.create(spec)
+    node1 = p.create(replace(spec, node_rank=1))
+    assert node1.id != node0.id and node1.raw["subnet_id"] == node0.raw["subnet_id"] != ""

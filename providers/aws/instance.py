@@ -265,6 +265,7 @@ class AWSProvider(Provider):
         # When this object created / asked to terminate each instance: EC2's NotFound within a window
         # of either is "not known yet" (providers/aws/consistency.py).
         self.sightings = Sightings(window_s=float(consistency_window_s))
+        self._node0_subnets: dict[str, str] = {}  # run id -> the subnet node 0 was launched into
         if _ignored:
             log.warning("aws: ignoring unknown options %s", sorted(_ignored))
 
@@ -514,6 +515,8 @@ class AWSProvider(Provider):
             # Real EC2 answers a reused ClientToken with the old instance, even a terminated one.
             raise ProviderError(f"run {run_id} already had instance {desc['InstanceId']}, now terminated: start a new run")
         self.sightings.note_created(desc["InstanceId"])
+        if spec.node_rank == 0 and multi:  # the other nodes go here, even before a listing shows node 0
+            self._node0_subnets[run_id] = _subnet_of(desc) or ""
         log.info("aws: created %s (%s) for run %s", desc["InstanceId"], offer.instance_type, run_id)
         instance = self._to_instance(desc, usd_per_hour=usd_per_hour)
         instance.raw.update({"ssh_cidr": cidr, "root_volume_gb": disk_gb, "image_name": image.get("Name")})
@@ -522,7 +525,9 @@ class AWSProvider(Provider):
     def _node0_subnet(self, run_id: str, live: list[dict[str, Any]]) -> str:
         """The subnet of the run's node 0 (found by the run's tag), where its other nodes go."""
         node0 = [d for d in live if _node_rank(d) == 0]
-        subnet = _subnet_of(node0[0]) if node0 else None
+        # A node 0 this object just made may not be in the tag listing yet (EC2's eventual
+        # consistency, providers/aws/consistency.py): its RunInstances answer said where it went.
+        subnet = (_subnet_of(node0[0]) if node0 else None) or self._node0_subnets.get(run_id)
         if not subnet:
             raise ProviderError(f"run {run_id}: node 0 has no live instance with a subnet in {self.region}: "
                                 "create node 0 first (the other nodes go into its subnet)")
