@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from providers.common import HOURS_PER_MONTH
 
-RATES_DATE = "2026-12-07"  # when these tables were last checked against the pages below
+RATES_DATE = "2026-12-07"  # when these tables were compiled from the pages below
 
 # gp3 storage, USD per GB-month of provisioned storage (730 h), per region: "Amazon EBS pricing",
 # General Purpose SSD (gp3) - Storage, https://aws.amazon.com/ebs/pricing/ (the region selector).
