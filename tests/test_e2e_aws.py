@@ -154,7 +154,9 @@ def test_sweep_finds_and_terminates_an_orphan(e2e: E2E, aws: Any) -> None:  # no
     row = next((ln for ln in res.stdout.splitlines() if iid in ln), None)
     assert row is not None, res.stdout
     assert "gpurun-20250101-000000-dead" in row and "running" in row
-    assert "1.006" in row  # its price (the static g5.xlarge rate: moto has no Pricing API) ...
+    # its price: the static g5.xlarge rate (moto has no Pricing API) + its 8 GB root volume + its public
+    # IPv4 address (0.005 USD/h) ...
+    assert f"{1.006 + ebs_usd_per_hour(8) + 0.005:.4f}" in row
     assert "cost so far" in res.stdout and " 0.0" in row  # ... and what it has cost so far
     assert f"{iid}: terminated (verified)" in res.stdout
     assert _state(aws, iid) == "terminated"
