@@ -429,3 +429,64 @@ def test_a_user_terminated_instance_is_no_boot_failure(moto_aws: MotoAWS, pubkey
     p.terminate(inst.id)
     got = p.get(inst.id)
     assert got.state == TERMINATED and got.boot_failure == ""  # moto: Client.UserInitiatedShutdown
+
+
+# ------------------------------------------------------------ spot: no MaxPrice, price refusals
+
+
+def spot_market(monkeypatch: pytest.MonkeyPatch, market: dict[str, float]) -> list[str | None]:
+    """moto's server answers a spot RunInstances as EC2 does when the spot price is above what the
+    request may pay: `SpotMaxPriceTooLow`, "Your Spot request price of X is lower than the minimum
+    required Spot request fulfillment price of Y." (the EC2 error code list,
+    https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html; the text as EC2
+    sends it, quoted in aws/aws-parallelcluster-node#415). What the request may pay is its
+    `SpotOptions.MaxPrice`, or without one the on-demand price (botocore's ec2 model,
+    SpotMarketOptions.MaxPrice: "If you do not specify this parameter, you will pay the current Spot
+    price"; the default maximum is the on-demand price: here the static table's us-east-1 row).
+    moto has no spot market (its price history is a fixed 0.00001): `market` is the spot price per
+    type now. Returns the MaxPrice of every spot RunInstances (None: not sent), in order."""
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.responses import EC2Response
+
+    real = EC2Response.run_instances
+    sent: list[str | None] = []
+
+    def run_instances(self: Any) -> Any:
+        if self._get_param("InstanceMarketOptions.MarketType") == "spot":
+            itype = str(self._get_param("InstanceType"))
+            max_price = self._get_param("InstanceMarketOptions.SpotOptions.MaxPrice")
+            sent.append(max_price)
+            limit = float(max_price) if max_price else static_price(itype, "us-east-1")[0]  # type: ignore[index]
+            if itype in market and market[itype] > limit:
+                raise EC2ClientError("SpotMaxPriceTooLow", f"Your Spot request price of {limit:g} is lower than the "
+                                     f"minimum required Spot request fulfillment price of {market[itype]:g}.")
+        return real(self)
+
+    monkeypatch.setattr(EC2Response, "run_instances", run_instances)
+    return sent
+
+
+def test_a_spot_launch_sends_no_max_price_and_survives_a_price_rise(moto_aws: MotoAWS, ec2: Any, pubkey: str,  # noqa: F811
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Planned at moto's spot price (0.00001); by launch the market is at 0.5, still under on-demand.
+    p = provider()
+    spec = spec_for(p, "aws-spotrise", pubkey, spot=True)
+    assert spec.offer.spot and spec.offer.usd_per_hour < 0.5
+    sent = spot_market(monkeypatch, {spec.offer.instance_type: 0.5})
+    inst = p.create(spec)
+    assert sent == [None]  # no MaxPrice: EC2 caps a spot instance at the on-demand price by itself
+    assert inst.state != TERMINATED and leftovers(ec2)["instances"] == [inst.id]
+
+
+def test_a_spot_price_refusal_is_no_capacity_and_leaves_nothing(moto_aws: MotoAWS, ec2: Any, pubkey: str,  # noqa: F811
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spot price went above the type's on-demand price: EC2 refuses; another offer may do.
+    p = provider()
+    spec = spec_for(p, "aws-spotdear", pubkey, spot=True)
+    sent = spot_market(monkeypatch, {spec.offer.instance_type: 50.0})
+    with pytest.raises(NoCapacityError) as err:
+        p.create(spec)
+    text = one_line(err)
+    assert "SpotMaxPriceTooLow" in text and spec.offer.instance_type in text and "another offer" in text
+    assert sent == [None]
+    assert leftovers(ec2) == NOTHING  # the key pair and group it made are gone again

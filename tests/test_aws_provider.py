@@ -135,7 +135,8 @@ def test_offers_fall_back_to_the_dated_static_table_when_pricing_is_unreachable(
     assert all(o.price_source == STATIC and not o.price_is_live for o in offers)
     best = pick_offer(offers, "a10g")
     assert best.instance_type == "g5.xlarge" and best.usd_per_hour == pytest.approx(1.006)
-    assert best.extra_usd_per_hour == pytest.approx(100 * 0.08 / 730, abs=1e-6)  # 100 GB gp3 root
+    # 100 GB gp3 root at us-east-1's 0.08 USD/GB-month + the public IPv4 address, 0.005 USD/h.
+    assert best.extra_usd_per_hour == pytest.approx(100 * 0.08 / 730 + 0.005, abs=1e-6)
     assert best.billing == BillingRule()  # the plan sets budgets.yaml's rule; the provider has none
     assert best.memory_gb == pytest.approx(22.4, abs=0.1) and best.region == "us-east-1"
     # Multi-GPU types are offered for their own count.
@@ -198,7 +199,7 @@ def test_create_sets_every_property_the_cap_and_the_teardown_rely_on(
     inst = p.create(spec_for(p, "aws-run-1", pubkey))
     assert inst.provider == "aws" and inst.run_id == "aws-run-1" and inst.name == "gpurun-aws-run-1"
     assert inst.instance_type == "g5.xlarge" and inst.gpu_count == 1 and inst.created_at
-    assert inst.usd_per_hour == pytest.approx(1.006 + ebs_usd_per_hour(100), abs=1e-6)
+    assert inst.usd_per_hour == pytest.approx(1.006 + ebs_usd_per_hour(100) + 0.005, abs=1e-6)  # + public IPv4
 
     desc = ec2.describe_instances(InstanceIds=[inst.id])["Reservations"][0]["Instances"][0]
     assert desc["ImageId"] == moto_aws.ami_id  # found through the DLAMI's public SSM parameter
@@ -441,7 +442,7 @@ def test_sweep_sees_an_instance_tagged_gpurun_made_outside_gpurun(moto_aws: Moto
     [stray] = provider().list_owned()
     assert stray.run_id == "stray-run" and stray.state == RUNNING and stray.created_at
     # No price tag: priced from the (static) list price plus its 50 GB of gp3.
-    assert stray.usd_per_hour == pytest.approx(1.006 + ebs_usd_per_hour(50), abs=1e-6)
+    assert stray.usd_per_hour == pytest.approx(1.006 + ebs_usd_per_hour(50) + 0.005, abs=1e-6)  # + public IPv4
     minimum = stray.usd_per_hour * 60 / 3600
     assert AWS_RULE.cost(stray.raw["elapsed_s"], stray.usd_per_hour) == pytest.approx(minimum)  # the 60 s minimum
 

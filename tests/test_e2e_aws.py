@@ -30,8 +30,10 @@ from tests.e2e_helpers import (
     proof_of,
     sshd,  # noqa: F401  (fixture)
 )
+from tests.fixtures import moto_consistency
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401  (fixtures)
 from tests.test_aws_billing import ce_answers, ce_day, ce_result
+from tests.test_aws_capacity import spot_market
 
 AWS_RULE = load_budgets(packaged_budgets_file()).billing_for("aws")  # per second, 60 s minimum
 
@@ -152,7 +154,9 @@ def test_sweep_finds_and_terminates_an_orphan(e2e: E2E, aws: Any) -> None:  # no
     row = next((ln for ln in res.stdout.splitlines() if iid in ln), None)
     assert row is not None, res.stdout
     assert "gpurun-20250101-000000-dead" in row and "running" in row
-    assert "1.006" in row  # its price (the static g5.xlarge rate: moto has no Pricing API) ...
+    # its price: the static g5.xlarge rate (moto has no Pricing API) + its 8 GB root volume + its public
+    # IPv4 address (0.005 USD/h) ...
+    assert f"{1.006 + ebs_usd_per_hour(8) + 0.005:.4f}" in row
     assert "cost so far" in res.stdout and " 0.0" in row  # ... and what it has cost so far
     assert f"{iid}: terminated (verified)" in res.stdout
     assert _state(aws, iid) == "terminated"
@@ -210,3 +214,83 @@ def test_bad_launch_is_one_line_and_creates_nothing(e2e: E2E, aws: Any, extra: l
     assert gpurun_keys_and_groups(aws) == ([], [])
     assert ledger_instances() == [] and Ledger().list_runs() == []
 
+
+
+# ------------------------------------------- EC2's eventual consistency (tests/fixtures/moto_consistency.py)
+
+
+def _terminate_requests(run: Any) -> list[dict[str, Any]]:
+    from orchestrator.state.events import EventKind
+
+    return [e.payload for e in Ledger().events(run.run_id) if e.phase == EventKind.TERMINATE_REQUEST.value]
+
+
+def test_an_instance_ec2_does_not_know_yet_boots_once_and_trains(e2e: E2E, aws: Any,  # noqa: F811
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after RunInstances, EC2 answers InvalidInstanceID.NotFound for the new instance (AWS's
+    eventual-consistency page): that is "not known yet", not "gone". The boot waits for it: one
+    attempt, one instance (before: the boot failed, the running instance was "verified gone" on
+    NotFound answers and an empty tag listing, and a second attempt was made beside it)."""
+    lag = moto_consistency.install(monkeypatch, after_create=4)
+    res = launch(e2e, *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    # Exactly one instance was ever created, and it is the run's, terminated and verified.
+    (iid,) = lag.created
+    assert ledger_instances() == [iid] and [d["InstanceId"] for d in all_instances(aws)] == [iid]
+    assert _state(aws, iid) == "terminated"
+    # The order: NotFound answers first (all four of them), then EC2 knew it.
+    # One attempt: created and booted once, no boot failure, nothing terminated before training.
+    assert phases(run).count("creating") == 1 and phases(run).count("booting") == 1
+    events = [(op, ok) for op, i, ok in lag.events if i == iid]
+    # The order: NotFound answers first (all four of them), then EC2 knew it; the only terminate
+    # requests come after it was seen (at the run's end).
+    assert [ok for _, ok in events[:4]] == ["NotFound"] * 4 and events[4] == ("describe", "ok")
+    assert all(op == "describe" for op, _ in events[:5])
+    proof = proof_of(run)
+    assert proof["verified"] is True and proof["instance_ids"] == [iid]
+    assert proof["final_describe"][0]["state"] == "terminated"
+
+
+def test_a_terminate_ec2_answers_not_found_is_asked_again_until_terminated(
+        e2e: E2E, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """TerminateInstances answers InvalidInstanceID.NotFound while the instance still runs ("this does
+    not mean that the instance was or will be terminated"), and the describes and the tag listing
+    don't show it meanwhile. The teardown asks again until EC2 terminates it, and only then verifies
+    (before: the NotFound was taken as already gone and the run "verified" with its instance running)."""
+    lag = moto_consistency.install(monkeypatch, after_terminate=3)
+    res = launch(e2e, *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    (iid,) = lag.created
+    assert _state(aws, iid) == "terminated"
+    terminates = [ok for op, i, ok in lag.events if op == "terminate" and i == iid]
+    # NotFound three times (the instance ran on), then a terminate EC2 took.
+    assert terminates[:3] == ["NotFound"] * 3 and terminates[3] == "ok"
+    requests = _terminate_requests(run)
+    assert requests and requests[0]["response"]["already_gone"] is False
+    assert requests[0]["response"]["not_known_yet"] is True
+    assert any((r.get("response") or {}).get("TerminatingInstances") for r in requests[1:])
+    proof = proof_of(run)
+    assert proof["verified"] is True and proof["final_describe"][0]["state"] == "terminated"
+
+
+def test_a_spot_price_refusal_goes_on_to_the_next_offer(e2e: E2E, aws: Any,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """EC2 refuses a spot request whose price is too low (SpotMaxPriceTooLow): no capacity for that
+    offer, so the plan's next one is tried (before: the launch ended on the first refusal). No
+    MaxPrice is ever sent: EC2's own ceiling is the on-demand price, gpurun's cap is the guard's."""
+    dear = {t: 50.0 for t in ("g5.16xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge")}  # all but g5.xlarge
+    sent = spot_market(monkeypatch, dear)
+    res = launch(e2e, "--spot", *SHORT_TRAIN)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = only_run()
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 3
+    assert_trained_and_synced(run, finished=True)
+    (desc,) = all_instances(aws)  # the refused offers made nothing
+    assert desc["InstanceType"] == "g5.xlarge" and desc["State"]["Name"] == "terminated"
+    assert len(sent) >= 2 and set(sent) == {None}  # tried more than one offer; never a MaxPrice
+    assert proof_of(run)["verified"] is True

@@ -5,6 +5,8 @@ catalog.py   GPU instance types of a region and their prices (Pricing API, overr
              table), spot prices, EBS storage
 image.py     the AMI: the Deep Learning AMI through SSM, or the user's own, checked
 network.py   VPC / subnet, the SSH-only security group, the run's key pair, and their cleanup
+rates.py     what an instance bills per region besides compute: gp3, public IPv4, egress (dated tables)
+consistency.py  EC2's eventual consistency: when a NotFound after our create/terminate is "not known yet"
 instance.py  AWSProvider: the lifecycle calls; the self-destruct is providers/scripts/aws_self_destruct.sh
 
 Importing this package does not import boto3; the first API call does.

@@ -33,6 +33,13 @@ _AUTH_CODES = {
 # (<type>) is not supported in your requested Availability Zone (us-east-1e)..." (EC2 API error
 # codes: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
 CAPACITY_CODES = ("InsufficientInstanceCapacity", "InsufficientCapacity", "Unsupported")
+# A spot RunInstances refused for its price: "SpotMaxPriceTooLow: Your Spot request price of X is
+# lower than the minimum required Spot request fulfillment price of Y" (the EC2 API error codes,
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html; the text as AWS sends it
+# in aws/aws-parallelcluster-node#415). Without a MaxPrice the request's maximum is the on-demand
+# price, so this still comes when the spot price is above it: the offer cannot be had now
+# (NoCapacityError), and the next offer of the plan is tried.
+PRICE_CODES = ("SpotMaxPriceTooLow",)
 _TRANSIENT_CODES = {
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestThrottled",
     "ServiceUnavailable", "InternalError", "InternalFailure", "Unavailable",
@@ -42,7 +49,7 @@ _HINTS = {
     "'P instances') in the Service Quotas console",
     "MaxSpotInstanceCountExceeded": "ask for a spot quota increase in the Service Quotas console",
     "InsufficientInstanceCapacity": "AWS has no capacity for it right now: try another region or type",
-    "SpotMaxPriceTooLow": "the spot price rose above the planned price: plan again",
+    "SpotMaxPriceTooLow": "the spot price is above what the request may pay: try another offer",
     "Unsupported": "the instance type is not offered in the chosen zone or region",
     # Not a credentials problem: an AWS Marketplace AMI whose terms were not accepted, or a region
     # that is not enabled for the account (opt-in regions).

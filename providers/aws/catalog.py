@@ -16,8 +16,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from providers.aws.api import AWSApi, Tolerated, as_utc, chunks
+from providers.aws.rates import GP3_USD_PER_GB_MONTH_BY_REGION, gp3_usd_per_hour
 from providers.base import ProviderError
-from providers.common import HOURS_PER_MONTH, one_line
+from providers.common import one_line
 
 log = logging.getLogger("gpurun.providers.aws")
 
@@ -100,7 +101,7 @@ STATIC_CATALOGUE: dict[str, tuple[str, int, float, float, tuple[str, str]]] = {
 # by the dearest region's ratio (sa-east-1, ~1.7x) so a static plan never under-prices a run.
 STATIC_SAME_PRICE_REGIONS = ("us-east-1", "us-east-2", "us-west-2")
 STATIC_OTHER_REGION_FACTOR = 1.75
-GP3_USD_PER_GB_MONTH = 0.08  # us-east-1 gp3 storage; AWS prices EBS per GB-month of 730 hours
+GP3_USD_PER_GB_MONTH = GP3_USD_PER_GB_MONTH_BY_REGION["us-east-1"]  # per GB-month of 730 h; rates.py has each region's
 
 # (instance_type, region) -> on-demand USD/hour, or None when unknown. Injectable for tests.
 PriceLookup = Callable[[str, str], "float | None"]
@@ -141,8 +142,9 @@ def env_price_lookup() -> PriceLookup | None:
     return lambda instance_type, region: prices.get(instance_type)
 
 
-def ebs_usd_per_hour(gb: float) -> float:
-    return gb * GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH
+def ebs_usd_per_hour(gb: float, region: str = "us-east-1") -> float:
+    """A gp3 volume of `gb` per hour at the region's own rate (providers/aws/rates.py)."""
+    return gp3_usd_per_hour(gb, region)
 
 
 def static_price(instance_type: str, region: str) -> tuple[float, str] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import math
 import re
 import shlex
 import time
@@ -18,11 +17,19 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from providers.aws.api import CAPACITY_CODES, LIVE_STATES, AWSApi, Tolerated, as_utc, chunks, jsonable
+from providers.aws.api import (
+    CAPACITY_CODES,
+    LIVE_STATES,
+    PRICE_CODES,
+    AWSApi,
+    Tolerated,
+    as_utc,
+    chunks,
+    jsonable,
+)
 from providers.aws.billing import billed_cost as ce_billed_cost
 from providers.aws.catalog import (
     DLAMI_SOURCE,
-    GP3_USD_PER_GB_MONTH,
     STATIC_OTHER_REGION_FACTOR,
     STATIC_SAME_PRICE_REGIONS,
     Catalog,
@@ -32,6 +39,8 @@ from providers.aws.catalog import (
     gpu_matches,
     static_gpu_count,
 )
+from providers.aws.consistency import NOT_FOUND_CODE, Sightings
+from providers.aws.consistency import WINDOW_S as CONSISTENCY_WINDOW_S
 from providers.aws.image import DEFAULT_AMI_SSM_PARAMETER, ami_from_ssm, describe_image
 from providers.aws.inventory import inventory as region_inventory
 from providers.aws.network import (
@@ -47,6 +56,14 @@ from providers.aws.network import (
 from providers.aws.placement import delete_placement_group, ensure_placement_group, refused_zone, zone_subnets
 from providers.aws.preemption import preempted, spot_request_status
 from providers.aws.quota import check_vcpu_quota
+from providers.aws.rates import (
+    PUBLIC_IPV4_SOURCE,
+    PUBLIC_IPV4_USD_PER_HOUR,
+    RATES_DATE,
+    egress_usd_per_gb,
+    gp3_usd_per_gb_month,
+    instance_extras,
+)
 from providers.base import (
     NOT_FOUND,
     OWNER_TAG,
@@ -75,7 +92,7 @@ log = logging.getLogger("gpurun.providers.aws")
 
 TAG_RUN_ID = "gpurun:run-id"
 TAG_OWNER = "gpurun:owner"
-TAG_PRICE = "gpurun:usd-per-hour"  # the planned total (compute + EBS), so sweep can price it later
+TAG_PRICE = "gpurun:usd-per-hour"  # the planned total (compute + gp3 + public IPv4), for sweep to price it later
 TAG_GPUS = "gpurun:gpu-count"
 # Multi-node runs only: the node's rank (its Name tag is gpurun-<run id>-n<rank> too) and the size.
 TAG_NODE_RANK = "gpurun:node-rank"
@@ -210,7 +227,8 @@ class AWSProvider(Provider):
     machine's public address, default 0.0.0.0/0), price_lookup (callable(type, region) -> USD/hour
     or None; default: GPURUN_AWS_PRICES if set, else the AWS Pricing API), ssh_user, subnet_id (else
     the default VPC), profile (a named AWS profile), sg_delete_timeout_s (how long cleanup waits for
-    the group).
+    the group), consistency_window_s (how long after a create or terminate EC2's NotFound is taken as
+    "not known yet": providers/aws/consistency.py).
     """
 
     # Cost Explorer data arrives hours late (and each request costs 0.01 USD): reconcile later.
@@ -230,6 +248,7 @@ class AWSProvider(Provider):
         subnet_id: str | None = None,
         profile: str | None = None,
         sg_delete_timeout_s: float = 300.0,
+        consistency_window_s: float = CONSISTENCY_WINDOW_S,
         **_ignored: Any,
     ) -> None:
         self.api = AWSApi(region=region, profile=profile)
@@ -243,6 +262,10 @@ class AWSProvider(Provider):
         self.profile = profile
         self.sg_delete_timeout_s = float(sg_delete_timeout_s)
         self._plan_nodes = 1  # set by check_nodes at plan time
+        # When this object created / asked to terminate each instance: EC2's NotFound within a window
+        # of either is "not known yet" (providers/aws/consistency.py).
+        self.sightings = Sightings(window_s=float(consistency_window_s))
+        self._node0_subnets: dict[str, str] = {}  # run id -> the subnet node 0 was launched into
         if _ignored:
             log.warning("aws: ignoring unknown options %s", sorted(_ignored))
 
@@ -287,14 +310,19 @@ class AWSProvider(Provider):
         if gpu and not matching:
             counts = ", ".join(str(c) for c in sorted({s.gpu_count for s in wanted}))
             raise ProviderError(f"AWS has no {count}x {gpu!r} instance in {region}: it comes with {counts} GPUs")
-        disk_extra = ebs_usd_per_hour(self.disk_gb)
+        # Besides compute, every instance bills its gp3 root volume and its public IPv4 address, each
+        # at the region's own rate (providers/aws/rates.py: dated, sourced tables).
+        extras = instance_extras(self.disk_gb, region)
+        gp3_rate, gp3_source = gp3_usd_per_gb_month(region)
+        egress, egress_source = egress_usd_per_gb(region)
         spot_prices = self.catalog.spot_prices([s.instance_type for s in matching]) if spot and matching else {}
         result: list[Offer] = []
         for s in sorted(matching, key=lambda x: x.instance_type):
             on_demand = self.catalog.on_demand_price(s.instance_type)
             details: dict[str, Any] = {
                 "vcpus": s.vcpus, "memory_gb": s.memory_gb, "gpu_memory_gb": s.gpu_memory_gb,
-                "root_volume_gb": self.disk_gb, "ebs": f"gp3 at {GP3_USD_PER_GB_MONTH} USD/GB-month",
+                "root_volume_gb": self.disk_gb, "ebs": f"gp3 at {gp3_rate} USD/GB-month ({gp3_source})",
+                "public_ipv4": f"{PUBLIC_IPV4_USD_PER_HOUR} USD/h ({PUBLIC_IPV4_SOURCE}, {RATES_DATE})",
             }
             if on_demand is not None:
                 details["on_demand_usd_per_hour"] = on_demand[0]
@@ -312,11 +340,14 @@ class AWSProvider(Provider):
                 continue
             else:
                 price, source = on_demand
+            # What the plan shows line by line: compute, then what extra_usd_per_hour sums.
+            details["price_lines"] = [("compute", price), *extras]
             # billing: the default rule until the plan sets the provider's from budgets.yaml.
             result.append(Offer(
                 provider=self.name, gpu=s.gpu, gpu_count=s.gpu_count, instance_type=s.instance_type,
-                usd_per_hour=price, extra_usd_per_hour=round(disk_extra, 6), price_source=source,
-                spot=spot, region=region, available=True, memory_gb=s.gpu_memory_gb, details=details,
+                usd_per_hour=price, extra_usd_per_hour=round(sum(usd for _, usd in extras), 6),
+                price_source=source, spot=spot, region=region, available=True, memory_gb=s.gpu_memory_gb,
+                details=details, egress_usd_per_gb=egress, egress_source=egress_source,
             ))
         return result
 
@@ -410,7 +441,8 @@ class AWSProvider(Provider):
         # One volume, deleted with the instance: nothing is left billing after termination.
         disk_gb = max(int(spec.disk_gb or 0), self.disk_gb, snapshot_gb) + max(0, int(spec.volume_gb or 0))
         compute = float(offer.usd_per_hour)
-        usd_per_hour = round(compute + ebs_usd_per_hour(disk_gb), 6)
+        # The tagged (planned) total: compute + the region's gp3 for the volume made + public IPv4.
+        usd_per_hour = round(compute + sum(usd for _, usd in instance_extras(disk_gb, self.region)), 6)
         if disk_gb != self.disk_gb:
             log.info("aws: root volume %d GB (offer priced %d GB)", disk_gb, self.disk_gb)
         gpu_count = offer.gpu_count or (type_spec.gpu_count if type_spec else 0)
@@ -462,13 +494,14 @@ class AWSProvider(Provider):
         else:
             kwargs["SecurityGroupIds"] = [group_id]
         if offer.spot:
+            # No MaxPrice: botocore's ec2 model (SpotMarketOptions.MaxPrice) says "We do not recommend
+            # using this parameter because it can lead to increased interruptions. If you do not
+            # specify this parameter, you will pay the current Spot price", and AWS then caps it at
+            # the on-demand price. The dollar cap is gpurun's to keep (the guard's stop time), not
+            # EC2's: a MaxPrice at today's spot price only had the instance reclaimed at the first rise.
             kwargs["InstanceMarketOptions"] = {
                 "MarketType": "spot",
-                "SpotOptions": {
-                    "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate",
-                    # Never pay more per hour than planned: above it AWS reclaims the instance.
-                    "MaxPrice": f"{math.ceil(compute * 1e6) / 1e6:.6f}",  # rounded up, never below plan
-                },
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
             }
         try:
             resp = self._run_in_some_zone(kwargs, offer, vpc_id, pinned=bool(subnet_id),
@@ -481,6 +514,9 @@ class AWSProvider(Provider):
         if desc.get("State", {}).get("Name") in ("shutting-down", "terminated"):
             # Real EC2 answers a reused ClientToken with the old instance, even a terminated one.
             raise ProviderError(f"run {run_id} already had instance {desc['InstanceId']}, now terminated: start a new run")
+        self.sightings.note_created(desc["InstanceId"])
+        if spec.node_rank == 0 and multi:  # the other nodes go here, even before a listing shows node 0
+            self._node0_subnets[run_id] = _subnet_of(desc) or ""
         log.info("aws: created %s (%s) for run %s", desc["InstanceId"], offer.instance_type, run_id)
         instance = self._to_instance(desc, usd_per_hour=usd_per_hour)
         instance.raw.update({"ssh_cidr": cidr, "root_volume_gb": disk_gb, "image_name": image.get("Name")})
@@ -489,7 +525,9 @@ class AWSProvider(Provider):
     def _node0_subnet(self, run_id: str, live: list[dict[str, Any]]) -> str:
         """The subnet of the run's node 0 (found by the run's tag), where its other nodes go."""
         node0 = [d for d in live if _node_rank(d) == 0]
-        subnet = _subnet_of(node0[0]) if node0 else None
+        # A node 0 this object just made may not be in the tag listing yet (EC2's eventual
+        # consistency, providers/aws/consistency.py): its RunInstances answer said where it went.
+        subnet = (_subnet_of(node0[0]) if node0 else None) or self._node0_subnets.get(run_id)
         if not subnet:
             raise ProviderError(f"run {run_id}: node 0 has no live instance with a subnet in {self.region}: "
                                 "create node 0 first (the other nodes go into its subnet)")
@@ -510,9 +548,14 @@ class AWSProvider(Provider):
         last: Tolerated | None = None
         candidates: list[tuple[str, str]] | None = None
         while True:
-            got = self.api.call(what, self.ec2.run_instances, tolerate=CAPACITY_CODES, **attempt)
+            got = self.api.call(what, self.ec2.run_instances, tolerate=(*CAPACITY_CODES, *PRICE_CODES), **attempt)
             if not isinstance(got, Tolerated):
                 return got
+            if got.code in PRICE_CODES:
+                # A spot request refused for its price makes nothing: another offer may be had.
+                raise NoCapacityError(
+                    f"AWS refused spot {offer.instance_type} in {self.region} for its price ({got.code}: "
+                    f"{_aws_message(got)}): another offer (type, region, or on-demand) may be had")
             last = got
             tried.append(refused_zone(got.message) or zone)
             log.info("aws: %s refused in %s (%s)", offer.instance_type, tried[-1], got.code)
@@ -597,7 +640,8 @@ class AWSProvider(Provider):
 
     def _hourly_for(self, desc: dict[str, Any], tags: dict[str, str],
                     volume_gb: dict[str, int] | None) -> float | None:
-        """What an instance costs per hour: the price tagged at create, else list price + its EBS."""
+        """What an instance costs per hour: the price tagged at create, else list price + its EBS
+        + its public IPv4 address."""
         try:
             if tags.get(TAG_PRICE):
                 return float(tags[TAG_PRICE])
@@ -608,32 +652,62 @@ class AWSProvider(Provider):
             return None
         sizes = volume_gb or {}
         ebs_gb = sum(sizes.get((m.get("Ebs") or {}).get("VolumeId", ""), 0) for m in desc.get("BlockDeviceMappings") or [])
-        return round(priced[0] + ebs_usd_per_hour(ebs_gb), 6)
+        ipv4 = PUBLIC_IPV4_USD_PER_HOUR if desc.get("PublicIpAddress") else 0.0
+        return round(priced[0] + ebs_usd_per_hour(ebs_gb, self.region) + ipv4, 6)
 
-    def get(self, instance_id: str) -> Instance:
+    def _describe(self, instance_id: str) -> dict[str, Any] | None:
+        """DescribeInstances of one id; None on InvalidInstanceID.NotFound (or an empty answer)."""
         got = self.api.call(
             "describe-instances", self.ec2.describe_instances, InstanceIds=[instance_id],
-            tolerate=("InvalidInstanceID.NotFound",),
+            tolerate=(NOT_FOUND_CODE,),
         )
         descs = [] if isinstance(got, Tolerated) else [
             i for r in got.get("Reservations") or [] for i in r.get("Instances") or []
         ]
-        if not descs:
-            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND)
+        return descs[0] if descs else None
+
+    def get(self, instance_id: str) -> Instance:
+        desc = self._describe(instance_id)
+        # NotFound right after our create or terminate: EC2 may not know yet (consistency.py). Ask
+        # again with backoff; if it still says NotFound, the instance is not known yet, not gone.
+        waits = iter(self.sightings.backoff_s if self.sightings.unsettled(instance_id) else ())
+        while desc is None and (wait := next(waits, None)) is not None:
+            self.sightings.sleep(wait)
+            desc = self._describe(instance_id)
+        if desc is None:
+            return self._not_found(instance_id)
         # An ended spot instance whose StateReason is not conclusive: its spot request's status says.
-        return self._to_instance(descs[0], spot_request=spot_request_status(self.api, descs[0]))
+        return self._to_instance(desc, spot_request=spot_request_status(self.api, desc))
+
+    def _not_found(self, instance_id: str) -> Instance:
+        """What a NotFound means: `not_found`, except within the window after this object created
+        the instance (pending) or asked for its termination (stopping): not known yet, not gone."""
+        which = self.sightings.unsettled(instance_id)
+        if not which:
+            return Instance(id=instance_id, provider=self.name, state=NOT_FOUND,
+                            raw={"describe": NOT_FOUND_CODE, "region": self.region})
+        return Instance(
+            id=instance_id, provider=self.name, state=PENDING if which == "create" else STOPPING,
+            raw={"describe": NOT_FOUND_CODE, "not_known_yet": f"{NOT_FOUND_CODE} {self.sightings.age_s(instance_id)} s "
+                 f"after the {which} (EC2 eventual consistency): not known yet, not taken as gone", "region": self.region},
+        )
 
     def terminate(self, instance_id: str) -> dict[str, Any]:
         requested_at = datetime.now(timezone.utc).isoformat()
-        resp = self.api.call(
-            "terminate-instances", self.ec2.terminate_instances, InstanceIds=[instance_id],
-            tolerate=("InvalidInstanceID.NotFound",),
-        )
-        if isinstance(resp, Tolerated):  # already gone is success
+        resp = self._terminate_call(instance_id)
+        # Right after our create, EC2 may answer NotFound for an instance that runs (consistency.py):
+        # ask again with backoff; if it still does, nothing was terminated and nothing is "gone".
+        waits = iter(self.sightings.backoff_s if self.sightings.created_recently(instance_id) else ())
+        while isinstance(resp, Tolerated) and (wait := next(waits, None)) is not None:
+            self.sightings.sleep(wait)
+            resp = self._terminate_call(instance_id)
+        if isinstance(resp, Tolerated):
+            not_yet = self.sightings.created_recently(instance_id)
             return {
-                "instance_id": instance_id, "requested_at": requested_at, "already_gone": True,
-                "error": {"code": resp.code, "message": resp.message},
+                "instance_id": instance_id, "requested_at": requested_at, "already_gone": not not_yet,
+                "not_known_yet": not_yet, "error": {"code": resp.code, "message": resp.message},
             }
+        self.sightings.note_terminate(instance_id)
         out = jsonable({k: v for k, v in resp.items() if k != "ResponseMetadata"})
         out.update({
             "instance_id": instance_id, "requested_at": requested_at,
@@ -644,6 +718,12 @@ class AWSProvider(Provider):
             ),
         })
         return out
+
+    def _terminate_call(self, instance_id: str) -> Any:
+        return self.api.call(
+            "terminate-instances", self.ec2.terminate_instances, InstanceIds=[instance_id],
+            tolerate=(NOT_FOUND_CODE,),
+        )
 
     def list_owned(self) -> list[Instance]:
         descs = [

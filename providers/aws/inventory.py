@@ -116,7 +116,7 @@ def _instance(desc: dict[str, Any], volumes: dict[str, dict[str, Any]], prices: 
         planned = tags.get(TAG_PRICE)
         if listed is not None:
             compute, price_source = listed[0], f"on-demand {listed[1]}"
-        elif planned:  # gpurun's planned total (compute + root volume) for the run, tagged at create
+        elif planned:  # gpurun's planned total (compute + root volume + public IPv4), tagged at create
             compute, price_source = None, f"planned price (tag {TAG_PRICE})"
         else:
             compute, price_source = None, "unknown (no live or static price for this type)"
@@ -124,7 +124,7 @@ def _instance(desc: dict[str, Any], volumes: dict[str, dict[str, Any]], prices: 
             usd = compute + ebs + ipv4
         elif planned:
             try:
-                usd = float(planned) + ipv4
+                usd = float(planned)  # its public IPv4 is in it (providers/aws/rates.py)
             except ValueError:
                 usd, price_source = None, f"unknown (tag {TAG_PRICE}={planned!r} is not a number)"
         else:

@@ -1,6 +1,6 @@
 """Did EC2 take a spot instance back? Read from the instance's StateReason, else its spot request.
 
-EC2 reclaims ("interrupts") a spot instance for capacity, price (above our MaxPrice) or a request
+EC2 reclaims ("interrupts") a spot instance for capacity, price (above the request's maximum: gpurun sends no MaxPrice, so the on-demand price) or a request
 constraint, two minutes after a notice in the instance metadata (providers/scripts/
 aws_spot_notice.sh reads that on the instance):
 https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-interruptions.html and
