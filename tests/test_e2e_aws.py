@@ -216,6 +216,19 @@ def test_bad_launch_is_one_line_and_creates_nothing(e2e: E2E, aws: Any, extra: l
 
 
 
+def test_the_plan_shows_storage_public_ipv4_and_egress_lines(e2e: E2E, aws: Any) -> None:  # noqa: F811
+    """What EC2 bills beside the instance (the region's gp3 volume, the public IPv4 address, data
+    transfer out) is in the plan the user confirms, and the budget is what is left of the cap."""
+    res = e2e.gpurun("launch", "--provider", "aws", "--gpu", "A10G", "--max-usd", "3", "--dry-run",
+                     "--budgets", str(e2e.budgets("aws")))
+    assert res.returncode == 0, res.stdout + res.stderr
+    plan = " ".join(res.stdout.split())  # the table wraps long rows
+    assert "gp3 storage" in plan and "public IPv4 0.0050 USD/h" in plan, plan
+    assert "egress" in plan and "USD/GB" in plan and "reserved out of the budget" in plan, plan
+    assert "reserved for egress" in plan, plan
+    assert all_instances(aws) == []  # a plan creates nothing
+
+
 # ------------------------------------------- EC2's eventual consistency (tests/fixtures/moto_consistency.py)
 
 

@@ -22,7 +22,7 @@ from orchestrator.plan.forecast import Forecast, bootstrap_words
 from orchestrator.plan.job import DEFAULT_CPU_RECIPE, DEFAULT_GPU_RECIPE, has_gpu, recipe_for
 from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.refusals import boot_budget_usd, check_image, check_options
-from orchestrator.plan.words import account_words, duration, offer_label
+from orchestrator.plan.words import account_words, duration, offer_label, price_words
 from orchestrator.state.ledger import Ledger
 from providers import get_provider
 from providers.base import ImageFacts, Offer, Provider, ProviderError, rank_offers, split_gpus
@@ -60,8 +60,7 @@ class LaunchPlan:
         rows = [
             ("provider", f"{o.provider} ({o.region})" if o.region else o.provider),
             ("instance", f"{o.instance_type}: {o.gpu_count} x {o.gpu}{'  (spot)' if o.spot else ''}"),
-            ("price", f"{o.usd_per_hour:.4f} USD/h + storage {o.extra_usd_per_hour:.4f} USD/h "
-                      f"= {o.total_usd_per_hour:.4f} USD/h ({o.price_source}){price_note}"),
+            ("price", f"{price_words(o)} = {o.total_usd_per_hour:.4f} USD/h ({o.price_source}){price_note}"),
             ("billing", f"per {b.billing.increment_s} s, minimum {b.billing.minimum_s} s"
                         + (f" ({b.billing.source})" if b.billing.source else "")),
             ("budget", f"{b.max_usd:.4f} USD  ->  {duration(b.max_runtime_s)} of billed time"

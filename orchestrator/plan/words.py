@@ -43,3 +43,12 @@ def duration(seconds: float) -> str:
     if h >= 72:  # a forecast that long is a figure of speech: days, not minutes
         return f"{h // 24}d{h % 24:02d}h"
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def price_words(offer: Offer) -> str:
+    """The per-hour price by its parts: the provider's own lines (`details["price_lines"]`: compute,
+    storage, a public IPv4 ...) where it gives them, else compute + storage."""
+    lines = offer.details.get("price_lines")
+    if lines:
+        return " + ".join(f"{label} {float(usd):.4f} USD/h" for label, usd in lines)
+    return f"{offer.usd_per_hour:.4f} USD/h + storage {offer.extra_usd_per_hour:.4f} USD/h"
