@@ -160,3 +160,26 @@ def test_a_local_launch_that_bills_egress_meters_every_byte_it_pulled_inside_the
     assert run.cost_usd == pytest.approx(egress["compute_usd"] + egress["usd"])
     assert run.cost_usd is not None and run.cost_usd <= 0.02 and proof["cost"]["within_cap"] is True
     assert "| egress |" in (Path(run.run_dir) / "EVIDENCE.md").read_text()
+
+
+def test_the_guard_stops_a_run_whose_pulls_went_past_the_egress_reserve(tmp_path: Path) -> None:
+    """Pulls beyond the plan's estimate are metered; once what is left of the cap is only what the stop,
+    the final sync and the teardown need, the guard ends the run at its next poll."""
+    from orchestrator.run.boot import create_head
+    from orchestrator.run.stop import StopKind
+    from orchestrator.state.endings import Ending
+
+    plan = make_plan(LaunchOptions(provider="local", max_usd=0.05, usd_per_hour=1.2, runs_dir=str(tmp_path / "runs"),
+                                   egress_usd_per_gb=0.09))
+    ctl = Controller.create(Ledger(), plan)
+    create_head(ctl.ctx, ctl.group)
+    assert ctl.watch._asked("") is None  # nothing pulled yet: the run goes on
+    within = int(ctl.allowance.egress_reserve_usd / 0.09 * BYTES_PER_GB)
+    ctl.ctx.event(EventKind.SYNC, final=False, files=1, bytes=within, method="rsync", verified=[], rejected=[])
+    assert ctl.watch._asked("") is None  # inside the reserve
+    ctl.ctx.event(EventKind.SYNC, final=False, files=1, bytes=int(0.05 / 0.09 * BYTES_PER_GB), method="rsync",
+                  verified=[], rejected=[])  # a pull that alone costs the whole cap
+    stop = ctl.watch._asked("")
+    assert stop is not None and stop.kind is StopKind.ENDED and stop.end is not None
+    assert stop.end.ending is Ending.DEADLINE and "egress reserve" in stop.end.reason
+    ctl.teardown()

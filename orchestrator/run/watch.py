@@ -84,11 +84,19 @@ class Watch:
         stop_at = self.ctx.run.stop_at_epoch
         if stop_at is not None and time.time() >= stop_at:
             return Stop.ended(End.because(Ending.DEADLINE, "budget guard" + note))
+        if self.ctx.allowance.egress_usd_per_gb and self._egress_spent_the_cap():
+            return Stop.ended(End.because(Ending.DEADLINE, "budget guard: the pulls home went past the egress"
+                                          " reserve, and the rest of the cap is needed to stop" + note))
         if self.requests.stop:
             return Stop.ended(End.noted(Ending.REQUESTED, self.requests.cause))
         if self.requests.handoff:
             return Stop(StopKind.HANDOFF)
         return None
+
+    def _egress_spent_the_cap(self) -> bool:
+        """More was pulled home than the plan reserved, so much that running on to the end of the
+        reserve (stop, final sync, teardown) would bill past the cap: the run stops now."""
+        return self.ctx.spent_usd(at=time.time() + self.ctx.allowance.reserve_s) > self.ctx.allowance.max_usd
 
     def _look_job(self, transport: Transport, stall: StallWatch) -> Stop | None:
         ctx = self.ctx
