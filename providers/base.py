@@ -344,6 +344,11 @@ class Provider(ABC):
         volumes, disks. Read-only."""
         return []
 
+    def recall_created(self, instance_id: str, created_epoch: float) -> None:  # noqa: B027 - optional
+        """Learn when an instance of a run was created (from the ledger), for a provider object that
+        did not create it: a `gpurun teardown` or a guard in another process. AWS reads a NotFound
+        soon after a create as "not known yet" (providers/aws/consistency.py); others need nothing."""
+
     def list_run(self, run_id: str) -> list[Instance]:
         """The run's live instances (the zero-match check of a proof)."""
         return [i for i in self.list_owned() if i.run_id == run_id and not i.gone]

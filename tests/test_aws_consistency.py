@@ -74,6 +74,24 @@ def test_not_found_right_after_create_is_pending_until_the_window_ends(moto_aws:
     assert p.get(iid).state == NOT_FOUND and p.get(iid).gone
 
 
+def test_another_process_told_of_the_create_by_the_ledger_reads_not_found_as_not_known_yet(
+        moto_aws: MotoAWS, pubkey: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """`gpurun teardown` (or a detached guard) in a fresh process, seconds after the create: its provider
+    object never saw the create; the ledger's row tells it when (orchestrator/run/teardown.py)."""
+    import time as wall
+
+    lag = moto_consistency.install(monkeypatch, after_create=100)
+    iid = create(provider_on(Clock()), "aws-otherproc", pubkey)
+    clock = Clock()
+    fresh = provider_on(clock)
+    fresh.recall_created(iid, wall.time() - 5)  # the ledger's instance row: created 5 s ago
+    got = fresh.get(iid)
+    assert not got.gone and got.state == PENDING and "not known yet" in got.raw["not_known_yet"]
+    assert [op for op, _, _ in lag.events].count("describe") == 3
+    never_told = provider_on(Clock()).get(iid)
+    assert never_told.gone  # without the ledger's word the NotFound would read as gone
+
+
 def test_a_not_found_for_an_instance_this_provider_never_made_is_not_found(moto_aws: MotoAWS) -> None:  # noqa: F811
     clock = Clock()
     p = provider_on(clock)

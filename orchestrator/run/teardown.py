@@ -112,7 +112,10 @@ def verify_timeout_s(explicit: float | None = None) -> float:
 def run_instance_ids(ledger: Ledger, provider: Provider, run_id: str, tag: str | None) -> list[str]:
     """The run's instances in the ledger, plus any the provider lists under its tag: a create that
     was in flight when a controller died left no ledger row, only the tag."""
-    ids = [row.instance_id for row in ledger.instances(run_id)]
+    rows = ledger.instances(run_id)
+    for row in rows:  # a provider object this process did not create them with learns when they were made
+        provider.recall_created(row.instance_id, row.created_at)
+    ids = [row.instance_id for row in rows]
     if tag:
         for inst in provider.list_run(tag):
             if inst.id not in ids:

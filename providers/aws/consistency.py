@@ -51,6 +51,10 @@ class Sightings:
     def note_created(self, instance_id: str) -> None:
         self.created.setdefault(instance_id, self.clock())
 
+    def note_created_ago(self, instance_id: str, age_s: float) -> None:
+        """An instance created `age_s` ago by another process (the ledger's row says when)."""
+        self.created.setdefault(instance_id, self.clock() - max(0.0, age_s))
+
     def note_terminate(self, instance_id: str) -> None:
         self.terminated[instance_id] = self.clock()
 

@@ -269,6 +269,11 @@ class AWSProvider(Provider):
         if _ignored:
             log.warning("aws: ignoring unknown options %s", sorted(_ignored))
 
+    def recall_created(self, instance_id: str, created_epoch: float) -> None:
+        """A teardown or guard in another process: a NotFound within the window after that create is
+        still "not known yet" (providers/aws/consistency.py), not "gone"."""
+        self.sightings.note_created_ago(instance_id, time.time() - created_epoch)
+
     @property
     def region(self) -> str:
         return self.api.region
