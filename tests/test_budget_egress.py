@@ -183,3 +183,20 @@ def test_the_guard_stops_a_run_whose_pulls_went_past_the_egress_reserve(tmp_path
     assert stop is not None and stop.kind is StopKind.ENDED and stop.end is not None
     assert stop.end.ending is Ending.DEADLINE and "egress reserve" in stop.end.reason
     ctl.teardown()
+
+
+def test_a_budget_whose_whole_time_pulls_too_much_trains_the_longest_time_its_pulls_fit(tmp_path: Path) -> None:
+    """Syncing every second at 0.5 USD/GB, the pulls of all 150 s 0.05 USD buys would cost more than
+    the cap: the plan trains for the longest time whose own pulls, kept back, still fit."""
+    from orchestrator.plan.egress import expected_pulls
+
+    options = LaunchOptions(provider="local", max_usd=0.05, usd_per_hour=1.2, runs_dir=str(tmp_path / "runs"),
+                            egress_usd_per_gb=0.5, sync_interval_s=1)
+    plan = make_plan(options)
+    a = plan.allowance
+    assert a.train_s > 0 and a.egress_reserve_usd > 0
+    covered = expected_pulls(options, plan.offer, a.train_s, 1)
+    assert covered.bytes <= a.egress_bytes  # what it will pull in the time it buys is kept back
+    assert a.cost_at(a.max_runtime_s, pulled_bytes=a.egress_bytes) <= 0.05 + 1e-9
+    whole = expected_pulls(options, plan.offer, 150.0, 1)  # the time the whole cap would buy
+    assert egress_usd(whole.bytes, 0.5) + 0.05 * a.reserve_s / 150 > 0.05  # that would not have fit

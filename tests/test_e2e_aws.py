@@ -113,7 +113,9 @@ def test_price_that_makes_the_cap_bite_stops_and_terminates_under_the_cap(e2e: E
     # The watchdog's self-destruct is the e2e fixture's harmless marker command (GPURUN_SELF_DESTRUCT_CMD),
     # so a launch slowed by a busy machine may take its whole reserve: the timeout is only a hang guard.
     budgets = e2e.budgets("aws", reserve_s=70, min_runtime_s=20)
-    res = launch(e2e, *ENDLESS_TRAIN, gpu="g5.xlarge", max_usd="1", budgets=budgets,
+    # The loopback "instance" has no GPU: it runs the CPU smoke recipe, so the plan (and the egress it
+    # reserves for the checkpoints it pulls) is told so rather than pricing the GPU default's.
+    res = launch(e2e, "--recipe", "smoke", *ENDLESS_TRAIN, gpu="g5.xlarge", max_usd="1", budgets=budgets,
                  env={"GPURUN_AWS_PRICES": "g5.xlarge=36"}, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert PRICE_OVERRIDE_SOURCE in res.stdout  # the plan says the price is not a live one

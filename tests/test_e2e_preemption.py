@@ -258,7 +258,8 @@ def test_aws_spot_run_preempted_mid_training_resumes_on_a_second_instance(
     # moto's spot price (0.00001 USD/h) + the 100 GB gp3 root volume: about 0.011 USD/h, 60 s minimum.
     cap = 0.05
     launch = background("launch", "--provider", "aws", "--spot", "--gpu", "g5.xlarge", "--max-usd", str(cap),
-                        "--yes", "--budgets", str(e2e.budgets("aws")), "--sync-interval", "1", *TRAIN)
+                        "--yes", "--budgets", str(e2e.budgets("aws")), "--sync-interval", "1", "--recipe", "smoke",
+                        *TRAIN)  # the loopback instance trains the CPU smoke recipe: the egress planned is its
 
     def reclaimed(iid: str) -> None:
         # What EC2 does to a spot instance it takes back (moto never does): shutting-down, with the

@@ -70,7 +70,11 @@ def expected_pulls(options: LaunchOptions, offer: Offer, train_s: float, sync_in
         return Pulls(pulls * LOG_BYTES_PER_PULL, pulls, 0, 0.0)
     cfg = effective_config(options, recipe)
     ckpt = float(parameters(cfg) * BYTES_PER_PARAM)
-    written = _checkpoints_written(cfg, train_s, Forecast.of(options, recipe, default, offer) if recipe else None)
+    forecast = Forecast.of(options, recipe, default, offer) if recipe else None
+    if forecast is not None and forecast.tokens_per_s:  # the job ends at max_iters: no pull after that
+        train_s = min(train_s, forecast.max_iters * forecast.tokens_per_step / forecast.tokens_per_s)
+        pulls = min(pulls, math.floor(max(0.0, train_s) / interval) + 1)
+    written = _checkpoints_written(cfg, train_s, forecast)
     checkpoints = pulls if written is None else min(pulls, written)
     return Pulls(checkpoints * ckpt + pulls * LOG_BYTES_PER_PULL, pulls, checkpoints, ckpt)
 

@@ -9,6 +9,7 @@ recipe and its config), plan/forecast.py (what the money buys), plan/words.py (f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from orchestrator.plan.words import account_words, duration, offer_label, price_
 from orchestrator.state.ledger import Ledger
 from providers import get_provider
 from providers.base import ImageFacts, Offer, Provider, ProviderError, rank_offers, split_gpus
+
+# Steps of the search for the longest training time whose expected pulls fit the cap (plan/egress.py).
+EGRESS_SEARCH_STEPS = 40
 
 # Offers a launch keeps in its fallback order (the chosen one included): enough for the other cloud
 # type / region and a second GPU, few enough that a plan stays readable.
@@ -171,9 +175,41 @@ def _allowance(options: LaunchOptions, provider: Provider, budgets: Budgets, off
     allowance = allowance_for(budgets, provider.name, options.max_usd, price, now=now)
     if not offer.egress_usd_per_gb:
         return allowance, None
-    pulls = expected_pulls(options, offer, allowance.train_s, provider.default_sync_interval_s)
-    return allowance_for(budgets, provider.name, options.max_usd, price, now=now,
-                         egress_usd_per_gb=offer.egress_usd_per_gb, egress_bytes=pulls.bytes), pulls
+
+    def bought(train_s: float) -> tuple[Allowance, Pulls]:
+        """The allowance that keeps back the pulls of `train_s` of training (BudgetError: too little left)."""
+        pulls = expected_pulls(options, offer, train_s, provider.default_sync_interval_s)
+        return allowance_for(budgets, provider.name, options.max_usd, price, now=now,
+                             egress_usd_per_gb=offer.egress_usd_per_gb, egress_bytes=pulls.bytes), pulls
+
+    try:  # the pulls of all the time the whole budget buys: an upper bound, when it fits
+        return bought(allowance.train_s)
+    except BudgetError as too_much:
+        return _longest_affordable(bought, allowance.train_s, too_much)
+
+
+def _longest_affordable(bought: Callable[[float], tuple[Allowance, Pulls]], upper_s: float,
+                        refusal: BudgetError) -> tuple[Allowance, Pulls]:
+    """The pulls of the whole budget's time cost more than it leaves: the longest training time whose
+    own pulls still fit (bisection: a longer run pulls more). Its allowance trains no longer than
+    that; pulls past the estimate are still metered, and the guard stops a run they would take
+    past the cap (run/watch.py)."""
+    best: tuple[Allowance, Pulls] | None = None
+    low, high = 0.0, upper_s
+    for _ in range(EGRESS_SEARCH_STEPS):
+        mid = (low + high) / 2
+        try:
+            candidate = bought(mid)
+        except BudgetError:
+            high = mid
+            continue
+        if candidate[0].train_s <= mid:  # its reserve covers the time it buys
+            best, high = candidate, mid
+        else:
+            low = mid
+    if best is None:
+        raise refusal
+    return best
 
 
 def _affordable(options: LaunchOptions, provider: Provider, budgets: Budgets, ranked: list[Offer],
