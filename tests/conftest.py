@@ -18,24 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-# Modules whose tests drive real processes to a deadline (the CLI, the trainer, sshd, the fakes): tens
-# of seconds each, mostly waiting. They go first, so that the short tests fill the end of the run.
-LONG_MODULES = ("test_e2e_", "test_cli_local.py", "test_launch_local.py", "test_recovery.py", "test_signals.py",
-                "test_device_check.py", "test_train.py", "test_ddp.py", "test_exit_codes.py", "test_watchdog.py",
-                "test_budget_egress.py", "test_teardown_cleanup.py", "test_sweep.py", "test_reconcile_audit.py")
-
-
-def _order(item: pytest.Item) -> int:
-    if item.get_closest_marker("slow") is not None:
-        return 0
-    return 1 if item.path.name.startswith(LONG_MODULES) else 2
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long quality check (marked `slow`), then the long end-to-end modules, then the rest, each
-    in file order: pytest-xdist hands tests out in this order, so the long ones start at once instead
-    of last (the suite's wall time is its tail)."""
-    items.sort(key=_order)
+    """The long quality checks (marked `slow`) first, the rest in file order: under pytest-xdist the
+    first item goes to the first worker, so the longest test starts at once instead of last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
