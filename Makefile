@@ -7,9 +7,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # Most tests wait on deadlines and processes rather than the CPU (4 workers kept 2 cores ~57 % busy):
-# twelve workers keep the suite under 8 minutes on 2 cores (pytest-xdist; the long quality test is
+# eight workers keep the suite near 8 minutes on 2 cores (pytest-xdist; the long quality test is
 # ordered first by tests/conftest.py, worksteal spreads the rest).
-PYTEST_ARGS ?= -n 12 --dist worksteal
+PYTEST_ARGS ?= -n 8 --dist worksteal
 
 .PHONY: setup sysdeps run test lint bench clean
 

@@ -128,13 +128,13 @@ def test_launch_resume_continues_a_stopped_run_from_its_last_checkpoint(tmp_path
 
     endless = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--set", "eval_interval=100000",
                "--set", "eval_iters=2", "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
-    # 0.042 USD at 3.6 USD/h buys 42 s (the local provider's 15 s reserve + 27 s): room for a loaded
-    # machine's slow start (bootstrap took 14 s beside other work), then the guard stops the job with a checkpoint.
-    first = gpurun("launch", "--max-usd", "0.042", "--usd-per-hour", "3.6", "--yes", *endless, cwd=tmp_path)
+    # 0.05 USD at 3.6 USD/h buys 50 s (the local provider's 15 s reserve + 35 s): room for a loaded
+    # machine's slow start (bootstrap took 14-19 s beside other work), then the guard stops the job with a checkpoint.
+    first = gpurun("launch", "--max-usd", "0.05", "--usd-per-hour", "3.6", "--yes", *endless, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     (run,) = Ledger().list_runs()
     assert "deadline" in (run.end_reason or "")
-    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.042", "--yes", cwd=tmp_path)
+    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.05", "--yes", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"run {run.run_id} from its last checkpoint" in again.stdout  # the plan says what it resumes
     runs = {r.run_id: r for r in Ledger().list_runs()}
