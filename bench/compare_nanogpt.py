@@ -44,16 +44,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.data_files import shakespeare  # noqa: E402
 from trainer import data as tdata  # noqa: E402
 from trainer.hardware import cpu_model, peak_tflops  # noqa: E402
 from trainer.model import GPT, GPTConfig  # noqa: E402
 from trainer.shards import open_shard, write_shard  # noqa: E402
-
-SHAKESPEARE_CANDIDATES = [
-    Path(os.environ.get("GPURUN_SHAKESPEARE", "")),
-    REPO / "shared/data/tinyshakespeare/input.txt",
-    Path("/work/shared/data/tinyshakespeare/input.txt"),
-]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT README's CPU run: config/train_shakespeare_char.py shrunk to a "baby GPT".
@@ -73,9 +68,8 @@ OURS_LINE = re.compile(r"^step (\d+) \| loss (\S+) \| lr \S+ \| tok/s (\d+)")
 def find_text(path: str | None) -> tuple[str, str]:
     if path:
         return Path(path).read_text(encoding="utf-8"), path
-    for p in SHAKESPEARE_CANDIDATES:
-        if str(p) not in ("", ".") and p.is_file():
-            return p.read_text(encoding="utf-8"), str(p)
+    if (p := shakespeare()) is not None:
+        return p.read_text(encoding="utf-8"), str(p)
     return tdata.builtin_corpus_text(), "builtin corpus"
 
 

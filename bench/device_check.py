@@ -47,6 +47,8 @@ from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
+sys.path.insert(0, str(REPO))
+from bench.data_files import gpt2_bpe, shakespeare  # noqa: E402  (standard library only: the relay starts fast)
 
 STAGES = ("environment", "cuda_tests", "trainer_bench", "compare_nanogpt", "lab")
 # Hard wall-clock limits per stage, seconds, and for the whole check (a stage gets at most what is left
@@ -283,6 +285,7 @@ def fail(result: dict[str, Any], reason: str, ran: Ran | None = None) -> None:
 PROBE = r"""
 import json, os, platform, sys
 import torch, torch.distributed
+from bench.data_files import gpt2_bpe, shakespeare  # noqa: E402
 from trainer import hardware
 from trainer.train import native_bf16
 cuda = torch.cuda.is_available()
@@ -486,21 +489,12 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     return bool(ok)
 
 
-def data_roots() -> list[Path]:
-    # shared/data inside the checkout travels to a lent machine; ../shared/data is beside it here and in CI.
-    return [REPO / "shared" / "data", REPO.parent / "shared" / "data"]
-
-
 def local_shakespeare() -> Path | None:
-    env = os.environ.get("GPURUN_SHAKESPEARE")
-    candidates = ([Path(env)] if env else []) + [d / "tinyshakespeare" / "input.txt" for d in data_roots()]
-    return next((p for p in candidates if p.is_file()), None)
+    return shakespeare()
 
 
 def local_bpe() -> Path | None:
-    env = os.environ.get("GPURUN_GPT2_BPE_DIR")
-    candidates = ([Path(env)] if env else []) + [d / "gpt2" for d in data_roots()]
-    return next((p for p in candidates if (p / "encoder.json").is_file() and (p / "vocab.bpe").is_file()), None)
+    return gpt2_bpe()
 
 
 def write_flat_yaml(path: Path, config: dict[str, Any]) -> None:
@@ -528,7 +522,7 @@ def stage_lab(st: Stage) -> None:
         env["GPURUN_GPT2_BPE_DIR"] = str(bpe)  # prepare and the trainer's sample read it
     elif tokenizer == "gpt2" and not reachable(f"https://{TIKTOKEN_HOST}/"):
         tokenizer = "char"
-        r["notes"].append("GPT-2 BPE: no encoder.json + vocab.bpe under shared/data/gpt2 or $GPURUN_GPT2_BPE_DIR and "
+        r["notes"].append("GPT-2 BPE: no encoder.json + vocab.bpe under $GPURUN_DATA_DIR/gpt2 or $GPURUN_GPT2_BPE_DIR and "
                           f"{TIKTOKEN_HOST} unreachable: char-level instead of the recipe's gpt2")
     text = local_shakespeare()
     if text is not None:

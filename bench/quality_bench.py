@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,13 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.data_files import shakespeare  # noqa: E402
 from trainer.config import load_config  # noqa: E402
 from trainer.hardware import cpu_model  # noqa: E402
 from trainer.train import main as train  # noqa: E402
 
 BABY = REPO / "trainer" / "configs" / "baby.yaml"
-SHAKESPEARE = [Path(os.environ.get("GPURUN_SHAKESPEARE", "")), REPO.parent / "shared/data/tinyshakespeare/input.txt",
-               REPO / "shared/data/tinyshakespeare/input.txt"]
 PUBLISHED = 1.88  # nanoGPT README: "val loss of 1.88" for this run on a CPU
 
 
@@ -45,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-val-loss", type=float, default=1.90, help="the val loss to reach (default 1.90)")
     ap.add_argument("--eval-iters", type=int, default=200, help="batches per split in each eval (default 200,"
                                                                  " the published figure's)")
-    ap.add_argument("--text-file", help="tinyshakespeare's input.txt (default: GPURUN_SHAKESPEARE or ../shared)")
+    ap.add_argument("--text-file", help="tinyshakespeare's input.txt (default: GPURUN_SHAKESPEARE, else"
+                                        " GPURUN_DATA_DIR/tinyshakespeare: bench/data_files.py)")
     ap.add_argument("--out", required=True, help="the run's directory (its metrics.jsonl, checkpoint, figures)")
     a = ap.parse_args(argv)
-    text = Path(a.text_file) if a.text_file else next((p for p in SHAKESPEARE if p.is_file()), None)
+    text = Path(a.text_file) if a.text_file else shakespeare()
     if text is None or not text.is_file():
-        print("error: no tinyshakespeare input.txt: pass --text-file (or set GPURUN_SHAKESPEARE)", file=sys.stderr)
+        print("error: no tinyshakespeare input.txt: pass --text-file (or set GPURUN_SHAKESPEARE or GPURUN_DATA_DIR)", file=sys.stderr)
         return 2
     cfg = load_config(["--config", str(BABY)])
     assert (cfg.model, cfg.batch_size, cfg.dropout, cfg.warmup_iters, cfg.eval_iters) == ("baby", 12, 0.0, 100, 200)

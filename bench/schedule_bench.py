@@ -32,15 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.data_files import shakespeare  # noqa: E402
 from trainer import data as tdata  # noqa: E402
 from trainer.hardware import cpu_model  # noqa: E402
 
-SHAKESPEARE = [
-    Path(os.environ.get("GPURUN_SHAKESPEARE", "")),
-    REPO / "shared/data/tinyshakespeare/input.txt",
-    REPO.parent / "shared/data/tinyshakespeare/input.txt",
-    Path("/work/shared/data/tinyshakespeare/input.txt"),
-]
 TARGET = 0.015  # issue 14: the deadline-aware run must be lower by at least this much
 ARMS = ("auto", "cosine")
 
@@ -48,7 +43,7 @@ ARMS = ("auto", "cosine")
 def find_text(path: str | None) -> Path | None:
     if path:
         return Path(path)
-    return next((p for p in SHAKESPEARE if str(p) not in ("", ".") and p.is_file()), None)
+    return shakespeare()
 
 
 def config_file(name: str) -> Path:
@@ -113,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-iters", type=int, default=20000, help="the cosine's length (default 20000)")
     ap.add_argument("--config", default="baby", help="a trainer/configs name or a YAML file (default baby)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads for both (default 1)")
-    ap.add_argument("--text-file", help="text to train on (default: tinyshakespeare from ../shared/data)")
+    ap.add_argument("--text-file", help="text to train on (default: tinyshakespeare, bench/data_files.py)")
     ap.add_argument("--json", help="output file (default bench/results/schedule_bench-<time>.json)")
     a, extra = ap.parse_known_args(argv)
     text = find_text(a.text_file)
     if text is None:
-        raise SystemExit("error: tinyshakespeare not found: pass --text-file or set GPURUN_SHAKESPEARE")
+        raise SystemExit("error: tinyshakespeare not found: pass --text-file or set GPURUN_SHAKESPEARE or GPURUN_DATA_DIR")
 
     work = Path(tempfile.mkdtemp(prefix="gpurun-schedule-bench-"))
     try:

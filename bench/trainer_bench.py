@@ -36,13 +36,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.data_files import shakespeare  # noqa: E402
 from trainer import hardware  # noqa: E402
 from trainer.config import ConfigError, load_config  # noqa: E402
 from trainer.shards import write_shard  # noqa: E402
 from trainer.train import StopRequest, Trainer, lr_at  # noqa: E402
 
 CONFIG_DIR = REPO / "trainer" / "configs"
-SHAKESPEARE = [REPO / "shared/data/tinyshakespeare/input.txt", Path("/work/shared/data/tinyshakespeare/input.txt")]
 
 
 def config_file(name: str) -> Path:
@@ -73,7 +73,7 @@ def data_flags(args: argparse.Namespace, cfg_flags: list[str], work: Path) -> li
     if base.data_dir and Path(base.data_dir).is_dir():
         return []
     if base.tokenizer == "char" and base.model in ("tiny", "baby", "small"):
-        text = next((p for p in SHAKESPEARE if p.is_file()), None)
+        text = shakespeare()
         return ["--data-dir", ""] + (["--text-file", str(text)] if text else [])
     seq = base.seq_len or base.block_size or 1024
     return ["--data-dir", str(synthetic_gpt2_shards(work / "synthetic", max(2_000_000, 64 * seq * 40)))]

@@ -16,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The benchmarks read their offline data from here (bench/data_files.py), in-process and in the
+# processes the tests start.
+os.environ.setdefault("GPURUN_DATA_DIR", str(SHARED_DATA))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
