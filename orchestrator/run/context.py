@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.money.budget import Allowance
 from orchestrator.money.budgets_file import Budgets, load_budgets
 from orchestrator.money.errors import BudgetError
 from orchestrator.notify import Notifier
@@ -55,7 +56,7 @@ class RunContext:
         return self.record.offer
 
     @property
-    def allowance(self):  # noqa: ANN201 - orchestrator.money.budget.Allowance
+    def allowance(self) -> Allowance:
         return self.record.allowance
 
     # --- the ledger ---------------------------------------------------------------------------
