@@ -63,10 +63,15 @@ RECORD_STEP = "step"
 RECORD_EVAL = "eval"
 RECORD_CHECKPOINT = "checkpoint"
 RECORD_END = "end"
+RECORD_FINAL_VAL = "final_val"  # the standard evaluation at the end: a fixed val set read in order
 
 STEP_FIELDS = ("step", "loss", "lr", "tokens_per_s", "mfu", "elapsed_s")  # mfu None: no peak figure
 EVAL_FIELDS = ("step", "train_loss", "val_loss")
 CHECKPOINT_FIELDS = ("step", "file", "sha256", "bytes")  # file: "checkpoints/<name>"
+# split: the set's name (FINEWEB_VAL ...); tokens: how many it read, each once, in order
+FINAL_VAL_FIELDS = ("step", "split", "tokens", "val_loss")
+FINEWEB_VAL = "fineweb_val"  # the speedrun's standard: the first FINEWEB_VAL_TOKENS of fineweb10B's val shard
+FINEWEB_VAL_TOKENS = 10_485_760
 END_FIELDS = ("reason", "step")  # a deadline stop adds "lr" and (with evals on) "val_loss"
 
 # The `end` record's reason: why the trainer stopped.

@@ -82,6 +82,15 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class QualityTarget:
+    """The quality a recipe aims at, measured the standard way, and what its source says it takes."""
+    split: str  # the final evaluation's set (trainer.contract.FINEWEB_VAL ...)
+    val_loss: float  # the target, e.g. 3.28: GPT-2 124M's FineWeb val loss (the speedrun's bar)
+    tokens: int  # training tokens that reach it, by the source
+    source: str  # where that figure comes from
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     summary: str
@@ -89,6 +98,7 @@ class Recipe:
     data: DataSpec
     tokens_per_s: dict[str, float]  # per GPU, by GPU class
     sources: str = ""  # where the throughput figures come from
+    quality: QualityTarget | None = None  # None: the recipe names no standard quality to reach
 
     @property
     def tokens_per_step(self) -> int:
