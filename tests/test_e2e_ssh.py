@@ -67,14 +67,16 @@ def launch(args: list[str], cwd: Path, **kw: object) -> subprocess.Popen[str]:
 
 
 def test_full_lifecycle_over_ssh_with_ddp(loopback: dict[str, str], tmp_path: Path) -> None:
-    # 0.065 USD at 0.001 USD/s buys 65 s; the guard stops the job at 35 s (30 s reserve).
-    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.065", "--gpus", "2",
+    # 0.09 USD at 0.001 USD/s buys 90 s; the guard stops the job at 60 s (30 s reserve). Two ranks
+    # starting torch on a loaded 2-core CI machine took over 25 s to their first step once: the job
+    # gets ~45 s, not ~20.
+    proc = launch(["--budgets", loopback["budgets"], "--max-usd", "0.09", "--gpus", "2",
                    "--sync-interval", "3", "--set", "max_iters=1000000", "--set", "ckpt_interval_s=3"], tmp_path)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
     ledger = Ledger()
     (run,) = ledger.list_runs()
-    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.065
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.09
     events = ledger.events(run.run_id)
     phases = [e.phase for e in events if e.phase in ("creating", "booting", "ssh_ready", "bootstrapped",
                                                      "running", "stopping", "syncing_final",
