@@ -15,6 +15,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import settings
+from orchestrator.money import last_audit
 from orchestrator.money.audit import ORPHAN, Audit, Leftover, audit, retry_cleanup
 from orchestrator.money.budget import day_start, month_start
 from orchestrator.money.budgets_file import load_budgets
@@ -137,6 +139,7 @@ def audit_cmd(providers_: tuple[str, ...], again: bool) -> None:
     result = audit(ledger, providers, names)
     if again:
         result.leftovers = [left for left in result.leftovers if not _clean_again(ledger, left)]
+    last_audit.save(result, settings.home(), time.time())  # what `gpurun dashboard` shows as the last audit
     for name, why in result.skipped:
         console.print(f"[dim]{name}: not listed ({why})[/dim]")
     _print_billing(result)
