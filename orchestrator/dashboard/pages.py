@@ -57,7 +57,9 @@ def size(n: Any) -> str:
 
 
 def seconds_left(value: Any) -> str:
-    return "-" if value is None else duration(max(0.0, float(value)))
+    if value is None:
+        return "-"
+    return duration(float(value)) if float(value) > 0 else "passed"
 
 
 def data_json(value: Any) -> Markup:

@@ -7,8 +7,11 @@
   window.gpurunCharts = charts;  // the tests read what is drawn from here
 
   function timelineWidths() {
-    for (const seg of document.querySelectorAll(".timeline .seg")) {
-      seg.style.flexGrow = String(Math.max(Number(seg.dataset.seconds) || 0, 0.001));
+    // Each phase's share of the run's time; a phase of a few milliseconds still shows a sliver.
+    const segs = Array.from(document.querySelectorAll(".timeline .seg"));
+    const total = segs.reduce((sum, seg) => sum + (Number(seg.dataset.seconds) || 0), 0) || 1;
+    for (const seg of segs) {
+      seg.style.flexGrow = String(Math.max((Number(seg.dataset.seconds) || 0) / total, 0.02));
     }
   }
 
