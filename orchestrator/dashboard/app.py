@@ -40,6 +40,16 @@ class Dashboard:
         page = self.env.get_template(template).render(poll_ms=POLL_MS, now=time.time(), **context)
         return HTMLResponse(page)
 
+    def page(self, template: str, page: str, build: Any) -> HTMLResponse:
+        """`template` with what `build()` returns; a ledger that cannot be read is the page's error line."""
+        try:
+            context = build()
+        except LookupError as exc:  # a run id that is not in the ledger
+            return self.render("error.html", page=page, problem=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a row this gpurun cannot read: say so, keep serving
+            return self.render("error.html", page=page, problem=f"the ledger cannot be read: {type(exc).__name__}: {exc}")
+        return self.render(template, page=page, **context)
+
     def _chain(self) -> dict[str, Any]:
         try:
             proofs = self.ledger.proofs()
@@ -66,9 +76,12 @@ class Dashboard:
             return {"line": ErrorLine(run.run_id, f"{type(exc).__name__}: {exc}"), "error": str(exc)}
 
     def run(self, request: Request) -> Response:
-        run = self._run(request)
+        return self.page("run.html", "run", lambda: self._run_context(request.path_params["run_id"]))
+
+    def _run_context(self, run_id: str) -> dict[str, Any]:
+        run = self.ledger.get_run(run_id)
         if run is None:
-            return self.render("missing.html", page="run", run_id=request.path_params["run_id"])
+            raise LookupError(f"no run {run_id} in the ledger")
         head = self._head(run)
         spent = getattr(head["line"], "spent_usd", 0.0)
         sections: dict[str, Any] = {}
@@ -84,11 +97,14 @@ class Dashboard:
                 sections[name] = None
                 sections[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
         card = run_view.evidence_markdown(run)
-        return self.render("run.html", page="run", run=run, head=head, card=render_card(card, run.run_id)
-                           if card is not None else None, **sections)
+        return {"run": run, "head": head, "card": render_card(card, run.run_id) if card is not None else None,
+                **sections}
 
     def run_live(self, request: Request) -> Response:
-        run = self._run(request)
+        try:
+            run = self._run(request)
+        except Exception:  # noqa: BLE001 - the page keeps what it shows
+            run = None
         if run is None:
             return JSONResponse({"open": False, "head": ""}, status_code=404)
         head = self.env.get_template("run_head.html").render(head=self._head(run), now=time.time())
@@ -99,14 +115,17 @@ class Dashboard:
         return JSONResponse({"open": run.open, "head": head, "curves": data})
 
     def loss_png(self, request: Request) -> Response:
-        run = self._run(request)
+        try:
+            run = self._run(request)
+        except Exception:  # noqa: BLE001 - no plot rather than a dead server
+            run = None
         path = Path(run.run_dir) / "loss.png" if run is not None and run.run_dir else None
         if path is None or not path.is_file():
             return PlainTextResponse("no loss.png for this run", status_code=404)
         return FileResponse(path, media_type="image/png")
 
     def money(self, request: Request) -> Response:
-        return self.render("money.html", page="money", **money_view.money(self.ledger, self.budgets, time.time()))
+        return self.page("money.html", "money", lambda: money_view.money(self.ledger, self.budgets, time.time()))
 
 
 def create_app(token: str, loopback_only: bool, ledger: Ledger | None = None, budgets: str | None = None) -> Guard:
