@@ -118,6 +118,18 @@ def check_live_step(page: Any, open_id: str) -> None:
     assert page.evaluate("window.__sameLoad") == "still here"
 
 
+def check_open_run_page(page: Any, base: str, run_id: str) -> None:
+    """The open run's loss curve grows on its page while it stays loaded."""
+    page.goto(f"{base}/run/{run_id}")
+    points = "window.gpurunCharts && window.gpurunCharts.steps ? window.gpurunCharts.steps.getDatasetMeta(0).data.length : 0"
+    page.wait_for_function(f"() => ({points}) > 0", timeout=30_000)
+    first = page.evaluate(f"() => {points}")
+    page.evaluate("window.__sameLoad = 'run page'")
+    page.wait_for_function(f"() => ({points}) > {first}", timeout=30_000)
+    assert page.evaluate("window.__sameLoad") == "run page"
+    assert page.inner_text("#head .state").strip() == "open"
+
+
 def check_run_page(page: Any, base: str, run_id: str) -> None:
     page.goto(f"{base}/run/{run_id}")
     page.wait_for_function("() => window.gpurunCharts && window.gpurunCharts.steps")
@@ -168,6 +180,7 @@ def test_the_dashboard_shows_runs_money_and_proof_in_a_real_browser(tmp_path: Pa
         check_runs_page(page, ids, open_id)
         check_live_step(page, open_id)
         page.screenshot(path=str(SCREENSHOTS / "runs.png"), full_page=True)
+        check_open_run_page(page, base, open_id)
         check_run_page(page, base, ids["verified"])
         page.screenshot(path=str(SCREENSHOTS / "run.png"), full_page=True)
         page.goto(f"{base}/money")
