@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
 
 GENERATE = "generate"  # --token generate: a random token, printed once
-COOKIE = "gpurun_dashboard"
+COOKIE = "gpurun_dashboard"  # + the server's port: a browser sends a host's cookies to every port
 MIN_TOKEN_LEN = 16
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 _HEADERS = [
@@ -71,6 +71,11 @@ def choose_token(host: str, token: str | None) -> tuple[str, bool]:
     return token, False
 
 
+def cookie_name(scope: Scope) -> str:
+    server = scope.get("server") or ("", 0)
+    return f"{COOKIE}_{server[1]}"
+
+
 def _host_name(header: str) -> str:
     """The name in a Host header, without its port ("[::1]:8765" -> "::1")."""
     if header.startswith("["):
@@ -100,7 +105,7 @@ class Guard:
             # The token came in the URL: keep it in a cookie and drop it from the address bar.
             rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
+            response.set_cookie(cookie_name(scope), self.token, httponly=True, samesite="strict", path="/")
             await _with_headers(response, scope, receive, send)
             return
         await _with_headers(self.app, scope, receive, send)
@@ -112,7 +117,8 @@ class Guard:
             return PlainTextResponse("421: this dashboard answers to 127.0.0.1 / localhost only", status_code=421)
         auth = request.headers.get("authorization", "")
         bearer = auth[7:] if auth.lower().startswith("bearer ") else None
-        if any(self._matches(t) for t in (request.cookies.get(COOKIE), bearer, request.query_params.get("token"))):
+        offered = (request.cookies.get(cookie_name(request.scope)), bearer, request.query_params.get("token"))
+        if any(self._matches(t) for t in offered):
             return None
         return PlainTextResponse("401: this dashboard needs its token: open the URL `gpurun dashboard` printed",
                                  status_code=401, headers={"www-authenticate": "Bearer"})
