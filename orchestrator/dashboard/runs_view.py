@@ -19,6 +19,7 @@ from orchestrator.run.status import last_step, spent_usd
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.rows import Event, Run
+from providers.common import one_line
 
 
 class State(str, Enum):
@@ -131,8 +132,7 @@ def line_of(ledger: Ledger, run: Run, now: float) -> RunLine:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300]
+    return one_line(f"{type(exc).__name__}: {exc}")
 
 
 def run_lines(ledger: Ledger, now: float) -> tuple[list[RunLine | ErrorLine], str]:
