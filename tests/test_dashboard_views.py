@@ -92,3 +92,14 @@ def test_a_not_verified_run_shows_its_teardown_command_and_its_events(tmp_path: 
     live = json.loads(client.get("/run/20261201-110000-nov2/live").text)
     assert live["open"] is True and "NOT VERIFIED" in live["head"]
     assert "no run nope" in client.get("/run/nope").text
+
+
+def test_a_run_id_and_a_path_are_text_never_markup(tmp_path: Path) -> None:
+    ledger = Ledger()
+    ledger.create_run("r<script>alert(1)", "local", 1.0, {}, str(tmp_path / "<img src=x onerror=alert(1)>"))
+    client = TestClient(create_app(TOKEN, loopback_only=True), base_url="http://127.0.0.1",
+                        headers={"Authorization": f"Bearer {TOKEN}"})
+    for path in ("/", "/run/r%3Cscript%3Ealert(1)"):
+        page = client.get(path).text
+        assert "<script>alert" not in page and "<img src=x" not in page, path
+        assert "r&lt;script&gt;alert(1)" in page, path

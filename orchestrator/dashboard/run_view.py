@@ -67,9 +67,9 @@ def proof(ledger: Ledger, run: Run) -> dict[str, Any]:
     chain = ledger.proofs()
     problems = verify_proof_chain(chain)
     path = Path(run.run_dir) / PROOF_FILENAME
-    content, problem = read_json(path)
+    content, problem = read_json(path) if run.run_dir else (None, None)
     sha = None
-    if path.is_file():
+    if run.run_dir and path.is_file():
         sha = sha256_bytes(path.read_bytes())
     doc = content if isinstance(content, dict) else {}
     return {
@@ -95,6 +95,8 @@ def events(ledger: Ledger, run: Run) -> list[dict[str, Any]]:
 
 
 def evidence_markdown(run: Run) -> str | None:
+    if not run.run_dir:  # never a file of the server's own working directory
+        return None
     path = Path(run.run_dir) / "EVIDENCE.md"
     try:
         return path.read_text(encoding="utf-8", errors="replace")
