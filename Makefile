@@ -22,12 +22,13 @@ $(BIN)/gpurun: pyproject.toml
 
 setup: $(BIN)/gpurun
 
-# Real OpenSSH + rsync are what the transport tests run against.
+# Real OpenSSH + rsync are what the transport tests run against; Debian's Chromium is the browser
+# the dashboard's test drives (through Playwright, from the test extra: no browser is downloaded).
 sysdeps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null || [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync; \
-		else echo "sshd/rsync missing: sudo apt-get install openssh-server rsync" >&2; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync chromium; \
+		else echo "sshd/rsync/chromium missing: sudo apt-get install openssh-server rsync chromium" >&2; exit 1; fi; \
 	fi
 
 run: setup

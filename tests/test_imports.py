@@ -112,7 +112,7 @@ def test_the_walker_sees_every_kind_of_import(tmp_path: Path) -> None:
 
 
 # orchestrator/'s layers, top first; the top-level modules (notify, settings, redact, errors) are the base.
-LAYERS = ("cli", "run", "proof", "plan", "money", "transport", "state")
+LAYERS = ("cli", "dashboard", "run", "proof", "plan", "money", "transport", "state")
 
 
 def layer_of(module: str) -> int:

@@ -64,3 +64,18 @@ def test_wheel_carries_provider_scripts_and_subpackages(wheel: zipfile.ZipFile) 
     for pkg in (p for p in (REPO / "providers").iterdir() if (p / "__init__.py").is_file()):
         assert f"providers/{pkg.name}/__init__.py" in names
     assert "orchestrator/run/watchdog.sh" in names
+
+
+def test_wheel_carries_the_dashboards_pages_and_every_file_they_load(wheel: zipfile.ZipFile) -> None:
+    """`gpurun dashboard` works offline: its templates, script, style and the vendored Chart.js (with its
+    licence) are package data, and no page names anything outside the package."""
+    names = set(wheel.namelist())
+    dashboard = REPO / "orchestrator" / "dashboard"
+    shipped = sorted(str(p.relative_to(REPO)) for sub in ("templates", "static") for p in (dashboard / sub).iterdir())
+    assert "orchestrator/dashboard/static/chart.umd.min.js" in shipped
+    assert "orchestrator/dashboard/static/chart.js.LICENSE.md" in shipped
+    for name in shipped:
+        assert name in names, name
+    for page in (dashboard / "templates").glob("*.html"):
+        text = page.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, page.name

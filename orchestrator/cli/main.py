@@ -1,7 +1,7 @@
 """`gpurun`: the command line's group. Thin: every command lives by concern in orchestrator/cli/ and is registered here.
 
 launch.py (`launch`, the hidden `guard`), runs.py (`status`, `logs`, `sync`, `teardown`, `evidence`),
-offers.py (`offers`, `recipes`), sweep.py (`sweep`), money.py (`cost`, `audit`). An expected failure
+offers.py (`offers`, `recipes`), sweep.py (`sweep`), money.py (`cost`, `audit`), dashboard.py (`dashboard`). An expected failure
 ends in one clear line and the exit status orchestrator/state/endings.py gives it, never a traceback.
 """
 
@@ -14,6 +14,7 @@ import click
 from rich.markup import escape
 
 from orchestrator.cli.console import err_console
+from orchestrator.cli.dashboard import dashboard
 from orchestrator.cli.launch import guard, launch
 from orchestrator.cli.money import audit_cmd, cost
 from orchestrator.cli.offers import offers, recipes_
@@ -54,7 +55,8 @@ def main() -> None:
     register_secrets_from_env()  # so a key never reaches a log, the ledger or a card, even in free text
 
 
-for command in (launch, guard, status, logs, sync, teardown, offers, recipes_, sweep, evidence, cost, audit_cmd):
+for command in (launch, guard, status, logs, sync, teardown, offers, recipes_, sweep, evidence, cost, audit_cmd,
+                dashboard):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import settings
+from orchestrator.money import last_audit
 from orchestrator.money.audit import ORPHAN, Audit, Leftover, audit, retry_cleanup
-from orchestrator.money.budget import day_start, month_start
 from orchestrator.money.budgets_file import load_budgets
+from orchestrator.money.caps import cap_uses
 from orchestrator.money.reconcile import Reconciliation, pending, reconcile, verified_at
 from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.proof.run_card import write_run_evidence
@@ -103,17 +105,11 @@ def cost(by: str, budgets: str | None, ask: bool) -> None:
                             "-" if rec.billed_usd is None else f"{rec.billed_usd:.4f}",
                             "yes" if rec.complete else "no", f"[bold red]{flag}[/]" if flag else rec.source)
         console.print(figures)
-    now = time.time()
-    day0, month0 = day_start(now), month_start(now)
     caps = Table(title=f"caps ({conf.path})")
     for col in ("cap", "limit USD", "spent + held USD"):
         caps.add_column(col)
-    caps.add_row("daily", _cap(conf.daily_usd), f"{ledger.committed_usd(day0):.4f}")
-    caps.add_row("monthly", _cap(conf.monthly_usd), f"{ledger.committed_usd(month0):.4f}")
-    for name, pb in conf.providers.items():
-        if pb.daily_usd is not None or pb.monthly_usd is not None:
-            caps.add_row(f"{name} daily", _cap(pb.daily_usd), f"{ledger.committed_usd(day0, name):.4f}")
-            caps.add_row(f"{name} monthly", _cap(pb.monthly_usd), f"{ledger.committed_usd(month0, name):.4f}")
+    for use in cap_uses(ledger, conf, time.time()):
+        caps.add_row(use.name, _cap(use.limit_usd), f"{use.used_usd:.4f}")
     console.print(caps)
 
 
@@ -137,6 +133,7 @@ def audit_cmd(providers_: tuple[str, ...], again: bool) -> None:
     result = audit(ledger, providers, names)
     if again:
         result.leftovers = [left for left in result.leftovers if not _clean_again(ledger, left)]
+    last_audit.save(result, settings.home(), time.time())  # what `gpurun dashboard` shows as the last audit
     for name, why in result.skipped:
         console.print(f"[dim]{name}: not listed ({why})[/dim]")
     _print_billing(result)

@@ -13,12 +13,13 @@ from rich.table import Table
 from orchestrator.cli.console import console, err_console, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.watch import burn_down
-from orchestrator.plan.record import RunRecord, is_orphan
+from orchestrator.plan.record import is_orphan
 from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.proof.shutdown import verify_proof_chain
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import controller_alive, take_over
+from orchestrator.run.status import spent_usd
 from orchestrator.run.stop import End
 from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state import phases
@@ -74,12 +75,7 @@ def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, inte
         table.add_column(col)
     now = time.time()
     for run in runs:
-        if run.cost_usd is not None:
-            spent = run.cost_usd
-        elif run.clock_start_epoch and not is_orphan(run):
-            spent = RunRecord.of_run(run).allowance.cost_at(now - run.clock_start_epoch)
-        else:
-            spent = 0.0
+        spent = spent_usd(run, now)
         left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
         insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
         ctl = "alive" if run.open and controller_alive(run) else "-"

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
-from orchestrator.plan.record import RunRecord, is_orphan
+from orchestrator.run.status import last_step, spent_usd
 from orchestrator.state.ledger import Ledger
-from orchestrator.state.rows import Run
-from trainer import contract
-
-METRICS_TAIL_BYTES = 16384  # the last step record is near the end: never read a whole long log
 
 
 def short_duration(seconds: float | None) -> str:
@@ -42,31 +36,6 @@ def compact_rate(value: float | None) -> str:
     return f"{v:.0f}"
 
 
-def last_step(run: Run) -> dict[str, Any]:
-    """The last `step` record of the run's synced out/metrics.jsonl ({} before the first sync)."""
-    path = Path(run.run_dir) / contract.METRICS_PATH
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - METRICS_TAIL_BYTES))
-            lines = fh.read().decode(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for line in reversed(lines):
-        rec = contract.parse_record(line)
-        if contract.is_record(rec, contract.RECORD_STEP):
-            return rec
-    return {}
-
-
-def _spent(run: Run, now: float) -> float:
-    if run.cost_usd is not None:
-        return run.cost_usd
-    if run.clock_start_epoch and not is_orphan(run):
-        return RunRecord.of_run(run).allowance.cost_at(now - run.clock_start_epoch)
-    return 0.0
-
-
 def rows(ledger: Ledger, now: float) -> Iterator[tuple[str, ...]]:
     for run in ledger.list_runs(open_only=True):
         step = last_step(run)
@@ -77,7 +46,7 @@ def rows(ledger: Ledger, now: float) -> Iterator[tuple[str, ...]]:
             "-" if step.get("step") is None else str(step["step"]),
             "-" if step.get("loss") is None else f"{float(step['loss']):.3f}",
             compact_rate(tok_s),
-            f"{_spent(run, now):.2f}/{run.max_usd:.2f}",
+            f"{spent_usd(run, now):.2f}/{run.max_usd:.2f}",
             "-" if run.usd_per_hour is None else f"{run.usd_per_hour:.2f}",
             short_duration(run.stop_at_epoch - now if run.stop_at_epoch else None),
         )

@@ -4,6 +4,8 @@ and a last time, ended by the time the switch acts."""
 
 from __future__ import annotations
 
+import time
+
 from orchestrator.run.boot import reconnect
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
@@ -27,17 +29,19 @@ class Syncing:
         return transport
 
     def now(self, final: bool = False) -> SyncResult:
+        started = time.monotonic()
         result = self.head().pull(self.ctx.run_dir)
-        self._record(result, final)
+        self._record(result, final, time.monotonic() - started)
         return result
 
     def last(self) -> None:
         """The final pull, ended by the time the switch acts (half the reserve past the stop time), so
         that the teardown keeps the other half whatever the link does."""
         transport = self.head()
+        started = time.monotonic()
         result = cut_at(self.group.head, "the final sync", Steps("pulling the outputs"),
                         lambda: transport.pull(self.ctx.run_dir), self.ctx.watchdog_deadline())
-        self._record(result, final=True)
+        self._record(result, True, time.monotonic() - started)
 
     def start(self) -> None:
         opts = self.ctx.options
@@ -48,7 +52,9 @@ class Syncing:
         if self._periodic is not None:
             self._periodic.stop()
 
-    def _record(self, result: SyncResult, final: bool) -> None:
+    def _record(self, result: SyncResult, final: bool, seconds: float) -> None:
+        """The sync event; `seconds` the pull took, so that its rate shows (`gpurun dashboard`)."""
         self.watch.heartbeat(force=True)
         self.ctx.event(EventKind.SYNC, final=final, files=result.files, bytes=result.bytes, method=result.method,
+                       seconds=round(seconds, 3),
                        verified=result.checkpoints_verified, rejected=result.checkpoints_rejected)
