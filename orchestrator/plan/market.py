@@ -80,6 +80,9 @@ class Market:
         return market
 
     def provider_of(self, offer: Offer) -> Provider:
+        """The provider an offer came from (each provider names itself in its offers)."""
+        if len(self.providers) == 1:
+            return next(iter(self.providers.values()))
         return self.providers[offer.provider]
 
     def offers(self, gpu: str | None, count: int, spot: bool) -> list[Offer]:
@@ -89,7 +92,7 @@ class Market:
         for name, provider in self.providers.items():
             try:
                 for g in split_gpus(gpu) or [None]:
-                    found += [o for o in provider.offers(gpu=g, count=count, spot=spot) if o.provider == name]
+                    found += provider.offers(gpu=g, count=count, spot=spot)
             except ProviderError as exc:
                 self.notes.append(f"{name}: offers not read ({one_line(str(exc))})")
         return found
