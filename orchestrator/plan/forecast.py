@@ -128,4 +128,5 @@ class Forecast:
         job_tokens = float(self.max_iters * self.tokens_per_step)
         bought = min(left * self.tokens_per_s, job_tokens)
         needed = allowance.attempt_cost_at(self.prepare_s + target.tokens / self.tokens_per_s)
-        return QualityBuy(target, self.tokens_per_s, bought, needed, job_tokens)
+        return QualityBuy(target, self.tokens_per_s, bought, needed, job_tokens,
+                          device="CPU" if self.gpu_class == "cpu" else "GPU")

@@ -43,6 +43,7 @@ class QualityBuy:
     bought_tokens: float  # what the run trains: the cap's training time, max_iters at most
     needed_usd: float  # what training the target's tokens costs at this price (data phase included)
     max_iters_tokens: float  # where the job stops on its own
+    device: str = "GPU"  # what the throughput is of: "GPU", or "CPU" for a machine without one
 
     @property
     def enough(self) -> bool:
@@ -53,7 +54,7 @@ class QualityBuy:
         why = ""
         if not self.enough and self.max_iters_tokens < self.target.tokens:
             why = f"; max_iters stops the job at {human(self.max_iters_tokens)} tokens"
-        return (f"at ~{self.tokens_per_s:,.0f} tok/s on this GPU the cap buys {human(self.bought_tokens)} tokens:"
+        return (f"at ~{self.tokens_per_s:,.0f} tok/s on this {self.device} the cap buys {human(self.bought_tokens)} tokens:"
                 f" {verdict} for {target_words(self.target)} (needs {human(self.target.tokens)} tokens"
                 f" ~ {self.needed_usd:.2f} USD at this price{why}; {self.target.source})")
 
