@@ -104,7 +104,7 @@ def test_any_ranks_every_providers_offers_by_tokens_per_dollar(
     notes = " ".join(rows(out, "providers"))
     assert "asked: datacrunch, runpod" in notes and "aws: skipped" in notes
     assert "RTX A4000" in notes and "V100" in notes  # the cheapest per hour: no tokens/s figure, not ranked
-    assert [f for f in rows(out, "fallback")][0].startswith("2. RTX 4090")
+    assert rows(out, "fallback")[0].startswith("2. runpod RTX 4090")
 
     offers = e2e.gpurun("offers", "--recipe", "lab", "--budgets", budgets(e2e), env=NO_AWS)  # no --provider: any
     assert offers.returncode == 0, offers.stdout + offers.stderr

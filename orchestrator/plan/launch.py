@@ -95,7 +95,9 @@ class LaunchPlan:
                                      " has its own dead-man's switch; a node that does not come up fails the run"
                                      " and every node is torn down"))
         if self.fallbacks:
-            rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
+            by = self.options.any_provider  # the offers are several providers': each names its own
+            rows.append(("fallback", "; ".join(f"{i}. {f.provider + ' ' if by else ''}{offer_label(f)}"
+                                               for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
                                      "inside the budget; each is torn down and verified before the next offer"))
         if o.spot:

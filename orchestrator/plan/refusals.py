@@ -50,11 +50,12 @@ def check_any_input(options: LaunchOptions) -> None:
     its own default image; the local provider's prices are not a cloud's)."""
     if not options.any_provider:
         return
-    for flag, value in (("--image", options.image), ("--usd-per-hour", options.usd_per_hour),
-                        ("--egress-usd-per-gb", options.egress_usd_per_gb)):
+    for flag, value, what in (("--image", options.image, "one provider's image"),
+                              ("--usd-per-hour", options.usd_per_hour, "the local provider's price"),
+                              ("--egress-usd-per-gb", options.egress_usd_per_gb, "the local provider's price")):
         if value is not None:
-            raise LaunchError(f"{flag} names one provider's image or price: with --provider any each provider's own"
-                              " applies; name the provider (--provider NAME) to set it")
+            raise LaunchError(f"{flag} sets {what}: --provider any uses each provider's own; name the provider"
+                              " (--provider NAME) to set it")
 
 
 def check_image(options: LaunchOptions, facts: ImageFacts) -> None:
