@@ -95,19 +95,21 @@ class LaunchPlan:
                                      " has its own dead-man's switch; a node that does not come up fails the run"
                                      " and every node is torn down"))
         if self.fallbacks:
-            by = self.options.any_provider  # the offers are several providers': each names its own
-            rows.append(("fallback", "; ".join(f"{i}. {f.provider + ' ' if by else ''}{offer_label(f)}"
-                                               for i, f in enumerate(self.fallbacks, 2))))
+            rows.append(("fallback", "; ".join(f"{i}. {self._label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
                                      "inside the budget; each is torn down and verified before the next offer"))
         if o.spot:
             rows.append(("preemption", self._recovery_words()))
         for offer, why in self.skipped:
-            rows.append(("skipped", f"{offer_label(offer)}: {why}"))
+            rows.append(("skipped", f"{self._label(offer)}: {why}"))
         rows += self._market_rows()
         if self.account and account_words(self.account):
             rows.append(("account", account_words(self.account)))
         return rows
+
+    def _label(self, offer: Offer) -> str:
+        """An offer in a line; with --provider any the offers are several providers': each names its own."""
+        return f"{offer.provider} {offer_label(offer)}" if self.options.any_provider else offer_label(offer)
 
     def _market_rows(self) -> list[tuple[str, str]]:
         """--provider any: the providers asked, and the ranking the fallback walks."""
