@@ -75,17 +75,16 @@ def test_dry_run_on_the_local_provider_prints_the_quality_line(speedrun: Recipe,
     assert "on this CPU the cap buys" in line and "not enough for FineWeb val 3.28" in line  # a CPU: ~50 tok/s
 
 
-def test_recipes_lists_the_quality_target_gpu_hours_and_cost_per_offer(speedrun: Recipe, gpurun_home: Path) -> None:
+def test_recipes_lists_the_quality_target_gpu_hours_and_cost_per_offer(
+        gpurun_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(recipes.RECIPES, SPEEDRUN.name, SPEEDRUN)
+    monkeypatch.setattr(console_mod.console, "_width", 400)
     res = CliRunner().invoke(main, ["recipes", "--provider", "local", "--usd-per-hour", "2"])
     assert res.exit_code == 0, res.output
-    q = speedrun.quality
-    assert q is not None
-    hours = q.tokens / speedrun.tokens_per_s["H100"] / 3600
-    assert f"FineWeb val 3.28 in {recipes.human(q.tokens)} tokens" in res.output  # the recipes table
-    assert f"~{hours:,.1f} H100-hours" in res.output  # the target's GPU-hours by class
-    cpu_s = q.tokens / speedrun.tokens_per_s["cpu"]
-    assert "gpt2-speedrun: FineWeb val 3.28" in res.output  # the per-offer table's column
-    assert f"{cpu_s * 2 / 3600:.2f} USD" in res.output  # its cost on the local offer at 2 USD/h
+    assert "FineWeb val 3.28 in 1.0B tokens" in res.output  # the recipes table's quality target
+    assert "FineWeb val 3.28: 1.0B tokens (a test's source) = ~0.7 H100-hours" in res.output  # by GPU class
+    assert "quality-test: FineWeb val 3.28" in res.output  # the per-offer table's column
+    assert "~231d11h, 11111.11 USD" in res.output  # 1B tokens at 50 tok/s on the local offer at 2 USD/h
 
 
 def test_evidence_card_shows_the_final_val_row_beside_steps_tokens_and_dollars(tmp_path: Path) -> None:
