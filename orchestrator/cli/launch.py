@@ -17,7 +17,7 @@ from orchestrator.cli.live import LiveView
 from orchestrator.cli.signals import Received, Terminated, attached
 from orchestrator.errors import RunFailed
 from orchestrator.plan.launch import make_plan
-from orchestrator.plan.options import LaunchOptions
+from orchestrator.plan.options import ANY_PROVIDER, LaunchOptions
 from orchestrator.plan.refusals import check_nodes_input
 from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import spawn_guard
@@ -33,7 +33,9 @@ from providers.common import one_line
 
 
 @click.command(context_settings={"ignore_unknown_options": False})
-@click.option("--provider", default="local", show_default=True, help=f"one of: {', '.join(provider_names(aliases=True))}")
+@click.option("--provider", default="local", show_default=True,
+              help=f"one of: {', '.join(provider_names(aliases=True))}; or {ANY_PROVIDER}: every provider with"
+                   " credentials, the offers ranked by the recipe's training tokens per USD, fallback across them")
 @click.option("--max-usd", type=float, help="hard cap for this run (default: budgets.yaml per_run_default_usd)")
 @click.option("--gpu", help='GPU type, e.g. "RTX 4090", A10G, H100; "H100,A100" accepts either, first preferred')
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs on the instance (DDP ranks)")

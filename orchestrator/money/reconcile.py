@@ -80,7 +80,8 @@ def window(ledger: Ledger, run: Run) -> tuple[float, float]:
 
 def reconcile(ledger: Ledger, run: Run, provider: Provider) -> Reconciliation:
     """Ask the provider for the run's cost and record it; never raises for the provider's sake."""
-    ids = [i.instance_id for i in ledger.instances(run.run_id)]
+    # Its own instances: with --provider any an earlier attempt may have been another provider's.
+    ids = [i.instance_id for i in ledger.instances(run.run_id) if i.provider == provider.name]
     start, end = window(ledger, run)
     try:
         got = provider.billed_cost(run.run_id, ids, start, end)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from orchestrator.money.budget import Allowance
 from orchestrator.plan.job import data_phase, effective_config, has_gpu
 from orchestrator.plan.options import LaunchOptions
+from orchestrator.plan.quality import QualityBuy, no_estimate_words
 from orchestrator.plan.words import duration
 from providers.base import ImageFacts, Offer, TorchOnImage
 from trainer import recipes
@@ -87,6 +88,8 @@ class Forecast:
                                        f"{', '.join(r.tokens_per_s)})"))
             rows.append(("finish", f"the job ends at max_iters or the guard stops it after {duration(left)}"
                                    " of training, whichever comes first"))
+            if r.quality is not None:
+                rows.append(("quality", no_estimate_words(r.quality, offer.gpu)))
             return rows
         per = self.tokens_per_s / (self.gpus if self.gpu_class != "cpu" else 1)
         gpus = f" x {self.gpus} = {h(self.tokens_per_s)} tok/s" if self.gpus > 1 and self.gpu_class != "cpu" else ""
@@ -110,4 +113,20 @@ class Forecast:
             rows.append(("finish", f"the guard stops it at {duration(allowance.train_s)}, after "
                                    f"~{steps_in:,.0f} of {self.max_iters:,} steps / ~{h(steps_in * self.tokens_per_step)}"
                                    " tokens (the checkpoint it saves is kept)"))
+        buy = self.quality(allowance)
+        if buy is not None:
+            rows.append(("quality", buy.words()))
         return rows
+
+    def quality(self, allowance: Allowance) -> QualityBuy | None:
+        """Whether the tokens this allowance trains reach the recipe's quality target (None: the recipe
+        names none, or there is no throughput figure for this GPU)."""
+        target = self.recipe.quality
+        if target is None or not self.tokens_per_s:
+            return None
+        left = max(0.0, allowance.train_s - self.prepare_s)
+        job_tokens = float(self.max_iters * self.tokens_per_step)
+        bought = min(left * self.tokens_per_s, job_tokens)
+        needed = allowance.attempt_cost_at(self.prepare_s + target.tokens / self.tokens_per_s)
+        return QualityBuy(target, self.tokens_per_s, bought, needed, job_tokens,
+                          device="CPU" if self.gpu_class == "cpu" else "GPU")

@@ -21,6 +21,7 @@ from orchestrator.money.errors import BudgetError
 from orchestrator.plan.egress import Pulls, egress_words, expected_pulls
 from orchestrator.plan.forecast import Forecast, bootstrap_words
 from orchestrator.plan.job import DEFAULT_CPU_RECIPE, DEFAULT_GPU_RECIPE, has_gpu, recipe_for
+from orchestrator.plan.market import Market, Ranked, candidates
 from orchestrator.plan.options import LaunchOptions
 from orchestrator.plan.refusals import boot_budget_usd, check_image, check_options
 from orchestrator.plan.words import account_words, duration, offer_label, price_words
@@ -56,6 +57,11 @@ class LaunchPlan:
     image: ImageFacts | None = None
     # What the run is expected to pull home (None: the offer bills no egress, nothing is reserved).
     egress: Pulls | None = None
+    # --provider any: every provider asked (a fallback may be any of them), the offers ranked by the
+    # recipe's tokens per dollar, and what was noted (a provider skipped, offers not ranked).
+    providers: dict[str, Provider] = field(default_factory=dict)
+    ranking: list[Ranked] = field(default_factory=list)
+    market_notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -89,15 +95,33 @@ class LaunchPlan:
                                      " has its own dead-man's switch; a node that does not come up fails the run"
                                      " and every node is torn down"))
         if self.fallbacks:
-            rows.append(("fallback", "; ".join(f"{i}. {offer_label(f)}" for i, f in enumerate(self.fallbacks, 2))))
+            rows.append(("fallback", "; ".join(f"{i}. {self._label(f)}" for i, f in enumerate(self.fallbacks, 2))))
         rows.append(("failed boots", f"at most {self.max_boot_usd:.4f} USD in total (--max-boot-usd), "
                                      "inside the budget; each is torn down and verified before the next offer"))
         if o.spot:
             rows.append(("preemption", self._recovery_words()))
         for offer, why in self.skipped:
-            rows.append(("skipped", f"{offer_label(offer)}: {why}"))
+            rows.append(("skipped", f"{self._label(offer)}: {why}"))
+        rows += self._market_rows()
         if self.account and account_words(self.account):
             rows.append(("account", account_words(self.account)))
+        return rows
+
+    def _label(self, offer: Offer) -> str:
+        """An offer in a line; with --provider any the offers are several providers': each names its own."""
+        return f"{offer.provider} {offer_label(offer)}" if self.options.any_provider else offer_label(offer)
+
+    def _market_rows(self) -> list[tuple[str, str]]:
+        """--provider any: the providers asked, and the ranking the fallback walks."""
+        if not self.options.any_provider:
+            return []
+        f = self.forecast
+        measure = (f"training tokens per USD of recipe {f.recipe.name} (its tokens/s for the GPU over the price,"
+                   " storage and an hour's egress included)" if f else "price (a command has no tokens/s figure)")
+        rows = [("providers", f"asked: {', '.join(sorted(self.providers))}")]
+        rows += [("providers", note) for note in self.market_notes]
+        rows.append(("ranked by", measure))
+        rows += [("ranked", f"{i}. {r.words()}") for i, r in enumerate(self.ranking, 1)]
         return rows
 
     def _recovery_words(self) -> str:
@@ -133,11 +157,20 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     """Everything is checked here; raises BudgetError, ProviderError or LaunchError with one actionable line."""
     check_options(options)
     budgets = load_budgets(options.budgets)
-    provider = get_provider(options.provider, **options.provider_options())
-    provider.check_nodes(options.nodes)
-    provider.check_credentials()
-    accepted, skipped = _affordable(options, provider, budgets, _candidates(options, provider), now)
+    market: Market | None = None
+    ranking: list[Ranked] = []
+    if options.any_provider:  # every provider with credentials, ranked by tokens per dollar (plan/market.py)
+        market = Market.ask(options)
+        ranking, ranked = candidates(options, market, MAX_CANDIDATES)
+        providers = market.providers
+    else:
+        only = get_provider(options.provider, **options.provider_options())
+        only.check_nodes(options.nodes)
+        only.check_credentials()
+        ranked, providers = _candidates(options, only), {only.name: only}
+    accepted, skipped = _affordable(options, providers, budgets, ranked, now)
     offer, allowance, egress = accepted[0]
+    provider = providers[offer.provider] if market else next(iter(providers.values()))
     image = provider.image_facts(options.image, offer)
     check_image(options, image)
     # The caps are checked again, atomically with the hold, when the run is created.
@@ -148,7 +181,9 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _, _ in accepted[1:]], skipped=skipped,
                       max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast,
-                      image=image, egress=egress)
+                      image=image, egress=egress, providers=providers,
+                      ranking=[r for r in ranking if any(r.offer is o for o, _, _ in accepted)],
+                      market_notes=market.notes if market else [])
 
 
 def _candidates(options: LaunchOptions, provider: Provider) -> list[Offer]:
@@ -212,17 +247,22 @@ def _longest_affordable(bought: Callable[[float], tuple[Allowance, Pulls]], uppe
     return best
 
 
-def _affordable(options: LaunchOptions, provider: Provider, budgets: Budgets, ranked: list[Offer],
+def _affordable(options: LaunchOptions, providers: dict[str, Provider], budgets: Budgets, ranked: list[Offer],
                 now: float | None) -> tuple[list[tuple[Offer, Allowance, Pulls | None]], list[tuple[Offer, str]]]:
     """(the candidates the budget, the account and the provider accept, with their allowance and
-    expected pulls; the others with the reason). None accepted: the first candidate's own refusal is raised."""
+    expected pulls; the others with the reason). None accepted: the first candidate's own refusal is raised.
+    `providers`: the one --provider names, or every provider --provider any asked (by offer.provider)."""
     accepted: list[tuple[Offer, Allowance, Pulls | None]] = []
     skipped: list[tuple[Offer, str]] = []
     first_refusal: Exception | None = None
+    only = next(iter(providers.values())) if len(providers) == 1 and not options.any_provider else None
     for offer in ranked:
+        provider = only or providers[offer.provider]
         offer.billing = budgets.billing_for(provider.name)
         try:
             allowance, egress = _allowance(options, provider, budgets, offer, now or time.time())
+            if options.any_provider:  # each provider's own caps (budgets.yaml providers:)
+                check_caps(budgets, Ledger(), provider.name, allowance.max_usd)
             provider.check_launchable(offer)  # quota, image support, credit to deploy
             # The account must be able to pay the cap, and the price must fit an hourly spend limit.
             provider.check_spend(allowance.max_usd, options.group_usd_per_hour(offer))

@@ -11,6 +11,10 @@ from typing import Any
 from providers import provider_class
 from providers.base import Offer, ProviderError
 
+# `--provider any`: every provider with credentials is asked, and the offers ranked by the recipe's
+# tokens per dollar (plan/market.py); fallback walks that list across providers.
+ANY_PROVIDER = "any"
+
 
 class LaunchError(ValueError):
     """The launch's own input is wrong (not the provider, not the budget): refused before anything is created."""
@@ -54,21 +58,28 @@ class LaunchOptions:
         """What the run's instances bill together per hour: every node is the same offer."""
         return offer.total_usd_per_hour * self.nodes
 
-    def provider_options(self) -> dict[str, Any]:
-        """Constructor options for the provider: only those its class declares it takes
-        (`Provider.launch_options`); an option it does not take is refused in one line."""
+    @property
+    def any_provider(self) -> bool:
+        return self.provider == ANY_PROVIDER
+
+    def provider_options(self, name: str | None = None) -> dict[str, Any]:
+        """Constructor options for the provider (`name`, default --provider): only those its class
+        declares it takes (`Provider.launch_options`); an option it does not take is refused in one
+        line. With --provider any each provider takes what applies to it (plan/refusals.py refuses
+        the options that name one provider's things)."""
+        name = name or self.provider
         if self.disk_gb is not None and self.disk_gb < 1:
             raise ProviderError(f"--disk-gb must be at least 1 GB, got {self.disk_gb}")
         given = {"usd_per_hour": self.usd_per_hour, "image": self.image, "disk_gb": self.disk_gb,
                  "egress_usd_per_gb": self.egress_usd_per_gb}
-        takes = provider_class(self.provider).launch_options
-        for name, value in given.items():
-            if value is not None and name not in takes:
-                flag = "--" + name.replace("_", "-")
+        takes = provider_class(name).launch_options
+        for key, value in given.items():
+            if value is not None and key not in takes and not self.any_provider:
+                flag = "--" + key.replace("_", "-")
                 raise ProviderError(f"{flag} does not apply to provider {self.provider!r}"
-                                    + (": cloud prices are read live" if name in ("usd_per_hour", "egress_usd_per_gb")
+                                    + (": cloud prices are read live" if key in ("usd_per_hour", "egress_usd_per_gb")
                                        else ""))
-        return {name: value for name, value in given.items() if value is not None}
+        return {key: value for key, value in given.items() if value is not None and key in takes}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,7 +45,7 @@ class RunRecord:
     def of_launch(cls, launch: LaunchPlan) -> RunRecord:
         return cls(
             options=launch.options,
-            provider_options=launch.options.provider_options(),
+            provider_options=launch.options.provider_options(launch.provider.name),
             offer=launch.offer,
             allowance=launch.allowance,
             account=launch.account,

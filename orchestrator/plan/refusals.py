@@ -38,10 +38,24 @@ def check_options(options: LaunchOptions) -> None:
     if options.workdir and not Path(options.workdir).is_dir():
         raise ProviderError(f"--workdir {options.workdir}: no such directory")
     check_recipe_input(options)
+    check_any_input(options)
     if options.spot_fallback and not options.spot:
         raise LaunchError("--spot-fallback goes with --spot: it says what to rent when spot is not to be had")
     check_trainer_input(options)
     check_nodes_input(options)
+
+
+def check_any_input(options: LaunchOptions) -> None:
+    """--provider any: the options that name one provider's things are refused (each provider boots
+    its own default image; the local provider's prices are not a cloud's)."""
+    if not options.any_provider:
+        return
+    for flag, value, what in (("--image", options.image, "one provider's image"),
+                              ("--usd-per-hour", options.usd_per_hour, "the local provider's price"),
+                              ("--egress-usd-per-gb", options.egress_usd_per_gb, "the local provider's price")):
+        if value is not None:
+            raise LaunchError(f"{flag} sets {what}: --provider any uses each provider's own; name the provider"
+                              " (--provider NAME) to set it")
 
 
 def check_image(options: LaunchOptions, facts: ImageFacts) -> None:

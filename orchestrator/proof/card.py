@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.proof.artifact_facts import JOB_LOG_TAIL, SAMPLE_LINES
+from trainer.recipes import human
 
 
 def _fence(text: str, lang: str = "") -> str:
@@ -166,6 +167,24 @@ def _training_md(ev: Mapping[str, Any]) -> list[str]:
     return md
 
 
+def _quality_md(ev: Mapping[str, Any]) -> list[str]:
+    """The standard evaluation's figure (a final_val record), beside the steps, tokens and dollars that bought it."""
+    fv = ev.get("final_val") or {}
+    if fv.get("status") != "present":
+        return []
+    trained = (f"{human(fv['trained_tokens'])} ({fv['tokens_per_step']:,} per step)" if fv.get("trained_tokens")
+               else "unknown (no recipe config)")
+    cost = ev["cost"].get("cost_usd")
+    md = ["## Quality (the standard evaluation)", "",
+          "| evaluation | val loss | step | training tokens | cost |", "| --- | ---: | ---: | ---: | ---: |",
+          f"| {fv['label']} | {_fmt(fv.get('val_loss'))} | {fv['step']:,} | {trained} | "
+          f"{'unknown' if cost is None else f'{cost:.4f} USD'} |", ""]
+    target = fv.get("target")
+    if target:
+        md += [f"- target {target['words']}: {'reached' if target['reached'] else 'not reached'}", ""]
+    return md
+
+
 def _checkpoint_md(ev: Mapping[str, Any]) -> list[str]:
     ck = ev["checkpoint"]
     md = ["## Checkpoint", ""]
@@ -244,7 +263,7 @@ def _plot_and_log_md(ev: Mapping[str, Any]) -> list[str]:
     return md
 
 
-_SECTIONS = (_verdict_md, _run_md, _hardware_md, _training_md, _checkpoint_md, _sample_md, _proof_md,
+_SECTIONS = (_verdict_md, _run_md, _hardware_md, _training_md, _quality_md, _checkpoint_md, _sample_md, _proof_md,
              _plot_and_log_md)
 
 

@@ -32,6 +32,7 @@ from orchestrator.proof.artifact_facts import (
 )
 from orchestrator.proof.card import render_markdown
 from orchestrator.proof.loss_plot import plot_loss
+from orchestrator.proof.quality_facts import final_val_section
 from orchestrator.proof.reading import num, read_text
 from orchestrator.proof.shutdown import jsonable
 from orchestrator.proof.training_facts import hardware_section, parameters_section, training_section
@@ -214,6 +215,7 @@ def collect_evidence(
         "hardware": hardware_section(out, log_lines),
         "parameters": parameters_section(log_lines),
         "training": training_section(out, log_lines),
+        "final_val": final_val_section(out, run),
         "checkpoint": checkpoint_section(out, log_lines),
         "sample": sample_section(out),
         "cost": _cost_section(runtime_s, cost_usd, max_usd),

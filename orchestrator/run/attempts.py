@@ -36,7 +36,8 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "attempt": self.number, "cause": self.cause.value, "offer": offer_label(self.offer),
+            "attempt": self.number, "cause": self.cause.value, "provider": self.offer.provider,
+            "offer": offer_label(self.offer),
             "instance_type": self.offer.instance_type, "region": self.offer.region,
             "usd_per_hour": self.offer.total_usd_per_hour, "instance_id": self.instance_id, "reason": self.reason,
             "created_at": self.created_at, "gone_at": self.gone_at, "cost_usd": self.cost_usd, **self.evidence,

@@ -25,6 +25,7 @@ from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
 from orchestrator.state.rows import Run
+from providers import get_provider
 from providers.base import Offer, Provider
 
 # Endings a person is told of as they happen (budgets.yaml notify:), beside started/verified.
@@ -33,10 +34,14 @@ _NOTIFIED = {Ending.STALLED: "stalled", Ending.DEADLINE: "deadline"}
 
 class RunContext:
     def __init__(self, ledger: Ledger, run: Run, provider: Provider, report: Reporter = quiet,
-                 budgets: Budgets | None = None) -> None:
+                 budgets: Budgets | None = None, providers: dict[str, Provider] | None = None) -> None:
         self.ledger = ledger
         self.run = run
+        # The current attempt's provider: every create, get, terminate and verify of the attempt goes
+        # through it. With --provider any a fallback may switch it (orchestrator/run/provisioning.py).
         self.provider = provider
+        # Provider objects by name (the plan's, credentials checked), made on first use otherwise.
+        self._providers = {**(providers or {}), provider.name: provider}
         self.report = report
         self.record = RunRecord.of_run(run)
         self.run_dir = Path(run.run_dir)
@@ -58,6 +63,20 @@ class RunContext:
     @property
     def allowance(self) -> Allowance:
         return self.record.allowance
+
+    def provider_for(self, name: str) -> Provider:
+        """The provider object called `name`, made with the launch's options for it on first use."""
+        if name not in self._providers:
+            self._providers[name] = get_provider(name, **self.options.provider_options(name))
+        return self._providers[name]
+
+    def use_provider(self, provider: Provider) -> None:
+        """Make `provider` the current attempt's: the run row names it (a teardown from another
+        process asks it), and the record keeps the options it was made with."""
+        self.provider = provider
+        self.record.provider_options = self.options.provider_options(provider.name)
+        self.ledger.update_run(self.run_id, provider=provider.name)
+        self.save_record("provider_options")
 
     # --- the ledger ---------------------------------------------------------------------------
     def refresh(self) -> Run:

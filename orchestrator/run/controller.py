@@ -80,7 +80,8 @@ class Controller:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "plan.json").write_text(json.dumps({**record.to_dict(), "max_usd": max_usd}, indent=2, default=str))
         return cls(ledger, run, launch.provider, reporter, RunContext(ledger, run, launch.provider, reporter,
-                                                                      budgets=launch.budgets))
+                                                                      budgets=launch.budgets,
+                                                                      providers=launch.providers))
 
     @classmethod
     def load(cls, ledger: Ledger, run: Run, reporter: Reporter = quiet) -> Controller:

@@ -51,12 +51,21 @@ def boot_window_s(ctx: Any, boot_left_usd: float, last: bool) -> float:
 
 def switch_offer(ctx: RunContext, offer: Offer, remaining: list[Offer]) -> None:
     """Make `offer` the run's current one: its allowance is what is left of the cap after the
-    earlier attempts (BudgetError when that buys too little at its price)."""
+    earlier attempts (BudgetError when that buys too little at its price). With --provider any the
+    offer may be another provider's: the run's hold moves to it (its caps checked), and from here on
+    every call of the attempt goes to that provider's object."""
     attempts = ctx.record.attempts
-    allowance = budget_mod.allowance_for(ctx.budgets, ctx.provider.name, ctx.run.max_usd,
+    provider = ctx.provider
+    if ctx.options.any_provider and offer.provider != provider.name:
+        provider = ctx.provider_for(offer.provider)
+    allowance = budget_mod.allowance_for(ctx.budgets, provider.name, ctx.run.max_usd,
                                          ctx.options.group_usd_per_hour(offer), spent_before_usd=attempts_usd(attempts),
                                          spent_on=spent_on(attempts), egress_usd_per_gb=offer.egress_usd_per_gb,
                                          egress_bytes=ctx.allowance.egress_bytes)  # the plan's pulls, at this offer's rate
+    if provider is not ctx.provider:  # every earlier attempt is verified gone: the run moves to it
+        budget_mod.reserve(ctx.budgets, ctx.ledger, ctx.run_id, provider.name, ctx.run.max_usd)
+        ctx.use_provider(provider)
+        ctx.event(EventKind.PROVIDER_SWITCHED, provider=provider.name, offer=offer_label(offer))
     offer.billing = allowance.billing
     ctx.record.offer, ctx.record.allowance, ctx.record.fallbacks = offer, allowance, list(remaining)
     ctx.save_record()

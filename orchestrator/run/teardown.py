@@ -110,9 +110,9 @@ def verify_timeout_s(explicit: float | None = None) -> float:
 
 
 def run_instance_ids(ledger: Ledger, provider: Provider, run_id: str, tag: str | None) -> list[str]:
-    """The run's instances in the ledger, plus any the provider lists under its tag: a create that
-    was in flight when a controller died left no ledger row, only the tag."""
-    rows = ledger.instances(run_id)
+    """The run's instances on `provider` in the ledger (a --provider any attempt elsewhere was verified gone by
+    its own), plus any it lists under the tag: a create in flight when a controller died left only the tag."""
+    rows = [row for row in ledger.instances(run_id) if row.provider == provider.name]
     for row in rows:  # a provider object this process did not create them with learns when they were made
         provider.recall_created(row.instance_id, row.created_at)
     ids = [row.instance_id for row in rows]

@@ -12,6 +12,7 @@ from enum import Enum
 class EventKind(str, Enum):
     # controller: the launch, its nodes and its job
     ATTEMPT_FAILED = "attempt_failed"  # offer fallback: a boot failed; the next offer is tried
+    PROVIDER_SWITCHED = "provider_switched"  # --provider any: the next offer is another provider's
     NODE_READY = "node_ready"  # a multi-node run's worker answered over SSH
     INSTALLED = "installed"  # packages installed on a node
     NODE_BOOTSTRAPPED = "node_bootstrapped"
