@@ -600,7 +600,7 @@ class Trainer:
             total += loss.double() * y.numel()  # the mean over this batch's tokens, back to a sum
         val_loss = (distributed.total(self.dist, total) / n).item()
         net.train()
-        split = contract.FINEWEB_VAL if self.meta.get("source") == "fineweb10B" else f"{self.meta.get('source', 'data')}_val"
+        split = contract.FINEWEB_VAL if self.meta.get("source") == "fineweb10B" else "val"
         self.log.line(f"final val step {step:04d} | {split} {n} tokens | val {val_loss:.4f}")
         self.log.record(contract.RECORD_FINAL_VAL, **dict(zip(contract.FINAL_VAL_FIELDS, (step, split, n, val_loss),
                                                               strict=True)))

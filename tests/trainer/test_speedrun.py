@@ -263,7 +263,7 @@ def test_final_val_is_the_loss_over_the_first_tokens_in_order(tmp_path: Path) ->
     assert main([*FAST, "--out-dir", str(out), "--max-iters", "3", "--final-val-tokens", "500"]) == 0
     (rec,) = records(out, contract.RECORD_FINAL_VAL)
     assert set(rec) == {*contract.FINAL_VAL_FIELDS, contract.TYPE, contract.TIME}
-    assert rec["step"] == 3 and rec["tokens"] == 500 and rec["split"] == "builtin_val"
+    assert rec["step"] == 3 and rec["tokens"] == 500 and rec["split"] == "val"
     # The same figure from the checkpoint, by hand: predictions of tokens 1..500 of the val shard.
     ckpt = load_file(resolve(out))
     model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
@@ -283,3 +283,22 @@ def test_final_val_is_the_loss_over_the_first_tokens_in_order(tmp_path: Path) ->
 
 def test_final_val_longer_than_the_val_data_is_refused(tmp_path: Path) -> None:
     assert main([*FAST, "--out-dir", str(tmp_path / "out"), "--max-iters", "3", "--final-val-tokens", "100000000"]) == 2
+
+
+# ---- the recipe ---------------------------------------------------------------------------------
+
+
+def test_the_speedrun_recipe_is_its_config_file_and_names_its_quality() -> None:
+    from trainer import recipes
+    from trainer.config import load_file
+
+    r = recipes.get("gpt2-speedrun")
+    on_disk = load_file(Path(__file__).resolve().parents[2] / "trainer" / "configs" / "speedrun.yaml")
+    assert {k: v for k, v in on_disk.items() if k not in ("out_dir", "data_dir", "device", "dtype")} == r.config
+    assert r.data.source == "fineweb10B" and r.tokens_per_step == 524_288
+    assert r.quality is not None and r.quality.split == contract.FINEWEB_VAL and r.quality.val_loss == 3.28
+    assert r.quality.tokens == r.max_iters * r.tokens_per_step == 2_400_190_464
+    assert r.data.max_tokens is not None and r.data.max_tokens >= r.quality.tokens
+    assert r.config["final_val_tokens"] == contract.FINEWEB_VAL_TOKENS
+    mc = load_config(["--config", str(Path(__file__).resolve().parents[2] / "trainer/configs/speedrun.yaml")]).model_config(50304)
+    assert all((mc.rotary, mc.qk_norm, mc.relu2, mc.zero_init, mc.rmsnorm, mc.untied_head)) and not mc.bias
