@@ -224,7 +224,8 @@ def test_sharded_muon_leaves_every_rank_with_the_same_parameters(tmp_path: Path)
     from trainer.launch import free_port
 
     _muon_rank(0, 1, 0, str(tmp_path))  # one process does every matrix itself
-    mp.spawn(_muon_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children need not import torch and this module again (seconds on a busy machine)
+    mp.start_processes(_muon_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     single = torch.load(tmp_path / "rank0-of-1.pt")
     r0, r1 = torch.load(tmp_path / "rank0-of-2.pt"), torch.load(tmp_path / "rank1-of-2.pt")
     for k in single:
