@@ -21,7 +21,7 @@ from trainer.config import ConfigError, load_config
 from trainer.model import GPT, RMSNorm
 from trainer.muon import Muon, Optimizers, configure_muon, newton_schulz5
 from trainer.presets import GPTConfig
-from trainer.schedule import wsd_factor
+from trainer.schedule import Schedule, ScheduleState, wsd_factor
 from trainer.shards import write_shard
 from trainer.train import main
 
@@ -130,10 +130,19 @@ def test_config_switches_reach_the_model_and_bad_values_are_refused() -> None:
             load_config(argv)
 
 
-def test_linear_warmdown_reaches_zero_at_the_end() -> None:
+def test_linear_warmdown_reaches_zero_at_the_deadline_stop() -> None:
     assert wsd_factor(0.5, 0.3, "linear") == 1.0
     assert wsd_factor(0.85, 0.3, "linear") == pytest.approx(0.5)
     assert wsd_factor(1.0, 0.3, "linear") == 0.0
+    # The recipe's form (constant, then linear to 0 over the last 28.6 %), by training time when the
+    # launch has a deadline: the same projection of the deadline stop as the auto schedule's.
+    flags = ["--lr-schedule", "wsd", "--lr-decay-shape", "linear", "--lr-decay-frac", "0.286", "--min-lr", "0",
+             "--warmup-iters", "0", "--lr", "0.002", "--max-iters", "100000", "--deadline-epoch", "1e10"]
+    sched = Schedule.from_config(load_config(flags))
+    assert sched.by_time and sched.decay_shape == "linear" and "decay (linear)" in sched.describe()
+    state = ScheduleState(train_s=85.7, step_s=1.0, total_s=101.0)  # this step ends at 86.7 of 101 s
+    assert sched.lr_at(10, state) == pytest.approx(0.002 * (1 - (86.7 / 101 - 0.714) / 0.286))
+    assert sched.lr_at(10, ScheduleState(train_s=100.0, step_s=1.0, total_s=101.0)) == 0.0
 
 
 # ---- Muon ---------------------------------------------------------------------------------------
