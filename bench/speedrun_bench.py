@@ -44,10 +44,11 @@ from trainer.hardware import cpu_model  # noqa: E402
 from trainer.train import StopRequest, Trainer  # noqa: E402
 
 # The speedrun switches, as the gpt2-speedrun recipe sets them (its LRs are the grid's centre here).
-SPEEDRUN = ["--rotary", "--qk-norm", "--relu2", "--zero-init", "--rmsnorm", "--untied-head", "--logit-softcap", "30",
-            "--bias", "false", "--optimizer", "muon", "--lr-schedule", "wsd", "--lr-decay-shape", "linear",
-            "--lr-decay-frac", "0.29", "--min-lr", "0", "--warmup-iters", "0", "--weight-decay", "0",
-            "--beta2", "0.95", "--grad-clip", "0"]
+ARCH = ["--rotary", "--qk-norm", "--relu2", "--zero-init", "--rmsnorm", "--untied-head", "--logit-softcap", "30",
+        "--bias", "false"]
+WARMDOWN = ["--lr-schedule", "wsd", "--lr-decay-shape", "linear", "--lr-decay-frac", "0.29", "--min-lr", "0",
+            "--warmup-iters", "0", "--weight-decay", "0", "--beta2", "0.95", "--grad-clip", "0"]
+SPEEDRUN = [*ARCH, "--optimizer", "muon", *WARMDOWN]
 GRID = (0.5, 1.0, 2.0)
 
 
@@ -71,10 +72,19 @@ SCALES = {
 
 class BenchTrainer(Trainer):
     """The shipped trainer; its periodic eval is the val split's first N tokens in order, with the
-    training seconds so far (the schedule's own measure: steps only, pauses left out)."""
+    training seconds so far (the schedule's own measure: wall-clock time of the steps, pauses left
+    out) and the main thread's CPU seconds in the steps (what a busy neighbour does not inflate)."""
 
-    curve: list[tuple[int, float, float]]
+    curve: list[tuple[int, float, float, float]]  # step, wall s, CPU s, val loss
     val_tokens: int
+    cpu_s: float = 0.0
+
+    def train_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        t0 = time.thread_time()  # one torch thread: the ops run on this thread
+        try:
+            return super().train_step(*args, **kwargs)
+        finally:
+            self.cpu_s += time.thread_time() - t0
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:
@@ -85,7 +95,7 @@ class BenchTrainer(Trainer):
             _, loss = self.model(x, y, return_logits=False)
             total += loss.item() * y.numel()
         self.model.train()
-        self.curve.append((step, self.sched.train_s, total / self.val_tokens))
+        self.curve.append((step, self.sched.train_s, self.cpu_s, total / self.val_tokens))
         self.paused_s += self.clock() - t0
 
 
@@ -94,12 +104,17 @@ def run(arm: str, scale: Scale, seed: int, mult: float, text: Path, work: Path, 
             "--dtype", "float32", "--max-iters", str(scale.iters), "--eval-interval", str(a.eval_every),
             "--log-interval", str(scale.iters), "--ckpt-interval-s", "0", "--sample-tokens", "0", "--progress", "off",
             "--seed", str(seed), "--resume", "never", "--out-dir", str(work / f"{scale.name}-{arm}-{seed}-{mult}")]
+    head, embed, muon = (v * mult for v in scale.speed_lrs)
+    muon_lrs = ["--optimizer", "muon", "--lr", f"{head:g}", "--embed-lr", f"{embed:g}", "--muon-lr", f"{muon:g}"]
     if arm == "baseline":
         lr = scale.base_lr * mult
         args += ["--lr", f"{lr:g}", "--min-lr", f"{lr / 10:g}", "--lr-decay-iters", str(scale.iters)]
-    else:
-        head, embed, muon = (v * mult for v in scale.speed_lrs)
-        args += [*SPEEDRUN, "--lr", f"{head:g}", "--embed-lr", f"{embed:g}", "--muon-lr", f"{muon:g}"]
+    elif arm == "speedrun":
+        args += [*SPEEDRUN, *muon_lrs]
+    elif arm == "arch-adamw":  # ablation: the architecture and warmdown, AdamW at the baseline's LR
+        args += [*ARCH, *WARMDOWN, "--lr", f"{scale.base_lr * mult:g}"]
+    else:  # "muon-only", ablation: GPT-2's architecture, Muon and the warmdown
+        args += [*WARMDOWN, *muon_lrs]
     trainer = BenchTrainer(load_config(args), StopRequest())
     trainer.curve, trainer.val_tokens = [], a.val_tokens
     started = time.time()
@@ -108,16 +123,17 @@ def run(arm: str, scale: Scale, seed: int, mult: float, text: Path, work: Path, 
     finally:
         trainer.log.close()
     curve = trainer.curve
-    return {"arm": arm, "scale": scale.name, "seed": seed, "mult": mult, "final": curve[-1][2],
-            "train_s": curve[-1][1], "wall_s": round(time.time() - started, 1), "curve": curve}
+    return {"arm": arm, "scale": scale.name, "seed": seed, "mult": mult, "final": curve[-1][3],
+            "train_s": curve[-1][1], "cpu_s": curve[-1][2], "wall_s": round(time.time() - started, 1), "curve": curve}
 
 
-def reach(curve: list[tuple[int, float, float]], bar: float) -> tuple[float, float] | None:
-    """(steps, training seconds) at which the curve first comes down to `bar`, linear between evals."""
-    for (s0, t0, l0), (s1, t1, l1) in zip(curve, curve[1:], strict=False):
+def reach(curve: list[tuple[int, float, float, float]], bar: float) -> tuple[float, float, float] | None:
+    """(steps, training seconds, CPU seconds) at which the curve first comes down to `bar`, linear
+    between evals."""
+    for (s0, t0, c0, l0), (s1, t1, c1, l1) in zip(curve, curve[1:], strict=False):
         if l1 <= bar:
             f = 1.0 if l0 == l1 else min(1.0, max(0.0, (l0 - bar) / (l0 - l1)))
-            return s0 + f * (s1 - s0), t0 + f * (t1 - t0)
+            return s0 + f * (s1 - s0), t0 + f * (t1 - t0), c0 + f * (c1 - c0)
     return None
 
 
@@ -125,12 +141,16 @@ def compare(base: dict[str, Any], speed: dict[str, Any]) -> dict[str, Any]:
     bar = base["final"]
     got = reach(speed["curve"], bar)
     row = {"seed": base["seed"], "bar": round(bar, 4), "baseline_steps": base["curve"][-1][0],
-           "baseline_s": round(base["train_s"], 2), "speedrun_final": round(speed["final"], 4)}
+           "baseline_s": round(base["train_s"], 2), "baseline_cpu_s": round(base["cpu_s"], 2),
+           "speedrun_final": round(speed["final"], 4), "speedrun_total_s": round(speed["train_s"], 2),
+           "speedrun_total_cpu_s": round(speed["cpu_s"], 2)}
     if got is None:
-        return row | {"speedrun_steps": None, "speedrun_s": None, "time_ratio": None, "step_ratio": None}
-    steps, secs = got
-    return row | {"speedrun_steps": round(steps, 1), "speedrun_s": round(secs, 2),
-                  "step_ratio": round(steps / row["baseline_steps"], 3), "time_ratio": round(secs / base["train_s"], 3)}
+        return row | {"speedrun_steps": None, "speedrun_s": None, "speedrun_cpu_s": None, "time_ratio": None,
+                      "cpu_ratio": None, "step_ratio": None}
+    steps, secs, cpu = got
+    return row | {"speedrun_steps": round(steps, 1), "speedrun_s": round(secs, 2), "speedrun_cpu_s": round(cpu, 2),
+                  "step_ratio": round(steps / row["baseline_steps"], 3), "time_ratio": round(secs / base["train_s"], 3),
+                  "cpu_ratio": round(cpu / base["cpu_s"], 3)}
 
 
 def bench_scale(scale: Scale, seeds: list[int], text: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -148,26 +168,37 @@ def bench_scale(scale: Scale, seeds: list[int], text: Path, work: Path, a: argpa
         s = run("speedrun", scale, seed, best["speedrun"]["mult"], text, work, a)
         rows.append(compare(b, s))
         print(f"  {scale.name} seed {seed}: baseline {b['final']:.4f}, speedrun {s['final']:.4f}", flush=True)
-    ratios = [r["time_ratio"] for r in rows if r["time_ratio"] is not None]
+    if a.ablate:  # one seed, each at its family's best multiplier
+        for arm, mult in (("arch-adamw", best["baseline"]["mult"]), ("muon-only", best["speedrun"]["mult"])):
+            r = run(arm, scale, first, mult, text, work, a)
+            rows.append(compare(best["baseline"], r) | {"arm": arm})
+            print(f"  {scale.name} seed {first} {arm} x{mult:g}: final val {r['final']:.4f}, {r['train_s']:.1f} s", flush=True)
+    ratios = [r["time_ratio"] for r in rows if r["time_ratio"] is not None and "arm" not in r]
+    cpu_ratios = [r["cpu_ratio"] for r in rows if r["cpu_ratio"] is not None and "arm" not in r]
     summary = {"scale": scale.name, "shape": " ".join(scale.shape), "iters": scale.iters,
                "baseline_lr_mult": best["baseline"]["mult"], "speedrun_lr_mult": best["speedrun"]["mult"],
                "grid_finals": {arm: [round(r["final"], 4) for r in rs] for arm, rs in grid.items()},
-               "rows": rows, "reached": f"{len(ratios)}/{len(rows)}"}
+               "rows": rows, "reached": f"{len(ratios)}/{len(seeds)}"}
     if ratios:
         summary |= {"time_ratio_median": round(statistics.median(ratios), 3), "time_ratio_min": min(ratios),
-                    "time_ratio_max": max(ratios)}
+                    "time_ratio_max": max(ratios), "cpu_ratio_median": round(statistics.median(cpu_ratios), 3),
+                    "cpu_ratio_min": min(cpu_ratios), "cpu_ratio_max": max(cpu_ratios)}
     return summary
 
 
 def print_summary(s: dict[str, Any]) -> None:
     print(f"\n{s['scale']} ({s['shape']}, {s['iters']} steps): LR grid x{GRID}, best baseline x{s['baseline_lr_mult']:g}, "
           f"best speedrun x{s['speedrun_lr_mult']:g}; grid finals {s['grid_finals']}")
-    print("  seed | bar (baseline final) | baseline steps, s | speedrun steps, s to the bar | step ratio | time ratio | speedrun final")
+    print("  seed | bar (baseline final) | baseline steps, wall s, CPU s | speedrun steps, wall s, CPU s to the bar | "
+          "step ratio | wall-time ratio | CPU-time ratio | speedrun final (its total wall s, CPU s)")
     for r in s["rows"]:
-        print(f"  {r['seed']:>4} | {r['bar']:.4f} | {r['baseline_steps']}, {r['baseline_s']} | "
-              f"{r['speedrun_steps']}, {r['speedrun_s']} | {r['step_ratio']} | {r['time_ratio']} | {r['speedrun_final']}")
+        print(f"  {r['seed']:>4}{' ' + r['arm'] if 'arm' in r else ''} | {r['bar']:.4f} | {r['baseline_steps']}, "
+              f"{r['baseline_s']}, {r['baseline_cpu_s']} | {r['speedrun_steps']}, {r['speedrun_s']}, {r['speedrun_cpu_s']} | "
+              f"{r['step_ratio']} | {r['time_ratio']} | {r['cpu_ratio']} | {r['speedrun_final']} "
+              f"({r['speedrun_total_s']}, {r['speedrun_total_cpu_s']})")
     if "time_ratio_median" in s:
-        print(f"  time ratio median {s['time_ratio_median']} ({s['time_ratio_min']}..{s['time_ratio_max']}), "
+        print(f"  wall-time ratio median {s['time_ratio_median']} ({s['time_ratio_min']}..{s['time_ratio_max']}), "
+              f"CPU-time ratio median {s['cpu_ratio_median']} ({s['cpu_ratio_min']}..{s['cpu_ratio_max']}), "
               f"reached in {s['reached']} seeds")
     else:
         print("  the speedrun options never reached the baseline's final val loss")
@@ -180,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=25, help="steps between val measurements (default 25)")
     ap.add_argument("--val-tokens", type=int, default=8192, help="val tokens read in order per measurement")
     ap.add_argument("--text-file", help="tinyshakespeare's input.txt (default: bench/data_files.py's)")
+    ap.add_argument("--ablate", action="store_true", help="also, on the first seed: the architecture with AdamW"
+                                                          " (arch-adamw) and Muon on GPT-2's (muon-only)")
     ap.add_argument("--json", help="write the figures here too")
     a = ap.parse_args(argv)
     text = Path(a.text_file) if a.text_file else shakespeare()

@@ -146,16 +146,20 @@ def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], f
 
 def configure_muon(model: nn.Module, lr: float, embed_lr: float, muon_lr: float, momentum: float,
                    weight_decay: float, betas: tuple[float, float], fused: bool) -> Optimizers:
-    """Muon for the blocks' matrices; AdamW for the embeddings (embed_lr), an untied head and the
-    vectors (lr). Record #8: Adam wte lr 0.3, head lr 0.002, Muon lr 0.02 momentum 0.95, betas (0.9, 0.95).
+    """Muon for the blocks' matrices; AdamW for the embeddings (embed_lr; lr when tied to the head),
+    an untied head and the vectors (lr). Record #8: Adam wte lr 0.3, head lr 0.002, Muon lr 0.02
+    momentum 0.95, betas (0.9, 0.95).
     Each group's "lr_scale" is its peak LR over `lr`: the schedule's LR times it is the group's LR."""
     named = dict(model.named_parameters())  # a tied head is wte: listed once
     hidden = [(n, p) for n, p in named.items() if n.startswith("transformer.h.") and p.dim() == 2]
     embeds = [p for n, p in named.items() if n.startswith(("transformer.wte.", "transformer.wpe."))]
     taken = {id(p) for _, p in hidden} | {id(p) for p in embeds}
     rest = [p for p in named.values() if id(p) not in taken]
+    # A tied wte is also the head: it takes the head's LR (records #3-#7, tied: one AdamW for lm_head
+    # = wte); 0.3 is an LR for an embedding alone (record #8, untied).
+    tied = "lm_head.weight" not in named  # named_parameters lists a shared tensor once, as wte
     groups = [
-        {"params": embeds, "weight_decay": weight_decay, "lr_scale": embed_lr / lr},
+        {"params": embeds, "weight_decay": weight_decay, "lr_scale": 1.0 if tied else embed_lr / lr},
         {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},  # head
         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
     ]

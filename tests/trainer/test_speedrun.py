@@ -183,6 +183,11 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest() -> None:
     assert group["blocks"].count(3) == 2  # each layer's stacked q/k/v
     scales = sorted(g["lr_scale"] for g in opt.param_groups)
     assert scales == pytest.approx([1.0, 0.02 / 0.008, 0.3 / 0.008])
+    # Tied, wte is the head too: it takes the head's LR, not the embedding's 0.3.
+    gpt2 = tiny()
+    tied = configure_muon(gpt2, 0.008, 0.3, 0.02, 0.95, 0.0, (0.9, 0.95), fused=False)
+    (embed,) = [g for g in tied.param_groups if any(p is gpt2.transformer.wte.weight for p in g["params"])]
+    assert embed["lr_scale"] == 1.0
 
 
 SPEEDRUN_FLAGS = ["--rotary", "--qk-norm", "--relu2", "--zero-init", "--rmsnorm", "--untied-head", "--logit-softcap", "30",
