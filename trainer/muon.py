@@ -167,3 +167,6 @@ def configure_muon(model: nn.Module, lr: float, embed_lr: float, muon_lr: float,
                   "blocks": [3 if n.endswith("attn.c_attn.weight") else 1 for n, _ in hidden]}],
                 lr=muon_lr, momentum=momentum)
     return Optimizers(adamw=adamw([g for g in groups if g["params"]], lr, betas, fused), muon=muon)
+
+
+AnyOptimizer = torch.optim.Optimizer | Optimizers  # what the trainer steps: AdamW alone, or Muon + AdamW

@@ -30,7 +30,7 @@ from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.hardware import UNKNOWN_PEAK, device_name, hardware_record
 from trainer.manifest import atomic_write_bytes, atomic_write_json
 from trainer.model import GPT
-from trainer.muon import Optimizers, configure_muon
+from trainer.muon import AnyOptimizer, configure_muon
 from trainer.presets import GPTConfig
 from trainer.runlog import RunLog
 from trainer.schedule import Schedule, ScheduleState, cosine_lr, ema, skip_eval, training_seconds_left
@@ -240,7 +240,7 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------
 
-    def setup(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, int]:
+    def setup(self) -> tuple[torch.nn.Module, AnyOptimizer, torch.amp.GradScaler, int]:
         """Everything before the first step: data, model, optimizer, resume; (net, opt, scaler, step)."""
         cfg, d = self.cfg, self.dist
         if cfg.grad_accum is None:
@@ -307,7 +307,7 @@ class Trainer:
         self.loader = Prefetcher(self.sampler, self.train_keys(step), self.device)
         return net, opt, scaler, step
 
-    def build_optimizer(self, model: GPT) -> torch.optim.Optimizer | Optimizers:
+    def build_optimizer(self, model: GPT) -> AnyOptimizer:
         cfg = self.cfg
         betas = (cfg.beta1, cfg.beta2)
         if cfg.optimizer == "muon":
@@ -329,7 +329,7 @@ class Trainer:
         finally:
             self.loader.close()
 
-    def loop(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int) -> int:
+    def loop(self, net: torch.nn.Module, opt: AnyOptimizer, scaler: torch.amp.GradScaler, step: int) -> int:
         cfg, d = self.cfg, self.dist
         seq, micro = self.seq_len, self.micro
         tokens_per_step = cfg.batch_size * seq * cfg.grad_accum
@@ -394,7 +394,7 @@ class Trainer:
         return 0
 
     def train_step(
-        self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+        self, net: torch.nn.Module, opt: AnyOptimizer, scaler: torch.amp.GradScaler, step: int,
         micro: int, lr: float,
     ) -> torch.Tensor:
         """One optimizer step over `micro` micro-batches; returns the mean loss as a device tensor."""
@@ -532,7 +532,7 @@ class Trainer:
         # Time-based: rank 0's clock decides; agree() spreads the decision.
         return bool(self.dist.master and cfg.ckpt_interval_s and self.clock() - self.last_ckpt_time >= cfg.ckpt_interval_s)
 
-    def save(self, step: int, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def save(self, step: int, opt: AnyOptimizer, scaler: torch.amp.GradScaler) -> None:
         if step == self.last_ckpt_step or step == 0:
             return
         t0 = self.clock()
