@@ -40,21 +40,15 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return RMSNorm() if config.rmsnorm else nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
-class Rotary(nn.Module):
-    """cos/sin tables of rotary embeddings (Su et al. 2021) for a head size; cached per length."""
+Rope = tuple[torch.Tensor, torch.Tensor]  # rotary cos and sin, (1, 1, T, head_size / 2)
 
-    def __init__(self, head_dim: int) -> None:
-        super().__init__()
-        inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # not state: derived from the shape
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache is None or self._cache[0] != t or self._cache[1] != device:
-            freqs = torch.outer(torch.arange(t, device=device, dtype=torch.float32), self.inv_freq.to(device))
-            # (1, 1, T, hs/2): broadcast over batch and heads of (B, nh, T, hs)
-            self._cache = (t, device, freqs.cos()[None, None], freqs.sin()[None, None])
-        return self._cache[2], self._cache[3]
+def rotary_tables(t: int, head_dim: int, device: torch.device) -> Rope:
+    """cos/sin of rotary embeddings (Su et al. 2021) for positions 0..t-1: once per forward, shared
+    by every layer. Computed, not a buffer: nothing to save, nothing for DDP to broadcast."""
+    inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(t, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos()[None, None], freqs.sin()[None, None]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -77,19 +71,20 @@ class CausalSelfAttention(nn.Module):
         self.c_attn.weight.muon_blocks = 3  # type: ignore[attr-defined]
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # type: ignore[assignment]
-        self.rotary = Rotary(config.n_embd // config.n_head) if config.rotary else None
+        self.rotary = config.rotary
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
         if self.qk_norm:  # record #5: F.rms_norm of q and k per head, before the rotation
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if self.rotary is not None:  # record #2 on: no learned positions, q and k rotated by position
-            cos, sin = self.rotary(t, x.device)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.rotary:  # record #2 on: no learned positions, q and k rotated by position (base 10000)
+            if rope is None:
+                rope = rotary_tables(t, c // self.n_head, x.device)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -122,8 +117,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -180,8 +175,10 @@ class GPT(nn.Module):
         if self.config.rmsnorm:
             x = F.rms_norm(x, (x.size(-1),))  # record #8: "added RMSNorm after embed"
         x = self.transformer.drop(x)
+        c = self.config
+        rope = rotary_tables(t, c.n_embd // c.n_head, idx.device) if c.rotary else None
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.head(x[:, [-1], :]), None  # inference: only the last position matters

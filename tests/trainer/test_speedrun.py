@@ -42,7 +42,7 @@ def test_defaults_are_gpt2_as_before() -> None:
     names = dict(m.named_parameters())
     assert "transformer.wpe.weight" in names and "lm_head.weight" not in names  # tied: listed once, as wte
     assert m.lm_head.weight is m.transformer.wte.weight
-    assert isinstance(m.transformer.ln_f, torch.nn.LayerNorm) and m.transformer.h[0].attn.rotary is None
+    assert isinstance(m.transformer.ln_f, torch.nn.LayerNorm) and not m.transformer.h[0].attn.rotary
 
 
 def test_rotary_has_no_learned_positions_and_still_sees_order() -> None:
