@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3); the grids run on the first")
     ap.add_argument("--scales", default=",".join(SCALES), help=f"comma-separated, of {', '.join(SCALES)}")
+    ap.add_argument("--max-iters", type=int, help="steps of every run instead of each scale's (a smoke run)")
     ap.add_argument("--eval-every", type=int, default=25, help="steps between val measurements (default 25)")
     ap.add_argument("--val-tokens", type=int, default=8192, help="val tokens read in order per measurement")
     ap.add_argument("--text-file", help="tinyshakespeare's input.txt (default: bench/data_files.py's)")
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
         scales = [SCALES[s.strip()] for s in a.scales.split(",") if s.strip()]
+        if a.max_iters:
+            scales = [replace(s, iters=a.max_iters) for s in scales]
     except (ValueError, KeyError) as e:
         print(f"error: bad --seeds or --scales ({e}): e.g. --seeds 1,2,3 --scales {','.join(SCALES)}", file=sys.stderr)
         return 2
