@@ -262,11 +262,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = 0
         if resume is not None:
-            saved_opt = resume.get("train_config", {}).get("optimizer", "adamw")
-            if saved_opt != cfg.optimizer:
-                raise ConfigError(f"{self.ckpt_dir} holds a checkpoint trained with optimizer {saved_opt}, "
-                                  f"not {cfg.optimizer}: use another --out-dir or --resume never")
-            opt.load_state_dict(resume["optimizer"])
+            self.load_optimizer(opt, resume)
             load_scaler_state(scaler, resume.get("scaler"))
             step = int(resume["step"])
             self.last_ckpt_step = step
@@ -306,6 +302,19 @@ class Trainer:
         self.micro = cfg.grad_accum // d.world_size
         self.loader = Prefetcher(self.sampler, self.train_keys(step), self.device)
         return net, opt, scaler, step
+
+    def load_optimizer(self, opt: AnyOptimizer, resume: dict[str, Any]) -> None:
+        """The checkpoint's optimizer state, refused when another optimizer made it; the peak LRs
+        (each group's lr_scale) stay this config's."""
+        saved = resume.get("train_config", {}).get("optimizer", "adamw")
+        if saved != self.cfg.optimizer:
+            raise ConfigError(f"{self.ckpt_dir} holds a checkpoint trained with optimizer {saved}, "
+                              f"not {self.cfg.optimizer}: use another --out-dir or --resume never")
+        scales = [g.get("lr_scale") for g in opt.param_groups]
+        opt.load_state_dict(resume["optimizer"])
+        for group, scale in zip(opt.param_groups, scales, strict=True):
+            if scale is not None:
+                group["lr_scale"] = scale
 
     def build_optimizer(self, model: GPT) -> AnyOptimizer:
         cfg = self.cfg
