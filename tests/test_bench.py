@@ -127,3 +127,20 @@ def test_compare_nanogpt_kills_a_silent_run_at_its_wall_limit(tmp_path: Path) ->
     done = compare_nanogpt.run_one([sys.executable, "-c", f"print({lines!r})"], tmp_path, dict(os.environ),
                                    re.compile(r"^step (\d+) \| (x) \| ([\d.]+)$"), timeout=60)
     assert [n for n, _, _ in done["lines"]] == [0, 1, 2, 3, 4]
+
+
+def test_speedrun_bench_compares_both_arms_and_writes_its_figures(tmp_path: Path) -> None:
+    text = tmp_path / "input.txt"
+    text.write_text("".join(f"{w} the king and queen, {w} said the fool.\n" for w in ("First", "Second", "Third") * 300))
+    out = tmp_path / "speedrun.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "bench/speedrun_bench.py", "--seeds", "1,2", "--scales", "baby", "--max-iters", "4",
+         "--eval-every", "2", "--val-tokens", "128", "--text-file", str(text), "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wall-time ratio" in result.stdout or "never reached" in result.stdout
+    (scale,) = json.loads(out.read_text())["scales"]
+    assert scale["scale"] == "baby" and scale["iters"] == 4 and len(scale["grid_finals"]["baseline"]) == 3
+    assert [r["seed"] for r in scale["rows"]] == [1, 2] and all(r["baseline_steps"] == 4 for r in scale["rows"])

@@ -138,3 +138,42 @@ class Prefetcher:
             except queue.Empty:
                 break
         self._thread.join(timeout=5)
+
+
+def sequential_windows(tokens: int, seq_len: int, rank: int, world_size: int) -> list[tuple[int, int]]:
+    """(start, length) of the windows rank `rank` evaluates so that the ranks together predict
+    tokens 1..`tokens` of a stream (inputs 0..tokens-1) in order, each exactly once: windows of
+    seq_len from 0, the last one shorter when seq_len does not divide `tokens`, dealt round-robin."""
+    starts = range(0, tokens, seq_len)
+    return [(s, min(seq_len, tokens - s)) for i, s in enumerate(starts) if i % world_size == rank]
+
+
+class TokenStream:
+    """Shards read as one stream of tokens, in order (the final evaluation's val set)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        if not paths:
+            raise FileNotFoundError("no token shards given")
+        self.shards = [open_shard(p) for p in paths]
+        self.cum = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Tokens [start, start + n) as int64, across shard boundaries."""
+        parts, pos, end = [], start, start + n
+        while pos < end:
+            i = int(np.searchsorted(self.cum, pos, side="right")) - 1
+            take = min(end, int(self.cum[i + 1])) - pos
+            parts.append(np.asarray(self.shards[i][pos - self.cum[i] : pos - self.cum[i] + take], dtype=np.int64))
+            pos += take
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def batches(self, windows: list[tuple[int, int]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) of up to batch_size windows of one length each: y is x shifted by one token."""
+        for length in sorted({n for _, n in windows}, reverse=True):
+            same = [s for s, n in windows if n == length]
+            for i in range(0, len(same), batch_size):
+                w = torch.from_numpy(np.stack([self.read(s, length + 1) for s in same[i : i + batch_size]]))
+                yield w[:, :-1].contiguous(), w[:, 1:].contiguous()

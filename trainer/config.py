@@ -18,7 +18,9 @@ from typing import Any
 
 from trainer import contract
 from trainer.presets import PRESETS, GPTConfig
-from trainer.schedule import SCHEDULES
+from trainer.schedule import DECAY_SHAPES, SCHEDULES
+
+OPTIMIZERS = ("adamw", "muon")
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,14 @@ class TrainConfig:
     vocab_size: int | None = None
     dropout: float | None = None
     bias: bool | None = None
+    # the speedrun's architecture switches (trainer/presets.py GPTConfig; None: the preset's, off)
+    rotary: bool | None = None
+    qk_norm: bool | None = None
+    relu2: bool | None = None
+    zero_init: bool | None = None
+    rmsnorm: bool | None = None
+    untied_head: bool | None = None
+    logit_softcap: float | None = None
     init_from: str = "scratch"  # scratch | a Hugging Face GPT-2 name or local directory
     resume: str = "auto"  # auto (if out_dir has a checkpoint) | never | must
     # batch: tokens per optimizer step = batch_size * seq_len * grad_accum (across all ranks)
@@ -49,6 +59,10 @@ class TrainConfig:
     seq_len: int | None = None  # defaults to the model's block_size
     grad_accum: int | None = None  # micro-steps per step, summed over ranks; default: one per rank
     # optimizer and schedule
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest: trainer/muon.py)
+    muon_lr: float = 0.02  # muon: the matrices' peak LR (lr is then the head's and the vectors')
+    muon_momentum: float = 0.95
+    embed_lr: float | None = None  # muon: the embeddings' peak AdamW LR (default: lr)
     max_iters: int = 20000  # the default run is meant to be ended by the budget guard, not by this
     lr: float = 1e-3
     min_lr: float = 1e-4
@@ -56,6 +70,7 @@ class TrainConfig:
     lr_decay_iters: int | None = None  # cosine: defaults to max_iters
     lr_schedule: str = "auto"  # auto (wsd ending at the deadline when there is one, else cosine) | cosine | wsd
     lr_decay_frac: float = 0.2  # wsd: the share of the run (training time or steps) spent decaying
+    lr_decay_shape: str = "sqrt"  # wsd: sqrt (1 - sqrt) | linear (the speedrun records' warmdown)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -63,6 +78,7 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_interval: int = 250
     eval_iters: int = 20
+    final_val_tokens: int = 0  # > 0: at the end, the loss over the first N val tokens read in order, each once
     log_interval: int = 10
     ckpt_interval: int = 0  # steps; 0 = only by time and at the end
     ckpt_interval_s: float = 5.0  # seconds; 0 = off
@@ -92,7 +108,7 @@ class TrainConfig:
         choices = {
             "tokenizer": ("char", "gpt2"), "resume": ("auto", "never", "must"),
             "dtype": ("auto", "float32", "bfloat16", "float16"), "progress": ("auto", "on", "off"),
-            "lr_schedule": SCHEDULES,
+            "lr_schedule": SCHEDULES, "optimizer": OPTIMIZERS, "lr_decay_shape": DECAY_SHAPES,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -102,11 +118,16 @@ class TrainConfig:
             if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         for key in ("warmup_iters", "eval_interval", "ckpt_interval", "ckpt_interval_s", "threads", "lr",
-                    "min_lr", "weight_decay", "grad_clip", "sample_tokens"):
+                    "min_lr", "weight_decay", "grad_clip", "sample_tokens", "final_val_tokens", "muon_lr",
+                    "muon_momentum"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must not be negative, got {getattr(self, key)}")
         if not 0.0 < self.lr_decay_frac <= 1.0:
             raise ConfigError(f"lr_decay_frac must be in (0, 1], got {self.lr_decay_frac}")
+        if self.optimizer == "muon" and self.lr <= 0:
+            raise ConfigError("optimizer muon needs lr > 0: the other groups' LRs are scaled from it")
+        if self.embed_lr is not None and self.embed_lr < 0:
+            raise ConfigError(f"embed_lr must not be negative, got {self.embed_lr}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr ({self.min_lr}) is above lr ({self.lr})")
         if self.keep_checkpoints < 1:

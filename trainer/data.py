@@ -1,7 +1,7 @@
 """Prepare datasets into llm.c token shards plus a meta.json, and find them again.
 
     python -m trainer.data prepare --source SOURCE --out DIR [--tokenizer char|gpt2] [--max-tokens N]
-                                   [--workers N] [--from DIR]   # builtin, shakespeare, tinystories, fineweb-edu
+                                   [--workers N] [--from DIR]   # builtin, shakespeare, tinystories, fineweb-edu, fineweb10B
     python -m trainer.data builtin OUT_DIR                      # offline corpus from gpurun's own files
     python -m trainer.data text FILE OUT_DIR [--tokenizer char|gpt2] [--bpe-dir DIR]
 

@@ -1,9 +1,16 @@
-"""GPT-2: token + learned position embeddings, pre-LayerNorm blocks, tied lm_head.
+"""GPT-2: token + learned position embeddings, pre-LayerNorm blocks, tied lm_head; and the speedrun's
+architecture switches (GPTConfig: rotary, qk_norm, relu2, zero_init, rmsnorm, untied_head,
+logit_softcap), each off by default.
 
 Parameter names follow Hugging Face's GPT-2 (transformer.h.N.attn.c_attn, ...), so loading its
 weights is a rename-free copy (plus transposing its Conv1D matrices).
 The model and nothing else: its shape (GPTConfig, the presets) is trainer/presets.py, torch-free;
 the CPU speed path for its linear layers is trainer/onednn.py.
+
+The switches follow KellerJordan/modded-nanogpt's records (records/track_1_short/, README's table):
+#2 2024-06-06_AdamW (rotary), #5 2024-10-14_ModernArch (ReLU², zero-init projections, QK-norm,
+parameter-free RMSNorm, no biases), #8 2024-11-03_UntieEmbed (untied head initialised to zero, RMSNorm
+after the embedding), #9 2024-11-06_ShortcutsTweaks (logit softcap 30). Our code, their numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +23,39 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from trainer.hardware import peak_tflops
+from trainer.muon import adamw
 from trainer.presets import GPTConfig
+
+ROTARY_BASE = 10_000.0  # records #2-#16: Rotary(dim, base=10000)
+
+
+class RMSNorm(nn.Module):
+    """Parameter-free RMS norm over the last dimension: F.rms_norm(x, (C,)) as records #5+ call it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    return RMSNorm() if config.rmsnorm else nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # rotary cos and sin, (1, 1, T, head_size / 2)
+
+
+def rotary_tables(t: int, head_dim: int, device: torch.device) -> Rope:
+    """cos/sin of rotary embeddings (Su et al. 2021) for positions 0..t-1: once per forward, shared
+    by every layer. Computed, not a buffer: nothing to save, nothing for DDP to broadcast."""
+    inv_freq = 1.0 / (ROTARY_BASE ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(t, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos()[None, None], freqs.sin()[None, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head's vector (the records' apply_rotary_emb layout)."""
+    d = x.size(-1) // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -25,16 +64,27 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # q, k, v stacked: Muon orthogonalises each of the three blocks on its own, as the records'
+        # separate c_q/c_k/c_v (#5-#19) and batched qkv_w (#20) do.
+        self.c_attn.weight.muon_blocks = 3  # type: ignore[attr-defined]
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # type: ignore[assignment]
+        self.rotary = config.rotary
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if self.qk_norm:  # record #5: F.rms_norm of q and k per head, before the rotation
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary:  # record #2 on: no learned positions, q and k rotated by position (base 10000)
+            if rope is None:
+                rope = rotary_tables(t, c // self.n_head, x.device)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -46,25 +96,29 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.relu2 = config.relu2
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's gelu_new
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.residual_scale = True  # type: ignore[assignment]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        # record #5: F.relu(x).square(), "~1-2% better than GELU" (arXiv:2109.08668)
+        h = F.relu(h).square() if self.relu2 else self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, rope: Rope | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -73,26 +127,28 @@ class GPT(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-            )
-        )
+        modules: dict[str, nn.Module] = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if not config.rotary:
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules |= dict(drop=nn.Dropout(config.dropout), h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                        ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        if not config.untied_head:
+            self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
+        if config.zero_init and config.untied_head:
+            nn.init.zeros_(self.lm_head.weight)  # record #8: "init head to zero"
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "residual_scale", False):
+            if getattr(module, "residual_scale", False) and self.config.zero_init:
+                std = 0.0  # record #5: c_proj.weight.data.zero_() ("zero init suggested by @Grad62304977")
+            elif getattr(module, "residual_scale", False):
                 # GPT-2: residual projections scaled so the residual stream's variance stays put.
                 std = 0.02 / math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.normal_(module.weight, mean=0.0, std=std) if std else nn.init.zeros_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -100,7 +156,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -113,17 +169,30 @@ class GPT(nn.Module):
         _, t = idx.shape
         if t > self.config.block_size:
             raise ValueError(f"sequence of length {t} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(t, dtype=torch.long, device=idx.device))
+        if self.config.rmsnorm:
+            x = F.rms_norm(x, (x.size(-1),))  # record #8: "added RMSNorm after embed"
+        x = self.transformer.drop(x)
+        c = self.config
+        rope = rotary_tables(t, c.n_embd // c.n_head, idx.device) if c.rotary else None
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, rope)
         x = self.transformer.ln_f(x)
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # inference: only the last position matters
-        logits = self.lm_head(x)
+            return self.head(x[:, [-1], :]), None  # inference: only the last position matters
+        logits = self.head(x)
         # Under autocast cross_entropy runs in float32 by itself: no extra full-size fp32 copy here.
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return (logits if return_logits else None), loss
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(x)
+        cap = self.config.logit_softcap
+        if cap > 0:  # record #9: logits = 30 * torch.tanh(logits / 30); bounded in (-cap, cap)
+            logits = cap * torch.tanh(logits / cap)
+        return logits
 
     def full_logits(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits at every position (forward() without targets returns only the last)."""
@@ -140,12 +209,7 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        if fused:
-            try:  # one kernel per tensor (CUDA, and CPU since torch 2.4): 3x faster than the for-loop
-                return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-            except (RuntimeError, TypeError):
-                pass
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+        return adamw([g for g in groups if g["params"]], lr, betas, fused)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B."""

@@ -1,6 +1,6 @@
 """`python -m trainer.data prepare`: fetch a dataset and write llm.c token shards, on the instance.
 
-    --source builtin|shakespeare|tinystories|fineweb-edu --tokenizer char|gpt2 --out DIR
+    --source builtin|shakespeare|tinystories|fineweb-edu|fineweb10B --tokenizer char|gpt2 --out DIR
     [--max-tokens N] [--workers N] [--from DIR]
 
 DIR receives `<name>_val_000000.bin`, `<name>_train_NNNNNN.bin`, meta.json, progress.json (rewritten
@@ -33,8 +33,10 @@ from trainer.manifest import atomic_write_json
 from trainer.shards import HEADER_BYTES, HEADER_INTS, MAGIC, VERSION, write_shard
 from trainer.tokenizer import GPT2_EOT, CharTokenizer, GPT2Tokenizer, Tokenizer
 
-SOURCES = ("builtin", "shakespeare", "tinystories", "fineweb-edu")
-DEFAULT_TOKENIZER = {"builtin": "char", "shakespeare": "char", "tinystories": "gpt2", "fineweb-edu": "gpt2"}
+SOURCES = ("builtin", "shakespeare", "tinystories", "fineweb-edu", "fineweb10B")
+DEFAULT_TOKENIZER = {"builtin": "char", "shakespeare": "char", "tinystories": "gpt2", "fineweb-edu": "gpt2",
+                     "fineweb10B": "gpt2"}
+GPT2_ONLY = ("tinystories", "fineweb-edu", "fineweb10B")
 META_NAME = contract.META
 PROGRESS_NAME = contract.PROGRESS
 READY_NAME = contract.READY
@@ -273,7 +275,7 @@ def prepare(source: str, out: str | os.PathLike[str], tokenizer: str | None = No
     tokenizer = tokenizer or DEFAULT_TOKENIZER[source]
     if tokenizer not in ("char", "gpt2"):
         raise DataError(f"unknown tokenizer {tokenizer!r}: use char or gpt2")
-    if tokenizer == "char" and source in ("tinystories", "fineweb-edu"):
+    if tokenizer == "char" and source in GPT2_ONLY:
         raise DataError(f"{source} is prepared with the gpt2 tokenizer only: pass --tokenizer gpt2")
     if (max_tokens is not None and max_tokens <= 0) or shard_tokens <= 0 or val_tokens <= 0:
         raise DataError("--max-tokens, --shard-size and --val-tokens must be positive")
@@ -296,7 +298,7 @@ def prepare(source: str, out: str | os.PathLike[str], tokenizer: str | None = No
     _clean(outp)
     job.progress.update("download", 0.0, 0, f"preparing {source}", force=True)
     meta = {"builtin": _builtin, "shakespeare": _shakespeare, "tinystories": _tinystories,
-            "fineweb-edu": _fineweb}[source](job)
+            "fineweb-edu": _fineweb, "fineweb10B": _fineweb10b}[source](job)
     meta |= {"source": source, "prepared_at": time.time()}
     atomic_write_json(outp / META_NAME, meta)
     shutil.rmtree(outp / DOWNLOAD_DIR, ignore_errors=True)
@@ -462,14 +464,29 @@ def _fineweb(job: Job) -> dict[str, Any]:
     return _download_parquet(job)
 
 
-def _shard_plan(job: Job, counts: list[tuple[str, int]]) -> list[int]:
-    """Tokens to take from each (split, tokens) shard: val_tokens of the first val, max_tokens of train."""
+def _fineweb10b(job: Job) -> dict[str, Any]:
+    """kjj0/fineweb10B-gpt2 (or a local copy of its .bin shards): no parquet fallback, these shards
+    are the speedrun's standard. One val token more than val_tokens: the target of the last of
+    FINEWEB_VAL_TOKENS predictions (modded-nanogpt's val loader reads B*T+1 tokens a batch)."""
+    if job.from_dir is not None:
+        d = job.from_dir
+        bins = [d] if d.is_file() else sorted(p for p in d.iterdir() if p.is_file() and p.suffix == ".bin")
+        if not bins:
+            raise DataError(f"--from {d}: no llm.c .bin shards (fineweb_val_000000.bin, fineweb_train_*.bin)")
+        return _copy_token_shards(job, bins, "fineweb", val_extra=1) | {"origin": str(d)}
+    return _download_token_shards(job, sources.FINEWEB10B_TOKENS_REPO, "fineweb", sources.FINEWEB10B_TRAIN_SHARDS,
+                                  val_extra=1)
+
+
+def _shard_plan(job: Job, counts: list[tuple[str, int]], val_extra: int = 0) -> list[int]:
+    """Tokens to take from each (split, tokens) shard: val_tokens (+ val_extra) of the first val,
+    max_tokens of train."""
     plan: list[int] = []
     left = job.max_tokens
     have_val = False
     for split, n in counts:
         if split == "val":
-            take = 0 if have_val else min(n, job.val_tokens)
+            take = 0 if have_val else min(n, job.val_tokens + val_extra)
             have_val = True
         else:
             take = n if left is None else min(n, left)
@@ -488,19 +505,19 @@ def _copy_prefix(src: Path, dst: Path, nbytes: int) -> None:
             nbytes -= len(chunk)
 
 
-def _copy_token_shards(job: Job, bins: list[Path]) -> dict[str, Any]:
+def _copy_token_shards(job: Job, bins: list[Path], prefix: str = "finewebedu", val_extra: int = 0) -> dict[str, Any]:
     """Local llm.c shards (--from): the first val shard and the train shards, cut to the token budget."""
     vals = [p for p in bins if "val" in p.name]
     trains = [p for p in bins if "train" in p.name]
     if not vals or not trains:
         raise DataError(f"--from {job.from_dir}: llm.c shards need *val*.bin and *train*.bin files")
     ordered = [("val", vals[0])] + [("train", p) for p in trains]
-    plan = _shard_plan(job, [(split, _shard_header(p)) for split, p in ordered])
+    plan = _shard_plan(job, [(split, _shard_header(p)) for split, p in ordered], val_extra)
     got = {"train": 0, "val": 0}
     files = 0
     for i, ((split, p), take) in enumerate(zip(ordered, plan, strict=True)):
         if take:
-            dst = job.out / f"finewebedu_{split}_{i:06d}.bin"
+            dst = job.out / f"{prefix}_{split}_{i:06d}.bin"
             tmp = dst.with_name(dst.name + ".part")
             _copy_prefix(p, tmp, HEADER_BYTES + 2 * take)
             got[split] += _cut_shard(tmp, take)
@@ -510,18 +527,20 @@ def _copy_token_shards(job: Job, bins: list[Path]) -> dict[str, Any]:
     return _token_meta(got, files)
 
 
-def _download_token_shards(job: Job) -> dict[str, Any]:
-    """kjj0/finewebedu10B-gpt2: fetch only the bytes the budget needs (the first N tokens of each shard)."""
-    names = sources.fineweb_token_files()
-    plan = _shard_plan(job, [(split, sources.FINEWEB_TOKENS_PER_SHARD) for split, _ in names])
+def _download_token_shards(job: Job, repo: str | None = None, prefix: str = "finewebedu",
+                           train_shards: int | None = None, val_extra: int = 0) -> dict[str, Any]:
+    """kjj0/finewebedu10B-gpt2 (or `repo`): fetch only the bytes the budget needs (the first N tokens of each shard)."""
+    repo = repo or sources.FINEWEB_TOKENS_REPO
+    names = sources.fineweb_token_files(prefix, train_shards)
+    plan = _shard_plan(job, [(split, sources.FINEWEB_TOKENS_PER_SHARD) for split, _ in names], val_extra)
     todo = [(split, name, take) for (split, name), take in zip(names, plan, strict=True) if take]
     got = {"train": 0, "val": 0}
     for i, (split, name, take) in enumerate(todo):
-        path = job.download(sources.hf_url(sources.FINEWEB_TOKENS_REPO, name), name, i, len(todo),
+        path = job.download(sources.hf_url(repo, name), name, i, len(todo),
                             HEADER_BYTES + 2 * take)
         got[split] += _cut_shard(path, take)  # checks the magic before anything trains on it
         os.replace(path, job.out / name)
-    return _token_meta(got, len(todo)) | {"origin": sources.hf_url(sources.FINEWEB_TOKENS_REPO, "")}
+    return _token_meta(got, len(todo)) | {"origin": sources.hf_url(repo, "")}
 
 
 def _token_meta(got: dict[str, int], files: int) -> dict[str, Any]:

@@ -17,6 +17,15 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    # Architecture switches of the modded-nanogpt speedrun records (trainer/model.py cites each);
+    # all off is GPT-2 as published.
+    rotary: bool = False  # rotary position embeddings on q and k instead of a learned wpe
+    qk_norm: bool = False  # parameter-free RMS norm of q and k per head
+    relu2: bool = False  # ReLU(x)^2 in the MLP instead of tanh-GELU
+    zero_init: bool = False  # residual output projections (attn and mlp c_proj, an untied head) start at 0
+    rmsnorm: bool = False  # parameter-free RMSNorm instead of LayerNorm (and after the embedding)
+    untied_head: bool = False  # lm_head a matrix of its own, not wte
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap)
 
     def validate(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -29,6 +38,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap must be 0 (off) or positive, got {self.logit_softcap}")
+        if self.rotary and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary needs an even head size, got {self.n_embd // self.n_head}: change n_embd or n_head")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

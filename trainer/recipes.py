@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.config import TrainConfig
+from trainer.contract import FINEWEB_VAL, FINEWEB_VAL_TOKENS
 from trainer.presets import PRESETS
 
 #: The GPU classes throughputs are given for ("cpu": a run without CUDA).
 GPU_CLASSES = ("cpu", "T4", "A10G", "L4", "RTX 4090", "A100", "H100")
 #: Data sources `python -m trainer.data prepare --source` knows ("builtin": the trainer makes it itself).
-SOURCES = ("builtin", "shakespeare", "tinystories", "fineweb-edu")
+SOURCES = ("builtin", "shakespeare", "tinystories", "fineweb-edu", "fineweb10B")
 
 # One word of a GPU name -> its class. Names come as "NVIDIA A100-SXM4-80GB", "H100 SXM", "1x A100
 # SXM4 80GB", "NVIDIA GeForce RTX 4090", "Tesla T4", "NVIDIA L4": matched by whole words, so that an
@@ -143,6 +144,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
+# modded-nanogpt record #8 (records/track_1_short/2024-11-03_UntieEmbed, its log): 4578 steps of
+# 8 x 64 x 1024 = 524,288 tokens reach FineWeb val 3.2762 in 648 s on 8xH100. Our switches are its
+# architecture plus record #9's logit softcap, without #9's value/embedding skip connections.
+_SPEEDRUN_STEPS = 4578
+_SPEEDRUN_TOKENS = _SPEEDRUN_STEPS * 524_288  # 2,400,190,464
+
 # Tiny Shakespeare: karpathy/char-rnn's input.txt, 1,115,394 bytes; nanoGPT's data/shakespeare
 # prepare.py: 301,966 train + 36,059 val GPT-2 tokens.
 _SHAKESPEARE_BYTES = 1_115_394
@@ -226,6 +233,37 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         sources=("H100: modded-nanogpt's record table, llm.c baseline 10B tokens in 45 min on 8xH100 (~460k/GPU, "
                  "CUDA; PyTorch + compile ~400k, estimate); A100: llm.c discussion #481, 10B tokens in ~90 min "
                  "on 8xA100 80GB (~230k/GPU; PyTorch ~190k, estimate); the other classes are estimates"),
+    ),
+    Recipe(
+        name="gpt2-speedrun",
+        summary="GPT-2 124M to FineWeb val 3.28 the speedrun's way: Muon, rotary, QK-norm, ReLU², untied head, ~2.4B tokens",
+        # Record #8's run on our trainer: 16 x 1024 x 32 micro-steps = its 524,288 tokens a step on any
+        # number of GPUs; 6 heads of 128 ("head dim 128 suggested by @Grad62304977"); Adam wte 0.3,
+        # head 0.002, Muon 0.02 momentum 0.95, betas (0.9, 0.95), no weight decay, no clipping, no
+        # warmup, a linear warmdown to 0 over the last 1308 / 4578 = 28.6 % of the steps. The
+        # warmdown ends at the budget's deadline stop when the launch has one (wsd by training time).
+        config=dict(model="gpt2", n_head=6, dropout=0.0, bias=False, rotary=True, qk_norm=True, relu2=True,
+                    zero_init=True, rmsnorm=True, untied_head=True, logit_softcap=30.0, optimizer="muon",
+                    lr=0.002, embed_lr=0.3, muon_lr=0.02, muon_momentum=0.95, beta1=0.9, beta2=0.95,
+                    weight_decay=0.0, grad_clip=0.0, batch_size=16, seq_len=1024, grad_accum=32,
+                    max_iters=_SPEEDRUN_STEPS, lr_schedule="wsd", lr_decay_shape="linear", lr_decay_frac=0.286,
+                    warmup_iters=0, min_lr=0.0, eval_interval=250, eval_iters=20,
+                    final_val_tokens=FINEWEB_VAL_TOKENS, log_interval=10, ckpt_interval=1000,
+                    ckpt_interval_s=900, keep_checkpoints=2, compile=True, sample_tokens=200),
+        # kjj0/fineweb10B-gpt2 (trainer/sources.py): twice the tokens the run draws, so the random
+        # windows repeat less (one pass in order, as the records read, is a next step); + the val shard's
+        # first 10,485,761. ~10 GB, nothing to tokenize; times are estimates (~25 MB/s, 8-GPU boxes ~50).
+        data=DataSpec("fineweb10B", "gpt2", 5_000_000_000, 10_021_000_000,
+                      {"default": 400.0, "A100": 200.0, "H100": 200.0}),
+        # The FLOPs of gpt2-124m's model (the head is as large tied or not; ReLU² is cheaper than GELU;
+        # Muon's Newton-Schulz is <1 % of a 524k-token step): the same figures, estimates.
+        tokens_per_s={"cpu": 50, "T4": 12_000, "A10G": 35_000, "L4": 30_000, "RTX 4090": 90_000,
+                      "A100": 190_000, "H100": 400_000},
+        sources=("estimates, as gpt2-124m's (same FLOPs per token); record #8's own compiled code ran "
+                 "4578 x 524,288 tokens in 648 s on 8xH100 (~463k tok/s per GPU)"),
+        quality=QualityTarget(split=FINEWEB_VAL, val_loss=3.28, tokens=_SPEEDRUN_TOKENS,
+                              source="modded-nanogpt record #8 (2024-11-03_UntieEmbed): 4578 steps x 524,288 "
+                                     "tokens, FineWeb val 3.2762 over its first 10,485,760 tokens"),
     ),
 )}
 

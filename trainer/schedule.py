@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 SCHEDULES = ("auto", "cosine", "wsd")
+# How wsd decays: "sqrt" (1 - sqrt, Hägele et al.) or "linear", the modded-nanogpt records' warmdown
+# (get_lr: "linear warmdown" to 0 over the last warmdown_iters, e.g. 1308 of 4578 steps in record #8).
+DECAY_SHAPES = ("sqrt", "linear")
 STEP_EMA = 0.2  # weight of the newest step in the step-time estimate
 
 
@@ -46,19 +49,21 @@ def cosine_lr(it: int, lr: float, min_lr: float, warmup_iters: int, decay_iters:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def wsd_factor(progress: float, decay_frac: float) -> float:
-    """1 during the stable phase, then (1 - sqrt) down to 0 at progress 1 (the last decay_frac)."""
+def wsd_factor(progress: float, decay_frac: float, shape: str = "sqrt") -> float:
+    """1 during the stable phase, then (1 - sqrt) or linearly down to 0 at progress 1 (the last decay_frac)."""
     start = 1.0 - decay_frac
     if progress <= start:
         return 1.0
     if progress >= 1.0:
         return 0.0
-    return 1.0 - math.sqrt((progress - start) / decay_frac)
+    done = (progress - start) / decay_frac
+    return 1.0 - (done if shape == "linear" else math.sqrt(done))
 
 
-def wsd_lr(it: int, progress: float, lr: float, min_lr: float, warmup_iters: int, decay_frac: float) -> float:
+def wsd_lr(it: int, progress: float, lr: float, min_lr: float, warmup_iters: int, decay_frac: float,
+           shape: str = "sqrt") -> float:
     """WSD at `progress` (0..1 of the run); a run too short to finish its warmup decays from where it is."""
-    decayed = min_lr + (lr - min_lr) * wsd_factor(progress, decay_frac)
+    decayed = min_lr + (lr - min_lr) * wsd_factor(progress, decay_frac, shape)
     return min(warmup_lr(it, lr, warmup_iters), decayed)
 
 
@@ -145,6 +150,7 @@ class Schedule:
     decay_iters: int  # cosine: lr_decay_iters or max_iters
     max_iters: int
     decay_frac: float
+    decay_shape: str = "sqrt"
 
     @classmethod
     def from_config(cls, cfg: Any) -> Schedule:
@@ -153,7 +159,8 @@ class Schedule:
         kind = ("wsd" if deadline else "cosine") if cfg.lr_schedule == "auto" else cfg.lr_schedule
         return cls(kind=kind, by_time=kind == "wsd" and deadline, lr=cfg.lr, min_lr=cfg.min_lr,
                    warmup_iters=cfg.warmup_iters, decay_iters=cfg.lr_decay_iters or cfg.max_iters,
-                   max_iters=cfg.max_iters, decay_frac=cfg.lr_decay_frac)
+                   max_iters=cfg.max_iters, decay_frac=cfg.lr_decay_frac,
+                   decay_shape=getattr(cfg, "lr_decay_shape", "sqrt"))
 
     def progress(self, step: int, state: ScheduleState) -> float:
         """How far the run will be at the END of step `step` (0-based): by steps, or by training time."""
@@ -165,12 +172,13 @@ class Schedule:
     def lr_at(self, step: int, state: ScheduleState) -> float:
         if self.kind == "cosine":
             return cosine_lr(step, self.lr, self.min_lr, self.warmup_iters, self.decay_iters)
-        return wsd_lr(step, self.progress(step, state), self.lr, self.min_lr, self.warmup_iters, self.decay_frac)
+        return wsd_lr(step, self.progress(step, state), self.lr, self.min_lr, self.warmup_iters, self.decay_frac,
+                      self.decay_shape)
 
     def describe(self) -> str:
         warm = f"warmup {self.warmup_iters} steps"
         if self.kind == "cosine":
             return f"cosine: {warm}, to min_lr {self.min_lr:.2e} at step {self.decay_iters}"
         end = "the deadline stop (by training time) or max_iters" if self.by_time else f"step {self.max_iters}"
-        return (f"wsd: {warm}, stable at {self.lr:.2e}, decay (1-sqrt) over the last "
+        return (f"wsd: {warm}, stable at {self.lr:.2e}, decay ({'linear' if self.decay_shape == 'linear' else '1-sqrt'}) over the last "
                 f"{100 * self.decay_frac:.0f}% to min_lr {self.min_lr:.2e} at {end}")

@@ -8,6 +8,10 @@ Remote files (checked against the public repositories, see trainer/README.md "Da
   into llm.c shards (what modded-nanogpt downloads): finewebedu_val_000000.bin, then
   finewebedu_train_000001..000099.bin, 100M tokens each. Fallback: HuggingFaceFW/fineweb-edu
   sample/10BT/NNN_00000.parquet (14 files, `text` column), tokenized here.
+- fineweb10B: kjj0/fineweb10B-gpt2 on Hugging Face, the plain FineWeb sample-10BT in the same llm.c
+  shards (modded-nanogpt's data/cached_fineweb10B.py, the speedrun's data): fineweb_val_000000.bin,
+  then fineweb_train_000001..000103.bin, 100M tokens each. Its standard evaluation reads the val
+  shard's first trainer.contract.FINEWEB_VAL_TOKENS in order.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ TINYSTORIES_EOT = "<|endoftext|>"
 FINEWEB_TOKENS_REPO = "kjj0/finewebedu10B-gpt2"
 FINEWEB_TOKENS_PER_SHARD = 100_000_000
 FINEWEB_TRAIN_SHARDS = 99  # the last one holds 53,989,344 tokens; the header says so
+FINEWEB10B_TOKENS_REPO = "kjj0/fineweb10B-gpt2"
+FINEWEB10B_TRAIN_SHARDS = 103  # cached_fineweb10B.py: "num_chunks = 103 # full fineweb10B"
 FINEWEB_PARQUET_REPO = "HuggingFaceFW/fineweb-edu"
 FINEWEB_PARQUET_FILES = [f"sample/10BT/{i:03d}_00000.parquet" for i in range(14)]
 FINEWEB_TOKENS_PER_PARQUET = 700_000_000  # ~10B GPT-2 tokens over 14 files
@@ -43,10 +49,12 @@ def hf_url(repo: str, path: str) -> str:
     return f"{endpoint}/datasets/{repo}/resolve/main/{path}"
 
 
-def fineweb_token_files() -> list[tuple[str, str]]:
-    """(split, file name) of the pre-tokenized shards, val first, as llm.c orders them."""
-    names = [("val", "finewebedu_val_000000.bin")]
-    return names + [("train", f"finewebedu_train_{i:06d}.bin") for i in range(1, FINEWEB_TRAIN_SHARDS + 1)]
+def fineweb_token_files(prefix: str = "finewebedu", train_shards: int | None = None) -> list[tuple[str, str]]:
+    """(split, file name) of the pre-tokenized shards, val first, as llm.c orders them: FineWeb-edu's
+    ("finewebedu") by default, FineWeb's with prefix "fineweb" and FINEWEB10B_TRAIN_SHARDS."""
+    count = FINEWEB_TRAIN_SHARDS if train_shards is None else train_shards
+    names = [("val", f"{prefix}_val_000000.bin")]
+    return names + [("train", f"{prefix}_train_{i:06d}.bin") for i in range(1, count + 1)]
 
 
 # ---- the offline corpus -------------------------------------------------------------------------

@@ -24,12 +24,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from trainer import checkpoint, contract, data, distributed, onednn
-from trainer.batches import BatchSampler, Prefetcher, TokenDataset
+from trainer.batches import BatchSampler, Prefetcher, TokenDataset, TokenStream, sequential_windows
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
 from trainer.hardware import UNKNOWN_PEAK, device_name, hardware_record
 from trainer.manifest import atomic_write_bytes, atomic_write_json
 from trainer.model import GPT
+from trainer.muon import AnyOptimizer, configure_muon
 from trainer.presets import GPTConfig
 from trainer.runlog import RunLog
 from trainer.schedule import Schedule, ScheduleState, cosine_lr, ema, skip_eval, training_seconds_left
@@ -227,7 +228,8 @@ class Trainer:
         wanted = cfg.model_config(vocab_size=saved.vocab_size).to_dict()
         diffs = [
             f"{k} {saved.to_dict()[k]} vs {wanted[k]}"
-            for k in ("n_layer", "n_head", "n_embd", "bias")
+            for k in ("n_layer", "n_head", "n_embd", "bias", "rotary", "qk_norm", "relu2", "rmsnorm", "untied_head",
+                      "logit_softcap")
             if saved.to_dict()[k] != wanted[k]
         ]
         if diffs:
@@ -238,7 +240,7 @@ class Trainer:
 
     # ---- the run ------------------------------------------------------------------------------
 
-    def setup(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.amp.GradScaler, int]:
+    def setup(self) -> tuple[torch.nn.Module, AnyOptimizer, torch.amp.GradScaler, int]:
         """Everything before the first step: data, model, optimizer, resume; (net, opt, scaler, step)."""
         cfg, d = self.cfg, self.dist
         if cfg.grad_accum is None:
@@ -256,11 +258,11 @@ class Trainer:
 
         if self.device.type == "cuda":
             configure_cuda_math()
-        opt = model.configure_optimizer(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), fused=True)
+        opt = self.build_optimizer(model)
         scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         step = 0
         if resume is not None:
-            opt.load_state_dict(resume["optimizer"])
+            self.load_optimizer(opt, resume)
             load_scaler_state(scaler, resume.get("scaler"))
             step = int(resume["step"])
             self.last_ckpt_step = step
@@ -281,6 +283,10 @@ class Trainer:
         seq = self.seq_len
         train_ds = TokenDataset(data.shard_paths(data_dir, "train"), seq)
         val_ds = TokenDataset(data.shard_paths(data_dir, "val"), seq)
+        self.val_stream = TokenStream(data.shard_paths(data_dir, "val"))
+        if cfg.final_val_tokens >= len(self.val_stream):  # the last prediction needs one token more
+            raise ConfigError(f"final_val_tokens ({cfg.final_val_tokens}) needs {cfg.final_val_tokens + 1} val tokens, "
+                              f"the data has {len(self.val_stream)}: lower --final-val-tokens or prepare more val data")
         self.sampler = BatchSampler(train_ds, cfg.batch_size, cfg.grad_accum, cfg.seed)
         self.eval_samplers = {
             # Eval batch i is the same whatever the world size; rank r evaluates i = r, r + W, ...
@@ -297,6 +303,27 @@ class Trainer:
         self.loader = Prefetcher(self.sampler, self.train_keys(step), self.device)
         return net, opt, scaler, step
 
+    def load_optimizer(self, opt: AnyOptimizer, resume: dict[str, Any]) -> None:
+        """The checkpoint's optimizer state, refused when another optimizer made it; the peak LRs
+        (each group's lr_scale) stay this config's."""
+        saved = resume.get("train_config", {}).get("optimizer", "adamw")
+        if saved != self.cfg.optimizer:
+            raise ConfigError(f"{self.ckpt_dir} holds a checkpoint trained with optimizer {saved}, "
+                              f"not {self.cfg.optimizer}: use another --out-dir or --resume never")
+        scales = [g.get("lr_scale") for g in opt.param_groups]
+        opt.load_state_dict(resume["optimizer"])
+        for group, scale in zip(opt.param_groups, scales, strict=True):
+            if scale is not None:
+                group["lr_scale"] = scale
+
+    def build_optimizer(self, model: GPT) -> AnyOptimizer:
+        cfg = self.cfg
+        betas = (cfg.beta1, cfg.beta2)
+        if cfg.optimizer == "muon":
+            return configure_muon(model, cfg.lr, cfg.embed_lr if cfg.embed_lr is not None else cfg.lr, cfg.muon_lr,
+                                  cfg.muon_momentum, cfg.weight_decay, betas, fused=True)
+        return model.configure_optimizer(cfg.weight_decay, cfg.lr, betas, fused=True)
+
     def train_keys(self, step: int) -> Iterator[tuple[int, int]]:
         """The (step, slot) of every micro-batch this rank trains on, from `step` on."""
         rank, micro = self.dist.rank, self.micro
@@ -311,7 +338,7 @@ class Trainer:
         finally:
             self.loader.close()
 
-    def loop(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int) -> int:
+    def loop(self, net: torch.nn.Module, opt: AnyOptimizer, scaler: torch.amp.GradScaler, step: int) -> int:
         cfg, d = self.cfg, self.dist
         seq, micro = self.seq_len, self.micro
         tokens_per_step = cfg.batch_size * seq * cfg.grad_accum
@@ -367,6 +394,8 @@ class Trainer:
                     self.evaluate(step)
                 assert self.last_eval is not None
                 final["val_loss"] = self.last_eval[1]["val"]
+        if cfg.final_val_tokens and step >= first_step:
+            self.final_evaluate(step)
         self.write_sample(agreed.reason)
         self.log.line(f"{contract.LINE_STOPPED}: {agreed.reason} at step {step}")
         self.log.record(contract.RECORD_END, reason=agreed.reason, step=step, **final)
@@ -374,13 +403,13 @@ class Trainer:
         return 0
 
     def train_step(
-        self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+        self, net: torch.nn.Module, opt: AnyOptimizer, scaler: torch.amp.GradScaler, step: int,
         micro: int, lr: float,
     ) -> torch.Tensor:
         """One optimizer step over `micro` micro-batches; returns the mean loss as a device tensor."""
         d = self.dist
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # Muon's groups peak at their own LRs (trainer/muon.py)
         loss_acc = torch.zeros((), device=self.device)
         for m in range(micro):
             x, y = self.loader.get(step, d.rank * micro + m)
@@ -481,6 +510,7 @@ class Trainer:
         The wsd schedule's decay ends exactly here, so the guard's checkpoint is a decayed model.
         """
         final_eval = 1.5 * self.eval_cost(step_s) if self.cfg.eval_interval else 0.0
+        final_eval += 1.5 * self.final_val_cost(step_s)
         return 1.5 * step_s + self.checkpoint_estimate() + final_eval + self.cfg.deadline_margin_s
 
     def eval_cost(self, step_s: float) -> float:
@@ -488,6 +518,11 @@ class Trainer:
             return self.sched.eval_s
         # Before the first one: forward only (about a third of a step) over both splits' batches.
         return 2 * math.ceil(self.cfg.eval_iters / self.dist.world_size) * step_s / (3 * self.micro)
+
+    def final_val_cost(self, step_s: float) -> float:
+        """The final sequential evaluation: forward only (about a third of a step) over its tokens, split over the ranks."""
+        per_step = self.cfg.batch_size * self.seq_len * self.cfg.grad_accum
+        return self.cfg.final_val_tokens / per_step * step_s / 3
 
     def checkpoint_cost(self) -> float:
         if self.sched.ckpt_s is not None:
@@ -506,7 +541,7 @@ class Trainer:
         # Time-based: rank 0's clock decides; agree() spreads the decision.
         return bool(self.dist.master and cfg.ckpt_interval_s and self.clock() - self.last_ckpt_time >= cfg.ckpt_interval_s)
 
-    def save(self, step: int, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    def save(self, step: int, opt: AnyOptimizer, scaler: torch.amp.GradScaler) -> None:
         if step == self.last_ckpt_step or step == 0:
             return
         t0 = self.clock()
@@ -556,6 +591,28 @@ class Trainer:
         self.last_eval = (step, losses)
         self.sched.eval_s = self.clock() - t0
         self.paused_s += self.sched.eval_s
+
+    @torch.no_grad()
+    def final_evaluate(self, step: int) -> None:
+        """The standard evaluation: mean loss over the first final_val_tokens of the val set, read in
+        order, each predicted once (modded-nanogpt's val_tokens = 10485760), the windows shared out
+        over the ranks. Not random windows, so runs compare exactly."""
+        n = self.cfg.final_val_tokens
+        net = self.eval_net
+        net.eval()
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        windows = sequential_windows(n, self.seq_len, self.dist.rank, self.dist.world_size)
+        for x, y in self.val_stream.batches(windows, self.cfg.batch_size):
+            x, y = x.to(self.device), y.to(self.device)
+            with self.autocast:
+                _, loss = net(x, y, return_logits=False)
+            total += loss.double() * y.numel()  # the mean over this batch's tokens, back to a sum
+        val_loss = (distributed.total(self.dist, total) / n).item()
+        net.train()
+        split = contract.FINEWEB_VAL if self.meta.get("source") == "fineweb10B" else "val"
+        self.log.line(f"final val step {step:04d} | {split} {n} tokens | val {val_loss:.4f}")
+        self.log.record(contract.RECORD_FINAL_VAL, **dict(zip(contract.FINAL_VAL_FIELDS, (step, split, n, val_loss),
+                                                              strict=True)))
 
     @torch.no_grad()
     def write_sample(self, reason: str) -> None:

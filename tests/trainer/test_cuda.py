@@ -112,6 +112,21 @@ def test_a_tiny_model_learns_in_bf16(tmp_path: Path) -> None:
     assert all(t.dtype == torch.float32 for t in ckpt["model"].values())  # autocast: fp32 master weights
 
 
+SPEEDRUN = ["--rotary", "--qk-norm", "--relu2", "--zero-init", "--rmsnorm", "--untied-head", "--logit-softcap", "30",
+            "--bias", "false", "--optimizer", "muon", "--lr", "0.008", "--embed-lr", "0.3", "--grad-clip", "0"]
+
+
+def test_speedrun_options_with_muon_compile_learn_and_resume_with_the_final_val_in_bf16(tmp_path: Path) -> None:
+    # Muon's Newton-Schulz in bf16 on the GPU (trainer/muon.py), the switches under torch.compile,
+    # its state through a resume, and the sequential final evaluation.
+    split, _ = split_and_straight(tmp_path, [*SPEEDRUN, "--dtype", "bfloat16", "--compile", "--final-val-tokens", "2000"])
+    (rec,) = records(split, "final_val")[-1:]
+    assert rec["tokens"] == 2000 and rec["step"] == 20 and math.isfinite(rec["val_loss"])
+    losses = step_losses(split)
+    assert losses[20] < losses[1] - 0.5
+    assert set(saved(split)["optimizer"]) == {"adamw", "muon"}
+
+
 def test_sigterm_then_resume_matches_a_straight_run_in_bf16(tmp_path: Path) -> None:
     # Dropout on: the CUDA RNG state must come back with the checkpoint too.
     common = ["--dtype", "bfloat16", "--dropout", "0.1"]

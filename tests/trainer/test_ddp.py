@@ -15,13 +15,18 @@ import pytest
 from tests.trainer.helpers import FAST, REPO, env, records, run_trainer, step_losses
 from trainer import manifest
 
+# The speedrun's switches with Muon, whose Newton-Schulz work the ranks share (trainer/muon.py).
+SPEEDRUN = ["--rotary", "--qk-norm", "--relu2", "--zero-init", "--rmsnorm", "--untied-head", "--logit-softcap", "30",
+            "--bias", "false", "--optimizer", "muon", "--lr", "0.008", "--embed-lr", "0.3", "--grad-clip", "0"]
 
-def test_ddp_two_ranks_match_single_process(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("options", [[], SPEEDRUN], ids=["adamw", "speedrun-muon"])
+def test_ddp_two_ranks_match_single_process(tmp_path: Path, options: list[str]) -> None:
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not installed")
     # Same global batch: 2 ranks x 1 micro-step vs 1 process x 2 micro-steps of 4 sequences.
     args = [*FAST, "--grad-accum", "2", "--max-iters", "12", "--log-interval", "1", "--eval-interval", "6",
-            "--eval-iters", "2", "--dropout", "0"]
+            "--eval-iters", "2", "--dropout", "0", *options]
     single = tmp_path / "single"
     one = run_trainer(*args, "--out-dir", str(single))
     assert one.returncode == 0, one.stderr

@@ -357,3 +357,41 @@ def test_download_streams_to_part_and_caps(tmp_path: Path) -> None:
             download.fetch(f"{base}/missing.bin", tmp_path / "c" / "missing.bin")
     assert e.value.missing and "404" in e.value.reason
 
+
+
+def test_fineweb10b_shards_over_https_keep_one_val_token_more(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kjj0/fineweb10B-gpt2 (modded-nanogpt's data/cached_fineweb10B.py): fineweb_val_000000.bin, then
+    # fineweb_train_000001.bin ...; the val set keeps val_tokens + 1: the last prediction's target.
+    repo = tmp_path / "hub" / "datasets" / "kjj0" / "fineweb10B-gpt2" / "resolve" / "main"
+    repo.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    names = [name for _, name in sources.fineweb_token_files("fineweb", 2)]
+    assert names == ["fineweb_val_000000.bin", "fineweb_train_000001.bin", "fineweb_train_000002.bin"]
+    shards = {name: rng.integers(0, 50257, 5000) for name in names}
+    for name, toks in shards.items():
+        llmc_shard(repo / name, toks)
+    monkeypatch.setattr(sources, "FINEWEB_TOKENS_PER_SHARD", 5000)
+    monkeypatch.setattr(sources, "FINEWEB10B_TRAIN_SHARDS", 2)
+    out = tmp_path / "data"
+    with serve(tmp_path / "hub") as base:
+        monkeypatch.setenv("HF_ENDPOINT", base)
+        assert run_prepare("--source", "fineweb10B", "--out", out, "--max-tokens", 7000, "--val-tokens", 1000) == 0
+    assert tokens(out, "val") == shards["fineweb_val_000000.bin"][:1001].tolist()
+    want = np.concatenate([shards["fineweb_train_000001.bin"], shards["fineweb_train_000002.bin"][:2000]])
+    assert tokens(out, "train") == want.tolist()
+    meta = data.read_meta(out)
+    assert meta["source"] == "fineweb10B" and meta["tokenizer"] == "gpt2" and meta["origin"].startswith(base)
+    # A local copy (--from) gives the same tokens.
+    local = tmp_path / "local"
+    assert run_prepare("--source", "fineweb10B", "--out", local, "--from", repo, "--max-tokens", 7000,
+                       "--val-tokens", 1000) == 0
+    assert tokens(local, "val") == tokens(out, "val") and tokens(local, "train") == tokens(out, "train")
+    # The trainer's standard evaluation names it FineWeb val and reads exactly the tokens asked for.
+    from tests.trainer.helpers import FAST, records
+    from trainer import contract
+    from trainer.train import main as train
+
+    run = tmp_path / "run"
+    assert train([*FAST, "--data-dir", str(out), "--out-dir", str(run), "--max-iters", "2", "--final-val-tokens", "1000"]) == 0
+    (rec,) = records(run, contract.RECORD_FINAL_VAL)
+    assert (rec["split"], rec["tokens"], rec["step"]) == (contract.FINEWEB_VAL, 1000, 2)
