@@ -42,13 +42,13 @@ def quality_row(max_usd: float, recipe: Recipe = SPEEDRUN) -> str:
 def test_plan_says_the_cap_buys_enough_tokens_for_the_target_and_what_they_cost() -> None:
     row = quality_row(10.0)  # 10 USD at 2 USD/h: ~5 h of training at 400k tok/s = ~7B tokens
     assert row.startswith("at ~400,000 tok/s on this GPU the cap buys ")
-    assert ": enough for FineWeb val 3.28 (needs 1.0B tokens ~ 1.39 USD at this price" in row  # 2,500 s at 2 USD/h
+    assert ": enough for FineWeb val 3.28 (needs 1.0B tokens = ~0.7 h ~ 1.39 USD at this price" in row  # 2,500 s at 2 USD/h
     assert "a test's source" in row
 
 
 def test_plan_says_not_enough_when_the_cap_trains_fewer_tokens_than_the_target() -> None:
     row = quality_row(1.0)  # half an hour minus the reserve: ~0.7B tokens
-    assert ": not enough for FineWeb val 3.28 (needs 1.0B tokens ~ 1.39 USD" in row
+    assert ": not enough for FineWeb val 3.28 (needs 1.0B tokens = ~0.7 h ~ 1.39 USD" in row
 
 
 def test_plan_says_not_enough_when_max_iters_stops_short_of_the_target() -> None:

@@ -56,7 +56,12 @@ class QualityBuy:
             why = f"; max_iters stops the job at {human(self.max_iters_tokens)} tokens"
         return (f"at ~{self.tokens_per_s:,.0f} tok/s on this {self.device} the cap buys {human(self.bought_tokens)} tokens:"
                 f" {verdict} for {target_words(self.target)} (needs {human(self.target.tokens)} tokens"
-                f" ~ {self.needed_usd:.2f} USD at this price{why}; {self.target.source})")
+                f" = ~{self.needed_hours:,.1f} h ~ {self.needed_usd:.2f} USD at this price{why}; {self.target.source})")
+
+    @property
+    def needed_hours(self) -> float:
+        """Training hours the target's tokens take at this throughput (a price of 0 still takes time)."""
+        return self.target.tokens / self.tokens_per_s / 3600.0 if self.tokens_per_s > 0 else float("inf")
 
 
 def no_estimate_words(target: QualityTarget, gpu: str) -> str:
