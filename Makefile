@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the main job: a short GPT-2 training run on the embedded `local` provider
-#   make test   the whole test suite (installs sshd + rsync when missing and run as root)
+#   make test   the whole test suite (installs sshd, rsync and PostgreSQL when missing and run as root)
 # On a machine without a GPU the CPU build of torch is installed; on a GPU box: make TORCH=torch run
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,12 +22,14 @@ $(BIN)/gpurun: pyproject.toml
 
 setup: $(BIN)/gpurun
 
-# Real OpenSSH + rsync are what the transport tests run against.
+# Real OpenSSH + rsync are what the transport tests run against; a real PostgreSQL server (Debian's
+# `postgresql`: the tests start a throwaway cluster from its binaries, tests/fixtures/postgres.py) is
+# what the shared-ledger tests run against.
 sysdeps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null || ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync; \
-		else echo "sshd/rsync missing: sudo apt-get install openssh-server rsync" >&2; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync postgresql; \
+		else echo "sshd/rsync/postgresql missing: sudo apt-get install openssh-server rsync postgresql" >&2; exit 1; fi; \
 	fi
 
 run: setup

@@ -13,7 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from orchestrator.state import tables
 from orchestrator.state.db import default_home
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import MAIN_PHASES
@@ -27,12 +29,22 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Every test here runs on both engines: SQLite (ledger.db) and PostgreSQL (GPURUN_LEDGER).
+pytestmark = pytest.mark.usefixtures("ledger_engine")
+
+
 @pytest.fixture
 def ledger(gpurun_home: Path) -> Ledger:
     return Ledger()
 
 
-def test_home_and_file_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def sqlite_only(ledger_engine: str) -> None:
+    if ledger_engine != "sqlite":
+        pytest.skip("the SQLite file itself (its modes, its journal) is what this test checks")
+
+
+def test_home_and_file_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_only: None) -> None:
     home = tmp_path / "fresh" / "gpurun"
     monkeypatch.setenv("GPURUN_HOME", str(home))
     assert default_home() == home
@@ -144,8 +156,11 @@ def test_payloads_are_redacted(ledger: Ledger) -> None:
     ledger.record_event("r-1", "terminate_request", response={"token": "t0ps3cr3t-value"})
     ledger.add_instance("r-1", "runpod", "pod-1", "pending", {"password": "hunter22"})
     ledger.update_run("r-1", error=f"401 for api_key={secret}")
-    raw = b"".join(p.read_bytes() for p in ledger.home.glob("ledger.db*"))
-    assert secret.encode() not in raw
+    with ledger.reading() as conn:  # every stored value, on either engine
+        raw = repr([conn.execute(select(t)).all() for t in tables.metadata.sorted_tables]).encode()
+    if not ledger.shared:  # and the SQLite file's bytes, its write-ahead log included
+        raw += b"".join(p.read_bytes() for p in ledger.home.glob("ledger.db*"))
+    assert b"runpod" in raw and secret.encode() not in raw
     assert b"t0ps3cr3t-value" not in raw and b"hunter22" not in raw
     assert ledger.events("r-1")[1].payload["api_key"] == "***"
 
