@@ -68,6 +68,27 @@ def is_admin(pools: dict[str, Pool], person: str, pool: str | None = None) -> bo
     return any(p.admin == person for p in pools.values() if pool is None or p.name == pool)
 
 
+def may_end(pools: dict[str, Pool], me: str, owner: str | None, pool: str | None) -> str | None:
+    """None when `me` may tear down a run of `owner` (held against `pool`), else why not, in one line.
+
+    A person ends their own runs; a pool's admin also its members' runs, and runs no one owns (an
+    orphan a sweep adopted, a run from before people were recorded). Without pools, an owner-less
+    run is anyone's: a ledger of one person keeps working as it did.
+    """
+    if owner == me:
+        return None
+    if owner is None:
+        if not pools or is_admin(pools, me):
+            return None
+        admins = sorted({p.admin for p in pools.values() if p.admin})
+        return f"it has no owner: only a pool admin ({', '.join(admins) or 'none set'}) may tear it down"
+    home = pools.get(pool) if pool else pool_of(pools, owner)
+    if home is not None and home.admin == me:
+        return None
+    admin = f" or pool {home.name}'s admin ({home.admin})" if home is not None and home.admin else ""
+    return f"it is {owner}'s run: only {owner}{admin} may tear it down (you are {me}: GPURUN_USER)"
+
+
 def parse_pools(doc: YamlDoc, node: yaml.Node) -> dict[str, Pool]:
     if doc.scalar(node) is None:
         return {}

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from orchestrator import settings
+from orchestrator.redact import register_secret
 from orchestrator.state.values import LedgerError
 
 BUSY_TIMEOUT_S = 30.0
@@ -56,7 +57,10 @@ def is_postgres(url: str | None) -> bool:
 
 def shown(url: str) -> str:
     """The URL without its password: what messages and `gpurun status` may print."""
-    return make_url(_driver_url(url)).render_as_string(hide_password=True).replace("+psycopg", "")
+    try:
+        return make_url(_driver_url(url)).render_as_string(hide_password=True).replace("+psycopg", "")
+    except Exception:  # noqa: BLE001 - malformed: name the scheme only, never the rest
+        return url.split("://", 1)[0] + "://..."
 
 
 def _driver_url(url: str) -> str:
@@ -84,7 +88,11 @@ def sqlite_engine(path: Path) -> Engine:
 
 
 def postgres_engine(url: str) -> Engine:
+    """An engine for a team's PostgreSQL; its password joins the redactor's secrets first."""
     try:
+        password = make_url(_driver_url(url)).password
+        if password:
+            register_secret(str(password))  # never in a log, an event, a card or an error line
         return create_engine(_driver_url(url), poolclass=NullPool,
                              connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "gpurun"})
     except Exception as exc:  # a malformed URL: one line, without the password
