@@ -446,7 +446,7 @@ def test_two_processes_write_concurrently(gpurun_home: Path) -> None:
     led = Ledger(gpurun_home)
     led.create_run("shared-000", "local", 1.0, {"count": 0}, "/r")
     n = 40
-    go_at = time.time() + 1.5
+    go_at = time.time() + 3.0  # both import (SQLAlchemy: ~1 s on a loaded machine) before either starts
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(

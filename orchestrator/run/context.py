@@ -36,6 +36,9 @@ class RunContext:
                  budgets: Budgets | None = None) -> None:
         self.ledger = ledger
         self.run = run
+        # The database may go away mid-run (a team's server): the run's writes queue under its
+        # directory and go out when it is back; the guard keeps its deadline meanwhile (state/journal.py).
+        ledger.keep_journal(run)
         self.provider = provider
         self.report = report
         self.record = RunRecord.of_run(run)

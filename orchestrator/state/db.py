@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, exc, select
+from sqlalchemy import Connection, RootTransaction, exc, select
 
 from orchestrator import settings
 from orchestrator.state import engine as engines
@@ -98,6 +98,28 @@ class Database:
         return LedgerUnavailable(f"the ledger at {self.where} cannot be reached ({detail}):"
                                  " check the database server, or GPURUN_LEDGER")
 
+    def _start(self, write: bool, lock: bool) -> tuple[Connection, RootTransaction]:
+        """Begin a transaction and run its first statement; a connection the server dropped since its
+        last use (a restart) is replaced once, so only a server that is really away counts as one."""
+        for attempt in (0, 1):
+            conn = self._conn()
+            conn.info[WRITE] = write
+            try:
+                tx = conn.begin()
+                if self.shared and write and lock:  # the ledger's write lock (see the module's doc)
+                    conn.execute(select(ledger_lock.c.id).where(ledger_lock.c.id == 1).with_for_update())
+                elif self.shared:
+                    conn.exec_driver_sql("SELECT 1")
+                return conn, tx
+            except (exc.OperationalError, exc.InterfaceError) as err:
+                if not (self.shared or err.connection_invalidated):
+                    raise
+                conn.invalidate()
+                self._local.conn = None
+                if attempt:
+                    raise self._unavailable(err) from None
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _begin(self, write: bool, lock: bool = True) -> Iterator[Connection]:
         """A transaction on this thread's connection; nested calls join the outer one."""
@@ -109,17 +131,19 @@ class Database:
             finally:
                 self._local.depth -= 1
             return
-        conn.info[WRITE] = write
+        conn, tx = self._start(write, lock)
         self._local.depth = 1
         try:
-            with conn.begin():
-                if write and lock and self.shared:
-                    conn.execute(select(ledger_lock.c.id).where(ledger_lock.c.id == 1).with_for_update())
-                yield conn
+            yield conn
+            tx.commit()
         except (exc.OperationalError, exc.InterfaceError) as err:
-            if self.shared or err.connection_invalidated:
-                conn.invalidate()
-                raise self._unavailable(err) from None
+            if not (self.shared or err.connection_invalidated):
+                _rollback(tx)
+                raise
+            conn.invalidate()
+            raise self._unavailable(err) from None
+        except BaseException:
+            _rollback(tx)
             raise
         finally:
             self._local.depth = 0
@@ -139,3 +163,8 @@ class Database:
     def _require_run(self, conn: Connection, run_id: str) -> None:
         if conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first() is None:
             raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
+
+
+def _rollback(tx: RootTransaction) -> None:
+    if tx.is_active:  # SQLite may already have rolled back (e.g. disk full)
+        tx.rollback()

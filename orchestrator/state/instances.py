@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 
 from orchestrator.state.db import Database
+from orchestrator.state.journal import journaled, remembered
 from orchestrator.state.rows import InstanceRow, instance_from_row
 from orchestrator.state.tables import instances
 from orchestrator.state.values import LedgerError, dumps, loads
@@ -16,6 +17,7 @@ _ID = instances.c.instance_id
 
 
 class InstanceStore(Database):
+    @journaled
     def add_instance(
         self, run_id: str, provider: str, instance_id: str, state: str, info: dict[str, Any] | None = None
     ) -> None:
@@ -48,6 +50,7 @@ class InstanceStore(Database):
             conn.execute(update(instances).where(_ID == instance_id).values(
                 state=func.coalesce(state, instances.c.state), info=dumps(merged), updated_at=time.time()))
 
+    @remembered("instances")
     def instances(self, run_id: str) -> list[InstanceRow]:
         query = select(instances).where(instances.c.run_id == run_id).order_by(instances.c.created_at, _ID)
         with self.reading() as conn:

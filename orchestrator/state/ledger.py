@@ -26,6 +26,7 @@ from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
 from orchestrator.state.holds import HoldStore
 from orchestrator.state.instances import InstanceStore
+from orchestrator.state.journal import JournalStore, journaled, remembered
 from orchestrator.state.phases import Phase, TransitionError
 from orchestrator.state.proofs import ProofStore
 from orchestrator.state.rows import RUN_FIELDS, Event, InstanceRow, Run, run_from_row
@@ -76,7 +77,7 @@ def _column_value(name: str, value: Any, stored_plan: str) -> Any:
     return value
 
 
-class Ledger(InstanceStore, HoldStore, ProofStore, Database):
+class Ledger(JournalStore, InstanceStore, HoldStore, ProofStore, Database):
     """The ledger (SQLite file, or a team's PostgreSQL). Safe to share between threads and processes."""
 
     # ---- runs --------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
         assert run is not None
         return run
 
+    @remembered("run")
     def get_run(self, run_id: str) -> Run | None:
         with self.reading() as conn:
             row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
@@ -143,6 +145,7 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
             rows = conn.execute(query.order_by(*_NEWEST_FIRST)).mappings().all()
         return [run_from_row(r) for r in rows]
 
+    @journaled
     def update_run(self, run_id: str, /, *, ending: Ending | None = None, **fields_: Any) -> None:
         """Set run fields (not the phase: see set_phase). `ending` is how the run ended; `end_reason`
         stays the human message ("deadline: budget guard")."""
@@ -172,12 +175,14 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
         conn.execute(insert(events).values(run_id=run_id, time=when, phase=phase, is_phase=int(is_phase),
                                            payload=dumps(payload)))
 
-    def set_phase(self, run_id: str, phase: str | Phase, **payload: Any) -> None:
+    @journaled
+    def set_phase(self, run_id: str, phase: str | Phase, *, at: float | None = None, **payload: Any) -> None:
         """Move the run to `phase` and record the event; a transition the lifecycle does not allow
-        (orchestrator.state.phases.ALLOWED_TRANSITIONS) is refused with LedgerError and changes nothing."""
+        (orchestrator.state.phases.ALLOWED_TRANSITIONS) is refused with LedgerError and changes nothing.
+        `at`: when it happened, for a change written late (a controller's queue, `state.journal`)."""
         target = _check_phase(phase)
         phase = target.value
-        now = time.time()
+        now = time.time() if at is None else float(at)
         with self.transaction() as conn:
             current = conn.execute(select(runs.c.phase).where(runs.c.run_id == run_id)).scalar()
             if current is None:
@@ -192,9 +197,10 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
                 values["error"] = redact(str(payload["error"]))
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
 
+    @journaled
     def record_event(self, run_id: str, kind: EventKind | str, *, at: float | None = None, **payload: Any) -> None:
         """Record a non-phase event (a plain str kind is still accepted while callers move to EventKind).
-        `at`: when it happened, for an event written late (a controller's queue, `state.outbox`)."""
+        `at`: when it happened, for an event written late (a controller's queue, `state.journal`)."""
         kind = kind.value if isinstance(kind, EventKind) else kind
         if phases.is_phase(kind):
             raise LedgerError(f"{kind!r} is a phase: record it with set_phase so timings stay right")
@@ -204,6 +210,7 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
             self._require_run(conn, run_id)
             self._insert_event(conn, run_id, time.time() if at is None else float(at), kind, False, payload)
 
+    @remembered("events")
     def events(self, run_id: str) -> list[Event]:
         query = select(events.c.run_id, events.c.time, events.c.phase, events.c.payload)
         with self.reading() as conn:

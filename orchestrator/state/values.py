@@ -21,7 +21,7 @@ class LedgerError(Exception):
 
 class LedgerUnavailable(LedgerError):
     """The ledger's database cannot be reached (a shared server down, the network gone): nothing was
-    written. A launch refuses; a running controller keeps guarding and queues its events (`state.outbox`)."""
+    written. A launch refuses; a running controller keeps guarding and queues its events (`state.journal`)."""
 
 
 def _json_default(obj: Any) -> Any:
