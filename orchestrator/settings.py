@@ -116,7 +116,10 @@ def person(env: Mapping[str, str] | None = None) -> str:
     """Who launches: $GPURUN_USER, else the login name."""
     value = _get(USER, env)
     if value is None:
-        value = getpass.getuser()
+        try:
+            value = getpass.getuser()
+        except (OSError, KeyError):  # a container's uid with no name: still someone, and the same one each time
+            value = f"uid{os.getuid()}"
     if any(c.isspace() for c in value) or len(value) > 64:
         raise SettingsError(f"{USER}={value!r}: expected one short name without spaces, e.g. alice")
     return value

@@ -466,3 +466,38 @@ def test_two_processes_write_concurrently(gpurun_home: Path) -> None:
     # The two writers really overlapped in time (otherwise this tests nothing).
     spans = [[float(line.split()[1]) for line in out.splitlines()] for out, _ in outs]
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
+
+
+_CHAINER = r"""
+import hashlib, sys, time
+from pathlib import Path
+from orchestrator.state.ledger import Ledger
+
+home, tag, n, go_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+led = Ledger(Path(home))
+while time.time() < go_at:
+    time.sleep(0.005)
+for i in range(n):
+    with led.transaction():  # what teardown does: read the head and append under one lock
+        head = led.last_proof_sha256()
+        time.sleep(0.002)  # widen the window: without the lock both would chain to the same head
+        led.add_proof("shared-000", hashlib.sha256(f"{tag}-{i}".encode()).hexdigest(), f"/p/{tag}-{i}", head)
+"""
+
+
+def test_two_machines_extend_one_proof_chain(tmp_path: Path, gpurun_home: Path) -> None:
+    """Two processes (two GPURUN_HOMEs: two machines on a shared ledger, or one SQLite file) append
+    proofs at the same time: one chain, never forked."""
+    led = Ledger(gpurun_home)
+    led.create_run("shared-000", "local", 1.0, {}, "/r")
+    n, go_at = 15, time.time() + 3.0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    homes = [gpurun_home, tmp_path / "second-machine"] if led.shared else [gpurun_home, gpurun_home]
+    procs = [subprocess.Popen([sys.executable, "-c", _CHAINER, str(home), tag, str(n), str(go_at)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for home, tag in zip(homes, ("a", "b"), strict=True)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    chain = led.proofs()
+    assert len(chain) == 2 * n and chain[0]["prev_sha256"] is None
+    assert all(cur["prev_sha256"] == prev["sha256"] for prev, cur in zip(chain, chain[1:], strict=False))

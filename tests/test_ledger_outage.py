@@ -53,7 +53,16 @@ def test_a_journaled_run_queues_while_the_server_is_away_and_writes_it_out_after
     ledger.keep_journal(run)
     own_server.kill()
     with pytest.raises(LedgerUnavailable, match="cannot be reached"):
-        Ledger(tmp_path / "other", url=url)  # what a launch meets: no hold, so no launch
+        Ledger(tmp_path / "other", url=url).committed_usd(0.0)  # what a launch meets: no hold, so no launch
+    home = tmp_path / "launcher"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPURUN_LEDGER": url, "GPURUN_HOME": str(home),
+           "GPURUN_RUNS_DIR": str(home / "runs")}
+    refused = subprocess.run([sys.executable, "-m", "orchestrator.cli.main", "launch", "--provider", "local",
+                              "--max-usd", "0.02", "--usd-per-hour", "1.2", "--yes", "--", "true"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1 and "cannot be reached" in lines[0], refused.stderr
+    assert not (home / "sandboxes").exists() and not (home / "runs").exists()  # nothing rented, nothing made
     before = time.time()
     ledger.set_phase("r-1", Phase.BOOTING)
     ledger.record_event("r-1", "sync", files=3, bytes=100)

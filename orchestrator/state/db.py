@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, RootTransaction, exc, select
+from sqlalchemy import Connection, Engine, RootTransaction, exc, select
 
 from orchestrator import settings
 from orchestrator.state import engine as engines
@@ -26,6 +26,8 @@ from orchestrator.state.tables import ledger_lock, runs
 from orchestrator.state.values import LedgerError, LedgerUnavailable
 
 __all__ = ["BUSY_TIMEOUT_S", "Database", "default_home", "ensure_home"]
+
+_AT_HEAD: set[tuple[object, ...]] = set()  # the databases this process has found (or brought) at the head revision
 
 
 def default_home() -> Path:
@@ -60,16 +62,21 @@ class Database:
             # Pre-create 0600: SQLite gives the -wal/-shm files the same mode as the database.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._local = threading.local()
-        self._engine_pid = -1
-        with self._begin(write=True, lock=False) as conn:
-            migrate(conn, self.where)
+        ready = self._identity()
+        if ready not in _AT_HEAD:  # once per database and process: a CLI opens its ledger many times
+            with self._begin(write=True, lock=False) as conn:
+                migrate(conn, self.where)
+            _AT_HEAD.add(ready)
 
-    def _engine(self):  # noqa: ANN202 - sqlalchemy.Engine, made again in a forked child
-        if self._engine_pid != os.getpid():
-            self._engine_obj = (engines.postgres_engine(self.url) if self.shared  # type: ignore[arg-type]
-                                else engines.sqlite_engine(self.path))
-            self._engine_pid = os.getpid()
-        return self._engine_obj
+    def _identity(self) -> tuple[object, ...]:
+        """This database, as far as this process can tell (a SQLite file made again is another one)."""
+        if self.shared:
+            return (self.url, os.getpid())
+        st = self.path.stat()
+        return (str(self.path), st.st_dev, st.st_ino, os.getpid())
+
+    def _engine(self) -> Engine:
+        return engines.postgres_engine(self.url) if self.shared else engines.sqlite_engine(self.path)  # type: ignore[arg-type]
 
     def _conn(self) -> Connection:
         # One connection per thread and process: neither sqlite3 nor psycopg connections are fork-safe.

@@ -11,6 +11,9 @@ so two launches checking one cap are serialised instead of both seeing the old t
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from orchestrator.state.values import LedgerError
 BUSY_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10  # a shared ledger that does not answer: the launch refuses instead of hanging
 WRITE = "gpurun_write"  # connection.info key: the transaction about to begin writes (BEGIN IMMEDIATE)
+_LEDGER_KEY = re.compile(r"^ledger\s*:", re.MULTILINE)
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
@@ -42,7 +46,10 @@ def configured_url(home: Path, cwd: Path | None = None) -> str | None:
 
 def _ledger_key(file: Path) -> str | None:
     try:
-        doc = yaml.safe_load(file.read_text())
+        text = file.read_text()
+        if not _LEDGER_KEY.search(text):
+            return None  # most budgets files: no need to parse YAML on every open
+        doc = yaml.safe_load(text)
     except (OSError, yaml.YAMLError):
         return None  # load_budgets reports a broken file with its line; the ledger is not its judge
     value = doc.get("ledger") if isinstance(doc, dict) else None
@@ -70,7 +77,21 @@ def _driver_url(url: str) -> str:
     return url
 
 
+_ENGINES: dict[tuple[str, int], Engine] = {}  # one engine per database and process (a fork makes its own)
+
+
+def _cached(key: str, make: Callable[[], Engine]) -> Engine:
+    slot = (key, os.getpid())
+    if slot not in _ENGINES:
+        _ENGINES[slot] = make()
+    return _ENGINES[slot]
+
+
 def sqlite_engine(path: Path) -> Engine:
+    return _cached(f"sqlite:///{path}", lambda: _sqlite_engine(path))
+
+
+def _sqlite_engine(path: Path) -> Engine:
     engine = create_engine(f"sqlite:///{path}", poolclass=NullPool, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -89,6 +110,10 @@ def sqlite_engine(path: Path) -> Engine:
 
 def postgres_engine(url: str) -> Engine:
     """An engine for a team's PostgreSQL; its password joins the redactor's secrets first."""
+    return _cached(url, lambda: _postgres_engine(url))
+
+
+def _postgres_engine(url: str) -> Engine:
     try:
         password = make_url(_driver_url(url)).password
         if password:
