@@ -57,6 +57,9 @@ def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("gpurun_home")
     monkeypatch.setenv("GPURUN_HOME", str(home))
     monkeypatch.setenv("GPURUN_RUNS_DIR", str(home / "runs"))
+    # Never a team's ledger from the developer's shell: the ledger_engine fixture picks the engine.
+    monkeypatch.delenv("GPURUN_LEDGER", raising=False)
+    monkeypatch.delenv("GPURUN_USER", raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     return home
 

@@ -51,7 +51,8 @@ class Database:
 
     def __init__(self, home: Path | None = None, url: str | None = None) -> None:
         self.home = ensure_home(Path(home).expanduser() if home is not None else default_home())
-        self.url = url if url is not None else engines.configured_url(self.home)
+        # An explicit URL is checked like GPURUN_LEDGER (SettingsError: one line, no password).
+        self.url = settings.ledger_url({settings.LEDGER: url}) if url is not None else engines.configured_url(self.home)
         self.shared = engines.is_postgres(self.url)
         if self.url is not None and self.url.startswith("sqlite:///"):
             self.path = Path(self.url[len("sqlite:///"):]).expanduser()
@@ -59,6 +60,7 @@ class Database:
             self.path = self.home / "ledger.db"  # the SQLite file (unused while the ledger is shared)
         self.where = engines.shown(self.url) if self.shared else str(self.path)
         if not self.shared and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Pre-create 0600: SQLite gives the -wal/-shm files the same mode as the database.
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._local = threading.local()
