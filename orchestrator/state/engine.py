@@ -27,7 +27,11 @@ from orchestrator.redact import register_secret
 from orchestrator.state.values import LedgerError
 
 BUSY_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 10  # a shared ledger that does not answer: the launch refuses instead of hanging
+CONNECT_TIMEOUT_S = 5  # a shared ledger that does not answer: the launch refuses instead of hanging
+# A server that vanished without closing the connection (a cut network) is given up on in seconds, not
+# the kernel's minutes: libpq's TCP keepalives and tcp_user_timeout (ms of unacknowledged data).
+_PG_SOCKET = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+              "tcp_user_timeout": 10_000}
 WRITE = "gpurun_write"  # connection.info key: the transaction about to begin writes (BEGIN IMMEDIATE)
 _LEDGER_KEY = re.compile(r"^ledger\s*:", re.MULTILINE)
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
@@ -119,6 +123,7 @@ def _postgres_engine(url: str) -> Engine:
         if password:
             register_secret(str(password))  # never in a log, an event, a card or an error line
         return create_engine(_driver_url(url), poolclass=NullPool,
-                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "gpurun"})
+                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "gpurun",
+                                           **_PG_SOCKET})
     except Exception as exc:  # a malformed URL: one line, without the password
         raise LedgerError(f"ledger URL {shown(url)}: {exc}: fix GPURUN_LEDGER or ledger: in budgets.yaml") from None

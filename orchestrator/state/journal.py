@@ -5,7 +5,7 @@ network cut), and nothing is lost.
 events, run fields, instances) go to the database while it answers, and otherwise into
 `ledger_outbox.jsonl` under the run directory, in order, each with the time it happened; the run's
 reads answer from what was last read plus what is queued. The first call after a quiet spell
-(`RETRY_S`) that finds the database back writes the queue out, oldest first, and goes on. The guard
+(`RETRY_S`, doubling up to a minute while it stays away) that finds the database back writes the queue out, oldest first, and goes on. The guard
 keeps guarding meanwhile: its deadline and stop time are in the run it already holds, and the
 on-instance switch never asks the ledger. A launch does not journal: its hold and run row are one
 transaction, refused (LedgerUnavailable) when the database cannot be reached.
@@ -34,7 +34,8 @@ from orchestrator.state.rows import Event, InstanceRow, Run
 from orchestrator.state.values import LedgerError, LedgerUnavailable, dumps, loads
 
 OUTBOX = "ledger_outbox.jsonl"
-RETRY_S = 5.0  # after a failure, the database is left alone this long: a dead server must not slow the guard
+RETRY_S = 5.0  # after a failure, the database is left alone this long (doubling while it stays away)
+MAX_RETRY_S = 60.0
 EXIT_WAIT_S = 60.0  # a controller that ends with writes queued waits this long for the database, then leaves them
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,7 +77,14 @@ class Journal:
         self.events: list[Event] = []
         self.instances: list[InstanceRow] = []
         self.down_until = 0.0
+        self.failures = 0  # in a row: the wait before the next try doubles, up to MAX_RETRY_S
         self.lock = threading.RLock()
+
+    def failed(self) -> None:
+        """The database did not answer: leave it alone a while (each call to a host that drops packets
+        may block for the connect timeout, and the guard must keep its pace)."""
+        self.failures += 1
+        self.down_until = time.monotonic() + min(MAX_RETRY_S, RETRY_S * 2 ** (self.failures - 1))
 
     def queue(self, op: str, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         at = time.time()
@@ -106,7 +114,7 @@ def journaled(method: F) -> F:
                 try:
                     return method(self, run_id, *args, **kwargs)
                 except LedgerUnavailable:
-                    journal.down_until = time.monotonic() + RETRY_S
+                    journal.failed()
             journal.queue(method.__name__, run_id, args, kwargs)
             return None
 
@@ -128,7 +136,7 @@ def remembered(field: str) -> Callable[[F], F]:
                         setattr(journal, field, value)
                         return value
                     except LedgerUnavailable:
-                        journal.down_until = time.monotonic() + RETRY_S
+                        journal.failed()
                 value = getattr(journal, field)
                 return list(value) if isinstance(value, list) else value
 
@@ -195,13 +203,14 @@ class JournalStore(Database):
                 self._replay(entry)
             except LedgerUnavailable:
                 journal.outbox.drop_first(done)
-                journal.down_until = time.monotonic() + RETRY_S
+                journal.failed()
                 return False
             except LedgerError as exc:  # refused now (e.g. a transition overtaken): kept as an event
                 self._replay({"op": "record_event", "run_id": entry["run_id"], "at": entry["at"],
                               "args": ["error"], "kwargs": {"message": f"queued {entry['op']} refused: {exc}"}})
         if entries:
             journal.outbox.drop_first(len(entries))
+        journal.failures = 0
         return True
 
     def _replay(self, entry: dict[str, Any]) -> None:
