@@ -30,7 +30,7 @@ from sqlalchemy import Connection
 from orchestrator.state.db import Database
 from orchestrator.state.endings import Ending
 from orchestrator.state.phases import Phase
-from orchestrator.state.rows import Event, InstanceRow, Run
+from orchestrator.state.rows import RUN_FIELDS, Event, InstanceRow, Run
 from orchestrator.state.values import LedgerError, LedgerUnavailable, dumps, loads
 
 OUTBOX = "ledger_outbox.jsonl"
@@ -89,14 +89,20 @@ class Journal:
     def queue(self, op: str, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         at = time.time()
         self.outbox.append({"op": op, "run_id": run_id, "args": list(args), "kwargs": kwargs, "at": at})
+        self.apply(op, run_id, args, kwargs, at)
+
+    def apply(self, op: str, run_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], at: float) -> None:
+        """Keep the last known state as the database has it (or will, once the queue is out)."""
         if op == "set_phase":
             self.run = replace(self.run, phase=Phase(args[0]), updated_at=at)
             self.events.append(Event(run_id, at, Phase(args[0]).value, kwargs))
         elif op == "record_event":
             self.events.append(Event(run_id, at, str(args[0]), kwargs))
         elif op == "update_run":
-            fields = {k: v for k, v in kwargs.items() if k != "plan"}
-            if fields.get("ending") is not None:
+            fields = {k: v for k, v in kwargs.items() if k in RUN_FIELDS and k not in ("plan", "run_id", "phase")}
+            if fields.get("ending") is None:
+                fields.pop("ending", None)  # update_run keeps the ending it has when given none
+            else:
                 fields["ending"] = Ending(fields["ending"])
             plan = {**self.run.plan, **(kwargs.get("plan") or {})}
             self.run = replace(self.run, plan=plan, **fields)
@@ -112,7 +118,9 @@ def journaled(method: F) -> F:
         with journal.lock:
             if self._reachable(journal):
                 try:
-                    return method(self, run_id, *args, **kwargs)
+                    done = method(self, run_id, *args, **kwargs)
+                    journal.apply(method.__name__, run_id, args, kwargs, time.time())
+                    return done
                 except LedgerUnavailable:
                     journal.failed()
             journal.queue(method.__name__, run_id, args, kwargs)
@@ -153,6 +161,11 @@ class JournalStore(Database):
         if run.run_id not in journals:
             journals[run.run_id] = Journal(run)
             self._reachable(journals[run.run_id])  # a queue left by an earlier controller goes out first
+            try:  # what the run reads while the database is away starts from here (the egress meter: its syncs)
+                self.events(run.run_id)  # type: ignore[attr-defined]
+                self.instances(run.run_id)  # type: ignore[attr-defined]
+            except LedgerUnavailable:
+                pass
             if len(journals) == 1:
                 atexit.register(self.flush_journals, EXIT_WAIT_S)
 
