@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the main job: a short GPT-2 training run on the embedded `local` provider
-#   make test   the whole test suite (installs sshd + rsync when missing and run as root)
+#   make test   the whole test suite (installs sshd, rsync and PostgreSQL when missing and run as root)
 # On a machine without a GPU the CPU build of torch is installed; on a GPU box: make TORCH=torch run
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,12 +23,15 @@ $(BIN)/gpurun: pyproject.toml
 setup: $(BIN)/gpurun
 
 # Real OpenSSH + rsync are what the transport tests run against; Debian's Chromium is the browser
-# the dashboard's test drives (through Playwright, from the test extra: no browser is downloaded).
+# the dashboard's test drives (through Playwright, from the test extra: no browser is downloaded); a
+# real PostgreSQL server (Debian's `postgresql`: the tests start a throwaway cluster from its
+# binaries, tests/fixtures/postgres.py) is what the shared-ledger tests run against.
 sysdeps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null || [ ! -x /usr/bin/chromium ]; then \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null || [ ! -x /usr/bin/chromium ] \
+		|| ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync chromium; \
-		else echo "sshd/rsync/chromium missing: sudo apt-get install openssh-server rsync chromium" >&2; exit 1; fi; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client rsync chromium postgresql; \
+		else echo "sshd/rsync/chromium/postgresql missing: sudo apt-get install openssh-server rsync chromium postgresql" >&2; exit 1; fi; \
 	fi
 
 run: setup

@@ -12,6 +12,7 @@ and bench/ (GPURUN_SHAKESPEARE).
 
 from __future__ import annotations
 
+import getpass
 import math
 import os
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ SELF_DESTRUCT_CMD = "GPURUN_SELF_DESTRUCT_CMD"
 VERIFY_TIMEOUT_S = "GPURUN_VERIFY_TIMEOUT_S"
 RECONCILE_EVERY_S = "GPURUN_RECONCILE_EVERY_S"
 RDZV_PORT = "GPURUN_RDZV_PORT"
+LEDGER = "GPURUN_LEDGER"
+USER = "GPURUN_USER"
 
 # What each one does (docs and `--help` texts can quote these).
 VARIABLES: dict[str, str] = {
@@ -39,6 +42,9 @@ VARIABLES: dict[str, str] = {
     RECONCILE_EVERY_S: "`gpurun cost --reconcile` asks again about a run whose figure is not final at most "
                        "this often (default 3600: an AWS Cost Explorer request costs 0.01 USD)",
     RDZV_PORT: "the TCP port on node 0 where the nodes of a --nodes run meet (default 29500, torchrun's)",
+    LEDGER: "postgresql://user:pass@host/db: a ledger shared by a team (default: ledger.db under GPURUN_HOME; "
+            "budgets.yaml's ledger: says the same)",
+    USER: "who launches: recorded on every run, held against the person's pool caps (default the login name)",
 }
 VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_PROVIDERS": "providers/__init__.py: extra providers, name=module:Class,...",
@@ -86,6 +92,37 @@ def home(env: Mapping[str, str] | None = None) -> Path:
     """$GPURUN_HOME, else ~/.gpurun (not created here: ledger.ensure_home does that, 0700)."""
     value = _get(HOME, env)
     return Path(value).expanduser() if value else Path.home() / ".gpurun"
+
+
+def ledger_url(env: Mapping[str, str] | None = None) -> str | None:
+    """$GPURUN_LEDGER (a postgresql:// URL, or sqlite:///FILE), or None: budgets.yaml's ledger:, else ledger.db."""
+    value = _get(LEDGER, env)
+    if value is not None and not value.startswith(("postgresql://", "postgres://", "postgresql+psycopg://",
+                                                   "sqlite:///")):
+        raise SettingsError(f"{LEDGER}={_without_password(value)!r}: expected postgresql://user:password@host:5432/db"
+                            " (or sqlite:///path/ledger.db)")
+    return value
+
+
+def _without_password(url: str) -> str:
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, userinfo = head.partition("://")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{tail}" if ":" in userinfo else url
+
+
+def person(env: Mapping[str, str] | None = None) -> str:
+    """Who launches: $GPURUN_USER, else the login name."""
+    value = _get(USER, env)
+    if value is None:
+        try:
+            value = getpass.getuser()
+        except (OSError, KeyError):  # a container's uid with no name: still someone, and the same one each time
+            value = f"uid{os.getuid()}"
+    if any(c.isspace() for c in value) or len(value) > 64:
+        raise SettingsError(f"{USER}={value!r}: expected one short name without spaces, e.g. alice")
+    return value
 
 
 def runs_dir(explicit: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:

@@ -14,11 +14,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.postgres import ROOT_ENV, ledger_engine, make_root, pg_cluster, stop_shared_cluster  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 # The benchmarks read their offline data from here (bench/data_files.py), in-process and in the
 # processes the tests start.
 os.environ.setdefault("GPURUN_DATA_DIR", str(SHARED_DATA))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The test run's PostgreSQL directory, made once by the pytest process that starts the workers
+    (they inherit the variable); its cluster starts when a test first needs it (tests/fixtures/postgres.py)."""
+    if not hasattr(config, "workerinput") and not os.environ.get(ROOT_ENV):
+        config._gpurun_pg_root = make_root()  # type: ignore[attr-defined]
+        os.environ[ROOT_ENV] = str(config._gpurun_pg_root)  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = getattr(config, "_gpurun_pg_root", None)
+    if root is not None:  # every worker has finished: stop the shared cluster, remove its files
+        stop_shared_cluster(root)
+        os.environ.pop(ROOT_ENV, None)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,6 +57,9 @@ def gpurun_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     home = tmp_path_factory.mktemp("gpurun_home")
     monkeypatch.setenv("GPURUN_HOME", str(home))
     monkeypatch.setenv("GPURUN_RUNS_DIR", str(home / "runs"))
+    # Never a team's ledger from the developer's shell: the ledger_engine fixture picks the engine.
+    monkeypatch.delenv("GPURUN_LEDGER", raising=False)
+    monkeypatch.delenv("GPURUN_USER", raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     return home
 

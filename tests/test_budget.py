@@ -397,6 +397,7 @@ def new_run(ledger: Ledger, run_id: str, provider: str = "aws", max_usd: float =
     ledger.create_run(run_id, provider, max_usd, {}, "/tmp/" + run_id)
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_reserve_holds_and_settle_releases(tmp_path: Path) -> None:
     ledger = Ledger()
     b = make_budgets(tmp_path, daily_usd=5.0, monthly_usd=50.0)
@@ -428,6 +429,7 @@ def test_reserve_holds_and_settle_releases(tmp_path: Path) -> None:
         settle(ledger, "run-b", float("nan"))
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_monthly_cap_already_spent(tmp_path: Path) -> None:
     ledger = Ledger()
     b = make_budgets(tmp_path, daily_usd=None, monthly_usd=50.0)
@@ -452,6 +454,7 @@ def test_monthly_cap_already_spent(tmp_path: Path) -> None:
     reserve(b, ledger, "new-run", "aws", 0.9, now=now)
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_per_provider_cap(tmp_path: Path) -> None:
     ledger = Ledger()
     b = make_budgets(tmp_path, daily_usd=100.0)
@@ -470,6 +473,7 @@ def test_per_provider_cap(tmp_path: Path) -> None:
     reserve(b, ledger, "r3", "aws", 2.0, now=tomorrow)
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_cap_fully_spent_says_wait(tmp_path: Path) -> None:
     ledger = Ledger()
     b = make_budgets(tmp_path, daily_usd=1.0)
@@ -505,6 +509,7 @@ def test_local_time_is_the_tz_of_the_process(tmp_path: Path) -> None:
     assert outs["America/New_York"] == 1767225600.0 - 24 * 3600 + 5 * 3600  # 2025-12-31 00:00 EST
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_reserve_rejects_bad_hold(tmp_path: Path) -> None:
     ledger = Ledger()
     b = make_budgets(tmp_path)
@@ -546,6 +551,7 @@ except BudgetError as exc:
 """
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_two_processes_cannot_both_pass_a_cap(tmp_path: Path, gpurun_home: Path) -> None:
     budgets_file = write(tmp_path, MINIMAL.replace("daily_usd: 10", "daily_usd: 5"))
     ledger = Ledger(gpurun_home)

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from starlette.testclient import TestClient
 
 from orchestrator.dashboard import curves as curves_mod
@@ -31,17 +32,19 @@ def plan_of_a_launch() -> dict:
     return RunRecord.of_launch(make_plan(LaunchOptions(provider="local", max_usd=0.05, usd_per_hour=1.2))).to_dict()
 
 
-def test_a_row_with_a_person_shows_them_and_one_without_shows_a_dash(tmp_path: Path) -> None:
+def test_a_row_with_a_person_shows_them_and_one_without_shows_a_dash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPURUN_USER", "ada")  # who launches is recorded on every run
     ledger = Ledger()
     verified_run(ledger, "20261201-100000-ver1", plan_of_a_launch(), tmp_path, cost=0.01, cap=0.04, billed=0.01)
     run = ledger.get_run("20261201-100000-ver1")
     assert run is not None
     line = line_of(ledger, run, time.time())
-    assert line.person == "-" and line.state is State.VERIFIED and line.gpu == "cpu" and line.step == 80
-    run.person = "ada"  # type: ignore[attr-defined]  # a ledger with people (the shared-ledger work)
-    assert line_of(ledger, run, time.time()).person == "ada"
+    assert line.person == "ada" and line.state is State.VERIFIED and line.gpu == "cpu" and line.step == 80
     people, problems = by_person(ledger, time.time())
-    assert [(p.person, p.runs, round(p.spent_usd, 4)) for p in people] == [("-", 1, 0.01)] and not problems
+    assert [(p.person, p.runs, round(p.spent_usd, 4)) for p in people] == [("ada", 1, 0.01)] and not problems
+    run.person = None  # a run from before the ledger knew people
+    assert line_of(ledger, run, time.time()).person == "-"
 
 
 def test_the_card_keeps_its_text_and_table_but_no_raw_html_nor_foreign_image() -> None:

@@ -13,7 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from orchestrator.state import tables
 from orchestrator.state.db import default_home
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import MAIN_PHASES
@@ -27,12 +29,22 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# Every test here runs on both engines: SQLite (ledger.db) and PostgreSQL (GPURUN_LEDGER).
+pytestmark = pytest.mark.usefixtures("ledger_engine")
+
+
 @pytest.fixture
 def ledger(gpurun_home: Path) -> Ledger:
     return Ledger()
 
 
-def test_home_and_file_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def sqlite_only(ledger_engine: str) -> None:
+    if ledger_engine != "sqlite":
+        pytest.skip("the SQLite file itself (its modes, its journal) is what this test checks")
+
+
+def test_home_and_file_modes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_only: None) -> None:
     home = tmp_path / "fresh" / "gpurun"
     monkeypatch.setenv("GPURUN_HOME", str(home))
     assert default_home() == home
@@ -144,8 +156,11 @@ def test_payloads_are_redacted(ledger: Ledger) -> None:
     ledger.record_event("r-1", "terminate_request", response={"token": "t0ps3cr3t-value"})
     ledger.add_instance("r-1", "runpod", "pod-1", "pending", {"password": "hunter22"})
     ledger.update_run("r-1", error=f"401 for api_key={secret}")
-    raw = b"".join(p.read_bytes() for p in ledger.home.glob("ledger.db*"))
-    assert secret.encode() not in raw
+    with ledger.reading() as conn:  # every stored value, on either engine
+        raw = repr([conn.execute(select(t)).all() for t in tables.metadata.sorted_tables]).encode()
+    if not ledger.shared:  # and the SQLite file's bytes, its write-ahead log included
+        raw += b"".join(p.read_bytes() for p in ledger.home.glob("ledger.db*"))
+    assert b"runpod" in raw and secret.encode() not in raw
     assert b"t0ps3cr3t-value" not in raw and b"hunter22" not in raw
     assert ledger.events("r-1")[1].payload["api_key"] == "***"
 
@@ -431,7 +446,7 @@ def test_two_processes_write_concurrently(gpurun_home: Path) -> None:
     led = Ledger(gpurun_home)
     led.create_run("shared-000", "local", 1.0, {"count": 0}, "/r")
     n = 40
-    go_at = time.time() + 1.5
+    go_at = time.time() + 3.0  # both import (SQLAlchemy: ~1 s on a loaded machine) before either starts
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
@@ -451,3 +466,38 @@ def test_two_processes_write_concurrently(gpurun_home: Path) -> None:
     # The two writers really overlapped in time (otherwise this tests nothing).
     spans = [[float(line.split()[1]) for line in out.splitlines()] for out, _ in outs]
     assert max(start for start, _ in spans) < min(end for _, end in spans), spans
+
+
+_CHAINER = r"""
+import hashlib, sys, time
+from pathlib import Path
+from orchestrator.state.ledger import Ledger
+
+home, tag, n, go_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+led = Ledger(Path(home))
+while time.time() < go_at:
+    time.sleep(0.005)
+for i in range(n):
+    with led.transaction():  # what teardown does: read the head and append under one lock
+        head = led.last_proof_sha256()
+        time.sleep(0.002)  # widen the window: without the lock both would chain to the same head
+        led.add_proof("shared-000", hashlib.sha256(f"{tag}-{i}".encode()).hexdigest(), f"/p/{tag}-{i}", head)
+"""
+
+
+def test_two_machines_extend_one_proof_chain(tmp_path: Path, gpurun_home: Path) -> None:
+    """Two processes (two GPURUN_HOMEs: two machines on a shared ledger, or one SQLite file) append
+    proofs at the same time: one chain, never forked."""
+    led = Ledger(gpurun_home)
+    led.create_run("shared-000", "local", 1.0, {}, "/r")
+    n, go_at = 15, time.time() + 3.0
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    homes = [gpurun_home, tmp_path / "second-machine"] if led.shared else [gpurun_home, gpurun_home]
+    procs = [subprocess.Popen([sys.executable, "-c", _CHAINER, str(home), tag, str(n), str(go_at)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for home, tag in zip(homes, ("a", "b"), strict=True)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    chain = led.proofs()
+    assert len(chain) == 2 * n and chain[0]["prev_sha256"] is None
+    assert all(cur["prev_sha256"] == prev["sha256"] for prev, cur in zip(chain, chain[1:], strict=False))

@@ -14,27 +14,25 @@ from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
 from orchestrator.state.schema import SCHEMA_VERSION
 from orchestrator.state.values import LedgerError
+from tests.legacy_ledger import write_schema_4_ledger
 from tests.test_imports import graph
 
 
 def test_a_schema_3_ledger_gains_ending_filled_from_end_reason(gpurun_home: Path) -> None:
-    old = Ledger()
+    conn = write_schema_4_ledger(gpurun_home / "ledger.db", version=3)  # what a schema-3 gpurun left
     for run_id, reason in (("a", "deadline: budget guard"), ("b", "job ended (exit 3)"), ("c", "odd words"),
                            ("d", None)):
-        old.create_run(run_id, "local", 1.0, {}, "/tmp/x")
-        if reason is not None:  # what a schema-3 gpurun kept: the words only (the ending is emptied below)
-            old.update_run(run_id, end_reason=reason, ending=Ending.RUN_FAILED)
-    old.close()
-    conn = sqlite3.connect(gpurun_home / "ledger.db")  # back to what a schema-3 gpurun wrote
-    conn.executescript("UPDATE runs SET ending = NULL; PRAGMA user_version = 3;")
+        conn.execute("INSERT INTO runs (run_id, provider, phase, created_at, updated_at, max_usd, end_reason)"
+                     " VALUES (?, 'local', 'verified', 1, 1, 1, ?)", (run_id, reason))
     conn.close()
     ledger = Ledger()
     got = {r.run_id: r.ending for r in ledger.list_runs()}
     assert got == {"a": Ending.DEADLINE, "b": Ending.JOB_ENDED, "c": None, "d": None}
-    version = ledger._conn().execute("PRAGMA user_version").fetchone()[0]
-    assert version == SCHEMA_VERSION == 4
+    with sqlite3.connect(ledger.path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_update_run_stores_the_typed_ending_beside_the_message() -> None:
     ledger = Ledger()
     ledger.create_run("r", "local", 1.0, {}, "/tmp/x")
@@ -56,6 +54,7 @@ def test_for_run_reads_the_typed_ending() -> None:
     assert for_run(None, None) is Exit.OK
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_run_phase_is_a_phase_that_reads_as_its_name() -> None:
     ledger = Ledger()
     run = ledger.create_run("r", "local", 1.0, {}, "/tmp/x")
@@ -64,6 +63,7 @@ def test_run_phase_is_a_phase_that_reads_as_its_name() -> None:
     assert json.dumps({"phase": run.phase, "ending": Ending.DEADLINE}) == '{"phase": "planned", "ending": "deadline"}'
 
 
+@pytest.mark.usefixtures("ledger_engine")  # both engines: SQLite and PostgreSQL
 def test_record_event_takes_an_event_kind() -> None:
     ledger = Ledger()
     ledger.create_run("r", "local", 1.0, {}, "/tmp/x")

@@ -1,7 +1,7 @@
 """`gpurun`: the command line's group. Thin: every command lives by concern in orchestrator/cli/ and is registered here.
 
 launch.py (`launch`, the hidden `guard`), runs.py (`status`, `logs`, `sync`, `teardown`, `evidence`),
-offers.py (`offers`, `recipes`), sweep.py (`sweep`), money.py (`cost`, `audit`), dashboard.py (`dashboard`). An expected failure
+offers.py (`offers`, `recipes`), sweep.py (`sweep`), money.py (`cost`, `audit`), dashboard.py (`dashboard`), pools.py (`pool`). An expected failure
 ends in one clear line and the exit status orchestrator/state/endings.py gives it, never a traceback.
 """
 
@@ -18,6 +18,7 @@ from orchestrator.cli.dashboard import dashboard
 from orchestrator.cli.launch import guard, launch
 from orchestrator.cli.money import audit_cmd, cost
 from orchestrator.cli.offers import offers, recipes_
+from orchestrator.cli.pools import pool
 from orchestrator.cli.runs import evidence, logs, status, sync, teardown
 from orchestrator.cli.sweep import sweep
 from orchestrator.errors import RunFailed
@@ -56,7 +57,7 @@ def main() -> None:
 
 
 for command in (launch, guard, status, logs, sync, teardown, offers, recipes_, sweep, evidence, cost, audit_cmd,
-                dashboard):
+                dashboard, pool):
     main.add_command(command)
 
 if __name__ == "__main__":

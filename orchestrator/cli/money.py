@@ -76,12 +76,13 @@ def reconcile_pending(ledger: Ledger) -> list[Reconciliation]:
 
 
 @click.command()
-@click.option("--by", type=click.Choice(["day", "provider"]), default="day", show_default=True)
+@click.option("--by", type=click.Choice(["day", "month", "provider", "person"]), default="day", show_default=True,
+              help="group the spend (person: who launched each run, everyone's)")
 @click.option("--budgets", type=click.Path(dir_okay=False))
 @click.option("--reconcile", "ask", is_flag=True,
               help="ask the providers again for what finished runs cost (AWS Cost Explorer lags hours)")
 def cost(by: str, budgets: str | None, ask: bool) -> None:
-    """Spend by day or provider against the caps in budgets.yaml, and the providers' own figures."""
+    """Spend by day, month, provider or person against the caps in budgets.yaml, and the providers' own figures."""
     ledger = Ledger()
     conf = load_budgets(budgets)
     if ask:

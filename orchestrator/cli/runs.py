@@ -10,9 +10,13 @@ import click
 from rich.live import Live
 from rich.table import Table
 
+from orchestrator import settings
 from orchestrator.cli.console import console, err_console, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.watch import burn_down
+from orchestrator.money.budgets_file import load_budgets
+from orchestrator.money.errors import BudgetError
+from orchestrator.money.pools import Pool, may_end
 from orchestrator.plan.record import is_orphan
 from orchestrator.proof.run_card import write_run_evidence
 from orchestrator.proof.shutdown import verify_proof_chain
@@ -39,7 +43,7 @@ JOB_PHASES = phases.JOB_PHASES
 @click.command()
 @click.argument("run_ref", required=False)
 @click.option("--timings", is_flag=True, help="time spent in each phase")
-@click.option("--all", "show_all", is_flag=True, help="include finished runs")
+@click.option("--all", "show_all", is_flag=True, help="everyone's runs, finished ones too (default: your open runs)")
 @click.option("--watch", "-w", is_flag=True, help="a live table of every open run until Ctrl-C")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="seconds between refreshes (-w)")
 def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, interval: float) -> None:
@@ -63,15 +67,19 @@ def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, inte
             table.add_row(phase, time.strftime("%H:%M:%S", time.localtime(start)), f"{seconds:.1f}")
         console.print(table)
         return
+    me = settings.person()
     runs = [ledger.resolve_run(run_ref)] if run_ref else ledger.list_runs(open_only=not show_all)
+    if not run_ref and not show_all:  # yours, and runs no one owns (an adopted orphan, an older ledger's)
+        runs = [r for r in runs if r.person in (me, None)]
     if not runs:
-        console.print("no open runs (gpurun status --all lists finished ones)")
+        console.print("no open runs of yours (gpurun status --all lists everyone's, finished ones too)")
         return
     table = Table(title="gpurun runs")
     # Why a run ended matters once one has: the column shows only then (`status` of open runs stays narrow).
     ended = any(r.end_reason or not r.open for r in runs)
-    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", "instances", "controller",
-                *(("ended",) if ended else ())):
+    people = show_all or any(r.person not in (me, None) for r in runs)
+    for col in ("run", *(("person",) if people else ()), "provider", "phase", "spent / cap USD", "guard stops in",
+                "instances", "controller", *(("ended",) if ended else ())):
         table.add_column(col)
     now = time.time()
     for run in runs:
@@ -79,8 +87,8 @@ def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, inte
         left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
         insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
         ctl = "alive" if run.open and controller_alive(run) else "-"
-        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl,
-                      *((_ended(run),) if ended else ()))
+        table.add_row(run.run_id, *((run.person or "-",) if people else ()), run.provider, run.phase,
+                      f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl, *((_ended(run),) if ended else ()))
     console.print(table)
 
 
@@ -134,14 +142,19 @@ def sync(run_ref: str | None) -> None:
 
 @click.command()
 @click.argument("run_ref", required=False)
-@click.option("--all", "all_runs", is_flag=True, help="every open run")
+@click.option("--all", "all_runs", is_flag=True, help="every open run you may end (yours; a pool admin: the pool's)")
 @click.option("--verify/--no-verify", default=True, help="always on: termination is confirmed with the provider")
-def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
-    """Stop the job (checkpoint), final sync, terminate, confirm with the provider, write the proof."""
+@click.option("--budgets", type=click.Path(dir_okay=False), help="the budgets.yaml whose pools say who may end what")
+def teardown(run_ref: str | None, all_runs: bool, verify: bool, budgets: str | None) -> None:
+    """Stop the job (checkpoint), final sync, terminate, confirm with the provider, write the proof.
+    A person tears down their own runs; a pool's admin also the pool's and owner-less ones."""
     if not verify:
         raise ProviderError("teardown always verifies with the provider; drop --no-verify")
     ledger = Ledger()
+    pools, me = _pools(budgets), settings.person()
     runs = ledger.list_runs(open_only=True) if all_runs else [ledger.resolve_run(run_ref)]
+    if all_runs:  # --all: what is yours to end; others' runs are left alone, not refused
+        runs = [r for r in runs if may_end(pools, me, r.person, r.pool) is None]
     if not runs:
         console.print("no open runs")
         return
@@ -150,6 +163,9 @@ def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
         if not run.open:
             console.print(f"run {run.run_id} is already verified gone (proof in {run.run_dir})")
             continue
+        refused = may_end(pools, me, run.person, run.pool)
+        if refused is not None:
+            raise LedgerError(f"cannot tear down run {run.run_id}: {refused}")
         try:
             _end_run(ledger, run)
         except VerifyFailed as exc:
@@ -159,6 +175,16 @@ def teardown(run_ref: str | None, all_runs: bool, verify: bool) -> None:
         summary(ledger.resolve_run(run.run_id))
     if failures:
         sys.exit(Exit.NOT_VERIFIED)
+
+
+def _pools(budgets: str | None) -> dict[str, Pool]:
+    """budgets.yaml's pools; a broken budgets file must not stop a teardown: then there are none
+    (a person still ends their own runs, and runs no one owns)."""
+    try:
+        return load_budgets(budgets).pools
+    except BudgetError as exc:
+        err_console.print(f"[dim]pools not read ({exc}): you may end your own runs[/dim]", highlight=False)
+        return {}
 
 
 def _end_run(ledger: Ledger, run: Run) -> None:

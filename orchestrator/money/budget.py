@@ -5,8 +5,8 @@ budgets.yaml itself is read and validated by `orchestrator.money.budgets_file`; 
   the instance is verified gone by `deadline_epoch`; the guard starts stopping the job at
   `stop_at_epoch` = deadline - reserve; a budget that leaves less than the minimum useful training
   time is refused with what it buys and what would be needed.
-- `reserve` holds the run's whole budget against the daily/monthly (and per-provider) caps, in one
-  ledger transaction, like a card hold; `settle` replaces the hold by the actual cost.
+- `reserve` (money/caps.py) holds the run's whole budget against the account's, its pool's and its
+  person's caps, in one ledger transaction, like a card hold; `settle` replaces the hold by the actual cost.
 
 See docs/BUDGET.md for the user-facing semantics.
 """
@@ -16,16 +16,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 
 from orchestrator.money.budgets_file import Budgets
+from orchestrator.money.caps import EPS_USD as _EPS_USD
+from orchestrator.money.caps import check_caps, day_start, month_start, reserve, settle
 from orchestrator.money.errors import BudgetError
-from orchestrator.state.ledger import Ledger
-from orchestrator.state.values import LedgerError
 from providers.base import BillingRule
 
-_EPS_USD = 1e-9  # float slack when comparing money (0.1 + 0.2 style noise), far below a cent
 # Bytes in one GB of data transfer out, as the meter counts them: decimal, so a pull counts as at least
 # as many GB as a provider that bills GiB (2**30) would: the meter never reads low.
 BYTES_PER_GB = 1e9
@@ -304,72 +302,7 @@ def allowance_for(
     ).with_clock_start(start)
 
 
-# ---- account caps: holds and settlement -------------------------------------------------------
-
-
-def day_start(now: float) -> float:
-    """Local midnight at or before `now` (the daily cap's window)."""
-    d = datetime.fromtimestamp(now)
-    return d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def month_start(now: float) -> float:
-    """Local midnight of the first of the month (the monthly cap's window)."""
-    d = datetime.fromtimestamp(now)
-    return d.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-def check_caps(
-    budgets: Budgets, ledger: Ledger, provider: str, max_usd: float, now: float | None = None,
-    exclude_run: str | None = None,
-) -> None:
-    """Refuse (BudgetError) if holding `max_usd` would break a daily/monthly cap; read-only."""
-    if isinstance(max_usd, bool) or not isinstance(max_usd, (int, float)) or not math.isfinite(max_usd) or max_usd < 0:
-        raise BudgetError(f"cannot hold {max_usd!r} USD: the hold must be a finite number >= 0")
-    when = time.time() if now is None else float(now)
-    pb = budgets.providers.get(provider)
-    caps: list[tuple[str, str, float | None, float, str | None]] = [
-        ("daily cap", "daily_usd", budgets.daily_usd, day_start(when), None),
-        ("monthly cap", "monthly_usd", budgets.monthly_usd, month_start(when), None),
-    ]
-    if pb is not None:
-        caps += [
-            (f"{provider} daily cap", f"providers.{provider}.daily_usd", pb.daily_usd, day_start(when), provider),
-            (f"{provider} monthly cap", f"providers.{provider}.monthly_usd", pb.monthly_usd, month_start(when), provider),
-        ]
-    for label, key, cap, since, prov in caps:
-        if cap is None:
-            continue
-        used = ledger.committed_usd(since, prov, exclude_run=exclude_run)
-        if used + max_usd > cap + _EPS_USD:
-            left = max(0.0, cap - used)
-            fix = (f"lower --max-usd to {math.floor(left * 100 + 1e-6) / 100:.2f} or less"
-                   if left >= 0.01 else "wait for the window to roll over")
-            raise BudgetError(
-                f"{label} {cap:.2f} USD: {used:.2f} already spent or held, this launch holds {max_usd:.2f}:"
-                f" {fix}, or raise {key} in {budgets.path}"
-            )
-
-
-def reserve(
-    budgets: Budgets, ledger: Ledger, run_id: str, provider: str, max_usd: float, now: float | None = None
-) -> None:
-    """Hold `max_usd` for the run against every cap, or refuse; check and hold are one transaction."""
-    when = time.time() if now is None else float(now)
-    try:
-        with ledger.transaction():
-            check_caps(budgets, ledger, provider, max_usd, when, exclude_run=run_id)
-            ledger.add_hold(run_id, provider, max_usd, at=when)
-    except LedgerError as exc:
-        raise BudgetError(str(exc)) from None
-
-
-def settle(ledger: Ledger, run_id: str, actual_usd: float) -> None:
-    """Replace the run's hold by its actual cost (call when the instance is verified gone)."""
-    if isinstance(actual_usd, bool) or not isinstance(actual_usd, (int, float)) \
-            or not math.isfinite(actual_usd) or actual_usd < 0:
-        raise BudgetError(f"cannot settle run {run_id} at {actual_usd!r} USD: the cost must be a finite number >= 0")
-    try:
-        ledger.settle(run_id, float(actual_usd))
-    except LedgerError as exc:
-        raise BudgetError(str(exc)) from None
+# ---- account, pool and person caps: holds and settlement (money/caps.py) ---------------------
+# Importable from here as before.
+__all__ = ["Allowance", "BYTES_PER_GB", "allowance_for", "check_caps", "day_start", "egress_figure", "egress_usd",
+           "max_runtime_s", "month_start", "reserve", "settle"]

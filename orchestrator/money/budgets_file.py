@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from orchestrator import settings
 from orchestrator.money.errors import BudgetError
+from orchestrator.money.pools import Pool, parse_pools, pool_of
 from orchestrator.money.yaml_doc import YamlDoc
 from orchestrator.notify_config import EVENTS, NotifyConfig
 from orchestrator.state.db import default_home
@@ -61,6 +63,12 @@ class Budgets:
     notify: NotifyConfig | None = None  # where run events go (orchestrator.notify); None: nowhere
     default_billing: BillingRule = CONSERVATIVE_BILLING
     providers: dict[str, ProviderBudget] = field(default_factory=dict)
+    pools: dict[str, Pool] = field(default_factory=dict)  # people sharing a budget (money/pools.py)
+    ledger: str | None = None  # a shared ledger's postgresql:// URL (GPURUN_LEDGER wins); None: ledger.db
+
+    def pool_of(self, person: str) -> Pool | None:
+        """The pool `person` launches in; None: only the account's caps apply to them."""
+        return pool_of(self.pools, person)
 
     def billing_for(self, provider: str) -> BillingRule:
         pb = self.providers.get(provider)
@@ -111,6 +119,8 @@ _TOP_KEYS = (
     "notify",
     "default_billing",
     "providers",
+    "pools",
+    "ledger",
 )
 # key: (must be > 0, may be null)
 _NUMBER_KEYS = {
@@ -273,4 +283,21 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
                        f"({budgets.boot_share:g}) is a share of --max-usd: use a number in (0, 1], e.g. 0.2")
     if "providers" in top:
         budgets.providers = _providers(doc, top["providers"][1], budgets.default_billing)
+    if "pools" in top:
+        budgets.pools = parse_pools(doc, top["pools"][1])
+    if "ledger" in top and doc.scalar(top["ledger"][1]) is not None:
+        budgets.ledger = _ledger(doc, top["ledger"][1])
     return budgets
+
+
+def _ledger(doc: YamlDoc, node: yaml.Node) -> str:
+    """`ledger:` a team's PostgreSQL (the value is never echoed: it may hold a password)."""
+    value = doc.scalar(node)
+    try:
+        url = settings.ledger_url({settings.LEDGER: value}) if isinstance(value, str) else None
+    except settings.SettingsError:
+        url = None
+    if url is None:
+        raise doc.fail(node, "ledger", "must be a postgresql://user:password@host:5432/db URL"
+                       " (the value is not shown: it may hold a password)")
+    return url

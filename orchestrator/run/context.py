@@ -37,6 +37,9 @@ class RunContext:
                  budgets: Budgets | None = None, providers: dict[str, Provider] | None = None) -> None:
         self.ledger = ledger
         self.run = run
+        # The database may go away mid-run (a team's server): the run's writes queue under its
+        # directory and go out when it is back; the guard keeps its deadline meanwhile (state/journal.py).
+        ledger.keep_journal(run)
         # The current attempt's provider: every create, get, terminate and verify of the attempt goes
         # through it. With --provider any a fallback may switch it (orchestrator/run/provisioning.py).
         self.provider = provider

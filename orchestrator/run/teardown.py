@@ -378,7 +378,7 @@ def _target_for(ledger: Ledger, provider: Provider, insts: list[Instance], runs_
         )
     run_id = folder
     with ledger.transaction():
-        run = ledger.create_run(run_id, provider.name, 0.0, {ORPHAN_KEY: info}, str(runs_dir / folder))
+        run = ledger.create_run(run_id, provider.name, 0.0, {ORPHAN_KEY: info}, str(runs_dir / folder), person=None)
         for inst in insts:
             ledger.add_instance(run_id, provider.name, inst.id, inst.state, inst.raw)
         ledger.record_event(run_id, ORPHAN_KEY, **info)

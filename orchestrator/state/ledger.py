@@ -1,11 +1,11 @@
-"""The ledger: every run, instance, phase change, card hold and shutdown proof, in SQLite.
+"""The ledger: every run, instance, phase change, card hold and shutdown proof, in SQLite or PostgreSQL.
 
 The lifecycle writes its intent here BEFORE acting (write-ahead), so a controller killed at any
 point can be resumed or torn down by a later command. A phase moves only along
 `orchestrator.state.phases.ALLOWED_TRANSITIONS` (`set_phase` refuses anything else). This module
-holds the runs and their events; the file and its transactions are `state.db`, the tables
-`state.schema`, and instances, holds and proofs their own stores (`state.instances`,
-`state.holds`, `state.proofs`).
+holds the runs and their events; the database and its transactions are `state.db` (the engine
+`state.engine`), the tables `state.tables` (migrated by `state.schema`), and instances, holds and
+proofs their own stores (`state.instances`, `state.holds`, `state.proofs`).
 
 Nothing secret is stored: JSON payloads (events, plans, instance info) and error texts go through
 `orchestrator.redact.redact` first.
@@ -13,10 +13,12 @@ Nothing secret is stored: JSON payloads (events, plans, instance info) and error
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
+from sqlalchemy import Connection, func, insert, select, update
+
+from orchestrator import settings
 from orchestrator.redact import redact
 from orchestrator.state import phases
 from orchestrator.state.db import BUSY_TIMEOUT_S, Database, default_home, ensure_home
@@ -24,20 +26,24 @@ from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
 from orchestrator.state.holds import HoldStore
 from orchestrator.state.instances import InstanceStore
+from orchestrator.state.journal import JournalStore, journaled, remembered
 from orchestrator.state.phases import Phase, TransitionError
 from orchestrator.state.proofs import ProofStore
 from orchestrator.state.rows import RUN_FIELDS, Event, InstanceRow, Run, run_from_row
 from orchestrator.state.schema import SCHEMA_VERSION
-from orchestrator.state.values import LedgerError, check_usd, dumps, loads
+from orchestrator.state.tables import events, holds, runs
+from orchestrator.state.values import LedgerError, LedgerUnavailable, check_usd, dumps, loads
 
 # Importable from here as before: callers name orchestrator.state.ledger for all of these.
 __all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Database", "Event", "InstanceRow", "Ledger", "LedgerError",
-           "Run", "default_home", "ensure_home"]
+           "LedgerUnavailable", "Run", "default_home", "ensure_home"]
 
 # The phase changes only through set_phase, which checks the transition and writes its event.
 _UPDATABLE = frozenset(RUN_FIELDS) - {"run_id", "phase"}
 _CLOSED_PHASES = tuple(p.value for p in Phase if not p.is_open())
 _REDACTED_TEXT = ("error", "end_reason", "billed_source")
+_NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.run_id.desc())
+ME = object()  # create_run's default person: whoever runs this process (settings.person)
 
 
 def _check_phase(phase: str) -> Phase:
@@ -71,48 +77,56 @@ def _column_value(name: str, value: Any, stored_plan: str) -> Any:
     return value
 
 
-class Ledger(InstanceStore, HoldStore, ProofStore, Database):
-    """SQLite ledger under GPURUN_HOME. Safe to share between threads and processes."""
+class Ledger(JournalStore, InstanceStore, HoldStore, ProofStore, Database):
+    """The ledger (SQLite file, or a team's PostgreSQL). Safe to share between threads and processes."""
 
     # ---- runs --------------------------------------------------------------------------------
 
-    def create_run(self, run_id: str, provider: str, max_usd: float, plan: dict[str, Any], run_dir: str) -> Run:
+    def create_run(self, run_id: str, provider: str, max_usd: float, plan: dict[str, Any], run_dir: str, *,
+                   person: str | None | object = ME, pool: str | None = None) -> Run:
+        """A new run in phase planned. `person`: who launched it (default: whoever the run's hold
+        names, taken by the launch just before, else GPURUN_USER / the login name; None for an orphan
+        nobody owns); `pool`: the budgets.yaml pool it holds against (default: its hold's)."""
         max_usd = check_usd("max_usd", max_usd)
         now = time.time()
         with self.transaction() as conn:
-            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+            if conn.execute(select(runs.c.run_id).where(runs.c.run_id == run_id)).first():
                 raise LedgerError(f"run {run_id!r} already exists in the ledger: pick another run id")
-            conn.execute(
-                "INSERT INTO runs (run_id, provider, phase, created_at, updated_at, max_usd, run_dir, plan)"
-                " VALUES (?, ?, 'planned', ?, ?, ?, ?, ?)",
-                (run_id, provider, now, now, max_usd, str(run_dir), dumps(plan or {})),
-            )
+            held = conn.execute(select(holds.c.person, holds.c.pool).where(holds.c.run_id == run_id)).first()
+            if person is ME:
+                who = held.person if held is not None and held.person else settings.person()
+                pool = pool if pool is not None or held is None else held.pool
+            else:
+                who = person
+            conn.execute(insert(runs).values(
+                run_id=run_id, provider=provider, phase="planned", created_at=now, updated_at=now, max_usd=max_usd,
+                run_dir=str(run_dir), plan=dumps(plan or {}), person=who, pool=pool))
             self._insert_event(conn, run_id, now, "planned", True, {"max_usd": max_usd, "provider": provider})
         run = self.get_run(run_id)
         assert run is not None
         return run
 
+    @remembered("run")
     def get_run(self, run_id: str) -> Run | None:
-        row = self._conn().execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        with self.reading() as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).mappings().first()
         return run_from_row(row) if row else None
 
     def resolve_run(self, ref: str | None) -> Run:
         """The run `ref` names: its id, a unique prefix of it, or (None) the newest run."""
-        conn = self._conn()
-        if ref is None:
-            row = conn.execute("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
-            if row is None:
-                raise LedgerError("no runs in the ledger yet (start one with `gpurun launch`)")
-            return run_from_row(row)
-        row = conn.execute("SELECT * FROM runs WHERE run_id = ?", (ref,)).fetchone()
-        if row is not None:
-            return run_from_row(row)
-        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = conn.execute(
-            "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created_at DESC", (escaped + "%",)
-        ).fetchall()
-        # LIKE is case-insensitive for ASCII; run ids are lower case, so keep exact-prefix matches only.
-        rows = [r for r in rows if r["run_id"].startswith(ref)]
+        with self.reading() as conn:
+            if ref is None:
+                row = conn.execute(select(runs).order_by(*_NEWEST_FIRST).limit(1)).mappings().first()
+                if row is None:
+                    raise LedgerError("no runs in the ledger yet (start one with `gpurun launch`)")
+                return run_from_row(row)
+            row = conn.execute(select(runs).where(runs.c.run_id == ref)).mappings().first()
+            if row is not None:
+                return run_from_row(row)
+            # startswith(autoescape): % and _ in `ref` are literal; a case-sensitive match on both engines.
+            rows = conn.execute(select(runs).where(runs.c.run_id.startswith(ref, autoescape=True))
+                                .order_by(*_NEWEST_FIRST)).mappings().all()
+        rows = [r for r in rows if r["run_id"].startswith(ref)]  # SQLite's LIKE ignores ASCII case
         if not rows:
             raise LedgerError(f"no run matches {ref!r} (see `gpurun status`)")
         if len(rows) > 1:
@@ -120,15 +134,18 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
             raise LedgerError(f"{ref!r} is ambiguous: it matches {shown} (give more of the run id)")
         return run_from_row(rows[0])
 
-    def list_runs(self, open_only: bool = False) -> list[Run]:
-        sql = "SELECT * FROM runs"
-        args: tuple[str, ...] = ()
+    def list_runs(self, open_only: bool = False, person: str | None = None) -> list[Run]:
+        """Every run, newest first (`open_only`: not yet verified gone; `person`: launched by them)."""
+        query = select(runs)
         if open_only:
-            sql += f" WHERE phase NOT IN ({', '.join('?' * len(_CLOSED_PHASES))})"
-            args = _CLOSED_PHASES
-        sql += " ORDER BY created_at DESC, rowid DESC"
-        return [run_from_row(r) for r in self._conn().execute(sql, args).fetchall()]
+            query = query.where(runs.c.phase.not_in(_CLOSED_PHASES))
+        if person is not None:
+            query = query.where(runs.c.person == person)
+        with self.reading() as conn:
+            rows = conn.execute(query.order_by(*_NEWEST_FIRST)).mappings().all()
+        return [run_from_row(r) for r in rows]
 
+    @journaled
     def update_run(self, run_id: str, /, *, ending: Ending | None = None, **fields_: Any) -> None:
         """Set run fields (not the phase: see set_phase). `ending` is how the run ended; `end_reason`
         stays the human message ("deadline: budget guard")."""
@@ -142,50 +159,48 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
         if ending is not None:
             fields_["ending"] = ending
         with self.transaction() as conn:
-            row = conn.execute("SELECT plan FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
+            plan = conn.execute(select(runs.c.plan).where(runs.c.run_id == run_id)).scalar()
+            if plan is None:
                 raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
-            values = {name: _column_value(name, value, row["plan"]) for name, value in fields_.items()}
+            values = {name: _column_value(name, value, plan) for name, value in fields_.items()}
             values.setdefault("updated_at", time.time())
-            assignments = ", ".join(f"{name} = ?" for name in values)
-            conn.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*values.values(), run_id))
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
 
     # ---- events ------------------------------------------------------------------------------
 
     @staticmethod
     def _insert_event(
-        conn: sqlite3.Connection, run_id: str, when: float, phase: str, is_phase: bool, payload: dict[str, Any]
+        conn: Connection, run_id: str, when: float, phase: str, is_phase: bool, payload: dict[str, Any]
     ) -> None:
-        conn.execute(
-            "INSERT INTO events (run_id, time, phase, is_phase, payload) VALUES (?, ?, ?, ?, ?)",
-            (run_id, when, phase, int(is_phase), dumps(payload)),
-        )
+        conn.execute(insert(events).values(run_id=run_id, time=when, phase=phase, is_phase=int(is_phase),
+                                           payload=dumps(payload)))
 
-    def set_phase(self, run_id: str, phase: str | Phase, **payload: Any) -> None:
+    @journaled
+    def set_phase(self, run_id: str, phase: str | Phase, *, at: float | None = None, **payload: Any) -> None:
         """Move the run to `phase` and record the event; a transition the lifecycle does not allow
-        (orchestrator.state.phases.ALLOWED_TRANSITIONS) is refused with LedgerError and changes nothing."""
+        (orchestrator.state.phases.ALLOWED_TRANSITIONS) is refused with LedgerError and changes nothing.
+        `at`: when it happened, for a change written late (a controller's queue, `state.journal`)."""
         target = _check_phase(phase)
         phase = target.value
-        now = time.time()
+        now = time.time() if at is None else float(at)
         with self.transaction() as conn:
-            row = conn.execute("SELECT phase FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
+            current = conn.execute(select(runs.c.phase).where(runs.c.run_id == run_id)).scalar()
+            if current is None:
                 raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
             try:  # read and write in one transaction: two controllers cannot both pass the check
-                phases.check_transition(row["phase"], target)
+                phases.check_transition(current, target)
             except TransitionError as exc:
                 raise LedgerError(f"run {run_id}: {exc}") from None
             self._insert_event(conn, run_id, now, phase, True, payload)
+            values: dict[str, Any] = {"phase": phase, "updated_at": now}
             if target.is_failed() and payload.get("error") is not None:
-                conn.execute(
-                    "UPDATE runs SET phase = ?, updated_at = ?, error = ? WHERE run_id = ?",
-                    (phase, now, redact(str(payload["error"])), run_id),
-                )
-            else:
-                conn.execute("UPDATE runs SET phase = ?, updated_at = ? WHERE run_id = ?", (phase, now, run_id))
+                values["error"] = redact(str(payload["error"]))
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(**values))
 
-    def record_event(self, run_id: str, kind: EventKind | str, **payload: Any) -> None:
-        """Record a non-phase event (a plain str kind is still accepted while callers move to EventKind)."""
+    @journaled
+    def record_event(self, run_id: str, kind: EventKind | str, *, at: float | None = None, **payload: Any) -> None:
+        """Record a non-phase event (a plain str kind is still accepted while callers move to EventKind).
+        `at`: when it happened, for an event written late (a controller's queue, `state.journal`)."""
         kind = kind.value if isinstance(kind, EventKind) else kind
         if phases.is_phase(kind):
             raise LedgerError(f"{kind!r} is a phase: record it with set_phase so timings stay right")
@@ -193,13 +208,14 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
             raise LedgerError("an event needs a kind, e.g. 'sync' or 'guard'")
         with self.transaction() as conn:
             self._require_run(conn, run_id)
-            self._insert_event(conn, run_id, time.time(), kind, False, payload)
+            self._insert_event(conn, run_id, time.time() if at is None else float(at), kind, False, payload)
 
+    @remembered("events")
     def events(self, run_id: str) -> list[Event]:
-        rows = self._conn().execute(
-            "SELECT run_id, time, phase, payload FROM events WHERE run_id = ? ORDER BY id", (run_id,)
-        ).fetchall()
-        return [Event(r["run_id"], r["time"], r["phase"], loads(r["payload"])) for r in rows]
+        query = select(events.c.run_id, events.c.time, events.c.phase, events.c.payload)
+        with self.reading() as conn:
+            rows = conn.execute(query.where(events.c.run_id == run_id).order_by(events.c.id)).all()
+        return [Event(r.run_id, r.time, r.phase, loads(r.payload)) for r in rows]
 
     def timings(self, run_id: str) -> list[tuple[str, float, float]]:
         """(phase, start epoch, seconds in it) for each phase event, in order.
@@ -207,21 +223,18 @@ class Ledger(InstanceStore, HoldStore, ProofStore, Database):
         A phase lasts until the next phase event; the last one until now while the run is open,
         or until the run's last event of any kind once it is closed.
         """
-        conn = self._conn()
-        run = self.get_run(run_id)
-        if run is None:
-            raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
-        rows = conn.execute(
-            "SELECT phase, time FROM events WHERE run_id = ? AND is_phase = 1 ORDER BY id", (run_id,)
-        ).fetchall()
+        with self.reading() as conn:
+            run = self.get_run(run_id)
+            if run is None:
+                raise LedgerError(f"no run {run_id!r} in the ledger (see `gpurun status`)")
+            rows = conn.execute(select(events.c.phase, events.c.time)
+                                .where(events.c.run_id == run_id, events.c.is_phase == 1).order_by(events.c.id)).all()
+            last = conn.execute(select(func.max(events.c.time)).where(events.c.run_id == run_id)).scalar()
         if not rows:
             return []
-        if run.open:
-            end = time.time()
-        else:
-            end = conn.execute("SELECT MAX(time) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        end = time.time() if run.open else last
         out: list[tuple[str, float, float]] = []
         for i, row in enumerate(rows):
-            stop = rows[i + 1]["time"] if i + 1 < len(rows) else end
-            out.append((row["phase"], row["time"], max(0.0, stop - row["time"])))
+            stop = rows[i + 1].time if i + 1 < len(rows) else end
+            out.append((row.phase, row.time, max(0.0, stop - row.time)))
         return out

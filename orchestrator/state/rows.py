@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -38,6 +38,8 @@ class Run:
     billed_complete: bool | None = None
     reconciled_at: float | None = None
     ending: Ending | None = None  # how the run ended, once it has (None: still going, or unknown)
+    person: str | None = None  # who launched it (GPURUN_USER); None: a run from before schema 5, or an orphan
+    pool: str | None = None  # the budgets.yaml pool whose caps it held against (None: the account's only)
 
     def __post_init__(self) -> None:
         self.phase = Phase(self.phase)
@@ -80,7 +82,7 @@ class InstanceRow:
 RUN_FIELDS = tuple(f.name for f in fields(Run))
 
 
-def run_from_row(row: sqlite3.Row) -> Run:
+def run_from_row(row: Mapping[str, Any]) -> Run:
     data = dict(row)
     data["settled"] = bool(data["settled"])
     data["plan"] = loads(data["plan"])
@@ -89,7 +91,7 @@ def run_from_row(row: sqlite3.Row) -> Run:
     return Run(**data)
 
 
-def instance_from_row(row: sqlite3.Row) -> InstanceRow:
+def instance_from_row(row: Mapping[str, Any]) -> InstanceRow:
     return InstanceRow(
         run_id=row["run_id"],
         provider=row["provider"],

@@ -1,127 +1,90 @@
-"""The ledger's tables, and bringing a ledger written by an older gpurun up to date.
+"""Bringing a ledger written by an older gpurun up to date, on SQLite or PostgreSQL.
 
-Versions (PRAGMA user_version): 2 added runs.end_reason and runs.job_exit_code; 3 the provider's
-billed figure (reconciliation); 4 runs.ending, the typed `Ending` of end_reason.
+The tables are `state.tables` (one definition for both engines); the steps between versions are
+Alembic revisions in `state/migrations/versions/`, named by the schema number they reach. A SQLite
+ledger written before Alembic (PRAGMA user_version 1..4: 2 added runs.end_reason and
+runs.job_exit_code; 3 the provider's billed figure; 4 runs.ending, the typed `Ending` of end_reason)
+has its runs columns brought to schema 4 here, the way gpurun always did; the baseline revision
+(0004) then creates only what such a ledger lacks, and it is upgraded like any other. SQLite's user_version keeps mirroring the schema number, so an older gpurun
+refuses a ledger it cannot read instead of misreading it.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, inspect, text
 
 from orchestrator.state.endings import Ending
 from orchestrator.state.values import LedgerError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
+HEAD_REVISION = f"{SCHEMA_VERSION:04d}"  # the newest file in migrations/versions/
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Two processes opening a new shared ledger at once: one migrates, the other waits (PostgreSQL).
+_PG_MIGRATION_LOCK = 0x67707275  # "gpru"
 
-TABLES = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id            TEXT PRIMARY KEY,
-    provider          TEXT NOT NULL,
-    phase             TEXT NOT NULL,
-    created_at        REAL NOT NULL,
-    updated_at        REAL NOT NULL,
-    max_usd           REAL NOT NULL,
-    usd_per_hour      REAL,
-    clock_start_epoch REAL,
-    deadline_epoch    REAL,
-    stop_at_epoch     REAL,
-    cost_usd          REAL,
-    settled           INTEGER NOT NULL DEFAULT 0,
-    run_dir           TEXT NOT NULL DEFAULT '',
-    plan              TEXT NOT NULL DEFAULT '{}',
-    error             TEXT,
-    controller_pid    INTEGER,
-    end_reason        TEXT,
-    job_exit_code     INTEGER,
-    billed_usd        REAL,
-    billed_source     TEXT,
-    billed_complete   INTEGER,
-    reconciled_at     REAL,
-    ending            TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
-
-CREATE TABLE IF NOT EXISTS events (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id   TEXT NOT NULL,
-    time     REAL NOT NULL,
-    phase    TEXT NOT NULL,          -- a phase name, or the kind of a non-phase event
-    is_phase INTEGER NOT NULL,
-    payload  TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS events_run ON events(run_id, id);
-
-CREATE TABLE IF NOT EXISTS instances (
-    instance_id   TEXT PRIMARY KEY,
-    run_id        TEXT NOT NULL,
-    provider      TEXT NOT NULL,
-    state         TEXT NOT NULL,
-    info          TEXT NOT NULL DEFAULT '{}',
-    created_at    REAL NOT NULL,
-    updated_at    REAL NOT NULL,
-    host_key_type TEXT,
-    host_key      TEXT
-);
-CREATE INDEX IF NOT EXISTS instances_run ON instances(run_id);
-
--- One row per run that reserved money: the open hold until settled, then the actual cost.
-CREATE TABLE IF NOT EXISTS holds (
-    run_id      TEXT PRIMARY KEY,
-    provider    TEXT NOT NULL,
-    held_usd    REAL NOT NULL,
-    created_at  REAL NOT NULL,
-    settled_usd REAL,
-    settled_at  REAL
-);
-CREATE INDEX IF NOT EXISTS holds_created ON holds(created_at);
-
-CREATE TABLE IF NOT EXISTS proofs (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id      TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    path        TEXT NOT NULL,
-    prev_sha256 TEXT,
-    created_at  REAL NOT NULL
-);
-"""
-
-# Columns added after schema 1: a ledger written before them gets them on open (NULL for old runs).
-ADDED_RUN_COLUMNS = (("end_reason", "TEXT"), ("job_exit_code", "INTEGER"), ("billed_usd", "REAL"),
-                     ("billed_source", "TEXT"), ("billed_complete", "INTEGER"), ("reconciled_at", "REAL"),
-                     ("ending", "TEXT"))
+# Columns the pre-Alembic SQLite ledgers gained after schema 1 (NULL for old runs).
+_LEGACY_RUN_COLUMNS = (("end_reason", "TEXT"), ("job_exit_code", "INTEGER"), ("billed_usd", "REAL"),
+                       ("billed_source", "TEXT"), ("billed_complete", "INTEGER"), ("reconciled_at", "REAL"),
+                       ("ending", "TEXT"))
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Create what is missing and bring an older ledger to SCHEMA_VERSION (inside the caller's transaction)."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise LedgerError(f"{path} was written by a newer gpurun (schema {version}): upgrade gpurun")
-    for stmt in TABLES.split(";"):
-        if stmt.strip():
-            conn.execute(stmt)
-    _add_missing_columns(conn)
+def migrate(conn: Connection, where: str) -> None:
+    """Create what is missing and bring the ledger to HEAD_REVISION (inside the caller's transaction)."""
+    sqlite = conn.dialect.name == "sqlite"
+    if sqlite:
+        version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"{where} was written by a newer gpurun (schema {version}): upgrade gpurun")
+    else:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    current = current_revision(conn)
+    if current == HEAD_REVISION:
+        return
+    if current is not None and (not current.isdigit() or int(current) > SCHEMA_VERSION):
+        raise LedgerError(f"{where} was written by a newer gpurun (schema {current}): upgrade gpurun")
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = conn
+    if current is None and inspect(conn).has_table("runs"):
+        if not sqlite:
+            raise LedgerError(f"{where} has gpurun's tables but no schema revision: it was not made by gpurun")
+        _legacy_sqlite_to_4(conn)  # a ledger from before Alembic: the baseline adds its missing tables
+    command.upgrade(config, "head")
+    if sqlite:
+        conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The ledger's Alembic revision, None for a ledger Alembic never touched (new, or pre-Alembic)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _legacy_sqlite_to_4(conn: Connection) -> None:
+    """A pre-Alembic SQLite ledger (schema 1..4) to schema 4, as gpurun did before schema 5."""
+    version = conn.exec_driver_sql("PRAGMA user_version").scalar() or 0
+    have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(runs)").fetchall()}
+    for name, kind in _LEGACY_RUN_COLUMNS:
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
     if version < 4:
         _fill_endings(conn)
-    if version < SCHEMA_VERSION:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    have = {row["name"] for row in conn.execute("PRAGMA table_info(runs)").fetchall()}
-    for name, kind in ADDED_RUN_COLUMNS:
-        if name not in have:
-            conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-
-
-def _fill_endings(conn: sqlite3.Connection) -> None:
+def _fill_endings(conn: Connection) -> None:
     """Schema 3 -> 4, once: runs that ended before runs.ending existed get it from end_reason's
     leading words (the last place a reason's text is read back as an Ending)."""
-    rows = conn.execute("SELECT run_id, end_reason FROM runs WHERE ending IS NULL AND end_reason IS NOT NULL")
-    for row in rows.fetchall():
-        ending = _ending_of_reason(row["end_reason"])
+    rows = conn.exec_driver_sql(
+        "SELECT run_id, end_reason FROM runs WHERE ending IS NULL AND end_reason IS NOT NULL").fetchall()
+    for run_id, end_reason in rows:
+        ending = _ending_of_reason(end_reason)
         if ending is not None:
-            conn.execute("UPDATE runs SET ending = ? WHERE run_id = ?", (ending.value, row["run_id"]))
+            conn.exec_driver_sql("UPDATE runs SET ending = ? WHERE run_id = ?", (ending.value, run_id))
 
 
 def _ending_of_reason(end_reason: str | None) -> Ending | None:

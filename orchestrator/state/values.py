@@ -19,6 +19,11 @@ class LedgerError(Exception):
     """A ledger operation was refused; the message is one line a user can act on."""
 
 
+class LedgerUnavailable(LedgerError):
+    """The ledger's database cannot be reached (a shared server down, the network gone): nothing was
+    written. A launch refuses; a running controller keeps guarding and queues its events (`state.journal`)."""
+
+
 def _json_default(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         return asdict(obj)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger (run by `orchestrator.state.schema.migrate`, never by hand)."""
