@@ -73,13 +73,19 @@ class _CPULinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = op(g, weight.t(), None, "none", [], "").view(x.shape)  # g @ W
         if ctx.needs_input_grad[1]:
-            gw = op(g.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")  # g.T @ x
+            x2 = x.reshape(-1, x.shape[-1])
+            # oneDNN copies a transposed *input* into a contiguous one (a transposed weight it reads in
+            # place): transpose the narrower of g and x. g.T @ x for c_fc would copy (B·T, 4C) floats.
+            if g.shape[1] <= x2.shape[1]:
+                gw = op(g.t(), x2.t(), None, "none", [], "")  # g.T @ x
+            else:
+                gw = op(x2.t(), g.t(), None, "none", [], "").t()  # (x.T @ g).T
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb
 
 
-def _cpu_eager(x: torch.Tensor) -> bool:
+def cpu_eager(x: torch.Tensor) -> bool:
     """fp32 on the CPU, outside autocast and torch.compile: where the hand-written CPU path applies."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling())
@@ -89,7 +95,7 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) that runs fp32 CPU matmuls on oneDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_eager(x) and self.weight.dtype == torch.float32 and linear_op() is not None:
+        if cpu_eager(x) and self.weight.dtype == torch.float32 and linear_op() is not None:
             return _CPULinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
