@@ -3,12 +3,15 @@
 On CPUs where MKL takes its AVX2 path (AMD), oneDNN's AVX-512 kernels run fp32 matmuls about twice
 as fast, in the same precision (docs/PERFORMANCE.md has the measurements). `use_onednn_linears(model)`
 turns a model's nn.Linear layers into `Linear`, which takes that path for fp32 CPU tensors outside
-autocast and torch.compile and is F.linear everywhere else. Opt out with GPURUN_CPU_LINEAR=aten.
+autocast and torch.compile and is F.linear everywhere else. Only where ATen runs AVX-512 kernels: on an
+x86 CPU without AVX-512 (Zen 3) MKL and oneDNN both run AVX2, and oneDNN's copies of transposed inputs
+make it the slower one. GPURUN_CPU_LINEAR=aten opts out, =onednn takes it regardless of the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 import torch
@@ -18,9 +21,20 @@ from torch.nn import functional as F
 OPT_OUT_ENV = "GPURUN_CPU_LINEAR"
 
 
+def worth_it() -> bool:
+    """Whether oneDNN can beat MKL here: not on an x86 CPU whose widest ATen kernels are AVX2.
+
+    The CPU's flags decide (torch's capability), never a timing, so every process on one machine
+    (a run and its resume) takes the same path and bitwise resume holds.
+    """
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return not x86 or torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def probe_linear_op() -> Any:
-    """oneDNN's fp32 matmul, when this torch build has it and it computes F.linear; else None."""
-    if os.environ.get(OPT_OUT_ENV, "auto") == "aten":
+    """oneDNN's fp32 matmul, when this torch build has it, it computes F.linear and it pays; else None."""
+    choice = os.environ.get(OPT_OUT_ENV, "auto")
+    if choice == "aten" or (choice != "onednn" and not worth_it()):
         return None
     try:
         if not torch.backends.mkldnn.is_available():
