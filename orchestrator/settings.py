@@ -45,7 +45,7 @@ VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_PROVIDERS": "providers/__init__.py: extra providers, name=module:Class,...",
     "GPURUN_AWS_PRICES": "providers/aws/catalog.py: on-demand prices instead of the Pricing API",
     "GPURUN_HOME": "providers/local.py: the local provider's sandboxes under $GPURUN_HOME/sandboxes",
-    "GPURUN_CPU_LINEAR": "trainer/onednn.py: aten turns the oneDNN CPU linear layers off",
+    "GPURUN_CPU_LINEAR": "trainer/onednn.py: aten: no oneDNN CPU linears; onednn: them even without AVX-512",
     "GPURUN_CPU_GELU": "trainer/cpu_gelu.py: aten runs ATen's tanh GELU on the CPU instead of the sigmoid form",
     "GPURUN_CPU_MALLOC": "trainer/cpu_speed.py: default leaves glibc malloc's trim/mmap thresholds alone on the CPU",
     "GPURUN_GPT2_BPE_DIR": "trainer/tokenizer.py: local GPT-2 encoder.json + vocab.bpe",
