@@ -1,6 +1,6 @@
 """GPT-2's tanh GELU for fp32 CPU tensors, written with the CPU's fast kernels: a speed path, kept apart from the model.
 
-ATen's CPU tanh kernels are slow (one core, (12, 64, 512) fp32: `torch.tanh` ~1.0 ms, `torch.sigmoid`
+ATen's CPU tanh kernels are slow (one Zen 4 core, (12, 64, 512) fp32: `torch.tanh` ~1.0 ms, `torch.sigmoid`
 ~0.18 ms; the tanh GELU forward 0.7 ms with AVX-512, 1.1 ms with AVX2). The same function through
 the identity 0.5·x·(1 + tanh(u)) = x·sigmoid(2u), u = √(2/π)·(x + 0.044715·x³), costs one sigmoid
 and a few multiply-adds forward and five multiply-adds backward: 1.6× (AVX-512) to 2.5× (AVX2)
