@@ -157,6 +157,7 @@ def run_one(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Pattern[
     timer = threading.Timer(max(0.0, timeout), kill)
     timer.start()
     lines: list[tuple[int, float, float]] = []  # (step, arrival s, self-reported figure)
+    cpu: list[tuple[int, float | None]] = []  # (step, the trainer's CPU seconds so far) at the same lines
     tail: list[str] = []
     assert proc.stdout is not None
     try:
@@ -166,6 +167,7 @@ def run_one(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Pattern[
             m = pattern.match(line)
             if m:
                 lines.append((int(m.group(1)), now, float(m.group(3))))
+                cpu.append((int(m.group(1)), cpu_seconds(proc.pid)))
     finally:
         timer.cancel()
     rc = proc.wait()
@@ -173,7 +175,25 @@ def run_one(cmd: list[str], cwd: Path, env: dict[str, str], pattern: re.Pattern[
         raise WallLimit(f"{' '.join(cmd[:3])}... killed at its wall limit of {timeout:.0f} s:\n" + "\n".join(tail))
     if rc != 0 or len(lines) < 3:
         raise RuntimeError(f"{' '.join(cmd[:3])}... failed (exit {rc}):\n" + "\n".join(tail))
-    return {"lines": lines, "wall_s": time.perf_counter() - t0}
+    return {"lines": lines, "cpu": cpu, "wall_s": time.perf_counter() - t0}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, all its threads (Linux /proc), else None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_ms_per_step(cpu: list[tuple[int, float | None]], warmup: int) -> float | None:
+    """CPU milliseconds per step over the timed steps: unlike the wall clock, not stretched by other
+    processes taking turns on the same cores (a cross-check on a shared machine; ticks of 10 ms)."""
+    s = [(step, c) for step, c in cpu if step >= warmup and c is not None]
+    if len(s) < 2 or s[-1][0] <= s[0][0]:
+        return None
+    return 1000 * (s[-1][1] - s[0][1]) / (s[-1][0] - s[0][0])
 
 
 def steady(lines: list[tuple[int, float, float]], warmup: int) -> list[tuple[int, float, float]]:
@@ -275,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             row: dict[str, Any] = {"pair": i + 1}
             # nanoGPT's "iter k" line follows its (k+1)-th step, ours "step k" its k-th: shift nanoGPT's by one.
             nano["lines"] = [(s + 1, t, ms) for s, t, ms in nano["lines"]]
+            nano["cpu"] = [(s + 1, c) for s, c in nano["cpu"]]
             for name, run in (("nanogpt", nano), ("ours", ours)):
                 ms = statistics.median(interval_ms(run["lines"], a.warmup))
                 tok_s = tokens_per_step / (ms / 1000)
@@ -286,13 +307,17 @@ def main(argv: list[str] | None = None) -> int:
                     # nanoGPT: its own per-iteration "time" (ms) at log steps; ours: its own tok/s per interval.
                     "self_reported_median": statistics.median(self_rep) if self_rep else None,
                     "run_wall_s": round(run["wall_s"], 2),
+                    "cpu_ms_per_step": cpu_ms_per_step(run["cpu"], a.warmup),
                 }
             row["ratio"] = round(row["ours"]["tokens_per_s"] / row["nanogpt"]["tokens_per_s"], 4)
+            n_cpu, o_cpu = row["nanogpt"]["cpu_ms_per_step"], row["ours"]["cpu_ms_per_step"]
+            row["cpu_ratio"] = round(n_cpu / o_cpu, 4) if n_cpu and o_cpu else None
             pairs.append(row)
             n, o = row["nanogpt"], row["ours"]
             print(f"pair {i + 1}: nanoGPT {n['tokens_per_s']:10.0f} tok/s ({n['ms_per_step']:8.2f} ms/step)   "
-                  f"ours {o['tokens_per_s']:10.0f} tok/s ({o['ms_per_step']:8.2f} ms/step)   ratio {row['ratio']:.3f}",
-                  flush=True)
+                  f"ours {o['tokens_per_s']:10.0f} tok/s ({o['ms_per_step']:8.2f} ms/step)   ratio {row['ratio']:.3f}"
+                  + (f"   CPU ms/step {n['cpu_ms_per_step']:.2f} vs {o['cpu_ms_per_step']:.2f}: {row['cpu_ratio']:.3f}"
+                     if row["cpu_ratio"] else ""), flush=True)
 
         def med(who: str, key: str) -> float:
             return statistics.median(p[who][key] for p in pairs)
@@ -306,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:10} {med(who, 'tokens_per_s'):12.0f} {med(who, 'ms_per_step'):10.2f} {mfu_text}")
         print(f"ratio ours/nanoGPT tokens/s: median {ratio:.3f} over {a.pairs} pairs "
               f"(min {min(p['ratio'] for p in pairs):.3f}, max {max(p['ratio'] for p in pairs):.3f})")
+        cpu_ratios = [p["cpu_ratio"] for p in pairs if p["cpu_ratio"]]
+        cpu_ratio = statistics.median(cpu_ratios) if cpu_ratios else None
+        if cpu_ratio:
+            print(f"ratio by CPU time per step (nanoGPT/ours; other processes on the cores do not stretch it): "
+                  f"median {cpu_ratio:.3f} (min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})")
 
         result = {
             "bench": "compare_nanogpt", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": dev_name,
@@ -315,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    "steps", "warmup", "log_interval")},
             "vocab_size": vocab, "tokens_per_step": tokens_per_step, "flops_per_token": fpt, "data": source,
             "nanogpt_checkout": str(checkout), "nanogpt_commit": git_head(checkout),
-            "pairs": pairs, "ratio_median": ratio,
+            "pairs": pairs, "ratio_median": ratio, "cpu_ratio_median": cpu_ratio,
             "nanogpt_tokens_per_s_median": med("nanogpt", "tokens_per_s"),
             "ours_tokens_per_s_median": med("ours", "tokens_per_s"),
             "nanogpt_mfu_median": med("nanogpt", "mfu") if peak else None,

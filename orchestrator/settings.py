@@ -6,7 +6,8 @@ one SettingsError line that names the variable and the form it expects.
 
 Read elsewhere, because their packages must not import orchestrator/ (see VARIABLES_ELSEWHERE):
 providers/ (GPURUN_PROVIDERS, GPURUN_AWS_PRICES, GPURUN_HOME for the local sandboxes), trainer/
-(GPURUN_CPU_LINEAR, GPURUN_GPT2_BPE_DIR), the on-instance watchdog.sh (GPURUN_WATCHDOG_RETRY_S)
+(GPURUN_CPU_LINEAR, GPURUN_CPU_GELU, GPURUN_CPU_MALLOC,
+GPURUN_GPT2_BPE_DIR), the on-instance watchdog.sh (GPURUN_WATCHDOG_RETRY_S)
 and bench/ (GPURUN_SHAKESPEARE).
 """
 
@@ -50,7 +51,9 @@ VARIABLES_ELSEWHERE: dict[str, str] = {
     "GPURUN_PROVIDERS": "providers/__init__.py: extra providers, name=module:Class,...",
     "GPURUN_AWS_PRICES": "providers/aws/catalog.py: on-demand prices instead of the Pricing API",
     "GPURUN_HOME": "providers/local.py: the local provider's sandboxes under $GPURUN_HOME/sandboxes",
-    "GPURUN_CPU_LINEAR": "trainer/onednn.py: aten turns the oneDNN CPU linear layers off",
+    "GPURUN_CPU_LINEAR": "trainer/onednn.py: aten: no oneDNN CPU linears; onednn: them even without AVX-512",
+    "GPURUN_CPU_GELU": "trainer/cpu_gelu.py: aten runs ATen's tanh GELU on the CPU instead of the sigmoid form",
+    "GPURUN_CPU_MALLOC": "trainer/cpu_speed.py: default leaves glibc malloc's trim/mmap thresholds alone on the CPU",
     "GPURUN_GPT2_BPE_DIR": "trainer/tokenizer.py: local GPT-2 encoder.json + vocab.bpe",
     "GPURUN_WATCHDOG_RETRY_S": "orchestrator/run/watchdog.sh, on the instance: seconds between self-destruct retries",
     "GPURUN_SHAKESPEARE": "bench/compare_nanogpt.py: a local tinyshakespeare input.txt",

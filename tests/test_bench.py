@@ -144,3 +144,27 @@ def test_speedrun_bench_compares_both_arms_and_writes_its_figures(tmp_path: Path
     (scale,) = json.loads(out.read_text())["scales"]
     assert scale["scale"] == "baby" and scale["iters"] == 4 and len(scale["grid_finals"]["baseline"]) == 3
     assert [r["seed"] for r in scale["rows"]] == [1, 2] and all(r["baseline_steps"] == 4 for r in scale["rows"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="CPU time of another process: Linux /proc")
+def test_compare_nanogpt_records_each_runs_cpu_time_per_step(tmp_path: Path) -> None:
+    compare_nanogpt = bench_module("compare_nanogpt")
+    # A "trainer" that burns CPU between its log lines, then sleeps (no CPU) between the later ones.
+    script = ("import time\n"
+              "for i in range(4):\n"
+              "    t = time.process_time()\n"
+              "    while time.process_time() - t < 0.05 * (i > 0): pass\n"
+              "    print(f'step {i} | x | {i}.0', flush=True)\n"
+              "for i in range(4, 6):\n"
+              "    time.sleep(0.1)\n"
+              "    print(f'step {i} | x | {i}.0', flush=True)\n")
+    done = compare_nanogpt.run_one([sys.executable, "-c", script], tmp_path, dict(os.environ),
+                                   re.compile(r"^step (\d+) \| (x) \| ([\d.]+)$"), timeout=60)
+    cpu = done["cpu"]
+    assert [step for step, _ in cpu] == [0, 1, 2, 3, 4, 5] and all(c is not None for _, c in cpu)
+    assert [c for _, c in cpu] == sorted(c for _, c in cpu)  # cumulative
+    assert cpu[3][1] - cpu[0][1] >= 0.1  # 3 x 50 ms burnt, in clock ticks of 10 ms
+    assert cpu[5][1] - cpu[3][1] <= 0.05  # sleeping costs no CPU time, however long the wall clock runs
+    assert compare_nanogpt.cpu_ms_per_step([(0, 1.0), (10, 1.5), (20, 2.0)], warmup=10) == pytest.approx(50.0)
+    assert compare_nanogpt.cpu_ms_per_step([(0, 1.0), (10, None), (20, 2.0)], warmup=10) is None  # one point
+    assert compare_nanogpt.cpu_seconds(2**22 + 12345) is None  # no such process

@@ -3,12 +3,15 @@
 On CPUs where MKL takes its AVX2 path (AMD), oneDNN's AVX-512 kernels run fp32 matmuls about twice
 as fast, in the same precision (docs/PERFORMANCE.md has the measurements). `use_onednn_linears(model)`
 turns a model's nn.Linear layers into `Linear`, which takes that path for fp32 CPU tensors outside
-autocast and torch.compile and is F.linear everywhere else. Opt out with GPURUN_CPU_LINEAR=aten.
+autocast and torch.compile and is F.linear everywhere else. Only where ATen runs AVX-512 kernels: on an
+x86 CPU without AVX-512 (Zen 3) MKL and oneDNN both run AVX2, and oneDNN's copies of transposed inputs
+make it the slower one. GPURUN_CPU_LINEAR=aten opts out, =onednn takes it regardless of the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 import torch
@@ -18,9 +21,20 @@ from torch.nn import functional as F
 OPT_OUT_ENV = "GPURUN_CPU_LINEAR"
 
 
+def worth_it() -> bool:
+    """Whether oneDNN can beat MKL here: not on an x86 CPU whose widest ATen kernels are AVX2.
+
+    The CPU's flags decide (torch's capability), never a timing, so every process on one machine
+    (a run and its resume) takes the same path and bitwise resume holds.
+    """
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return not x86 or torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
 def probe_linear_op() -> Any:
-    """oneDNN's fp32 matmul, when this torch build has it and it computes F.linear; else None."""
-    if os.environ.get(OPT_OUT_ENV, "auto") == "aten":
+    """oneDNN's fp32 matmul, when this torch build has it, it computes F.linear and it pays; else None."""
+    choice = os.environ.get(OPT_OUT_ENV, "auto")
+    if choice == "aten" or (choice != "onednn" and not worth_it()):
         return None
     try:
         if not torch.backends.mkldnn.is_available():
@@ -73,13 +87,19 @@ class _CPULinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = op(g, weight.t(), None, "none", [], "").view(x.shape)  # g @ W
         if ctx.needs_input_grad[1]:
-            gw = op(g.t(), x.reshape(-1, x.shape[-1]).t(), None, "none", [], "")  # g.T @ x
+            x2 = x.reshape(-1, x.shape[-1])
+            # oneDNN copies a transposed *input* into a contiguous one (a transposed weight it reads in
+            # place): transpose the narrower of g and x. g.T @ x for c_fc would copy (B·T, 4C) floats.
+            if g.shape[1] <= x2.shape[1]:
+                gw = op(g.t(), x2.t(), None, "none", [], "")  # g.T @ x
+            else:
+                gw = op(x2.t(), g.t(), None, "none", [], "").t()  # (x.T @ g).T
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = g.sum(0)
         return gx, gw, gb
 
 
-def _cpu_eager(x: torch.Tensor) -> bool:
+def cpu_eager(x: torch.Tensor) -> bool:
     """fp32 on the CPU, outside autocast and torch.compile: where the hand-written CPU path applies."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling())
@@ -89,7 +109,7 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) that runs fp32 CPU matmuls on oneDNN."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_eager(x) and self.weight.dtype == torch.float32 and linear_op() is not None:
+        if cpu_eager(x) and self.weight.dtype == torch.float32 and linear_op() is not None:
             return _CPULinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainer import checkpoint, onednn
+from trainer import checkpoint, cpu_speed
 from trainer.checkpoint import CheckpointError
 from trainer.data import read_meta
 from trainer.model import GPT
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     if torch.device(args.device).type == "cpu":
-        onednn.use_onednn_linears(model)
+        cpu_speed.use_cpu_speed_paths(model)
     model.to(args.device).eval()
     if args.prompt:
         prompt = tok.encode(args.prompt)

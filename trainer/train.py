@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from trainer import checkpoint, contract, data, distributed, onednn
+from trainer import checkpoint, contract, cpu_speed, data, distributed
 from trainer.batches import BatchSampler, Prefetcher, TokenDataset, TokenStream, sequential_windows
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError, TrainConfig, load_config
@@ -219,7 +219,7 @@ class Trainer:
                 f"seq_len/block_size ({self.seq_len}) is longer than the model's block_size ({mc.block_size})"
             )
         if self.device.type == "cpu":
-            onednn.use_onednn_linears(model)  # fp32 CPU matmuls on oneDNN: ~2x on AMD (docs/PERFORMANCE.md)
+            cpu_speed.use_cpu_speed_paths(model)  # oneDNN linears, sigmoid GELU, malloc (docs/PERFORMANCE.md)
         return model.to(self.device)
 
     def check_same_architecture(self, saved: GPTConfig) -> None:

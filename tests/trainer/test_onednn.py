@@ -13,7 +13,15 @@ from trainer.config import load_config
 from trainer.model import GPT, GPTConfig
 from trainer.train import StopRequest, Trainer
 
-needs_onednn = pytest.mark.skipif(onednn.linear_op() is None, reason="this torch build has no usable oneDNN linear")
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def onednn_wherever_it_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Take the oneDNN path on any CPU (an AVX2-only one would not, by default), probed afresh."""
+    monkeypatch.setenv(onednn.OPT_OUT_ENV, "onednn")
+    monkeypatch.setattr(onednn, "_PROBED", False)
+    monkeypatch.setattr(onednn, "_OP", None)
 
 
 def tiny() -> GPT:
@@ -81,3 +89,19 @@ def test_the_trainer_uses_it_on_cpu(tmp_path: Path) -> None:
     finally:
         trainer.loader.close()
         trainer.log.close()
+
+
+@needs_onednn
+@pytest.mark.parametrize(("machine", "capability", "choice", "taken"), [
+    ("x86_64", "AVX512", "auto", True),  # MKL runs AVX2 on AMD, oneDNN AVX-512
+    ("x86_64", "AVX2", "auto", False),  # both AVX2: oneDNN's transposed-input copies make it slower (Zen 3)
+    ("x86_64", "AVX2", "onednn", True),  # forced, for A/B runs
+    ("x86_64", "AVX512", "aten", False),
+    ("aarch64", "DEFAULT", "auto", True),
+])
+def test_the_probe_takes_onednn_only_where_it_pays(monkeypatch: pytest.MonkeyPatch, machine: str, capability: str,
+                                                   choice: str, taken: bool) -> None:
+    monkeypatch.setenv(onednn.OPT_OUT_ENV, choice)
+    monkeypatch.setattr(onednn.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert (onednn.probe_linear_op() is not None) is taken
