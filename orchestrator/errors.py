@@ -10,3 +10,7 @@ class RunFailed(Exception):
 class BootFailed(RunFailed):
     """This attempt will not boot (no capacity, lost while booting, never reachable in its window):
     another offer may (offer fallback, orchestrator.run.provisioning)."""
+
+
+class VerifyFailed(Exception):
+    """Termination could not be verified: the instance may still be billing."""

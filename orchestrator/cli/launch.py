@@ -15,7 +15,7 @@ from rich.table import Table
 from orchestrator.cli.console import confirm, console, say, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.signals import Received, Terminated, attached
-from orchestrator.errors import RunFailed
+from orchestrator.errors import RunFailed, VerifyFailed
 from orchestrator.plan.launch import make_plan
 from orchestrator.plan.options import ANY_PROVIDER, LaunchOptions
 from orchestrator.plan.refusals import check_nodes_input
@@ -23,7 +23,6 @@ from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import spawn_guard
 from orchestrator.run.recovery import resume_options
 from orchestrator.run.stop import End
-from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state.endings import Ending, Exit, by_signal, for_run
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase

@@ -7,6 +7,7 @@ ends in one clear line and the exit status orchestrator/state/endings.py gives i
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
@@ -14,26 +15,40 @@ import click
 from rich.markup import escape
 
 from orchestrator.cli.console import err_console
-from orchestrator.cli.dashboard import dashboard
-from orchestrator.cli.launch import guard, launch
-from orchestrator.cli.money import audit_cmd, cost
-from orchestrator.cli.offers import offers, recipes_
-from orchestrator.cli.pools import pool
-from orchestrator.cli.runs import evidence, logs, status, sync, teardown
-from orchestrator.cli.sweep import sweep
-from orchestrator.errors import RunFailed
+from orchestrator.errors import RunFailed, VerifyFailed
 from orchestrator.money.errors import BudgetError
 from orchestrator.plan.options import LaunchError
 from orchestrator.redact import register_secrets_from_env
-from orchestrator.run.teardown import VerifyFailed
 from orchestrator.settings import SettingsError
 from orchestrator.state.endings import Exit
 from orchestrator.state.values import LedgerError
 from providers.base import ProviderError
 
+# Each command's module is imported only when that command runs (or the help lists them all):
+# `gpurun dashboard` or `gpurun status` need not load the controller, paramiko and the providers.
+COMMANDS = {
+    "launch": "launch:launch", "guard": "launch:guard",
+    "status": "runs:status", "logs": "runs:logs", "sync": "runs:sync", "teardown": "runs:teardown",
+    "evidence": "runs:evidence", "offers": "offers:offers", "recipes": "offers:recipes_", "sweep": "sweep:sweep",
+    "cost": "money:cost", "audit": "money:audit_cmd", "dashboard": "dashboard:dashboard", "pool": "pools:pool",
+}
+
 
 class GpurunGroup(click.Group):
-    """Turns expected failures into one clear line and a non-zero exit, never a traceback."""
+    """Loads each command on first use; turns expected failures into one clear line and a non-zero
+    exit, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module, attr = where.split(":")
+        command = getattr(importlib.import_module(f"orchestrator.cli.{module}"), attr)
+        assert isinstance(command, click.Command) and command.name == cmd_name, where
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,10 +70,6 @@ def main() -> None:
     """Rent a GPU, train on it under a hard dollar cap, bring the results home, prove it is gone."""
     register_secrets_from_env()  # so a key never reaches a log, the ledger or a card, even in free text
 
-
-for command in (launch, guard, status, logs, sync, teardown, offers, recipes_, sweep, evidence, cost, audit_cmd,
-                dashboard, pool):
-    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ from orchestrator import settings
 from orchestrator.cli.console import console, err_console, summary
 from orchestrator.cli.live import LiveView
 from orchestrator.cli.watch import burn_down
+from orchestrator.errors import VerifyFailed
 from orchestrator.money.budgets_file import load_budgets
 from orchestrator.money.errors import BudgetError
 from orchestrator.money.pools import Pool, may_end
@@ -25,7 +26,6 @@ from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import controller_alive, take_over
 from orchestrator.run.status import spent_usd
 from orchestrator.run.stop import End
-from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state import phases
 from orchestrator.state.endings import Ending, Exit
 from orchestrator.state.ledger import Ledger

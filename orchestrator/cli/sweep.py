@@ -10,10 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli.console import confirm, console, err_console
+from orchestrator.errors import VerifyFailed
 from orchestrator.money.budgets_file import load_budgets
 from orchestrator.plan.launch import runs_root
 from orchestrator.run import teardown as teardown_mod
-from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
 from providers import get_provider, provider_names

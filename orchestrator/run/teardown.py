@@ -42,6 +42,7 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from orchestrator import settings
+from orchestrator.errors import VerifyFailed
 from orchestrator.money import budget as budget_mod
 from orchestrator.plan.record import ORPHAN_KEY
 from orchestrator.proof.shutdown import TerminateRequest, build_proof, cleanup_failure, write_proof
@@ -58,10 +59,6 @@ SWEEP_PREFIX = "sweep-"
 PhaseRecorder = Callable[..., None]
 #: Writes the evidence card: (proof path, cost USD, runtime s).
 EvidenceWriter = Callable[[Path, float | None, float | None], object]
-
-
-class VerifyFailed(Exception):
-    """Termination could not be verified: the instance may still be billing."""
 
 
 @dataclass
