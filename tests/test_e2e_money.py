@@ -98,7 +98,9 @@ def test_a_local_runs_events_reach_the_receiver_in_order_without_secrets(
 def test_a_hanging_receiver_does_not_delay_the_guards_stop(tmp_path: Path, receiver: Receiver) -> None:  # noqa: F811
     receiver.hold.set()  # every delivery hangs until the test lets it go
     budgets = notify_budgets(tmp_path, receiver.url("/hook/hang"), timeout_s=2)
-    res = local_gpurun("launch", "--max-usd", "0.035", "--usd-per-hour", "3.6", "--yes", "--budgets", str(budgets),
+    # 0.05 USD buys 50 s, 30 s of it before the guard's stop: the python/CUDA check of bootstrap took
+    # over 15 s once on a loaded 2-core CI machine.
+    res = local_gpurun("launch", "--max-usd", "0.05", "--usd-per-hour", "3.6", "--yes", "--budgets", str(budgets),
                        "--", "python3", "-c", "import time; time.sleep(60)", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     run = only_run()

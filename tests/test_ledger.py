@@ -422,9 +422,10 @@ import sys, time
 from pathlib import Path
 from orchestrator.state.ledger import Ledger
 
-home, tag, n, go_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+home, tag, n, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 led = Ledger(Path(home))
-while time.time() < go_at:
+(ready / tag).touch()  # a barrier: each starts once both have imported and opened the ledger
+while len(list(ready.iterdir())) < 2:
     time.sleep(0.005)
 print("start", time.time())
 for i in range(n):
@@ -442,15 +443,16 @@ print("end", time.time())
 """
 
 
-def test_two_processes_write_concurrently(gpurun_home: Path) -> None:
+def test_two_processes_write_concurrently(gpurun_home: Path, tmp_path: Path) -> None:
     led = Ledger(gpurun_home)
     led.create_run("shared-000", "local", 1.0, {"count": 0}, "/r")
     n = 40
-    go_at = time.time() + 3.0  # both import (SQLAlchemy: ~1 s on a loaded machine) before either starts
+    ready = tmp_path / "ready"  # both import (seconds on a loaded machine) before either starts
+    ready.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(gpurun_home), tag, str(n), str(go_at)],
+            [sys.executable, "-c", _WRITER, str(gpurun_home), tag, str(n), str(ready)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for tag in ("pa", "pb")

@@ -105,6 +105,10 @@ class Watch:
             if ctx.offer.spot and (preempted := self.preempted() or self._spot_notice(transport)):
                 return Stop.ended(End.because(Ending.PREEMPTED, preempted))  # the machine goes, not the job
             end = End.job_ended(state.exit_code)
+            if state.exit_code != 0 and self.group.workers and (worker := self._failed_node()) is not None:
+                # The head polls every second, the workers every NODES_CHECK_S: a worker's death shows
+                # first as node 0's collective failing. Both ended; the worker's is the one to name.
+                return Stop.ended(worker.then(f"node 0's job ended too (exit {state.exit_code})"))
             if state.exit_code == 0 and not ctx.options.command and probe(transport).end_reason == contract.END_DEADLINE:
                 end = End.because(Ending.DEADLINE, "the trainer stopped itself at the guard's stop time")
             if read_reason(transport) == "stalled":  # the switch stopped it while we were away
