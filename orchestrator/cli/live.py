@@ -22,7 +22,7 @@ def _fmt(status: LiveStatus) -> dict[str, str]:
         return {"phase": status.phase, "data": status.data,
                 "USD/cap": f"{status.spent_usd:.4f}/{status.max_usd:.2f}",
                 "stop in": short_duration(left)}
-    return {
+    cells = {
         "phase": status.phase,
         "step": "-" if status.step is None else str(status.step),
         "loss": "-" if status.loss is None else f"{status.loss:.4f}",
@@ -30,6 +30,9 @@ def _fmt(status: LiveStatus) -> dict[str, str]:
         "USD/cap": f"{status.spent_usd:.4f}/{status.max_usd:.2f}",
         "stop in": short_duration(left),
     }
+    if status.sync:  # the link home, once a pull has measured it
+        cells["sync"] = status.sync.removeprefix("sync ")
+    return cells
 
 
 def fit(line: str, width: int) -> str:

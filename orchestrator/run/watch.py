@@ -81,9 +81,12 @@ class Watch:
             time.sleep(POLL_S)
 
     def _asked(self, note: str) -> Stop | None:
-        stop_at = self.ctx.run.stop_at_epoch
+        stop_at = self.ctx.stop_at()
         if stop_at is not None and time.time() >= stop_at:
-            return Stop.ended(End.because(Ending.DEADLINE, "budget guard" + note))
+            early = (self.ctx.run.stop_at_epoch or stop_at) - stop_at
+            why = f" ({early:.0f} s before the plan's stop time, so that the final checkpoint comes home)" \
+                if early >= 1 else ""
+            return Stop.ended(End.because(Ending.DEADLINE, "budget guard" + why + note))
         if self.ctx.allowance.egress_usd_per_gb and self._egress_spent_the_cap():
             return Stop.ended(End.because(Ending.DEADLINE, "budget guard: the pulls home went past the egress"
                                           " reserve, and the rest of the cap is needed to stop" + note))

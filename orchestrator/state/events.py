@@ -22,7 +22,10 @@ class EventKind(str, Enum):
     JOB_STARTED = "job_started"
     NODE_JOB_STARTED = "node_job_started"
     JOB_KILLED = "job_killed"  # the job outlived its grace period after the stop signal
-    SYNC = "sync"  # outputs pulled home
+    SYNC = "sync"  # outputs pulled home (bytes, seconds: the link's measured rate)
+    STOP_MOVED = "stop_moved"  # the link is too slow for the reserve: the guard stops earlier
+    LINK_TOO_SLOW = "link_too_slow"  # the first measure: one checkpoint does not fit in the reserve
+    FINAL_CHECKPOINT_MISSING = "final_checkpoint_missing"  # the job's last checkpoint did not come home
     HANDOFF = "handoff"  # the controller left the run to the on-instance guard
     CONTROLLER_REPLACED = "controller_replaced"
     FINISH = "finish"

@@ -111,8 +111,8 @@ class LocalTransport:
             except ProcessLookupError:
                 pass
 
-    def pull(self, local_dir: Path) -> SyncResult:
-        return pull_outputs(self.root, Path(local_dir), None)
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None) -> SyncResult:
+        return pull_outputs(self.root, Path(local_dir), None, deadline_epoch=deadline_epoch)
 
     def close(self) -> None:
         pass

@@ -50,6 +50,14 @@ class SyncResult:
     checkpoints_verified: list[str] = field(default_factory=list)
     checkpoints_rejected: list[str] = field(default_factory=list)
     method: str = ""  # "rsync", "sftp", "copy"
+    seconds: float = 0.0  # how long the pull took, retries included: the link's measured rate
+    latest: str | None = None  # the checkpoint the instance's manifest names as its newest
+    keep: int | None = None  # how many checkpoints the instance keeps (its manifest's "keep")
+
+    @property
+    def latest_home(self) -> bool:
+        """The instance's newest checkpoint is home and verified (True when it has none yet)."""
+        return self.latest is None or self.latest in self.checkpoints_verified
 
 
 class Transport(Protocol):
@@ -79,7 +87,10 @@ class Transport(Protocol):
 
     def signal(self, name: str, signum: int) -> None: ...
 
-    def pull(self, local_dir: Path) -> SyncResult: ...
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None) -> SyncResult:
+        """Bring out/ and *.log home (transport/pull.py); a pull still going at `deadline_epoch`
+        is ended there (SyncError), its partial files kept for the next one to resume."""
+        ...
 
     def close(self) -> None: ...
 

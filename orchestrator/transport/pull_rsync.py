@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from orchestrator.transport.pull_checkpoints import (
     CKPT,
     STAGING,
     Moved,
+    PullDeadline,
     SyncError,
-    listed_files,
+    export_entries,
     parse_manifest,
+    wanted_files,
 )
 
 DROP_CODES = {10, 11, 12, 14, 20, 30, 35, 255}  # socket/protocol/timeout/ssh failures: worth a retry
@@ -42,12 +45,19 @@ def parse_stats(text: str) -> Moved:
 
 
 def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hosts: Path | None,
-              remote_rsync: str, io_timeout_s: int, control_path: str | None = None) -> Moved:
+              remote_rsync: str, io_timeout_s: int, control_path: str | None = None,
+              deadline_epoch: float | None = None) -> Moved:
     cmd = [rsync_bin, "-a", "--partial", "--partial-dir=.rsync-partial", "--stats", f"--timeout={io_timeout_s}"]
     if ssh is not None:
         assert known_hosts is not None
         cmd += ["-e", ssh.ssh_command(known_hosts, control_path), f"--rsync-path={remote_rsync}"]
-    p = subprocess.run([*cmd, *args], capture_output=True, text=True)
+    left = None if deadline_epoch is None else deadline_epoch - time.time()
+    if left is not None and left <= 0:
+        raise PullDeadline("the pull's deadline passed")
+    try:
+        p = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=left)
+    except subprocess.TimeoutExpired as exc:  # killed: what it moved stays in --partial-dir
+        raise PullDeadline(f"rsync still moving at the pull's deadline ({left:.0f} s)") from exc
     if p.returncode in (0, 24):  # 24: a source file vanished (rotated checkpoint): not an error here
         return parse_stats(p.stdout)
     err = p.stderr.strip()
@@ -62,7 +72,8 @@ def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hos
 
 
 def rsync_pass(src: str, local_dir: Path, ssh: SSHOptions | None, rsync_bin: str, remote_rsync: str,
-               extra: Sequence[str], io_timeout_s: int) -> tuple[Moved, bytes | None]:
+               extra: Sequence[str], io_timeout_s: int,
+               deadline_epoch: float | None = None) -> tuple[Moved, bytes | None]:
     staging = local_dir / STAGING
     known_hosts = control = None
     if ssh is not None:
@@ -70,20 +81,30 @@ def rsync_pass(src: str, local_dir: Path, ssh: SSHOptions | None, rsync_bin: str
         known_hosts.write_text(ssh.known_hosts_line())
         control = ssh.control_path(local_dir)
     source = (ssh.remote(src) if ssh else src) + "/"
+
+    def rsync(args: list[str]) -> Moved:
+        return run_rsync(rsync_bin, [*extra, *args], ssh, known_hosts, remote_rsync, io_timeout_s, control,
+                         deadline_epoch)
+
     # 1) the manifest alone, into staging (nothing there yet is not an error: no checkpoint so far)
-    first = run_rsync(rsync_bin, [*extra, "--include=/out/", "--include=/out/checkpoints/",
-                                  "--include=/out/checkpoints/MANIFEST.json", "--exclude=*",
-                                  source, str(staging / "remote") + "/"],
-                      ssh, known_hosts, remote_rsync, io_timeout_s, control)
+    first = rsync(["--include=/out/", "--include=/out/checkpoints/", "--include=/out/checkpoints/MANIFEST.json",
+                   "--exclude=*", source, str(staging / "remote") + "/"])
     mpath = staging / "remote" / CKPT / "MANIFEST.json"
     manifest_bytes = mpath.read_bytes() if mpath.exists() else None
-    listed = listed_files(parse_manifest(manifest_bytes))
-    # 2) out/ (checkpoints: exactly the listed ones) and the root's *.log
+    manifest = parse_manifest(manifest_bytes)
+    wanted = wanted_files(manifest)
+    exports = [str(e["file"]) for e in export_entries(manifest)]
+    # 2) the weights-only exports alone: a short link brings home a usable model first
+    moved = Moved(first.files, first.bytes)
+    if exports:
+        got = rsync(["--include=/out/", "--include=/out/checkpoints/",
+                     *[f"--include=/out/checkpoints/{f}" for f in exports], "--exclude=*", source, str(local_dir) + "/"])
+        moved = Moved(moved.files + got.files, moved.bytes + got.bytes)
+    # 3) out/ (checkpoints: the newest one) and the root's *.log
     filters = ["--exclude=/out/checkpoints/MANIFEST.json"]
-    filters += [f"--include=/out/checkpoints/{f}" for f in listed]
+    filters += [f"--include=/out/checkpoints/{f}" for f in wanted]
     filters += ["--exclude=/out/checkpoints/**", "--exclude=.rsync-partial/", "--include=/out/***",
                 "--include=/*.log", "--exclude=*"]
-    second = run_rsync(rsync_bin, [*extra, *filters, source, str(local_dir) + "/"],
-                       ssh, known_hosts, remote_rsync, io_timeout_s, control)
+    second = rsync([*filters, source, str(local_dir) + "/"])
     # The manifest counts as moved only when it changed (rsync skipped it otherwise).
-    return Moved(first.files + second.files, first.bytes + second.bytes), manifest_bytes
+    return Moved(moved.files + second.files, moved.bytes + second.bytes), manifest_bytes

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import paramiko
 
-from orchestrator.transport.pull_checkpoints import CKPT, STAGING, Moved, listed_files, parse_manifest
+from orchestrator.transport.pull_checkpoints import CKPT, STAGING, Moved, parse_manifest, wanted_files
 
 #: Opens an SFTP session on the transport's connection (SSHTransport.open_sftp); the caller closes it.
 SftpOpener = Callable[[], paramiko.SFTPClient]
@@ -84,7 +84,7 @@ def tree_pass(tree: Tree, local_dir: Path) -> tuple[Moved, bytes | None]:
     if manifest_bytes is not None:
         staged.parent.mkdir(parents=True, exist_ok=True)
         staged.write_bytes(manifest_bytes)
-    listed = set(listed_files(parse_manifest(manifest_bytes)))
+    listed = set(wanted_files(parse_manifest(manifest_bytes)))
     res = Moved()
 
     def want(rel: str, is_dir: bool) -> bool:
