@@ -98,6 +98,11 @@ def test_a_slow_link_moves_the_stop_earlier_and_the_final_checkpoint_comes_home(
 
     ok, bad = verify_checkpoints(run_dir / "out" / "checkpoints")
     assert final["latest"] in ok and not bad
+    # The final step's weights-only export came too (pulled first), and the card names what came home.
+    (export,) = manifest["exports"]
+    assert export["file"] in final["verified"] and export["step"] == ends[-1]["step"]
+    card = (run_dir / "EVIDENCE.md").read_text()
+    assert f"came home: `{manifest['checkpoints'][0]['file']}`" in card and f"`{export['file']}` (weights only" in card
     # The guard, not the switch, ended it; verified gone; billed inside the cap by meter and card.
     assert not (Path(str(slow_link["remote"])) / run.run_id / "self_destruct.ran").exists()
     proof = json.loads((run_dir / "shutdown_proof.json").read_text())

@@ -20,6 +20,7 @@ from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import controller_alive, take_over
 from orchestrator.run.stop import End
+from orchestrator.run.syncing import link_status
 from orchestrator.run.teardown import VerifyFailed
 from orchestrator.state import phases
 from orchestrator.state.endings import Ending, Exit
@@ -69,21 +70,25 @@ def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, inte
     table = Table(title="gpurun runs")
     # Why a run ended matters once one has: the column shows only then (`status` of open runs stays narrow).
     ended = any(r.end_reason or not r.open for r in runs)
-    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", "instances", "controller",
-                *(("ended",) if ended else ())):
+    links = {r.run_id: link_status(ledger.events(r.run_id), r.stop_at_epoch) for r in runs}
+    synced = any(line for _, line in links.values())  # the link column shows once a pull measured one
+    for col in ("run", "provider", "phase", "spent / cap USD", "guard stops in", *(("link home",) if synced else ()),
+                "instances", "controller", *(("ended",) if ended else ())):
         table.add_column(col)
     now = time.time()
     for run in runs:
+        stop_at, line = links[run.run_id]
         if run.cost_usd is not None:
             spent = run.cost_usd
         elif run.clock_start_epoch and not is_orphan(run):
             spent = RunRecord.of_run(run).allowance.cost_at(now - run.clock_start_epoch)
         else:
             spent = 0.0
-        left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
+        left = f"{stop_at - now:.0f} s" if run.open and stop_at else "-"
         insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
         ctl = "alive" if run.open and controller_alive(run) else "-"
-        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl,
+        table.add_row(run.run_id, run.provider, run.phase, f"{spent:.4f} / {run.max_usd:.4f}", left,
+                      *((line.removeprefix("sync ") or "-",) if synced else ()), insts, ctl,
                       *((_ended(run),) if ended else ()))
     console.print(table)
 

@@ -43,6 +43,14 @@ def link_of(events: Iterable[Event]) -> tuple[link.LinkEstimate, float | None]:
     return estimate, moved
 
 
+def link_status(events: Iterable[Event], plan_stop: float | None) -> tuple[float | None, str]:
+    """For `gpurun status`: the guard's stop time (moved earlier where the link needs it) and the
+    link line ("sync 1.4 MB/s, final pull ~23 s"; "" before a pull has measured it)."""
+    estimate, moved = link_of(events)
+    stop = plan_stop if moved is None or plan_stop is None else min(plan_stop, moved)
+    return stop, link.sync_line(estimate.rate_bps, estimate.final_pull_s)
+
+
 def newest_checkpoint_bytes(ckpt_dir_manifest: dict[str, Any]) -> int:
     """What the final pull carries: the newest checkpoint plus the weights-only exports listed."""
     entries = ckpt_dir_manifest.get(contract.MANIFEST_ENTRIES) or []
