@@ -16,6 +16,7 @@ class EventKind(str, Enum):
     INSTALLED = "installed"  # packages installed on a node
     NODE_BOOTSTRAPPED = "node_bootstrapped"
     DATA_REUSED = "data_reused"  # the data was already on the instance
+    DATA_SENT = "data_sent"  # --data-from rsync'ed and verified on the instance (bytes, seconds: the upload rate)
     DATA_STARTED = "data_started"
     NODE_DATA_STARTED = "node_data_started"
     DATA_READY = "data_ready"

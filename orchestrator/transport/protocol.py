@@ -22,7 +22,10 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from orchestrator.transport.push_data import DataSent
 
 
 @dataclass
@@ -78,6 +81,12 @@ class Transport(Protocol):
         ...
 
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None: ...
+
+    def send_data(self, local_dir: Path, remote_subdir: str, work_dir: Path,
+                  deadline_epoch: float | None = None) -> DataSent:
+        """A data set of any size to root/remote_subdir: resumable rsync, verified there by SHA-256
+        (transport/push_data.py); `work_dir` holds this side's scratch (the run directory)."""
+        ...
 
     def start_detached(self, name: str, command: str, env: dict[str, str] | None = None, cwd: str = "code") -> int:
         """Start `command` detached (its own session) with cwd root/`cwd` ("": the root itself)."""

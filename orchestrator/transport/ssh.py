@@ -44,6 +44,7 @@ from orchestrator.transport.keys import load_private_key
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions, connect
 from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
 from orchestrator.transport.pull import pull_outputs
+from orchestrator.transport.push_data import DataSent, send_data
 from providers.base import SSHEndpoint
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,14 @@ class SSHTransport:
 
         self._call(go)
         log.info("uploaded %d files (%d bytes) to %s/%s", len(files), total, self.root, sub)
+
+    def send_data(self, local_dir: Path, remote_subdir: str, work_dir: Path,
+                  deadline_epoch: float | None = None) -> DataSent:
+        if self.root.startswith("~/"):
+            self._ensure()
+        return send_data(Path(local_dir), self.root, remote_subdir, self.ssh_options(), work_dir,
+                         lambda cmd, t: self.run(cmd, timeout_s=t), lambda path, text: self.write_file(path, text),
+                         deadline_epoch)
 
     def push_files(self, files: list[Path], remote_subdir: str) -> None:
         """SFTP, file by file into a .partial name then renamed: a big checkpoint streams, and a drop
