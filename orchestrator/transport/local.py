@@ -12,9 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
+from orchestrator.transport.protocol import CommandResult, DataSent, JobState, SyncResult, detached_script
 from orchestrator.transport.pull import pull_outputs
-from orchestrator.transport.push_data import DataSent, send_data
+from orchestrator.transport.push_data import send_data
 from orchestrator.transport.upload import check_destination, upload_files
 
 

@@ -22,10 +22,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from orchestrator.transport.push_data import DataSent
+from typing import Protocol
 
 
 @dataclass
@@ -61,6 +58,16 @@ class SyncResult:
     def latest_home(self) -> bool:
         """The instance's newest checkpoint is home and verified (True when it has none yet)."""
         return self.latest is None or self.latest in self.checkpoints_verified
+
+
+@dataclass(frozen=True)
+class DataSent:
+    """A data set sent to the instance (transport/push_data.py)."""
+
+    files: int
+    bytes: int  # what rsync moved (a resumed send moves only what was missing)
+    total_bytes: int  # the data set's size
+    seconds: float
 
 
 class Transport(Protocol):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from orchestrator.transport.openssh import SSHOptions
-from orchestrator.transport.protocol import CommandResult
+from orchestrator.transport.protocol import CommandResult, DataSent
 from orchestrator.transport.pull_checkpoints import STAGING
 from orchestrator.transport.pull_rsync import ConnectionDropped, RsyncMissing, run_rsync
 from orchestrator.transport.upload import check_destination, upload_files
@@ -31,14 +30,6 @@ HASH_SUFFIX = ".sha256"  # root/<sub>.sha256, beside (not inside) the data: what
 
 class DataSendError(Exception):
     """The data did not arrive whole (after retries), or failed its hash check on the instance."""
-
-
-@dataclass(frozen=True)
-class DataSent:
-    files: int
-    bytes: int  # what rsync moved (a resumed send moves only what was missing)
-    total_bytes: int  # the data set's size
-    seconds: float
 
 
 def hash_list(local_dir: Path, files: list[str]) -> str:

@@ -42,9 +42,9 @@ from orchestrator.transport import upload as upload_rule
 from orchestrator.transport.hostkeys import HostKeyStore
 from orchestrator.transport.keys import load_private_key
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions, connect
-from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
+from orchestrator.transport.protocol import CommandResult, DataSent, JobState, SyncResult, detached_script
 from orchestrator.transport.pull import pull_outputs
-from orchestrator.transport.push_data import DataSent, send_data
+from orchestrator.transport.push_data import send_data
 from providers.base import SSHEndpoint
 
 log = logging.getLogger(__name__)
