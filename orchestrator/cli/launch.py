@@ -51,6 +51,10 @@ from providers.common import one_line
 @click.option("--data-from", type=click.Path(file_okay=False),
               help="a local copy of the recipe's data in its public format, any size: sent with resumable rsync,"
                    " verified by SHA-256 on the instance, prepared from (no download); its send time is planned")
+@click.option("--checkpoints-to", metavar="s3://BUCKET/PREFIX",
+              help="the instance uploads each checkpoint to this bucket (scoped, short-lived credentials);"
+                   " home fetches them after the instance is gone")
+@click.option("--endpoint-url", help="an S3-compatible endpoint for --checkpoints-to (R2, B2, MinIO)")
 @click.option("--upload-mbps", type=float,
               help="your link's upload rate in Mbit/s, to plan --data-from's send (default: what earlier sends"
                    " measured, else 20)")
@@ -91,7 +95,8 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         trainer_args += [f"--{key.replace('_', '-')}", value]
     options = LaunchOptions(
         provider=kw["provider"], max_usd=kw["max_usd"], gpu=kw["gpu"], gpus=kw["gpus"], spot=kw["spot"],
-        config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], upload_mbps=kw["upload_mbps"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
+        config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], upload_mbps=kw["upload_mbps"],
+        checkpoints_to=kw["checkpoints_to"], endpoint_url=kw["endpoint_url"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
         usd_per_hour=kw["usd_per_hour"], egress_usd_per_gb=kw["egress_usd_per_gb"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],

@@ -18,6 +18,7 @@ from orchestrator import settings
 from orchestrator.money.budget import Allowance, allowance_for, check_caps
 from orchestrator.money.budgets_file import Budgets, load_budgets
 from orchestrator.money.errors import BudgetError
+from orchestrator.plan.bucket import BucketPlan, plan_bucket
 from orchestrator.plan.data_in import DataIn, plan_data_in
 from orchestrator.plan.egress import Pulls, egress_words, expected_pulls
 from orchestrator.plan.forecast import Forecast, bootstrap_words
@@ -59,6 +60,8 @@ class LaunchPlan:
     egress: Pulls | None = None
     # --data-from's send, sized and timed against the budget (None: no --data-from).
     data_in: DataIn | None = None
+    # --checkpoints-to's bucket and what it costs there (None: checkpoints come home over the link).
+    bucket: BucketPlan | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -79,6 +82,8 @@ class LaunchPlan:
         ]
         if self.data_in is not None:
             rows.append(("data in", self.data_in.words()))
+        if self.bucket is not None:
+            rows.append(("checkpoints to", self.bucket.words()))
         if self.image is not None:
             rows.append(("bootstrap", bootstrap_words(self.image, self.options, b, o)))
         if self.forecast is not None:
@@ -153,7 +158,8 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
     return LaunchPlan(options, provider, offer, budgets, allowance, account, runs_root(options.runs_dir),
                       fallbacks=[o for o, _, _ in accepted[1:]], skipped=skipped,
                       max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast,
-                      image=image, egress=egress, data_in=plan_data_in(options, allowance))
+                      image=image, egress=egress, data_in=plan_data_in(options, allowance),
+                      bucket=plan_bucket(options, offer, allowance, provider.default_sync_interval_s))
 
 
 def _candidates(options: LaunchOptions, provider: Provider) -> list[Offer]:

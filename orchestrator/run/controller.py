@@ -21,7 +21,7 @@ from orchestrator.money import budget as budget_mod
 from orchestrator.plan.launch import LaunchPlan
 from orchestrator.plan.record import RunRecord
 from orchestrator.proof.run_card import write_run_evidence
-from orchestrator.run import recovery, stop_time
+from orchestrator.run import bucket, recovery, stop_time
 from orchestrator.run.boot import create_head, reconnect
 from orchestrator.run.context import RunContext
 from orchestrator.run.finish import end_run
@@ -62,6 +62,7 @@ class Controller:
         self.syncing = Syncing(self.ctx, self.group, self.watch)
         # Set once the guard or a teardown runs: a signal then only sets a flag (orchestrator/cli/signals.py).
         self.deferring_signals = False
+        self._judge = False  # finish() leaves the judging of the outputs to after the teardown
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -131,6 +132,7 @@ class Controller:
             bootstrap_group(self.ctx, self.group)
             if self.ctx.record.resumed_from:
                 recovery.resume_earlier_run(self.ctx, self.ensure_transport())
+            bucket.arm(self.ctx, self.group)  # --checkpoints-to: the uploader starts before the job
             if not start_data(self.ctx, self.group):  # the data phase runs under the guard (it may take an hour)
                 start_job(self.ctx, self.group)
         except Exception as exc:
@@ -198,6 +200,7 @@ class Controller:
             bootstrap_group(self.ctx, self.group)
             if found is not None:
                 recovery.push_checkpoint(self.ensure_transport(), found)
+            bucket.arm(self.ctx, self.group)
             self.ctx.event(EventKind.RESUMING, instance_id=self.group.head.instance.id,
                            checkpoint=None if found is None else found.path.name,
                            step=None if found is None else found.entry["step"])
@@ -230,8 +233,11 @@ class Controller:
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
-        if not self.ctx.options.command:
+        # Judged once the final checkpoint is home: from a bucket, only after the teardown.
+        self._judge = not self.ctx.options.command
+        if self._judge and not self.ctx.options.checkpoints_to:
             judge_outputs(self.ctx)
+            self._judge = False
         self.teardown()
 
     def _fail(self, exc: BaseException) -> None:
@@ -253,7 +259,14 @@ class Controller:
         """Terminate every instance of the run, verify, record the proof, settle, write the card:
         orchestrator/run/teardown.py. VerifyFailed if not verified gone."""
         self.group.close()
-        return end_run(self.ctx, write_run_evidence, verify_timeout_s)
+        return end_run(self.ctx, write_run_evidence, verify_timeout_s, after_gone=self._after_gone)
+
+    def _after_gone(self) -> None:
+        """The instances verified gone: a bucket's checkpoints come home now, then the run is judged."""
+        if self.ctx.options.checkpoints_to:
+            bucket.fetch_home(self.ctx)
+        if self._judge:
+            judge_outputs(self.ctx)
 
     # --- transport and sync ---------------------------------------------------------------------
     def ensure_transport(self) -> Transport:

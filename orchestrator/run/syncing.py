@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from orchestrator.run import link
+from orchestrator.run import bucket, link
 from orchestrator.run.boot import reconnect
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
@@ -36,7 +36,8 @@ def link_of(events: Iterable[Event]) -> tuple[link.LinkEstimate, float | None]:
     estimate, moved = link.LinkEstimate(), None
     for e in events:
         if e.phase == EventKind.SYNC.value and not e.payload.get("final") and e.payload.get("seconds") is not None:
-            estimate.add(int(e.payload.get("bytes") or 0), float(e.payload["seconds"]))
+            for size, seconds in e.payload.get("samples") or [(e.payload.get("bytes") or 0, e.payload["seconds"])]:
+                estimate.add(int(size), float(seconds))
             estimate.checkpoint_bytes = int(e.payload.get("checkpoint_bytes") or estimate.checkpoint_bytes)
         elif e.phase == EventKind.STOP_MOVED.value:
             moved = float(e.payload["stop_at_epoch"])
@@ -62,6 +63,7 @@ class Syncing:
     def __init__(self, ctx: RunContext, group: NodeGroup, watch: Watch) -> None:
         self.ctx, self.group, self.watch = ctx, group, watch
         self._periodic: Syncer | None = None
+        self._uploads_seen = 0  # --checkpoints-to: the uploads of out/bucket.json already measured
         self.link, ctx.guard_stop_at = link_of(ctx.ledger.events(ctx.run_id))
         self._warned = any(e.phase == EventKind.LINK_TOO_SLOW.value for e in ctx.ledger.events(ctx.run_id))
 
@@ -72,8 +74,14 @@ class Syncing:
         assert transport is not None
         return transport
 
+    @property
+    def to_bucket(self) -> bool:
+        """--checkpoints-to: the instance uploads the checkpoints; home pulls bring the logs only."""
+        return bool(self.ctx.options.checkpoints_to)
+
     def now(self, final: bool = False) -> SyncResult:
-        result = self.head().pull(self.ctx.run_dir, deadline_epoch=self._periodic_deadline())
+        result = self.head().pull(self.ctx.run_dir, deadline_epoch=self._periodic_deadline(),
+                                  checkpoints=not self.to_bucket)
         self._record(result, final)
         return result
 
@@ -88,12 +96,20 @@ class Syncing:
         not finish is recorded as such (`complete: false`): the run's outcome reads it."""
         transport = self.head()
         until = self.ctx.watchdog_deadline()
+        if self.to_bucket:  # the final upload first, leaving the logs' pull its usual time
+            logs_s = max(3.0, 1.5 * self.link.overhead_s)
+            done = bucket.wait_uploaded(self.ctx, transport, until - FINAL_MARGIN_S - logs_s)
+            self.ctx.event(EventKind.BUCKET_FINAL, uploaded=done)
         try:
             result = cut_at(self.group.head, "the final sync", Steps("pulling the outputs"),
-                            lambda: transport.pull(self.ctx.run_dir, deadline_epoch=until - FINAL_MARGIN_S), until)
+                            lambda: transport.pull(self.ctx.run_dir, deadline_epoch=until - FINAL_MARGIN_S,
+                                                   checkpoints=not self.to_bucket), until)
         except Exception as exc:
             self.ctx.event(EventKind.SYNC, final=True, complete=False, error=f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            if self.to_bucket:
+                bucket.remove_credentials(transport)
         self._record(result, final=True)
 
     def start(self) -> None:
@@ -108,23 +124,38 @@ class Syncing:
     def _record(self, result: SyncResult, final: bool) -> None:
         self.watch.heartbeat(force=True)
         size = self._checkpoint_bytes()
+        samples = self._samples(result)
         self.ctx.event(EventKind.SYNC, final=final, files=result.files, bytes=result.bytes, method=result.method,
                        verified=result.checkpoints_verified, rejected=result.checkpoints_rejected,
                        seconds=round(result.seconds, 3), checkpoint_bytes=size, latest=result.latest,
-                       latest_home=result.latest_home, complete=True)
+                       latest_home=result.latest_home, complete=True, samples=samples)
         if not final:
-            self._measure(result, size)
+            self._measure(samples, size)
+
+    def _samples(self, result: SyncResult) -> list[tuple[int, float]]:
+        """What measures the link the final checkpoint takes: this pull, or with a bucket the
+        instance's uploads reported since the last pull."""
+        if not self.to_bucket:
+            return [(result.bytes, round(result.seconds, 3))]
+        done = bucket.uploads(self.ctx.run_dir)
+        new, self._uploads_seen = done[self._uploads_seen:], len(done)
+        return [(int(u.get("bytes") or 0), float(u.get("seconds") or 0.0)) for u in new]
 
     def _checkpoint_bytes(self) -> int:
         try:
+            if self.to_bucket:  # the bucket's view: the same entry shape as the manifest's
+                state = json.loads((self.ctx.run_dir / bucket.STATE_PATH).read_text())
+                return newest_checkpoint_bytes({contract.MANIFEST_ENTRIES: state.get("held") or [],
+                                                "exports": state.get("exports") or []})
             return newest_checkpoint_bytes(json.loads((self.ctx.run_dir / contract.MANIFEST_PATH).read_text()))
         except (OSError, ValueError, AttributeError):
             return self.link.checkpoint_bytes
 
-    def _measure(self, result: SyncResult, size: int) -> None:
-        """Fold the pull into the link estimate; move the guard's stop time earlier when the final
-        pull would not fit (never later than the plan's, never back)."""
-        self.link.add(result.bytes, result.seconds)
+    def _measure(self, samples: list[tuple[int, float]], size: int) -> None:
+        """Fold the pull (or the uploads) into the link estimate; move the guard's stop time earlier
+        when the final transfer would not fit (never later than the plan's, never back)."""
+        for moved, seconds in samples:
+            self.link.add(moved, seconds)
         self.link.checkpoint_bytes = size or self.link.checkpoint_bytes
         expected = self.link.final_pull_s
         self.ctx.sync_line = link.sync_line(self.link.rate_bps, expected)

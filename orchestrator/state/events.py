@@ -29,6 +29,8 @@ class EventKind(str, Enum):
     FINAL_CHECKPOINT_MISSING = "final_checkpoint_missing"  # the job's last checkpoint did not come home
     HANDOFF = "handoff"  # the controller left the run to the on-instance guard
     CONTROLLER_REPLACED = "controller_replaced"
+    BUCKET_ARMED = "bucket_armed"  # --checkpoints-to: the uploader runs on the instance (no credential here)
+    BUCKET_FINAL = "bucket_final"  # its last upload after the job: done, or cut off by the switch's time
     FINISH = "finish"
     NOTHING_TRAINED = "nothing_trained"  # a clean stop with no step and no checkpoint: a failed run
     NOTIFY_OFF = "notify_off"  # the notify: config could not be used

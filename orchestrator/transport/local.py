@@ -118,8 +118,8 @@ class LocalTransport:
             except ProcessLookupError:
                 pass
 
-    def pull(self, local_dir: Path, deadline_epoch: float | None = None) -> SyncResult:
-        return pull_outputs(self.root, Path(local_dir), None, deadline_epoch=deadline_epoch)
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
+        return pull_outputs(self.root, Path(local_dir), None, deadline_epoch=deadline_epoch, checkpoints=checkpoints)
 
     def close(self) -> None:
         pass

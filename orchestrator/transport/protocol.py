@@ -103,9 +103,10 @@ class Transport(Protocol):
 
     def signal(self, name: str, signum: int) -> None: ...
 
-    def pull(self, local_dir: Path, deadline_epoch: float | None = None) -> SyncResult:
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
         """Bring out/ and *.log home (transport/pull.py); a pull still going at `deadline_epoch`
-        is ended there (SyncError), its partial files kept for the next one to resume."""
+        is ended there (SyncError), its partial files kept for the next one to resume.
+        checkpoints=False: the logs only (the checkpoints go to a bucket: orchestrator/run/bucket.py)."""
         ...
 
     def close(self) -> None: ...

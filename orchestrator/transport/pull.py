@@ -64,6 +64,7 @@ class _Source:
     extra_rsync_args: Sequence[str]
     io_timeout_s: int
     deadline_epoch: float | None = None  # a pass still going then is ended (PullDeadline)
+    checkpoints: bool = True  # False: logs and metrics only (the checkpoints go to a bucket)
 
 
 def _choose_method(method: str, ssh: SSHOptions | None, rsync_bin: str, remote_rsync: str) -> str:
@@ -89,7 +90,7 @@ def _move(result: SyncResult, source: _Source, local_dir: Path) -> tuple[Moved, 
     if result.method == "rsync":
         try:
             return rsync_pass(source.root, local_dir, ssh, source.rsync_bin, source.remote_rsync,
-                              source.extra_rsync_args, source.io_timeout_s, source.deadline_epoch)
+                              source.extra_rsync_args, source.io_timeout_s, source.deadline_epoch, source.checkpoints)
         except RsyncMissing:
             assert ssh is not None
             log.warning("rsync is not installed on %s; syncing over SFTP instead", ssh.host)
@@ -99,15 +100,15 @@ def _move(result: SyncResult, source: _Source, local_dir: Path) -> tuple[Moved, 
         if source.open_sftp is None:
             raise SyncError("SFTP sync needs the transport's connection (open_sftp); "
                             "sync through the run's transport, or install rsync on both sides")
-        return sftp_pass(source.root, local_dir, source.open_sftp)
-    return tree_pass(LocalTree(source.root), local_dir)
+        return sftp_pass(source.root, local_dir, source.open_sftp, source.checkpoints)
+    return tree_pass(LocalTree(source.root), local_dir, source.checkpoints)
 
 
 def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = None, *,
                  open_sftp: SftpOpener | None = None, method: str = "auto", rsync_bin: str = "rsync",
                  remote_rsync: str = "rsync", extra_rsync_args: Sequence[str] = (), attempts: int = 6,
                  max_wait_s: float = 120.0, io_timeout_s: int = 60,
-                 deadline_epoch: float | None = None) -> SyncResult:
+                 deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
     """Pull out/ and *.log from source_root into local_dir; verify checkpoints.
 
     ssh=None: source_root is a directory on this machine (the local provider). method: "auto"
@@ -119,7 +120,8 @@ def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = Non
     local_dir = Path(local_dir)
     (local_dir / STAGING).mkdir(parents=True, exist_ok=True)
     src = source_root.rstrip("/")
-    source = _Source(src, ssh, open_sftp, rsync_bin, remote_rsync, extra_rsync_args, io_timeout_s, deadline_epoch)
+    source = _Source(src, ssh, open_sftp, rsync_bin, remote_rsync, extra_rsync_args, io_timeout_s, deadline_epoch,
+                     checkpoints)
     result = SyncResult(method=_choose_method(method, ssh, rsync_bin, remote_rsync))
     began = time.monotonic()
     if deadline_epoch is not None:

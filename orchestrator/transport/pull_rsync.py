@@ -72,8 +72,8 @@ def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hos
 
 
 def rsync_pass(src: str, local_dir: Path, ssh: SSHOptions | None, rsync_bin: str, remote_rsync: str,
-               extra: Sequence[str], io_timeout_s: int,
-               deadline_epoch: float | None = None) -> tuple[Moved, bytes | None]:
+               extra: Sequence[str], io_timeout_s: int, deadline_epoch: float | None = None,
+               checkpoints: bool = True) -> tuple[Moved, bytes | None]:
     staging = local_dir / STAGING
     known_hosts = control = None
     if ssh is not None:
@@ -86,6 +86,9 @@ def rsync_pass(src: str, local_dir: Path, ssh: SSHOptions | None, rsync_bin: str
         return run_rsync(rsync_bin, [*extra, *args], ssh, known_hosts, remote_rsync, io_timeout_s, control,
                          deadline_epoch)
 
+    if not checkpoints:  # the logs and metrics only: the checkpoints go to a bucket
+        return rsync(["--exclude=/out/checkpoints/", "--exclude=.rsync-partial/", "--include=/out/***",
+                      "--include=/*.log", "--exclude=*", source, str(local_dir) + "/"]), None
     # 1) the manifest alone, into staging (nothing there yet is not an error: no checkpoint so far)
     first = rsync(["--include=/out/", "--include=/out/checkpoints/", "--include=/out/checkpoints/MANIFEST.json",
                    "--exclude=*", source, str(staging / "remote") + "/"])

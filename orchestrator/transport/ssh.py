@@ -381,11 +381,11 @@ class SSHTransport:
         sftp.get_channel().settimeout(max(60.0, self.connect_timeout))
         return sftp
 
-    def pull(self, local_dir: Path, deadline_epoch: float | None = None) -> SyncResult:
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
         if self.root.startswith("~/"):
             self._ensure()
         return pull_outputs(self.root, Path(local_dir), self.ssh_options(), open_sftp=self.open_sftp,
-                            deadline_epoch=deadline_epoch)
+                            deadline_epoch=deadline_epoch, checkpoints=checkpoints)
 
     def close(self) -> None:
         self._drop()
