@@ -76,6 +76,21 @@ def test_checkpoints_go_to_the_bucket_and_come_home_after_the_teardown(moto_aws:
         for secret in MINTED:
             assert secret.encode() not in data, f"{secret[:6]}... in {path}"
 
+    # `launch --resume` starts from the bucket's newest checkpoint, fetched by the instance from the
+    # bucket (home's copies are gone here: the bucket is the only place it is).
+    for ckpt in (run_dir / "out" / "checkpoints").glob("*.pt"):
+        ckpt.unlink()
+    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.04", "--yes", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    (second,) = [r for r in Ledger().list_runs() if r.run_id != run.run_id]
+    resuming = next(e.payload for e in Ledger().events(second.run_id) if e.phase == "resuming")
+    assert resuming["source"] == f"s3://ckpts/team/runs/{run.run_id}"
+    assert (resuming["checkpoint"], resuming["step"]) == (bucket_manifest["latest"], ends[-1]["step"])
+    later = (run_dir / "out" / "train.log").read_text()
+    assert f"resumed: checkpoints/{bucket_manifest['latest']} at step {ends[-1]['step']}" in later
+    second_sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / second.run_id
+    assert not (second_sandbox / ".gpurun" / "resume.env").exists()
+
 
 def test_the_instances_credential_reaches_only_the_runs_prefix() -> None:
     policy = json.loads(prefix_policy(BucketDest.parse("s3://ckpts/team/runs").for_run("r1")))

@@ -104,8 +104,35 @@ class Uploader:
         atomic_write_json(self.root / contract.OUT_DIR / STATE, self.state)
 
 
+def fetch_newest(root: Path, src: str, creds: dict[str, str], endpoint_url: str | None) -> dict[str, Any]:
+    """`--fetch` (a resumed run starting from a bucket's checkpoint): the bucket's newest checkpoint
+    into out/checkpoints over the datacenter's link, checked against its SHA-256, and a manifest
+    naming only it (written last: the file is whole). Its entry."""
+    import boto3
+
+    from trainer.manifest import atomic_write, sha256_file
+
+    bucket, prefix = split_dest(src)
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=creds.get("AWS_REGION") or "us-east-1",
+                      aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                      aws_session_token=creds.get("AWS_SESSION_TOKEN") or None)
+    key = f"{prefix}/{contract.CHECKPOINTS_DIR}/" if prefix else f"{contract.CHECKPOINTS_DIR}/"
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=key + contract.MANIFEST)["Body"].read())
+    entry = next(e for e in manifest[contract.MANIFEST_ENTRIES] if e["file"] == manifest[contract.MANIFEST_LATEST])
+    ckpt = root / contract.CHECKPOINTS_PATH
+    ckpt.mkdir(parents=True, exist_ok=True)
+    atomic_write(ckpt / entry["file"], lambda f: s3.download_fileobj(bucket, key + entry["file"], f))
+    if sha256_file(ckpt / entry["file"]) != entry["sha256"]:
+        (ckpt / entry["file"]).unlink()
+        raise SystemExit(f"{src}: {entry['file']} does not match its SHA-256 in the bucket's manifest")
+    atomic_write_json(ckpt / contract.MANIFEST, {contract.MANIFEST_LATEST: entry["file"],
+                                                 contract.MANIFEST_ENTRIES: [entry]})
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.bucket_upload")
+    ap.add_argument("--fetch", action="store_true", help="download the newest checkpoint from --dest instead")
     ap.add_argument("--root", required=True)
     ap.add_argument("--dest", required=True)
     ap.add_argument("--credentials", required=True)
@@ -114,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job", default="job", help="the job whose <name>.exit ends the uploads")
     args = ap.parse_args(argv)
     root = Path(args.root)
+    if args.fetch:
+        entry = fetch_newest(root, args.dest, read_credentials(Path(args.credentials)), args.endpoint_url)
+        print(json.dumps({"file": entry["file"], "step": entry["step"]}), flush=True)
+        return 0
     up = Uploader(root, args.dest, read_credentials(Path(args.credentials)), args.endpoint_url, max(1, args.keep))
     up.save()
     while True:

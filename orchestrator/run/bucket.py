@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.errors import RunFailed
 from orchestrator.run.bootstrap import ensure_packages
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import NodeGroup
@@ -27,6 +28,7 @@ from trainer import contract
 
 UPLOADER = "bucket"  # the detached job's name on the instance (bucket.pid, bucket.log, bucket.exit)
 CREDENTIALS = ".gpurun/bucket.env"  # under the run root, mode 0600; removed before the teardown
+RESUME_CREDENTIALS = ".gpurun/resume.env"  # read-only, the earlier run's prefix; removed once fetched
 STATE_PATH = f"{contract.OUT_DIR}/bucket.json"  # trainer/bucket_upload.py's progress, pulled home
 TOKEN_SLACK_S = 3600  # the credentials outlive the run's whole billed time by this much, no more
 
@@ -54,6 +56,28 @@ def arm(ctx: RunContext, group: NodeGroup) -> None:
         args += ["--endpoint-url", ctx.options.endpoint_url]
     transport.start_detached(UPLOADER, shlex.join([python, *args]), env={"PYTHONUNBUFFERED": "1"})
     ctx.event(EventKind.BUCKET_ARMED, dest=dest.url, installed=installed)
+
+
+def fetch_on_instance(ctx: RunContext, transport: Transport, python: str, earlier: BucketDest) -> dict[str, Any]:
+    """`--resume RUN` whose checkpoints are in a bucket: the instance fetches the newest over the
+    datacenter's link with read-only credentials scoped to that run's prefix (removed after); its entry."""
+    creds = scoped_credentials(earlier, ctx.options.endpoint_url, TOKEN_SLACK_S, read_only=True)
+    gpurun_dir = shlex.quote(transport.root.rstrip("/") + "/.gpurun")
+    transport.run(f"mkdir -p {gpurun_dir} && chmod 700 {gpurun_dir}", timeout_s=30)
+    transport.write_file(RESUME_CREDENTIALS, credentials_file(creds), mode=0o600)
+    root = transport.root.rstrip("/")
+    try:
+        ensure_packages(transport, python, ["boto3"])
+        args = ["-m", "trainer.bucket_upload", "--fetch", "--root", root, "--dest", f"s3://{earlier.bucket}/{earlier.prefix}",
+                "--credentials", f"{root}/{RESUME_CREDENTIALS}"]
+        if ctx.options.endpoint_url:
+            args += ["--endpoint-url", ctx.options.endpoint_url]
+        res = transport.run(f"cd {shlex.quote(root + '/code')} && {shlex.join([python, *args])}", timeout_s=1800)
+    finally:
+        transport.run(f"rm -f {shlex.quote(root + '/' + RESUME_CREDENTIALS)}", timeout_s=30)
+    if not res.ok:
+        raise RunFailed(f"fetching the checkpoint from {earlier.url} failed: {res.stderr.strip()[-300:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
 def wait_uploaded(ctx: RunContext, transport: Transport, until_epoch: float) -> bool:

@@ -131,7 +131,7 @@ class Controller:
             provision(self.ctx, self.group)  # the plan's offers in order until one comes up
             bootstrap_group(self.ctx, self.group)
             if self.ctx.record.resumed_from:
-                recovery.resume_earlier_run(self.ctx, self.ensure_transport())
+                recovery.resume_earlier_run(self.ctx, self.ensure_transport(), self.group.head.python)
             bucket.arm(self.ctx, self.group)  # --checkpoints-to: the uploader starts before the job
             if not start_data(self.ctx, self.group):  # the data phase runs under the guard (it may take an hour)
                 start_job(self.ctx, self.group)

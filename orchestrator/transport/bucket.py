@@ -67,21 +67,23 @@ def check_reachable(dest: BucketDest, endpoint_url: str | None) -> None:
                           " profile (AWS_PROFILE) and --endpoint-url") from None
 
 
-def prefix_policy(dest: BucketDest) -> str:
+def prefix_policy(dest: BucketDest, read_only: bool = False) -> str:
     """The session policy: objects under the run's prefix only, and listing only that prefix."""
+    actions = ["s3:GetObject"] if read_only else ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
     return json.dumps({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+        {"Effect": "Allow", "Action": actions,
          "Resource": [f"arn:aws:s3:::{dest.bucket}/{dest.prefix}/*"]},
         {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{dest.bucket}"],
          "Condition": {"StringLike": {"s3:prefix": [f"{dest.prefix}/*"]}}},
     ]})
 
 
-def scoped_credentials(dest: BucketDest, endpoint_url: str | None, duration_s: float) -> dict[str, str]:
+def scoped_credentials(dest: BucketDest, endpoint_url: str | None, duration_s: float,
+                       read_only: bool = False) -> dict[str, str]:
     """Short-lived credentials for the instance that reach only `dest`'s prefix (BucketError: none)."""
     seconds = int(min(MAX_TOKEN_S, max(MIN_TOKEN_S, duration_s)))
     try:
-        got = client("sts", endpoint_url).get_federation_token(Name="gpurun-ckpt", Policy=prefix_policy(dest),
+        got = client("sts", endpoint_url).get_federation_token(Name="gpurun-ckpt", Policy=prefix_policy(dest, read_only),
                                                               DurationSeconds=seconds)["Credentials"]
     except Exception as exc:  # noqa: BLE001 - one line, whatever botocore raised
         raise BucketError(f"--checkpoints-to {dest.url}: could not mint credentials scoped to the prefix"
@@ -92,6 +94,16 @@ def scoped_credentials(dest: BucketDest, endpoint_url: str | None, duration_s: f
     for value in creds.values():
         register_secret(value)
     return creds
+
+
+def newest_in_bucket(dest: BucketDest, endpoint_url: str | None) -> dict[str, Any] | None:
+    """The bucket manifest's newest entry under `dest` (None: no manifest there, or not reachable)."""
+    try:
+        raw = client("s3", endpoint_url).get_object(Bucket=dest.bucket, Key=dest.key(contract.MANIFEST))["Body"].read()
+        manifest = json.loads(raw)
+        return next(e for e in manifest["checkpoints"] if e["file"] == manifest["latest"])
+    except Exception:  # noqa: BLE001 - whatever the reason, there is nothing to resume from there
+        return None
 
 
 def credentials_file(creds: dict[str, str]) -> str:
