@@ -88,6 +88,10 @@ def test_a_slow_link_moves_the_stop_earlier_and_the_final_checkpoint_comes_home(
     assert "link_too_slow" in [n["event"] for n in notes]
     # The final pull finished with the job's last checkpoint verified at home.
     final = [e.payload for e in events if e.phase == "sync" and e.payload.get("final")][-1]
+    print(f"link: measured {moved[-1]['rate_bps'] / 1e3:.0f} kB/s (limit {RATE_BPS / 1e3:.0f}), checkpoint"
+          f" {moved[-1]['checkpoint_bytes'] / 1e6:.2f} MB, final pull expected {moved[-1]['final_pull_s']:.1f} s"
+          f" (window {warning['window_s']:.1f} s), took {final['seconds']:.1f} s for {final['bytes'] / 1e6:.2f} MB;"
+          f" stop moved {moved[-1]['plan_stop_at_epoch'] - moved[-1]['stop_at_epoch']:.1f} s earlier")
     assert final["complete"] and final["latest_home"] and final["latest"] in final["verified"]
     run_dir = Path(run.run_dir)
     ends = [json.loads(x) for x in (run_dir / "out" / "metrics.jsonl").read_text().splitlines()]
