@@ -53,10 +53,12 @@ def link_status(events: Iterable[Event], plan_stop: float | None) -> tuple[float
 
 
 def newest_checkpoint_bytes(ckpt_dir_manifest: dict[str, Any]) -> int:
-    """What the final pull carries: the newest checkpoint plus the weights-only exports listed."""
+    """What the final pull carries: the newest checkpoint plus its weights-only export (the one
+    listed, else a sixth of the checkpoint: bf16 weights beside fp32 weights and AdamW's two moments)."""
     entries = ckpt_dir_manifest.get(contract.MANIFEST_ENTRIES) or []
     newest = int(entries[-1].get("bytes") or 0) if entries else 0
-    return newest + sum(int(e.get("bytes") or 0) for e in ckpt_dir_manifest.get("exports") or [])
+    exports = ckpt_dir_manifest.get(contract.MANIFEST_EXPORTS) or []
+    return newest + (sum(int(e.get("bytes") or 0) for e in exports) if exports else newest // 6)
 
 
 class Syncing:
@@ -146,7 +148,7 @@ class Syncing:
             if self.to_bucket:  # the bucket's view: the same entry shape as the manifest's
                 state = json.loads((self.ctx.run_dir / bucket.STATE_PATH).read_text())
                 return newest_checkpoint_bytes({contract.MANIFEST_ENTRIES: state.get("held") or [],
-                                                "exports": state.get("exports") or []})
+                                                contract.MANIFEST_EXPORTS: state.get("exports") or []})
             return newest_checkpoint_bytes(json.loads((self.ctx.run_dir / contract.MANIFEST_PATH).read_text()))
         except (OSError, ValueError, AttributeError):
             return self.link.checkpoint_bytes
