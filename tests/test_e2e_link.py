@@ -10,11 +10,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.keys import run_key
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
@@ -116,3 +119,49 @@ def test_a_slow_link_moves_the_stop_earlier_and_the_final_checkpoint_comes_home(
     assert LoopbackProvider().get(f"lb-{run.run_id}").state == "terminated"
     assert LoopbackProvider().meter_usd() <= 0.1
     assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.1
+
+
+def test_a_link_that_fails_at_the_end_loses_the_final_checkpoint_and_the_run_says_so(
+    slow_link: dict[str, object], tmp_path: Path
+) -> None:
+    """The issue's run: the link carried every periodic pull, then nearly stops as the job ends.
+    The final pull is ended at its own deadline (the switch's time), the run is not a success
+    (exit 6, saying the final checkpoint did not come home), and it is still verified gone with the
+    meter and the card inside the cap (the cost counted to the end of billing)."""
+    link = slow_link["link"]
+    assert isinstance(link, ThrottledLink)
+    link.down.rate = link.up.rate = 20 * RATE_BPS  # 8 MB/s: the periodic pulls fit, the stop never moves
+    ledger = Ledger()
+
+    def choke_before_the_stop() -> None:
+        """A few seconds before the plan's stop (the trainer checkpoints just before it), the link
+        all but stops: the job's last checkpoint cannot come home before the switch."""
+        while not (runs := Ledger().list_runs()) or runs[0].stop_at_epoch is None:
+            time.sleep(0.2)
+        time.sleep(max(0.0, runs[0].stop_at_epoch - 6 - time.time()))
+        link.down.rate = 2_000.0
+
+    threading.Thread(target=choke_before_the_stop, daemon=True).start()
+    # 0.08 USD at 0.001 USD/s buys 80 s: the plan's stop at 50 s, the switch at 65 s.
+    cmd = [sys.executable, "-m", "orchestrator.cli.main", "launch", "--provider", "loopback", "--yes",
+           "--budgets", str(slow_link["budgets"]), "--max-usd", "0.08", "--sync-interval", "2",
+           "--set", "max_iters=1000000", "--set", "ckpt_interval_s=3", "--set", "model=tiny", "--set", "n_embd=128"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == Exit.RUN_FAILED, out
+    assert "the final checkpoint did not come home" in out and "newest at home: ckpt-" in out, out
+    (run,) = ledger.list_runs()
+    names = [e.phase for e in ledger.events(run.run_id)]
+    assert "final_checkpoint_missing" in names
+    final = [e.payload for e in ledger.events(run.run_id) if e.phase == "sync" and e.payload.get("final")][-1]
+    assert final["complete"] is False or final["latest_home"] is False
+    # What the periodic pulls brought is still there, verified: an earlier checkpoint, not the last one.
+    manifest = json.loads((Path(run.run_dir) / "out" / "checkpoints" / "MANIFEST.json").read_text())
+    assert manifest["checkpoints"] and "ckpt-" in manifest["latest"]
+    from tests.fakes.loopback_provider import LoopbackProvider
+
+    assert LoopbackProvider().get(f"lb-{run.run_id}").state == "terminated"
+    assert run.phase == "verified" and run.cost_usd is not None and run.cost_usd <= 0.08
+    assert LoopbackProvider().meter_usd() <= 0.08
+    card = (Path(run.run_dir) / "EVIDENCE.md").read_text()
+    assert "final checkpoint did not come home" in card

@@ -11,7 +11,6 @@ and notification saying what to do).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -82,15 +81,17 @@ class Syncing:
         return bool(self.ctx.options.checkpoints_to)
 
     def now(self, final: bool = False) -> SyncResult:
-        result = self.head().pull(self.ctx.run_dir, deadline_epoch=self._periodic_deadline(),
-                                  checkpoints=not self.to_bucket)
+        until = self._periodic_deadline()
+        if final and self.ctx.run.stop_at_epoch is not None:  # a failed run's last pull: until the switch acts
+            until = self.ctx.watchdog_deadline() - FINAL_MARGIN_S
+        result = self.head().pull(self.ctx.run_dir, deadline_epoch=until, checkpoints=not self.to_bucket)
         self._record(result, final)
         return result
 
     def _periodic_deadline(self) -> float | None:
-        """A periodic pull may run on while the stopped job checkpoints, never into the final pull's time."""
-        stop_at = self.ctx.stop_at()
-        return None if stop_at is None else max(stop_at, time.time()) + self.ctx.grace_s()
+        """A periodic pull ends by the stop time: after it the job writes its last checkpoint, and
+        the link is the final pull's (a periodic one still moving an older file would only delay it)."""
+        return self.ctx.stop_at()
 
     def last(self) -> None:
         """The final pull, ended by the time the switch acts (half the reserve past the plan's stop

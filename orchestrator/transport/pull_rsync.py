@@ -7,7 +7,9 @@ rsync runs its own OpenSSH client with the run's key and the PINNED host key
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -44,6 +46,19 @@ def parse_stats(text: str) -> Moved:
     return Moved(num("Number of regular files transferred"), num("Total transferred file size"))
 
 
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """rsync and its ssh killed, reaped, their pipes closed without waiting on a process that
+    escaped the group (an ssh control master detaches into its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hosts: Path | None,
               remote_rsync: str, io_timeout_s: int, control_path: str | None = None,
               deadline_epoch: float | None = None) -> Moved:
@@ -54,10 +69,16 @@ def run_rsync(rsync_bin: str, args: list[str], ssh: SSHOptions | None, known_hos
     left = None if deadline_epoch is None else deadline_epoch - time.time()
     if left is not None and left <= 0:
         raise PullDeadline("the pull's deadline passed")
+    # Its own session: at the deadline rsync AND the ssh it runs are killed together (a lone
+    # ssh would hold the pipes open, and the pull, until the link gave up).
+    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
-        p = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=left)
+        stdout, stderr = proc.communicate(timeout=left)
     except subprocess.TimeoutExpired as exc:  # killed: what it moved stays in --partial-dir
+        _kill(proc)
         raise PullDeadline(f"rsync still moving at the pull's deadline ({left:.0f} s)") from exc
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if p.returncode in (0, 24):  # 24: a source file vanished (rotated checkpoint): not an error here
         return parse_stats(p.stdout)
     err = p.stderr.strip()
