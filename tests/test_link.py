@@ -9,7 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from orchestrator.cli.main import main
 from orchestrator.plan.launch import make_plan
 from orchestrator.plan.options import LaunchOptions
 from orchestrator.proof.shutdown import TerminateRequest, billing_ended_at
@@ -85,6 +87,9 @@ def test_a_slow_link_moves_the_guards_stop_earlier_warns_once_and_status_shows_i
     # `gpurun status` reads the same from the ledger; a guard taking the run over starts from it.
     stop, line = link_status(ctx.ledger.events(ctx.run_id), plan_stop)
     assert stop == moved and "final pull ~" in line
+    shown = CliRunner().invoke(main, ["status"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "link home" in shown.output, shown.output
+    assert line.removeprefix("sync ") in " ".join(shown.output.split())
     assert Controller.load(ctx.ledger, ctx.refresh()).ctx.stop_at() == moved
     # The guard stops at the moved time and says why.
     ctx.guard_stop_at = 0.0
