@@ -1,5 +1,6 @@
-"""The object-store tier, planned (`--checkpoints-to s3://bucket/prefix`): the bucket is reached
-with this machine's credentials before anything is rented, and what it will cost is in the plan.
+"""The object-store tier, planned (`--checkpoints-to s3://bucket/prefix`): the bucket is reached,
+and a credential scoped to a prefix minted, with this machine's credentials before anything is
+rented, and what it will cost is in the plan.
 
 The costs are the bucket's provider's, billed to its account beside the instance's: the uploads
 (one PUT per checkpoint and one per bucket manifest), the home fetch after the run (GETs and the
@@ -17,7 +18,13 @@ from dataclasses import dataclass
 from orchestrator.money.budget import Allowance
 from orchestrator.plan.egress import expected_pulls
 from orchestrator.plan.options import LaunchError, LaunchOptions
-from orchestrator.transport.bucket import BucketDest, BucketError, check_reachable
+from orchestrator.transport.bucket import (
+    MIN_TOKEN_S,
+    BucketDest,
+    BucketError,
+    check_reachable,
+    scoped_credentials,
+)
 from providers.base import Offer
 from trainer.recipes import human_bytes
 
@@ -64,6 +71,9 @@ def plan_bucket(options: LaunchOptions, offer: Offer, allowance: Allowance, sync
     try:
         dest = BucketDest.parse(options.checkpoints_to)
         check_reachable(dest, options.endpoint_url)
+        # The instance's scoped credential is minted after bootstrap: a store that cannot mint one
+        # (no STS there) is found out now, before anything bills, not then.
+        scoped_credentials(dest.for_run("plan-check"), options.endpoint_url, MIN_TOKEN_S)
     except BucketError as exc:
         raise LaunchError(str(exc)) from None
     pulls = expected_pulls(options, offer, allowance.train_s, sync_interval_s)
