@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trainer.recipes import human_bytes
+
 MIN_SAMPLE_BYTES = 64 * 1024  # a pull that moved less says more about the round trips than the rate
 SAMPLES = 5  # the newest pulls the rate is taken over (the link changes; old pulls say less)
 SAFETY = 1.25  # the final pull is planned for this much slower than measured
@@ -73,19 +75,7 @@ def pull_window_s(plan_stop: float, switch_at: float, grace_s: float) -> float:
 
 
 def human_rate(rate_bps: float | None) -> str:
-    if rate_bps is None:
-        return "-"
-    for unit, size in (("GB/s", 1e9), ("MB/s", 1e6), ("kB/s", 1e3)):
-        if rate_bps >= size:
-            return f"{rate_bps / size:.1f} {unit}"
-    return f"{rate_bps:.0f} B/s"
-
-
-def human_bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+    return "-" if rate_bps is None else human_bytes(rate_bps) + "/s"
 
 
 def sync_line(rate_bps: float | None, final_pull_s: float | None) -> str:

@@ -25,6 +25,7 @@ from orchestrator.state.rows import Event
 from orchestrator.transport.protocol import SyncResult, Transport
 from orchestrator.transport.pull import Syncer
 from trainer import contract
+from trainer.recipes import human_bytes
 
 FINAL_MARGIN_S = 1.0  # the final pull's own deadline, this much before the switch acts
 
@@ -180,7 +181,7 @@ class Syncing:
 
     def _warn(self, expected: float, window: float) -> None:
         rate = link.human_rate(self.link.rate_bps)
-        size = link.human_bytes(self.link.checkpoint_bytes)
+        size = human_bytes(self.link.checkpoint_bytes)
         message = (f"run {self.ctx.run_id}: the link home carries {rate}; the final checkpoint ({size}) needs"
                    f" ~{expected:.0f} s, the reserve leaves it {window:.0f} s: the guard stops training"
                    f" {expected - window:.0f} s early so that it comes home. To keep the training time: raise"

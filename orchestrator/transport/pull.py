@@ -193,6 +193,8 @@ class Syncer:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sync_now()
+            except PullDeadline:  # the stop time came: the final pull takes over
+                log.info("periodic sync ended at the stop time; the final pull follows")
             except Exception as e:  # a failed periodic sync is logged; the next one tries again
                 log.warning("periodic sync failed: %s", e)
 
