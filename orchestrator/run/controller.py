@@ -258,6 +258,11 @@ class Controller:
     def teardown(self, verify_timeout_s: float | None = None) -> Path:
         """Terminate every instance of the run, verify, record the proof, settle, write the card:
         orchestrator/run/teardown.py. VerifyFailed if not verified gone."""
+        if self.ctx.options.checkpoints_to and self.group.nodes and self.group.head.transport is not None:
+            try:  # whatever ended the run: the bucket credential leaves the instance first
+                bucket.remove_credentials(self.group.head.transport)
+            except Exception:  # noqa: BLE001 - best effort: the instance's end removes it too, and it expires
+                pass
         self.group.close()
         return end_run(self.ctx, write_run_evidence, verify_timeout_s, after_gone=self._after_gone)
 
