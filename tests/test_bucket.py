@@ -89,7 +89,7 @@ def test_checkpoints_go_to_the_bucket_and_come_home_after_the_teardown(moto_aws:
     later = (run_dir / "out" / "train.log").read_text()
     assert f"resumed: checkpoints/{bucket_manifest['latest']} at step {ends[-1]['step']}" in later
     second_sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / second.run_id
-    assert not (second_sandbox / ".gpurun" / "resume.env").exists()
+    assert not (second_sandbox / ".gpurun" / "fetch.env").exists()
 
 
 def test_the_instances_credential_reaches_only_the_runs_prefix() -> None:
@@ -106,3 +106,29 @@ def test_a_bucket_that_cannot_be_reached_is_refused_before_renting(moto_aws: Mot
     assert Ledger().list_runs() == []
     with pytest.raises(LaunchError, match="expected s3://bucket/prefix"):
         plan_bucket(LaunchOptions(checkpoints_to="ckpts/x"), None, None, 30)  # type: ignore[arg-type]
+
+
+def test_data_from_a_bucket_is_fetched_by_the_instance_and_checked(moto_aws: MotoAWS, tmp_path: Path) -> None:  # noqa: F811
+    from tests.test_e2e_recipe import SMALL, VERSE
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="data")
+    text = (VERSE * 200).encode()
+    s3.put_object(Bucket="data", Key="tiny/input.txt", Body=text,
+                  Metadata={"sha256": hashlib.sha256(text).hexdigest()})
+    s3.put_object(Bucket="data", Key="tiny/README", Body=b"checked by its ETag (MD5)\n")
+    res = gpurun("launch", "--provider", "local", "--recipe", "shakespeare-char", "--data-from", "s3://data/tiny",
+                 "--endpoint-url", moto_aws.endpoint, "--yes", *SMALL, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fetched by the instance" in " ".join(res.stdout.split())  # the plan's data-in row
+    ledger = Ledger()
+    (run,) = ledger.list_runs()
+    (sent,) = [e.payload for e in ledger.events(run.run_id) if e.phase == "data_sent"]
+    assert sent["source"] == "bucket" and sent["files"] == 2 and sent["bytes"] == len(text) + 26
+    sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / run.run_id
+    assert (sandbox / "data-src" / "input.txt").read_bytes() == text
+    assert not (sandbox / ".gpurun" / "fetch.env").exists()
+    metrics = [json.loads(x) for x in (Path(run.run_dir) / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["reason"] for m in metrics if m.get("type") == "end"] == ["max_iters"]
+    for path in files_under(Path(os.environ["GPURUN_HOME"]), Path(run.run_dir)):
+        assert MINTED[1].encode() not in path.read_bytes(), path

@@ -130,9 +130,56 @@ def fetch_newest(root: Path, src: str, creds: dict[str, str], endpoint_url: str 
     return entry
 
 
+def fetch_tree(src: str, to: Path, creds: dict[str, str], endpoint_url: str | None) -> dict[str, Any]:
+    """`--fetch-tree` (`--data-from s3://...`): every object under the prefix into `to`, over the
+    datacenter's link, each checked: against its `sha256` metadata where it has one, else its
+    single-part ETag (the object's MD5), else its size. What was fetched."""
+    import hashlib
+
+    import boto3
+
+    bucket, prefix = split_dest(src)
+    s3 = boto3.client("s3", endpoint_url=endpoint_url, region_name=creds.get("AWS_REGION") or "us-east-1",
+                      aws_access_key_id=creds["AWS_ACCESS_KEY_ID"], aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+                      aws_session_token=creds.get("AWS_SESSION_TOKEN") or None)
+    base = f"{prefix}/" if prefix else ""
+    files, total = 0, 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(base):]
+            if not rel or rel.endswith("/") or ".." in rel.split("/"):
+                continue
+            path = to / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(path.name + ".part")
+            s3.download_file(bucket, obj["Key"], str(part))
+            meta = s3.head_object(Bucket=bucket, Key=obj["Key"])
+            etag = str(meta.get("ETag", "")).strip('"')
+            data_hash = None
+            if meta.get("Metadata", {}).get("sha256"):
+                data_hash = ("sha256", meta["Metadata"]["sha256"], hashlib.sha256)
+            elif etag and "-" not in etag:
+                data_hash = ("md5", etag, hashlib.md5)
+            if part.stat().st_size != obj["Size"] or (data_hash and _digest(part, data_hash[2]) != data_hash[1]):
+                part.unlink()
+                raise SystemExit(f"{src}/{rel}: does not match the bucket's {data_hash[0] if data_hash else 'size'}")
+            part.replace(path)
+            files, total = files + 1, total + obj["Size"]
+    return {"files": files, "bytes": total}
+
+
+def _digest(path: Path, algo: Any) -> str:
+    h = algo()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return str(h.hexdigest())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.bucket_upload")
     ap.add_argument("--fetch", action="store_true", help="download the newest checkpoint from --dest instead")
+    ap.add_argument("--fetch-tree", metavar="DIR", help="download every object under --dest into DIR instead")
     ap.add_argument("--root", required=True)
     ap.add_argument("--dest", required=True)
     ap.add_argument("--credentials", required=True)
@@ -141,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job", default="job", help="the job whose <name>.exit ends the uploads")
     args = ap.parse_args(argv)
     root = Path(args.root)
+    if args.fetch_tree:
+        got = fetch_tree(args.dest, Path(args.fetch_tree), read_credentials(Path(args.credentials)), args.endpoint_url)
+        print(json.dumps(got), flush=True)
+        return 0
     if args.fetch:
         entry = fetch_newest(root, args.dest, read_credentials(Path(args.credentials)), args.endpoint_url)
         print(json.dumps({"file": entry["file"], "step": entry["step"]}), flush=True)

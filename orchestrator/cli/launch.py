@@ -50,11 +50,12 @@ from providers.common import one_line
                                " without; --config and --set override its keys")
 @click.option("--data-from", type=click.Path(file_okay=False),
               help="a local copy of the recipe's data in its public format, any size: sent with resumable rsync,"
-                   " verified by SHA-256 on the instance, prepared from (no download); its send time is planned")
+                   " verified by SHA-256 on the instance, prepared from (no download); its send time is planned."
+                   " Or s3://bucket/prefix: fetched by the instance itself")
 @click.option("--checkpoints-to", metavar="s3://BUCKET/PREFIX",
               help="the instance uploads each checkpoint to this bucket (scoped, short-lived credentials);"
                    " home fetches them after the instance is gone")
-@click.option("--endpoint-url", help="an S3-compatible endpoint for --checkpoints-to (R2, B2, MinIO)")
+@click.option("--endpoint-url", help="an S3-compatible endpoint for --checkpoints-to / --data-from s3:// (R2, B2, MinIO)")
 @click.option("--upload-mbps", type=float,
               help="your link's upload rate in Mbit/s, to plan --data-from's send (default: what earlier sends"
                    " measured, else 20)")

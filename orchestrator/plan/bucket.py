@@ -63,8 +63,9 @@ class BucketPlan:
 def plan_bucket(options: LaunchOptions, offer: Offer, allowance: Allowance, sync_interval_s: float) -> BucketPlan | None:
     """The bucket's plan (None without --checkpoints-to); LaunchError when it cannot be used."""
     if options.checkpoints_to is None:
-        if options.endpoint_url:
-            raise LaunchError("--endpoint-url names the bucket's S3 endpoint: use it with --checkpoints-to s3://...")
+        if options.endpoint_url and not (options.data_from or "").startswith("s3://"):
+            raise LaunchError("--endpoint-url names a bucket's S3 endpoint: use it with --checkpoints-to s3://..."
+                              " or --data-from s3://...")
         return None
     if options.command:
         raise LaunchError("--checkpoints-to uploads the bundled trainer's checkpoints: with `-- COMMAND` drop it")

@@ -17,12 +17,14 @@ from orchestrator.money.budget import Allowance
 from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
+from orchestrator.transport.bucket import BucketDest, BucketError, bucket_size
 from orchestrator.transport.upload import upload_files
 
 ASSUMED_UPLOAD_BPS = 2.5e6  # 20 Mbit/s: a common home upload when nothing better is known
 SAFETY = 1.25  # the send is planned this much slower than the rate
 MEASURED_RUNS = 20  # the newest runs whose sends say what this machine's link carries
 MIN_MEASURED_BYTES = 1 << 20  # a send smaller than this says little about the rate
+BUCKET = "the instance fetches it"  # rate_source of `--data-from s3://...`
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,13 @@ class DataIn:
 
     @property
     def seconds(self) -> float:
-        """The planned time of the send (SAFETY included)."""
-        return SAFETY * self.bytes / self.rate_bps
+        """The planned time of the send (SAFETY included; a bucket's fetch is the instance's)."""
+        return 0.0 if self.rate_source == BUCKET else SAFETY * self.bytes / self.rate_bps
 
     def words(self) -> str:
+        if self.rate_source == BUCKET:
+            return (f"{self.bytes / 1e6:.1f} MB in {self.files} objects at {self.path}: fetched by the instance over"
+                    " its own link with read-only credentials scoped to that prefix, each object checked")
         return (f"{self.bytes / 1e6:.1f} MB in {self.files} files from {self.path}: ~{self.seconds:.0f} s at"
                 f" {self.rate_bps * 8 / 1e6:.1f} Mbit/s ({self.rate_source}), rsync'ed and verified by SHA-256")
 
@@ -53,10 +58,26 @@ def measured_rate(ledger: Ledger) -> tuple[float, int] | None:
     return sum(int(p["bytes"]) for p in sends) / sum(float(p["seconds"]) for p in sends), len(sends)
 
 
+def bucket_data(options: LaunchOptions) -> DataIn:
+    """`--data-from s3://bucket/prefix`: what is there (this machine's credentials), fetched by the
+    instance over the datacenter's link: not the home link's to carry, so no upload time."""
+    assert options.data_from is not None
+    try:
+        dest = BucketDest.parse(options.data_from)
+        files, size = bucket_size(dest, options.endpoint_url)
+    except BucketError as exc:
+        raise LaunchError(str(exc).replace("--checkpoints-to", "--data-from")) from None
+    if not files:
+        raise LaunchError(f"--data-from {options.data_from}: no objects under that prefix")
+    return DataIn(options.data_from, files, size, 0.0, BUCKET)
+
+
 def plan_data_in(options: LaunchOptions, allowance: Allowance, ledger: Ledger | None = None) -> DataIn | None:
     """The planned send of --data-from (None without one); LaunchError when the budget cannot carry it."""
     if options.data_from is None:
         return None
+    if options.data_from.startswith("s3://"):
+        return bucket_data(options)
     root = Path(options.data_from)
     files = upload_files(root)
     size = sum((root / f).stat().st_size for f in files)

@@ -28,7 +28,7 @@ from trainer import contract
 
 UPLOADER = "bucket"  # the detached job's name on the instance (bucket.pid, bucket.log, bucket.exit)
 CREDENTIALS = ".gpurun/bucket.env"  # under the run root, mode 0600; removed before the teardown
-RESUME_CREDENTIALS = ".gpurun/resume.env"  # read-only, the earlier run's prefix; removed once fetched
+RESUME_CREDENTIALS = ".gpurun/fetch.env"  # read-only (a resume's or --data-from's prefix); removed once fetched
 STATE_PATH = f"{contract.OUT_DIR}/bucket.json"  # trainer/bucket_upload.py's progress, pulled home
 TOKEN_SLACK_S = 3600  # the credentials outlive the run's whole billed time by this much, no more
 
@@ -78,6 +78,34 @@ def fetch_on_instance(ctx: RunContext, transport: Transport, python: str, earlie
     if not res.ok:
         raise RunFailed(f"fetching the checkpoint from {earlier.url} failed: {res.stderr.strip()[-300:]}")
     return dict(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def fetch_data_on_instance(ctx: RunContext, transport: Transport, python: str, src: str,
+                           remote_subdir: str) -> dict[str, Any]:
+    """`--data-from s3://bucket/prefix`: the instance fetches the data set into root/remote_subdir
+    with read-only credentials scoped to that prefix (removed after), each object checked. Transport
+    only (it runs in bootstrap's worker thread): what was fetched, for the caller to record."""
+    began = time.monotonic()
+    dest = BucketDest.parse(src)
+    creds = scoped_credentials(dest, ctx.options.endpoint_url, TOKEN_SLACK_S, read_only=True)
+    root = transport.root.rstrip("/")
+    transport.run(f"mkdir -p {shlex.quote(root + '/.gpurun')} && chmod 700 {shlex.quote(root + '/.gpurun')}",
+                  timeout_s=30)
+    transport.write_file(RESUME_CREDENTIALS, credentials_file(creds), mode=0o600)
+    try:
+        ensure_packages(transport, python, ["boto3"])
+        args = ["-m", "trainer.bucket_upload", "--root", root, "--dest", dest.url, "--credentials",
+                f"{root}/{RESUME_CREDENTIALS}", "--fetch-tree", f"{root}/{remote_subdir}"]
+        if ctx.options.endpoint_url:
+            args += ["--endpoint-url", ctx.options.endpoint_url]
+        res = transport.run(f"cd {shlex.quote(root + '/code')} && {shlex.join([python, *args])}", timeout_s=None)
+    finally:
+        transport.run(f"rm -f {shlex.quote(root + '/' + RESUME_CREDENTIALS)}", timeout_s=30)
+    if not res.ok:
+        raise RunFailed(f"--data-from {src}: the instance could not fetch it: {res.stderr.strip()[-300:]}")
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"path": src, "files": got["files"], "bytes": got["bytes"], "total_bytes": got["bytes"],
+            "seconds": round(time.monotonic() - began, 3), "verified": "sha256 / md5 / size", "source": "bucket"}
 
 
 def wait_uploaded(ctx: RunContext, transport: Transport, until_epoch: float) -> bool:

@@ -67,6 +67,21 @@ def check_reachable(dest: BucketDest, endpoint_url: str | None) -> None:
                           " profile (AWS_PROFILE) and --endpoint-url") from None
 
 
+def bucket_size(dest: BucketDest, endpoint_url: str | None) -> tuple[int, int]:
+    """(objects, bytes) under `dest`'s prefix, listed with this machine's credentials."""
+    files = size = 0
+    try:
+        pages = client("s3", endpoint_url).get_paginator("list_objects_v2").paginate(
+            Bucket=dest.bucket, Prefix=f"{dest.prefix}/" if dest.prefix else "")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                files, size = files + 1, size + int(obj["Size"])
+    except Exception as exc:  # noqa: BLE001 - one line, whatever botocore raised
+        raise BucketError(f"--checkpoints-to {dest.url}: cannot list it with this machine's credentials"
+                          f" ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return files, size
+
+
 def prefix_policy(dest: BucketDest, read_only: bool = False) -> str:
     """The session policy: objects under the run's prefix only, and listing only that prefix."""
     actions = ["s3:GetObject"] if read_only else ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
