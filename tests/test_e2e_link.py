@@ -153,8 +153,9 @@ def test_a_link_that_fails_at_the_end_loses_the_final_checkpoint_and_the_run_say
     (run,) = ledger.list_runs()
     names = [e.phase for e in ledger.events(run.run_id)]
     assert "final_checkpoint_missing" in names
-    final = [e.payload for e in ledger.events(run.run_id) if e.phase == "sync" and e.payload.get("final")][-1]
-    assert final["complete"] is False or final["latest_home"] is False
+    # Cut at its deadline, or never begun: the stop itself, over the choked link, ran to the switch's time.
+    finals = [e.payload for e in ledger.events(run.run_id) if e.phase == "sync" and e.payload.get("final")]
+    assert not finals or finals[-1]["complete"] is False or finals[-1]["latest_home"] is False
     # What the periodic pulls brought is still there, verified: an earlier checkpoint, not the last one.
     manifest = json.loads((Path(run.run_dir) / "out" / "checkpoints" / "MANIFEST.json").read_text())
     assert manifest["checkpoints"] and "ckpt-" in manifest["latest"]

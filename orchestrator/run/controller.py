@@ -227,12 +227,16 @@ class Controller:
             return
         try:
             reconnect(self.ctx, self.group)
-            stop_job(self.ctx, self.group, end)  # first: the job checkpoints while a periodic pull may finish
+            # First: the job checkpoints. Over a crawling link the stop itself is bounded by the time
+            # the switch acts: the instance is ending then, and the teardown must not wait on it.
+            stop_time.within(self.ctx.watchdog_deadline(), "stopping the job", stop_time.Steps("stopping the job"),
+                             lambda: stop_job(self.ctx, self.group, end))
             self.syncing.stop()
             self.phase(Phase.SYNCING_FINAL)
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
+            self.syncing.stop()  # its pulls end by the stop time, long past: no wait here
         # Judged once the final checkpoint is home: from a bucket, only after the teardown.
         self._judge = not self.ctx.options.command
         if self._judge and not self.ctx.options.checkpoints_to:
