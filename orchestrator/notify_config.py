@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: Every event a run can notify, in the order a run meets them.
-EVENTS = ("started", "cap_50", "cap_80", "cap_100", "stalled", "deadline", "job_failed", "verified", "not_verified")
+EVENTS = ("started", "cap_50", "cap_80", "cap_100", "stalled", "deadline", "job_failed", "link_too_slow",
+          "final_checkpoint_missing", "verified", "not_verified")
 DEFAULT_TIMEOUT_S = 5.0
 
 

@@ -63,6 +63,20 @@ def test_the_attached_view_never_wraps_a_line_at_80_columns() -> None:
     assert "step 1234567" in lines[1] and "USD/cap 12.3456/19.99" in lines[1] and "stop in 7h01m" in lines[1]
 
 
+def test_the_link_home_shows_its_rate_and_the_final_pulls_time() -> None:
+    buf = io.StringIO()
+    view = LiveView(Console(width=80, file=buf, force_terminal=False, color_system=None), interval_s=0)
+    status = LiveStatus("running", step=1234567, loss=3.14159, tokens_per_s=1234567.0, spent_usd=12.3456,
+                        max_usd=19.99, seconds_to_stop=61, sync="sync 337.3 kB/s, final pull ~18 s")
+    view(status)
+    view(status)  # the same figures: not repeated
+    lines = buf.getvalue().splitlines()
+    assert [line.strip() for line in lines if "link home" in line] == ["link home: sync 337.3 kB/s, final pull ~18 s"]
+    assert all(len(line) <= 80 for line in lines), lines
+    panel = rendered(LiveView(Console(width=80, file=io.StringIO()))._table(status))
+    assert any("337.3 kB/s ~18s" in line for line in panel), panel
+
+
 def test_the_account_row_is_words_not_a_dict() -> None:
     words = account_words({"balance_usd": 100.0, "current_spend_usd_per_hour": 0.69, "spend_limit_usd_per_hour": 80.0,
                            "raw": {"id": "user-fake", "pods": []}})

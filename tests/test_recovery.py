@@ -6,6 +6,7 @@ providers' own preemption signals against their API fakes are in tests/test_<pro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,18 @@ def test_launch_resume_continues_a_stopped_run_from_its_last_checkpoint(tmp_path
     assert first.returncode == 0, first.stdout + first.stderr
     (run,) = Ledger().list_runs()
     assert "deadline" in (run.end_reason or "")
+    # Checkpoints every 2 s for ~35 s, K = 2: only the newest two stay, on the instance and at home,
+    # and the final step's weights-only export came home beside them.
+    home_ckpts = Path(run.run_dir) / "out" / "checkpoints"
+    (instance_ckpts,) = {p.parent for p in (Path(os.environ["GPURUN_HOME"]) / "sandboxes").glob("**/MANIFEST.json")}
+    for side in (instance_ckpts, home_ckpts):
+        listed = json.loads((side / "MANIFEST.json").read_text())
+        files = sorted(p.name for p in side.glob("ckpt-*.pt"))
+        assert len(files) == 2 and files == [e["file"] for e in listed["checkpoints"]], side
+        assert [e["file"] for e in listed["exports"]] == [f"weights-{listed['checkpoints'][-1]['step']:06d}.pt"]
+        assert (side / listed["exports"][0]["file"]).is_file()
+    newest = json.loads((home_ckpts / "MANIFEST.json").read_text())["latest"]
+    assert "came home: " in (Path(run.run_dir) / "EVIDENCE.md").read_text()
     again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.05", "--yes", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"run {run.run_id} from its last checkpoint" in again.stdout  # the plan says what it resumes
@@ -142,6 +155,8 @@ def test_launch_resume_continues_a_stopped_run_from_its_last_checkpoint(tmp_path
     assert second.run_dir == run.run_dir and second.plan["resumed_from"] == run.run_id
     assert second.phase == "verified" and len(Ledger().proofs()) == 2  # its own proof, on the same chain
     resuming = next(e for e in Ledger().events(second.run_id) if e.phase == "resuming")
+    assert resuming.payload["checkpoint"] == newest  # resumed from the newest of the K kept
+    assert len(list(home_ckpts.glob("ckpt-*.pt"))) == 2
     out = Path(run.run_dir) / "out"
     earlier, later = (out / f"train.{run.run_id}.log").read_text(), (out / "train.log").read_text()
     assert f"resumed: checkpoints/{resuming.payload['checkpoint']} at step {resuming.payload['step']}" in later

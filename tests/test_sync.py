@@ -109,10 +109,13 @@ def test_bad_remote_checkpoint_is_rejected(sshd: SSHServer, tmp_path):  # noqa: 
     make_run(root)
     ck = root / "out" / "checkpoints"
     good = json.loads((ck / "MANIFEST.json").read_text())["checkpoints"][0]
+    opts = ssh_opts(sshd, root)
+    assert pull_outputs(str(root), home, opts).checkpoints_verified == ["ckpt-000100.pt"]  # a periodic pull
     write_manifest(ck, [("ckpt-000100.pt", 100, good["sha256"], good["bytes"]),
                         ("ckpt-000200.pt", 200, "0" * 64, 10), ("../../etc/passwd", 300, "0" * 64, 1)])
-    r = pull_outputs(str(root), home, ssh_opts(sshd, root), attempts=2)
-    assert r.checkpoints_verified == ["ckpt-000100.pt"]
+    r = pull_outputs(str(root), home, opts, attempts=2)
+    # Only the newest is pulled; it fails its hash and is rejected; the one already home stays.
+    assert r.checkpoints_verified == ["ckpt-000100.pt"] and not r.latest_home
     assert sorted(r.checkpoints_rejected) == ["../../etc/passwd", "ckpt-000200.pt"]
     assert not (home / "out/checkpoints/ckpt-000200.pt").exists()
     local = json.loads((home / "out/checkpoints/MANIFEST.json").read_text())

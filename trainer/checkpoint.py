@@ -54,6 +54,26 @@ def save(ckpt_dir: str | Path, step: int, payload: dict[str, Any], keep: int) ->
     return entry
 
 
+def weights_name(step: int) -> str:
+    return f"weights-{step:06d}.pt"
+
+
+def export_weights(ckpt_dir: str | Path, step: int, model_state: dict[str, Any],
+                   model_config: dict[str, Any]) -> CheckpointEntry:
+    """weights-<step>.pt: the model alone, floating tensors in bf16 (a sixth of a checkpoint that
+    also carries AdamW's two moments in fp32), so a short link still brings home a usable model;
+    the manifest lists it under "exports" and the pull fetches it first."""
+    d = Path(ckpt_dir)
+    path = d / weights_name(step)
+    state = {k: (v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.detach().cpu())
+             for k, v in model_state.items()}
+    payload = {"model": state, "model_config": model_config, "step": step, "dtype": "bfloat16"}
+    manifest.atomic_write(path, lambda f: torch.save(payload, f))
+    entry = manifest.new_entry(path, step)
+    manifest.remove_files(d, manifest.set_export(d, entry))
+    return entry
+
+
 def load_file(path: str | Path, map_location: str | torch.device = "cpu", verified: bool = False) -> dict[str, Any]:
     """Load a checkpoint after checking it against its directory's manifest when it has one.
 

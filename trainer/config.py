@@ -82,7 +82,8 @@ class TrainConfig:
     log_interval: int = 10
     ckpt_interval: int = 0  # steps; 0 = only by time and at the end
     ckpt_interval_s: float = 5.0  # seconds; 0 = off
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 2  # on the instance, and at home (the manifest's "keep")
+    export_weights: bool = True  # a bf16 weights-only file beside the final checkpoint, pulled first
     # system
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16

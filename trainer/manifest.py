@@ -178,11 +178,22 @@ def add_checkpoint(
     entries = old + [entry]
     kept = entries[-keep:] if keep > 0 else entries
     dropped = [e.file for e in entries if e not in kept]
+    exports = read_manifest(ckpt_dir).get(contract.MANIFEST_EXPORTS) or []
     atomic_write_json(
         Path(ckpt_dir) / MANIFEST_NAME,
-        {contract.MANIFEST_LATEST: entry.file, contract.MANIFEST_ENTRIES: [asdict(e) for e in kept]},
+        {contract.MANIFEST_LATEST: entry.file, contract.MANIFEST_ENTRIES: [asdict(e) for e in kept],
+         contract.MANIFEST_KEEP: keep, contract.MANIFEST_EXPORTS: exports},
     )
     return dropped
+
+
+def set_export(ckpt_dir: str | os.PathLike[str], entry: CheckpointEntry) -> list[str]:
+    """Record `entry` as the weights-only export (one at a time: the final step's); returns the
+    files of the exports it replaces, for the caller to delete after this returns."""
+    manifest = read_manifest(ckpt_dir)
+    old = [str(e.get("file")) for e in manifest.get(contract.MANIFEST_EXPORTS) or [] if isinstance(e, dict)]
+    atomic_write_json(Path(ckpt_dir) / MANIFEST_NAME, {**manifest, contract.MANIFEST_EXPORTS: [asdict(entry)]})
+    return [f for f in old if f != entry.file]
 
 
 def new_entry(path: str | os.PathLike[str], step: int, sha256: str | None = None) -> CheckpointEntry:

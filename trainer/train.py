@@ -385,6 +385,7 @@ class Trainer:
 
         if agreed.stop:
             self.save(step, opt, scaler)  # stopped before the first step: make sure a checkpoint exists
+        self.export_weights(step)
         final: dict[str, float] = {}
         if agreed.reason == contract.END_DEADLINE and step >= first_step:
             final["lr"] = lr  # the last step's: min_lr when the schedule ended at this stop
@@ -570,6 +571,13 @@ class Trainer:
         self.last_ckpt_time = self.clock()
         self.sched.ckpt_s = self.last_ckpt_time - t0
         self.paused_s += self.sched.ckpt_s
+
+    def export_weights(self, step: int) -> None:
+        """The final step's weights-only export (trainer/checkpoint.py), beside its checkpoint."""
+        if self.cfg.export_weights and self.dist.master and step and step == self.last_ckpt_step:
+            entry = checkpoint.export_weights(self.ckpt_dir, step, self.model.state_dict(),
+                                              self.model.config.to_dict())
+            self.log.line(f"weights export: {contract.CHECKPOINTS_DIR}/{entry.file} ({entry.bytes} bytes)")
 
     @torch.no_grad()
     def evaluate(self, step: int) -> None:

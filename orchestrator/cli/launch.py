@@ -50,7 +50,16 @@ from providers.common import one_line
 @click.option("--recipe", help="a packaged job (`gpurun recipes`); default: lab with a GPU, the CPU smoke run"
                                " without; --config and --set override its keys")
 @click.option("--data-from", type=click.Path(file_okay=False),
-              help="a local copy of the recipe's data in its public format: uploaded and prepared from, no download")
+              help="a local copy of the recipe's data in its public format, any size: sent with resumable rsync,"
+                   " verified by SHA-256 on the instance, prepared from (no download); its send time is planned."
+                   " Or s3://bucket/prefix: fetched by the instance itself")
+@click.option("--checkpoints-to", metavar="s3://BUCKET/PREFIX",
+              help="the instance uploads each checkpoint to this bucket (scoped, short-lived credentials);"
+                   " home fetches them after the instance is gone")
+@click.option("--endpoint-url", help="an S3-compatible endpoint for --checkpoints-to / --data-from s3:// (R2, B2, MinIO)")
+@click.option("--upload-mbps", type=float,
+              help="your link's upload rate in Mbit/s, to plan --data-from's send (default: what earlier sends"
+                   " measured, else 20)")
 @click.option("--config", type=click.Path(dir_okay=False), help="trainer YAML config")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="trainer flag, e.g. --set max_iters=200")
 @click.option("--workdir", type=click.Path(file_okay=False), help="directory uploaded for a custom command")
@@ -88,7 +97,8 @@ def launch(command: tuple[str, ...], sets: tuple[str, ...], **kw: Any) -> None:
         trainer_args += [f"--{key.replace('_', '-')}", value]
     options = LaunchOptions(
         provider=kw["provider"], max_usd=kw["max_usd"], gpu=kw["gpu"], gpus=kw["gpus"], spot=kw["spot"],
-        config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
+        config=kw["config"], recipe=kw["recipe"], data_from=kw["data_from"], upload_mbps=kw["upload_mbps"],
+        checkpoints_to=kw["checkpoints_to"], endpoint_url=kw["endpoint_url"], command=list(command), workdir=kw["workdir"], trainer_args=trainer_args,
         usd_per_hour=kw["usd_per_hour"], egress_usd_per_gb=kw["egress_usd_per_gb"], budgets=kw["budgets"], runs_dir=kw["runs_dir"], image=kw["image"],
         disk_gb=kw["disk_gb"], sync_interval_s=kw["sync_interval"],
         idle_minutes=kw["idle_minutes"], stall_minutes=kw["stall_minutes"], max_boot_usd=kw["max_boot_usd"],

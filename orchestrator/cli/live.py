@@ -22,7 +22,7 @@ def _fmt(status: LiveStatus) -> dict[str, str]:
         return {"phase": status.phase, "data": status.data,
                 "USD/cap": f"{status.spent_usd:.4f}/{status.max_usd:.2f}",
                 "stop in": short_duration(left)}
-    return {
+    cells = {
         "phase": status.phase,
         "step": "-" if status.step is None else str(status.step),
         "loss": "-" if status.loss is None else f"{status.loss:.4f}",
@@ -30,6 +30,9 @@ def _fmt(status: LiveStatus) -> dict[str, str]:
         "USD/cap": f"{status.spent_usd:.4f}/{status.max_usd:.2f}",
         "stop in": short_duration(left),
     }
+    if status.sync:  # the link home, once a pull has measured it: "1.4 MB/s ~23s"
+        cells["sync"] = status.sync.removeprefix("sync ").replace(", final pull ~", " ~").replace(" s", "s")
+    return cells
 
 
 def fit(line: str, width: int) -> str:
@@ -47,6 +50,7 @@ class LiveView:
         self._live: Live | None = None
         self._last_phase = ""
         self._last_line = 0.0
+        self._last_sync = ""
 
     def __enter__(self) -> LiveView:
         if self.interactive:
@@ -78,5 +82,9 @@ class LiveView:
             self._live.update(self._table(status))
         elif (status.step is not None or status.data) and time.time() - self._last_line >= self.interval_s:
             self._last_line = time.time()
-            line = "  " + "  ".join(f"{k} {v}" for k, v in _fmt(status).items() if k != "phase")
+            line = "  " + "  ".join(f"{k} {v}" for k, v in _fmt(status).items() if k not in ("phase", "sync"))
             self.console.print(fit(line, self.console.width), markup=False, highlight=False)
+            if status.sync and status.sync != self._last_sync:  # its own line: never cut off the progress one
+                self._last_sync = status.sync
+                self.console.print(fit(f"  link home: {status.sync}", self.console.width), markup=False,
+                                   highlight=False)

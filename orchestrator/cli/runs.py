@@ -26,6 +26,7 @@ from orchestrator.run.controller import Controller
 from orchestrator.run.handoff import controller_alive, take_over
 from orchestrator.run.status import spent_usd
 from orchestrator.run.stop import End
+from orchestrator.run.syncing import link_status
 from orchestrator.state import phases
 from orchestrator.state.endings import Ending, Exit
 from orchestrator.state.ledger import Ledger
@@ -78,17 +79,22 @@ def status(run_ref: str | None, timings: bool, show_all: bool, watch: bool, inte
     # Why a run ended matters once one has: the column shows only then (`status` of open runs stays narrow).
     ended = any(r.end_reason or not r.open for r in runs)
     people = show_all or any(r.person not in (me, None) for r in runs)
+    links = {r.run_id: link_status(ledger.events(r.run_id), r.stop_at_epoch) for r in runs}
+    synced = any(line for _, line in links.values())  # the link column shows once a pull measured one
     for col in ("run", *(("person",) if people else ()), "provider", "phase", "spent / cap USD", "guard stops in",
+                *(("link home",) if synced else ()),
                 "instances", "controller", *(("ended",) if ended else ())):
         table.add_column(col)
     now = time.time()
     for run in runs:
+        stop_at, line = links[run.run_id]
         spent = spent_usd(run, now)
-        left = f"{run.stop_at_epoch - now:.0f} s" if run.open and run.stop_at_epoch else "-"
+        left = f"{stop_at - now:.0f} s" if run.open and stop_at else "-"
         insts = ", ".join(f"{r.instance_id} ({r.state})" for r in ledger.instances(run.run_id)) or "-"
         ctl = "alive" if run.open and controller_alive(run) else "-"
         table.add_row(run.run_id, *((run.person or "-",) if people else ()), run.provider, run.phase,
-                      f"{spent:.4f} / {run.max_usd:.4f}", left, insts, ctl, *((_ended(run),) if ended else ()))
+                      f"{spent:.4f} / {run.max_usd:.4f}", left, *((line.removeprefix("sync ") or "-",) if synced else ()),
+                      insts, ctl, *((_ended(run),) if ended else ()))
     console.print(table)
 
 

@@ -1,7 +1,8 @@
 """`gpurun status -w`: a live burn-down of every open run that fits an 80-column terminal.
 
 One row per open run: phase, step, loss, tokens/s (from the metrics the guard's periodic sync
-brought home: no SSH), USD spent / cap, USD per hour, and the time to the guard's stop. Every
+brought home: no SSH), USD spent / cap, USD per hour, and the time to the guard's stop (moved
+earlier where the measured link needs it: orchestrator/run/link.py). Every
 column is no-wrap with an ellipsis, so a narrow terminal shortens cells instead of breaking lines.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from rich.table import Table
 
 from orchestrator.run.status import last_step, spent_usd
+from orchestrator.run.syncing import link_status
 from orchestrator.state.ledger import Ledger
 
 
@@ -48,7 +50,8 @@ def rows(ledger: Ledger, now: float) -> Iterator[tuple[str, ...]]:
             compact_rate(tok_s),
             f"{spent_usd(run, now):.2f}/{run.max_usd:.2f}",
             "-" if run.usd_per_hour is None else f"{run.usd_per_hour:.2f}",
-            short_duration(run.stop_at_epoch - now if run.stop_at_epoch else None),
+            short_duration(stop_at - now if (stop_at := link_status(ledger.events(run.run_id), run.stop_at_epoch)[0])
+                           else None),
         )
 
 

@@ -16,6 +16,7 @@ from orchestrator.money.reconcile import Reconciliation
 from orchestrator.plan.record import RunRecord, is_orphan
 from orchestrator.run.handoff import controller_alive
 from orchestrator.run.status import last_step, spent_usd
+from orchestrator.run.syncing import link_status
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.rows import Event, Run
@@ -119,12 +120,14 @@ def line_of(ledger: Ledger, run: Run, now: float) -> RunLine:
     """The run's line; raises whatever its row makes impossible (run_lines turns that into an error line)."""
     state, alive = state_of(run)
     step = last_step(run)
-    syncs = sync_history(ledger.events(run.run_id))
+    events = ledger.events(run.run_id)
+    syncs = sync_history(events)
+    stop_at, _ = link_status(events, run.stop_at_epoch)  # moved earlier where the link home needs it
     return RunLine(
         run_id=run.run_id, person=str(getattr(run, "person", None) or "-"), provider=run.provider,
         gpu=gpu_of(run), phase=str(run.phase), state=state, spent_usd=float(spent_usd(run, now)),
         max_usd=float(run.max_usd),
-        stop_in_s=(float(run.stop_at_epoch) - now) if run.open and run.stop_at_epoch else None,
+        stop_in_s=(float(stop_at) - now) if run.open and stop_at else None,
         step=None if step.get("step") is None else int(step["step"]), loss=_number(step.get("loss")),
         tokens_per_s=_number(step.get("tokens_per_s")), last_sync=syncs[-1] if syncs else None,
         syncs=len(syncs), billed=Reconciliation.of_run(run), controller=alive,

@@ -18,6 +18,8 @@ from orchestrator import settings
 from orchestrator.money.budget import Allowance, allowance_for, check_caps
 from orchestrator.money.budgets_file import Budgets, load_budgets
 from orchestrator.money.errors import BudgetError
+from orchestrator.plan.bucket import BucketPlan, plan_bucket
+from orchestrator.plan.data_in import DataIn, plan_data_in
 from orchestrator.plan.egress import Pulls, egress_words, expected_pulls
 from orchestrator.plan.forecast import Forecast, bootstrap_words
 from orchestrator.plan.job import DEFAULT_CPU_RECIPE, DEFAULT_GPU_RECIPE, has_gpu, recipe_for
@@ -62,6 +64,10 @@ class LaunchPlan:
     providers: dict[str, Provider] = field(default_factory=dict)
     ranking: list[Ranked] = field(default_factory=list)
     market_notes: list[str] = field(default_factory=list)
+    # --data-from's send, sized and timed against the budget (None: no --data-from).
+    data_in: DataIn | None = None
+    # --checkpoints-to's bucket and what it costs there (None: checkpoints come home over the link).
+    bucket: BucketPlan | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What the user confirms: every figure the cap depends on."""
@@ -80,6 +86,10 @@ class LaunchPlan:
             ("egress", egress_words(o, self.egress, b.egress_reserve_usd)),
             ("job", self._job_label()),
         ]
+        if self.data_in is not None:
+            rows.append(("data in", self.data_in.words()))
+        if self.bucket is not None:
+            rows.append(("checkpoints to", self.bucket.words()))
         if self.image is not None:
             rows.append(("bootstrap", bootstrap_words(self.image, self.options, b, o)))
         if self.forecast is not None:
@@ -183,7 +193,9 @@ def make_plan(options: LaunchOptions, now: float | None = None) -> LaunchPlan:
                       max_boot_usd=boot_budget_usd(options, budgets, allowance.max_usd), forecast=forecast,
                       image=image, egress=egress, providers=providers,
                       ranking=[r for r in ranking if any(r.offer is o for o, _, _ in accepted)],
-                      market_notes=market.notes if market else [])
+                      market_notes=market.notes if market else [],
+                      data_in=plan_data_in(options, allowance),
+                      bucket=plan_bucket(options, offer, allowance, provider.default_sync_interval_s))
 
 
 def _candidates(options: LaunchOptions, provider: Provider) -> list[Offer]:

@@ -32,6 +32,11 @@ class LaunchOptions:
     config: str | None = None  # trainer YAML config (uploaded with the trainer)
     recipe: str | None = None  # trainer/recipes.py; None: `lab` on a GPU, the CPU smoke run without
     data_from: str | None = None  # a local copy of the recipe's data (its public format), uploaded
+    upload_mbps: float | None = None  # the home link's upload rate, for planning --data-from's send
+    # `--checkpoints-to s3://bucket/prefix`: the instance uploads each checkpoint there; home
+    # fetches them after the run (`--endpoint-url`: any S3-compatible store).
+    checkpoints_to: str | None = None
+    endpoint_url: str | None = None
     command: list[str] = field(default_factory=list)  # any other command instead of the trainer
     workdir: str | None = None  # uploaded as code/ for a custom command
     trainer_args: list[str] = field(default_factory=list)

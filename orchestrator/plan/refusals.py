@@ -107,7 +107,7 @@ def check_recipe_input(options: LaunchOptions) -> None:
         except recipes.UnknownRecipe as e:
             raise LaunchError(f"{e} (`gpurun recipes` lists them)") from None
     if options.data_from is not None:
-        if not Path(options.data_from).is_dir():
+        if not options.data_from.startswith("s3://") and not Path(options.data_from).is_dir():
             raise LaunchError(f"--data-from {options.data_from}: no such directory")
         if options.recipe is None or not data_phase(options, recipes.get(options.recipe)):
             raise LaunchError("--data-from is a local copy of a recipe's data: use it with --recipe NAME, one "

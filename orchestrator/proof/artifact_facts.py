@@ -38,6 +38,7 @@ def checkpoint_section(out: Path, log_lines: list[str]) -> dict[str, Any]:
         "matches_manifest": None,
         "log_line": None,
         "manifest_entries": 0,
+        "home": [],  # every checkpoint / weights-only export the manifest lists that is here
     }
     logged = [ln.strip() for ln in log_lines if _CKPT_LINE_RE.match(ln)]
     section["log_line"] = logged[-1] if logged else None
@@ -50,6 +51,7 @@ def checkpoint_section(out: Path, log_lines: list[str]) -> dict[str, Any]:
         return section
     entries = [e for e in manifest.get("checkpoints") or [] if isinstance(e, dict)]
     section["manifest_entries"] = len(entries)
+    section["home"] = home_files(ckdir, entries, manifest.get("exports") or [])
     latest = manifest.get("latest") or (entries[-1].get("file") if entries else None)
     if not latest:
         section["problem"] = "MANIFEST.json names no checkpoint"
@@ -63,6 +65,17 @@ def checkpoint_section(out: Path, log_lines: list[str]) -> dict[str, Any]:
     )
     _rehash(section, ckdir, str(latest), entry)
     return section
+
+
+def home_files(ckdir: Path, entries: list[Any], exports: list[Any]) -> list[dict[str, Any]]:
+    """What made it home: each listed checkpoint and weights-only export present here, oldest first."""
+    found = []
+    for kind, listed in (("checkpoint", entries), ("weights", exports)):
+        for e in listed:
+            name = str(e.get("file", "")) if isinstance(e, dict) else ""
+            if name and "/" not in name and (ckdir / name).is_file():
+                found.append({"file": name, "kind": kind, "step": e.get("step"), "bytes": (ckdir / name).stat().st_size})
+    return found
 
 
 def _rehash(section: dict[str, Any], ckdir: Path, latest: str, entry: dict[str, Any]) -> None:

@@ -198,6 +198,10 @@ def _checkpoint_md(ev: Mapping[str, Any]) -> list[str]:
         ]
     else:
         md.append("- checkpoint: missing")
+    if ck.get("home"):
+        md.append("- came home: " + ", ".join(
+            f"`{h['file']}` ({'weights only, ' if h['kind'] == 'weights' else ''}step {_fmt(h['step'], '?')},"
+            f" {h['bytes'] / 2**20:.2f} MiB)" for h in ck["home"]))
     if ck.get("problem"):
         md.append(f"- problem: {ck['problem']}")
     if ck["log_line"]:

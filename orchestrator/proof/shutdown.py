@@ -53,6 +53,16 @@ class TerminateRequest:
         }
 
 
+def billing_ended_at(requests: list[TerminateRequest], ids: list[str], verified_at: float) -> float:
+    """When the last of `ids` stopped billing (what a run's cost is counted to): its first terminate call the provider accepted
+    (the verification only confirms it); one never accepted bills until the verification."""
+    ends = []
+    for iid in ids:
+        accepted = [r.responded_at or r.requested_at for r in requests if r.instance_id == iid and r.error is None]
+        ends.append(min(accepted) if accepted else verified_at)
+    return min(verified_at, max(ends, default=verified_at))
+
+
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None

@@ -50,6 +50,10 @@ class RunContext:
         self.run_dir = Path(run.run_dir)
         self._budgets = budgets  # the launch's budgets.yaml (offer fallback re-reads it)
         self._notifier: Notifier | None = None
+        # Set by the syncer when the measured link needs more of the reserve than the plan gave the
+        # final pull (orchestrator/run/link.py): the guard stops then instead, never later than the plan.
+        self.guard_stop_at: float | None = None
+        self.sync_line = ""  # "sync 1.4 MB/s, final pull ~23 s": the live view's
 
     @property
     def run_id(self) -> str:
@@ -127,8 +131,16 @@ class RunContext:
         return sum(int(e.payload.get("bytes") or 0) for e in self.ledger.events(self.run_id)
                    if e.phase == EventKind.SYNC.value)
 
+    def stop_at(self) -> float | None:
+        """The guard's stop time: the plan's, or earlier where the link needs it (never later)."""
+        plan = self.run.stop_at_epoch
+        if plan is None or self.guard_stop_at is None:
+            return plan
+        return min(plan, self.guard_stop_at)
+
     def status(self, **extra: Any) -> LiveStatus:
-        stop_at = self.run.stop_at_epoch
+        stop_at = self.stop_at()
+        extra.setdefault("sync", self.sync_line)
         return LiveStatus(phase=self.run.phase, spent_usd=self.spent_usd(), max_usd=self.allowance.max_usd,
                           seconds_to_stop=(stop_at - time.time()) if stop_at else None, **extra)
 

@@ -21,7 +21,7 @@ from orchestrator.money import budget as budget_mod
 from orchestrator.plan.launch import LaunchPlan
 from orchestrator.plan.record import RunRecord
 from orchestrator.proof.run_card import write_run_evidence
-from orchestrator.run import recovery, stop_time
+from orchestrator.run import bucket, recovery, stop_time
 from orchestrator.run.boot import create_head, reconnect
 from orchestrator.run.context import RunContext
 from orchestrator.run.finish import end_run
@@ -62,6 +62,7 @@ class Controller:
         self.syncing = Syncing(self.ctx, self.group, self.watch)
         # Set once the guard or a teardown runs: a signal then only sets a flag (orchestrator/cli/signals.py).
         self.deferring_signals = False
+        self._judge = False  # finish() leaves the judging of the outputs to after the teardown
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -131,7 +132,8 @@ class Controller:
             provision(self.ctx, self.group)  # the plan's offers in order until one comes up
             bootstrap_group(self.ctx, self.group)
             if self.ctx.record.resumed_from:
-                recovery.resume_earlier_run(self.ctx, self.ensure_transport())
+                recovery.resume_earlier_run(self.ctx, self.ensure_transport(), self.group.head.python)
+            bucket.arm(self.ctx, self.group)  # --checkpoints-to: the uploader starts before the job
             if not start_data(self.ctx, self.group):  # the data phase runs under the guard (it may take an hour)
                 start_job(self.ctx, self.group)
         except Exception as exc:
@@ -199,6 +201,7 @@ class Controller:
             bootstrap_group(self.ctx, self.group)
             if found is not None:
                 recovery.push_checkpoint(self.ensure_transport(), found)
+            bucket.arm(self.ctx, self.group)
             self.ctx.event(EventKind.RESUMING, instance_id=self.group.head.instance.id,
                            checkpoint=None if found is None else found.path.name,
                            step=None if found is None else found.entry["step"])
@@ -225,14 +228,21 @@ class Controller:
             return
         try:
             reconnect(self.ctx, self.group)
-            stop_job(self.ctx, self.group, end)  # first: the job checkpoints while a periodic pull may finish
+            # First: the job checkpoints. Over a crawling link the stop itself is bounded by the time
+            # the switch acts: the instance is ending then, and the teardown must not wait on it.
+            stop_time.within(self.ctx.watchdog_deadline(), "stopping the job", stop_time.Steps("stopping the job"),
+                             lambda: stop_job(self.ctx, self.group, end))
             self.syncing.stop()
             self.phase(Phase.SYNCING_FINAL)
             self.syncing.last()
         except Exception as exc:  # a failed stop or sync must never keep the instance alive
             self.ctx.event(EventKind.ERROR, message=f"{type(exc).__name__}: {exc}")
-        if not self.ctx.options.command:
+            self.syncing.stop()  # its pulls end by the stop time, long past: no wait here
+        # Judged once the final checkpoint is home: from a bucket, only after the teardown.
+        self._judge = not self.ctx.options.command
+        if self._judge and not self.ctx.options.checkpoints_to:
             judge_outputs(self.ctx)
+            self._judge = False
         self.teardown()
 
     def _fail(self, exc: BaseException) -> None:
@@ -253,8 +263,20 @@ class Controller:
     def teardown(self, verify_timeout_s: float | None = None) -> Path:
         """Terminate every instance of the run, verify, record the proof, settle, write the card:
         orchestrator/run/teardown.py. VerifyFailed if not verified gone."""
+        if self.ctx.options.checkpoints_to and self.group.nodes and self.group.head.transport is not None:
+            try:  # whatever ended the run: the bucket credential leaves the instance first
+                bucket.remove_credentials(self.group.head.transport)
+            except Exception:  # noqa: BLE001 - best effort: the instance's end removes it too, and it expires
+                pass
         self.group.close()
-        return end_run(self.ctx, write_run_evidence, verify_timeout_s)
+        return end_run(self.ctx, write_run_evidence, verify_timeout_s, after_gone=self._after_gone)
+
+    def _after_gone(self) -> None:
+        """The instances verified gone: a bucket's checkpoints come home now, then the run is judged."""
+        if self.ctx.options.checkpoints_to:
+            bucket.fetch_home(self.ctx)
+        if self._judge:
+            judge_outputs(self.ctx)
 
     # --- transport and sync ---------------------------------------------------------------------
     def ensure_transport(self) -> Transport:

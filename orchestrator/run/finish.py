@@ -14,10 +14,15 @@ from orchestrator.state.rows import Run
 CardWriter = Callable[[Run, "Path | None", "float | None", "float | None"], Path]
 
 
-def end_run(ctx: RunContext, write_card: CardWriter, verify_timeout_s: float | None = None) -> Path:
-    """`teardown.end` for the run; VerifyFailed (after the `not_verified` notice) if not verified gone."""
+def end_run(ctx: RunContext, write_card: CardWriter, verify_timeout_s: float | None = None,
+            after_gone: Callable[[], None] | None = None) -> Path:
+    """`teardown.end` for the run; VerifyFailed (after the `not_verified` notice) if not verified gone.
+    `after_gone`: what is done once the instances are verified gone, before the card (the fetch
+    of a bucket's checkpoints, which needs no instance)."""
 
     def evidence(proof_path: Path | None, cost: float | None, runtime_s: float | None) -> Path:
+        if after_gone is not None:
+            after_gone()
         # The provider's own figure first (where it has one now), so that the card shows both.
         reconcile_after_run(ctx.ledger, ctx.refresh(), ctx.provider)
         return write_card(ctx.refresh(), proof_path, cost, runtime_s)

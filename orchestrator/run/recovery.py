@@ -32,6 +32,7 @@ from pathlib import Path
 from orchestrator.errors import RunFailed
 from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.plan.record import RunRecord, is_orphan
+from orchestrator.run import bucket
 from orchestrator.run import teardown as teardown_mod
 from orchestrator.run.attempts import Attempt, Cause
 from orchestrator.run.context import RunContext
@@ -40,6 +41,7 @@ from orchestrator.run.provisioning import provision, record_attempt
 from orchestrator.run.stop import End
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
+from orchestrator.transport.bucket import BucketDest, newest_in_bucket
 from orchestrator.transport.protocol import Transport
 from trainer import contract
 from trainer.manifest import MANIFEST_NAME, latest_valid
@@ -114,18 +116,26 @@ def resume_options(ledger: Ledger, run_ref: str, max_usd: float | None, max_boot
                           f" {run.run_id}`, then resume it")
     if is_orphan(run):
         raise LaunchError(f"run {run.run_id} was adopted by `gpurun sweep`: it has no launch to resume")
-    if home_checkpoint(Path(run.run_dir)) is None:
+    old = RunRecord.of_run(run).options
+    in_bucket = old.checkpoints_to and newest_in_bucket(BucketDest.parse(old.checkpoints_to).for_run(run.run_id),
+                                                       old.endpoint_url)
+    if home_checkpoint(Path(run.run_dir)) is None and not in_bucket:
         raise LaunchError(f"run {run.run_id} has no complete checkpoint at home ({run.run_dir}/{contract.CHECKPOINTS_PATH}):"
                           " nothing to resume from")
-    old = RunRecord.of_run(run).options
     return replace(old, max_usd=max_usd, max_boot_usd=max_boot_usd, resume_run=run.run_id)
 
 
-def resume_earlier_run(ctx: RunContext, transport: Transport) -> None:
+def resume_earlier_run(ctx: RunContext, transport: Transport, python: str | None = None) -> None:
     """A `--resume RUN` launch, its instance bootstrapped: the earlier run's logs kept under its id,
-    and its last checkpoint pushed, so the trainer starts from that step."""
+    and its last checkpoint pushed (or, when it went to a bucket, fetched by the instance from
+    there), so the trainer starts from that step."""
     earlier = ctx.record.resumed_from or ""
     keep_attempt_logs(ctx.run_dir, earlier)
+    if ctx.options.checkpoints_to and python is not None:  # the earlier run's checkpoints are in its bucket
+        src = BucketDest.parse(ctx.options.checkpoints_to).for_run(earlier)
+        entry = bucket.fetch_on_instance(ctx, transport, python, src)
+        ctx.event(EventKind.RESUMING, resumed_from=earlier, checkpoint=entry["file"], step=entry["step"], source=src.url)
+        return
     checkpoint = home_checkpoint(ctx.run_dir)
     if checkpoint is None:
         raise RunFailed(f"the checkpoint of run {earlier} is gone from {ctx.run_dir}: nothing to resume from")

@@ -14,6 +14,7 @@ from typing import Any
 
 import trainer
 from orchestrator.plan.job import JOB_CONFIG, config_text, data_phase, job_config, recipe_for
+from orchestrator.run import bucket
 from orchestrator.run.bootstrap import BootstrapInfo, bootstrap, ensure_packages
 from orchestrator.run.context import RunContext
 from orchestrator.run.nodes import Node, NodeGroup
@@ -72,6 +73,8 @@ def _bootstrap_node(ctx: RunContext, node: Node, recipe: Recipe | None) -> tuple
     node.python = info.python
     if installed:
         ctx.event(EventKind.INSTALLED, packages=installed, rank=node.rank)
+    if sent := node.job.get("data_sent"):
+        ctx.event(EventKind.DATA_SENT, rank=node.rank, **sent)
     if watch := data_watch(node):  # the switch watches the data phase too, until training starts
         set_pre_job(transport, **watch)
     return info, picked
@@ -111,9 +114,15 @@ def set_up_job(ctx: RunContext, transport: Transport, python: str, recipe: Recip
     if recipe is not None and data_phase(opts, recipe):
         job["data_dir"] = f"{root}/data/{recipe.data.dir_name}"
         from_dir = None
-        if opts.data_from:
-            steps(f"uploading {opts.data_from}")
-            transport.upload(Path(opts.data_from), DATA_SOURCE_DIR)
+        if opts.data_from and opts.data_from.startswith("s3://"):
+            steps(f"fetching {opts.data_from}")
+            job["data_sent"] = bucket.fetch_data_on_instance(ctx, transport, python, opts.data_from, DATA_SOURCE_DIR)
+            from_dir = f"{root}/{DATA_SOURCE_DIR}"
+        elif opts.data_from:
+            steps(f"sending {opts.data_from}")
+            sent = transport.send_data(Path(opts.data_from), DATA_SOURCE_DIR, ctx.run_dir, ctx.run.stop_at_epoch)
+            job["data_sent"] = {"path": opts.data_from, "files": sent.files, "bytes": sent.bytes,  # recorded by the caller
+                                "total_bytes": sent.total_bytes, "seconds": round(sent.seconds, 3), "verified": "sha256"}
             from_dir = f"{root}/{DATA_SOURCE_DIR}"
         args = recipe.data.prepare_args(job["data_dir"], from_dir=from_dir)
         job["prepare"] = f"{shlex.quote(python)} -m trainer.data {shlex.join(args)}"

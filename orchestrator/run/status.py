@@ -27,6 +27,7 @@ class LiveStatus:
     seconds_to_stop: float | None = None
     message: str = ""
     data: str = ""  # the data phase's progress, "tokenize 42% 12.3M tokens"
+    sync: str = ""  # the link home, measured: "sync 1.4 MB/s, final pull ~23 s"
 
 
 Reporter = Callable[[LiveStatus], None]

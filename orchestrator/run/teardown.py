@@ -1,21 +1,19 @@
 """Ending instances: request -> verify -> record. The one path for launch, `gpurun teardown`, `gpurun sweep`.
 
-- request: terminate every instance of the run (a ProviderError is recorded, not fatal: "already
-  gone" and refusals such as DataCrunch's "Can't discontinue a provisioning instance" are normal);
+- request: terminate every instance of the run (a ProviderError is recorded, not fatal: "already gone"
+  and DataCrunch's "Can't discontinue a provisioning instance" are normal);
 - verify: poll with tenacity until every instance is terminated or not found AND the provider lists
-  zero live instances tagged with the run; each check that still finds one asks again (a 200 from
-  a terminate call proves nothing). Never verified on a timeout: VerifyFailed, phase
-  failed_terminating;
+  zero live instances tagged with the run; each check that still finds one asks again (a 200 from a
+  terminate call proves nothing). Never verified on a timeout: VerifyFailed, phase failed_terminating;
 - record: shutdown_proof.json chained to the ledger's last proof (its own contradictions check
-  wins over what we saw), the ledger's proofs row, the budget hold settled at the billed cost
-  (compute under the billing rule + the egress of every byte the run pulled home), phase verified,
-  the evidence card. A provider cleanup (keys, groups, volumes) that raises after the verification
-  is recorded in the proof (`cleanup_failures`) and as an event `gpurun audit` lists: never lost.
+  wins over what we saw), the ledger's proofs row, the budget hold settled at the billed cost (compute
+  to the accepted terminate call + the egress of every byte pulled home), phase verified, the card.
+  A provider cleanup (keys, groups, volumes) that raises after the verification is recorded in the
+  proof (`cleanup_failures`) and as an event `gpurun audit` lists: never lost.
 
 `gpurun sweep` ends orphans (live instances tagged gpurun that no open run owns) through the same
 `end()`, one proof per orphaned run (all its orphaned instances together, so the zero-match listing
-is the run's). The orphan's run is the ledger's owner of the instance, else the run id in its
-tag/name:
+is the run's). The orphan's run is the ledger's owner of the instance, else the run id in its tag/name:
 - a run this ledger knows (it is closed: open runs own their instances and are not orphans): its
   phase stays verified; the steps are recorded as its events `sweep_terminating`, `sweep_verified`
   (or `sweep_failed_terminating`), and the proof goes to `<run dir>/sweep-<instance>/`, beside the
@@ -23,9 +21,9 @@ tag/name:
 - anything else: the sweep adopts it as a ledger run `sweep-<instance>` (provider, max_usd 0, plan
   {"orphan": ...}, its instance rows), which walks planned -> terminating -> verified like any run;
   the proof goes to `<runs dir>/sweep-<instance>/shutdown_proof.json` (`--runs-dir`, else
-  GPURUN_RUNS_DIR, else ./runs, as for launch), the row's run_dir. No hold is made and none is
-  settled: the card-hold and cap maths see nothing of it. If it cannot be verified, the row stays
-  open (failed_terminating) and `gpurun teardown sweep-<instance>` retries it through `end()`.
+  GPURUN_RUNS_DIR, else ./runs), the row's run_dir. No hold is made and none is settled: the
+  card-hold and cap maths see nothing of it; one not verified stays open (failed_terminating) and
+  `gpurun teardown sweep-<instance>` retries it through `end()`.
 <instance> is the first instance id of the group, with anything but [A-Za-z0-9._-] replaced by _.
 """
 
@@ -45,6 +43,7 @@ from orchestrator import settings
 from orchestrator.errors import VerifyFailed
 from orchestrator.money import budget as budget_mod
 from orchestrator.plan.record import ORPHAN_KEY
+from orchestrator.proof import shutdown
 from orchestrator.proof.shutdown import TerminateRequest, build_proof, cleanup_failure, write_proof
 from orchestrator.state.events import EventKind
 from orchestrator.state.ledger import Ledger
@@ -250,7 +249,8 @@ def end(target: Target, timeout_s: float | None = None) -> Ended:
     final = [provider.get(i).to_dict() for i in ids]
     listing = [i.to_dict() for i in _live_listing(target, ids)]
     start = target.started_at
-    runtime = (verified_at - start) if start else None
+    # Counted to the end of billing (the accepted terminate calls), not to the verification.
+    runtime = (shutdown.billing_ended_at(requests, ids, verified_at) - start) if start else None
     cost, egress = _cost(target, runtime)
     # Read the chain head, write the file and append the row under one write lock: a concurrent
     # teardown cannot chain to the same head.

@@ -11,12 +11,14 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from orchestrator.run.context import RunContext
 from orchestrator.run.job import DATA_JOB, JOB, DataFailed, data_failure, data_probe, probe, workers_preparing
 from orchestrator.run.nodes import NodeGroup
 from orchestrator.run.progress import StallWatch
 from orchestrator.run.stop import End, Stop, StopKind, Watched
+from orchestrator.run.stop_time import CutOff, Steps, within
 from orchestrator.run.watchdog import heartbeat, heartbeat_interval_s, read_reason
 from orchestrator.state.endings import Ending
 from orchestrator.state.events import EventKind
@@ -51,24 +53,20 @@ class Watch:
         assert transport is not None
         stall = StallWatch(opts.stall_minutes * 60, by_step=watched is Watched.JOB and not opts.command, now=time.time())
         note = DATA_NOTE if watched is Watched.DATA else ""
-        errors, asked_at, nodes_at = 0, time.time(), time.time()
+        errors, checked = 0, {"asked": time.time(), "nodes": time.time()}
         while True:
             if (asked := self._asked(note)) is not None:
                 return asked
+            stop_at = ctx.stop_at()
             try:
-                if ctx.offer.spot and time.time() - asked_at >= PREEMPT_CHECK_S:
-                    asked_at = time.time()
-                    if preempted := self.preempted():
-                        return Stop.ended(End.because(Ending.PREEMPTED, preempted + note))
-                self.heartbeat()
-                if self.group.workers and watched is Watched.JOB and time.time() - nodes_at >= NODES_CHECK_S:
-                    nodes_at = time.time()
-                    if failed := self._failed_node():
-                        return Stop.ended(failed)
-                look = self._look_job(transport, stall) if watched is Watched.JOB else self._look_data(transport, stall)
+                # A poll over a crawling link must not make the guard late: it is cut at the stop time.
+                poll = partial(self._poll, watched, transport, stall, note, checked)
+                look = poll() if stop_at is None else within(stop_at, "the watch", Steps("polling"), poll)
                 if look is not None:
                     return look
                 errors = 0
+            except CutOff:
+                continue  # the stop time came mid-poll: _asked ends the run now
             except DataFailed:
                 raise
             except Exception as exc:  # an instance we cannot watch is torn down, not left billing
@@ -80,10 +78,28 @@ class Watch:
                     return Stop.ended(End.because(Ending.LOST, f"{type(exc).__name__}: {exc}"))
             time.sleep(POLL_S)
 
+    def _poll(self, watched: Watched, transport: Transport, stall: StallWatch, note: str,
+              checked: dict[str, float]) -> Stop | None:
+        """One poll: the provider's word on a spot instance, the heartbeat, the other nodes, then
+        what is watched (None: nothing to act on)."""
+        if self.ctx.offer.spot and time.time() - checked["asked"] >= PREEMPT_CHECK_S:
+            checked["asked"] = time.time()
+            if preempted := self.preempted():
+                return Stop.ended(End.because(Ending.PREEMPTED, preempted + note))
+        self.heartbeat()
+        if self.group.workers and watched is Watched.JOB and time.time() - checked["nodes"] >= NODES_CHECK_S:
+            checked["nodes"] = time.time()
+            if failed := self._failed_node():
+                return Stop.ended(failed)
+        return self._look_job(transport, stall) if watched is Watched.JOB else self._look_data(transport, stall)
+
     def _asked(self, note: str) -> Stop | None:
-        stop_at = self.ctx.run.stop_at_epoch
+        stop_at = self.ctx.stop_at()
         if stop_at is not None and time.time() >= stop_at:
-            return Stop.ended(End.because(Ending.DEADLINE, "budget guard" + note))
+            early = (self.ctx.run.stop_at_epoch or stop_at) - stop_at
+            why = f" ({early:.0f} s before the plan's stop time, so that the final checkpoint comes home)" \
+                if early >= 1 else ""
+            return Stop.ended(End.because(Ending.DEADLINE, "budget guard" + why + note))
         if self.ctx.allowance.egress_usd_per_gb and self._egress_spent_the_cap():
             return Stop.ended(End.because(Ending.DEADLINE, "budget guard: the pulls home went past the egress"
                                           " reserve, and the rest of the cap is needed to stop" + note))

@@ -12,8 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
+from orchestrator.transport.protocol import CommandResult, DataSent, JobState, SyncResult, detached_script
 from orchestrator.transport.pull import pull_outputs
+from orchestrator.transport.push_data import send_data
 from orchestrator.transport.upload import check_destination, upload_files
 
 
@@ -53,6 +54,12 @@ class LocalTransport:
         part.mkdir(parents=True, exist_ok=True)  # an upload with no files still leaves the dir
         shutil.rmtree(dest, ignore_errors=True)
         part.rename(dest)
+
+    def send_data(self, local_dir: Path, remote_subdir: str, work_dir: Path,
+                  deadline_epoch: float | None = None) -> DataSent:
+        return send_data(Path(local_dir), self.root, remote_subdir, None, work_dir,
+                         lambda cmd, t: self.run(cmd, timeout_s=t), lambda path, text: self.write_file(path, text),
+                         deadline_epoch)
 
     def push_files(self, files: list[Path], remote_subdir: str) -> None:
         dest = self._path(remote_subdir.strip("/"))
@@ -111,8 +118,8 @@ class LocalTransport:
             except ProcessLookupError:
                 pass
 
-    def pull(self, local_dir: Path) -> SyncResult:
-        return pull_outputs(self.root, Path(local_dir), None)
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
+        return pull_outputs(self.root, Path(local_dir), None, deadline_epoch=deadline_epoch, checkpoints=checkpoints)
 
     def close(self) -> None:
         pass

@@ -50,6 +50,24 @@ class SyncResult:
     checkpoints_verified: list[str] = field(default_factory=list)
     checkpoints_rejected: list[str] = field(default_factory=list)
     method: str = ""  # "rsync", "sftp", "copy"
+    seconds: float = 0.0  # how long the pull took, retries included: the link's measured rate
+    latest: str | None = None  # the checkpoint the instance's manifest names as its newest
+    keep: int | None = None  # how many checkpoints the instance keeps (its manifest's "keep")
+
+    @property
+    def latest_home(self) -> bool:
+        """The instance's newest checkpoint is home and verified (True when it has none yet)."""
+        return self.latest is None or self.latest in self.checkpoints_verified
+
+
+@dataclass(frozen=True)
+class DataSent:
+    """A data set sent to the instance (transport/push_data.py)."""
+
+    files: int
+    bytes: int  # what rsync moved (a resumed send moves only what was missing)
+    total_bytes: int  # the data set's size
+    seconds: float
 
 
 class Transport(Protocol):
@@ -71,6 +89,12 @@ class Transport(Protocol):
 
     def write_file(self, remote_path: str, content: str, mode: int = 0o644) -> None: ...
 
+    def send_data(self, local_dir: Path, remote_subdir: str, work_dir: Path,
+                  deadline_epoch: float | None = None) -> DataSent:
+        """A data set of any size to root/remote_subdir: resumable rsync, verified there by SHA-256
+        (transport/push_data.py); `work_dir` holds this side's scratch (the run directory)."""
+        ...
+
     def start_detached(self, name: str, command: str, env: dict[str, str] | None = None, cwd: str = "code") -> int:
         """Start `command` detached (its own session) with cwd root/`cwd` ("": the root itself)."""
         ...
@@ -79,7 +103,11 @@ class Transport(Protocol):
 
     def signal(self, name: str, signum: int) -> None: ...
 
-    def pull(self, local_dir: Path) -> SyncResult: ...
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
+        """Bring out/ and *.log home (transport/pull.py); a pull still going at `deadline_epoch`
+        is ended there (SyncError), its partial files kept for the next one to resume.
+        checkpoints=False: the logs only (the checkpoints go to a bucket: orchestrator/run/bucket.py)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,15 @@ from tenacity import (
 
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions
 from orchestrator.transport.protocol import SyncResult
-from orchestrator.transport.pull_checkpoints import STAGING, Moved, SyncError, verify_checkpoints
+from orchestrator.transport.pull_checkpoints import (
+    STAGING,
+    Moved,
+    PullDeadline,
+    SyncError,
+    keep_of,
+    latest_of,
+    verify_checkpoints,
+)
 from orchestrator.transport.pull_rsync import ConnectionDropped, RsyncMissing, rsync_pass
 from orchestrator.transport.pull_tree import LocalTree, SftpOpener, sftp_pass, tree_pass
 
@@ -54,6 +63,8 @@ class _Source:
     remote_rsync: str
     extra_rsync_args: Sequence[str]
     io_timeout_s: int
+    deadline_epoch: float | None = None  # a pass still going then is ended (PullDeadline)
+    checkpoints: bool = True  # False: logs and metrics only (the checkpoints go to a bucket)
 
 
 def _choose_method(method: str, ssh: SSHOptions | None, rsync_bin: str, remote_rsync: str) -> str:
@@ -79,7 +90,7 @@ def _move(result: SyncResult, source: _Source, local_dir: Path) -> tuple[Moved, 
     if result.method == "rsync":
         try:
             return rsync_pass(source.root, local_dir, ssh, source.rsync_bin, source.remote_rsync,
-                              source.extra_rsync_args, source.io_timeout_s)
+                              source.extra_rsync_args, source.io_timeout_s, source.deadline_epoch, source.checkpoints)
         except RsyncMissing:
             assert ssh is not None
             log.warning("rsync is not installed on %s; syncing over SFTP instead", ssh.host)
@@ -89,30 +100,39 @@ def _move(result: SyncResult, source: _Source, local_dir: Path) -> tuple[Moved, 
         if source.open_sftp is None:
             raise SyncError("SFTP sync needs the transport's connection (open_sftp); "
                             "sync through the run's transport, or install rsync on both sides")
-        return sftp_pass(source.root, local_dir, source.open_sftp)
-    return tree_pass(LocalTree(source.root), local_dir)
+        return sftp_pass(source.root, local_dir, source.open_sftp, source.checkpoints)
+    return tree_pass(LocalTree(source.root), local_dir, source.checkpoints)
 
 
 def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = None, *,
                  open_sftp: SftpOpener | None = None, method: str = "auto", rsync_bin: str = "rsync",
                  remote_rsync: str = "rsync", extra_rsync_args: Sequence[str] = (), attempts: int = 6,
-                 max_wait_s: float = 120.0, io_timeout_s: int = 60) -> SyncResult:
+                 max_wait_s: float = 120.0, io_timeout_s: int = 60,
+                 deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
     """Pull out/ and *.log from source_root into local_dir; verify checkpoints.
 
     ssh=None: source_root is a directory on this machine (the local provider). method: "auto"
     (rsync when installed on both sides, else SFTP / plain copy), "rsync", "sftp" or "copy".
     SFTP runs over `open_sftp`, a session on the caller's connection (SSHTransport.open_sftp).
+    `deadline_epoch`: no retry starts after it and an rsync pass still going then is killed
+    (PullDeadline); what it had moved stays in --partial-dir for the next pull to resume.
     """
     local_dir = Path(local_dir)
     (local_dir / STAGING).mkdir(parents=True, exist_ok=True)
     src = source_root.rstrip("/")
-    source = _Source(src, ssh, open_sftp, rsync_bin, remote_rsync, extra_rsync_args, io_timeout_s)
+    source = _Source(src, ssh, open_sftp, rsync_bin, remote_rsync, extra_rsync_args, io_timeout_s, deadline_epoch,
+                     checkpoints)
     result = SyncResult(method=_choose_method(method, ssh, rsync_bin, remote_rsync))
+    began = time.monotonic()
+    if deadline_epoch is not None:
+        max_wait_s = min(max_wait_s, max(0.0, deadline_epoch - time.time()))
 
     def one_pass() -> tuple[list[str], list[str]]:
+        if deadline_epoch is not None and time.time() >= deadline_epoch:
+            raise PullDeadline(f"the pull's deadline passed before it could {'retry' if result.files else 'start'}")
         try:
             moved, manifest = _move(result, source, local_dir)
-        except HostKeyChangedError:
+        except (HostKeyChangedError, PullDeadline):
             raise
         except (paramiko.SSHException, EOFError, OSError) as e:
             if result.method == "copy":
@@ -120,6 +140,7 @@ def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = Non
             raise ConnectionDropped(f"{type(e).__name__}: {e}") from e
         result.files += moved.files
         result.bytes += moved.bytes
+        result.latest, result.keep = latest_of(manifest), keep_of(manifest)
         return verify_checkpoints(local_dir, manifest)
 
     def give_up(state: RetryCallState) -> tuple[list[str], list[str]]:
@@ -137,7 +158,10 @@ def pull_outputs(source_root: str, local_dir: Path, ssh: SSHOptions | None = Non
         retry_error_callback=give_up,
         before_sleep=lambda s: log.warning("sync attempt %d did not complete; retrying", s.attempt_number),
     )
-    verified, rejected = retrying(one_pass)
+    try:
+        verified, rejected = retrying(one_pass)
+    finally:
+        result.seconds = time.monotonic() - began
     result.checkpoints_verified, result.checkpoints_rejected = verified, rejected
     return result
 
@@ -169,6 +193,8 @@ class Syncer:
         while not self._stop.wait(self.interval_s):
             try:
                 self.sync_now()
+            except PullDeadline:  # the stop time came: the final pull takes over
+                log.info("periodic sync ended at the stop time; the final pull follows")
             except Exception as e:  # a failed periodic sync is logged; the next one tries again
                 log.warning("periodic sync failed: %s", e)
 

@@ -17,7 +17,7 @@ from typing import Protocol
 
 import paramiko
 
-from orchestrator.transport.pull_checkpoints import CKPT, STAGING, Moved, listed_files, parse_manifest
+from orchestrator.transport.pull_checkpoints import CKPT, STAGING, Moved, parse_manifest, wanted_files
 
 #: Opens an SFTP session on the transport's connection (SSHTransport.open_sftp); the caller closes it.
 SftpOpener = Callable[[], paramiko.SFTPClient]
@@ -78,13 +78,13 @@ class SftpTree:
         self.sftp.get(f"{self.root}/{rel}", str(dest))
 
 
-def tree_pass(tree: Tree, local_dir: Path) -> tuple[Moved, bytes | None]:
-    manifest_bytes = tree.read(f"{CKPT}/MANIFEST.json")
+def tree_pass(tree: Tree, local_dir: Path, checkpoints: bool = True) -> tuple[Moved, bytes | None]:
+    manifest_bytes = tree.read(f"{CKPT}/MANIFEST.json") if checkpoints else None
     staged = local_dir / STAGING / "remote" / CKPT / "MANIFEST.json"
     if manifest_bytes is not None:
         staged.parent.mkdir(parents=True, exist_ok=True)
         staged.write_bytes(manifest_bytes)
-    listed = set(listed_files(parse_manifest(manifest_bytes)))
+    listed = set(wanted_files(parse_manifest(manifest_bytes)))
     res = Moved()
 
     def want(rel: str, is_dir: bool) -> bool:
@@ -123,9 +123,9 @@ def _fetch(tree: Tree, local_dir: Path, rel: str, size: int, mtime: float, res: 
     res.bytes += size
 
 
-def sftp_pass(src: str, local_dir: Path, open_sftp: SftpOpener) -> tuple[Moved, bytes | None]:
+def sftp_pass(src: str, local_dir: Path, open_sftp: SftpOpener, checkpoints: bool = True) -> tuple[Moved, bytes | None]:
     sftp = open_sftp()
     try:
-        return tree_pass(SftpTree(sftp, src), local_dir)
+        return tree_pass(SftpTree(sftp, src), local_dir, checkpoints)
     finally:
         sftp.close()  # the session only: the connection is the transport's

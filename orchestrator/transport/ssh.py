@@ -42,8 +42,9 @@ from orchestrator.transport import upload as upload_rule
 from orchestrator.transport.hostkeys import HostKeyStore
 from orchestrator.transport.keys import load_private_key
 from orchestrator.transport.openssh import HostKeyChangedError, SSHOptions, connect
-from orchestrator.transport.protocol import CommandResult, JobState, SyncResult, detached_script
+from orchestrator.transport.protocol import CommandResult, DataSent, JobState, SyncResult, detached_script
 from orchestrator.transport.pull import pull_outputs
+from orchestrator.transport.push_data import send_data
 from providers.base import SSHEndpoint
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,14 @@ class SSHTransport:
         self._call(go)
         log.info("uploaded %d files (%d bytes) to %s/%s", len(files), total, self.root, sub)
 
+    def send_data(self, local_dir: Path, remote_subdir: str, work_dir: Path,
+                  deadline_epoch: float | None = None) -> DataSent:
+        if self.root.startswith("~/"):
+            self._ensure()
+        return send_data(Path(local_dir), self.root, remote_subdir, self.ssh_options(), work_dir,
+                         lambda cmd, t: self.run(cmd, timeout_s=t), lambda path, text: self.write_file(path, text),
+                         deadline_epoch)
+
     def push_files(self, files: list[Path], remote_subdir: str) -> None:
         """SFTP, file by file into a .partial name then renamed: a big checkpoint streams, and a drop
         mid-way never leaves a truncated file under the real name."""
@@ -372,10 +381,11 @@ class SSHTransport:
         sftp.get_channel().settimeout(max(60.0, self.connect_timeout))
         return sftp
 
-    def pull(self, local_dir: Path) -> SyncResult:
+    def pull(self, local_dir: Path, deadline_epoch: float | None = None, checkpoints: bool = True) -> SyncResult:
         if self.root.startswith("~/"):
             self._ensure()
-        return pull_outputs(self.root, Path(local_dir), self.ssh_options(), open_sftp=self.open_sftp)
+        return pull_outputs(self.root, Path(local_dir), self.ssh_options(), open_sftp=self.open_sftp,
+                            deadline_epoch=deadline_epoch, checkpoints=checkpoints)
 
     def close(self) -> None:
         self._drop()

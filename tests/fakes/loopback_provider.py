@@ -74,12 +74,23 @@ class LoopbackProvider(Provider):
         return self.remote_base / (info["run_id"] + (f"-n{rank}" if rank else ""))
 
     def meter_usd(self) -> float:
-        """Every instance's billed time (create to terminate, or now) at the price, all together."""
+        """Every instance's billed time (create to terminate, or now) at the price, all together.
+        An instance the switch ended stopped billing then (a cloud bills to the self-destruct's
+        terminate call, not to the controller's later one)."""
         total = 0.0
         for path in _home().glob("lb-*.json"):
             info = json.loads(path.read_text())
-            total += (info.get("terminated_at") or time.time()) - info["created_at"]
+            total += (self._ended_at(info) or time.time()) - info["created_at"]
         return total * self.usd_per_hour / 3600.0
+
+    def _ended_at(self, info: dict[str, Any]) -> float | None:
+        ends = [float(info["terminated_at"])] if info.get("terminated_at") else []
+        marker = self._dir(info) / "self_destruct.ran"
+        try:
+            ends.append(float(marker.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+        return min(ends, default=None)
 
     def get(self, instance_id: str) -> Instance:
         path = self._state(instance_id)

@@ -127,7 +127,7 @@ def test_deadline_already_passed_still_exits_cleanly(tmp_path: Path) -> None:
 def test_corrupted_checkpoints_are_detected_never_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     ckpts = out / "checkpoints"
-    base = [*FAST, "--out-dir", str(out), "--ckpt-interval", "10", "--log-interval", "10"]
+    base = [*FAST, "--out-dir", str(out), "--ckpt-interval", "10", "--log-interval", "10", "--keep-checkpoints", "3"]
     assert main([*base, "--max-iters", "30"]) == 0
     assert manifest.verify_checkpoints(ckpts) == ([f"ckpt-0000{s}.pt" for s in (10, 20, 30)], [])
 
