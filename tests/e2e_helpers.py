@@ -284,3 +284,30 @@ def power_off(run_root: Path) -> Path:
     lost = run_root.with_name(run_root.name + ".lost")
     run_root.rename(lost)
     return lost
+
+
+# The loopback provider (tests/fakes/loopback_provider.py): an "instance" that is a directory on this
+# machine reached over a real sshd, billed per second at 0.001 USD, with a 30 s reserve.
+LOOPBACK_BUDGETS = """\
+per_run_default_usd: 1.0
+per_run_max_usd: 5.0
+daily_usd: null
+monthly_usd: null
+providers:
+  loopback:
+    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
+    reserve_s: 30
+    min_runtime_s: 10
+"""
+
+
+def loopback_env(ssh_host: str, ssh_port: int, ssh_user: str, remote: Path) -> dict[str, str]:
+    """The environment that registers the loopback provider and points it at an sshd (or a proxy before one)."""
+    return {
+        "GPURUN_PROVIDERS": "loopback=tests.fakes.loopback_provider:LoopbackProvider",
+        "GPURUN_LOOPBACK_SSH": f"{ssh_host}:{ssh_port}:{ssh_user}",
+        "GPURUN_LOOPBACK_USD_PER_HOUR": "3.6",  # 0.001 USD a second
+        "GPURUN_REMOTE_ROOT": str(remote),
+        "GPURUN_VERIFY_TIMEOUT_S": "60",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }

@@ -20,22 +20,14 @@ import pytest
 from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.keys import run_key
+from tests.e2e_helpers import LOOPBACK_BUDGETS, loopback_env
 from tests.fixtures.sshd import SSHServer, sshd  # noqa: F401
 from tests.fixtures.throttle import ThrottledLink
 
 REPO = Path(__file__).resolve().parent.parent
 RATE_BPS = 400_000  # 400 kB/s: a ~4.8 MB checkpoint takes ~12 s, the reserve leaves the final pull ~5 s
 
-BUDGETS = """\
-per_run_default_usd: 1.0
-per_run_max_usd: 5.0
-daily_usd: null
-monthly_usd: null
-providers:
-  loopback:
-    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
-    reserve_s: 30
-    min_runtime_s: 10
+BUDGETS = LOOPBACK_BUDGETS + """\
 notify:
   command: "cat >> NOTES && echo >> NOTES"
 """
@@ -50,14 +42,7 @@ def slow_link(sshd: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(BUDGETS.replace("NOTES", str(notes)))
     with ThrottledLink((sshd.host, sshd.port), RATE_BPS) as link:
-        env = {
-            "GPURUN_PROVIDERS": "loopback=tests.fakes.loopback_provider:LoopbackProvider",
-            "GPURUN_LOOPBACK_SSH": f"127.0.0.1:{link.port}:{sshd.user}",
-            "GPURUN_LOOPBACK_USD_PER_HOUR": "3.6",  # 0.001 USD a second
-            "GPURUN_REMOTE_ROOT": str(remote),
-            "GPURUN_VERIFY_TIMEOUT_S": "60",
-            "PYTHONPATH": str(REPO),
-        }
+        env = loopback_env("127.0.0.1", link.port, sshd.user, remote)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         yield {"budgets": str(budgets), "remote": remote, "notes": notes, "link": link}

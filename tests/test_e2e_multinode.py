@@ -15,9 +15,9 @@ import pytest
 
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.keys import run_key
+from tests.e2e_helpers import LOOPBACK_BUDGETS as BUDGETS  # loopback: per second, 30 s reserve, 10 s minimum
 from tests.e2e_helpers import kill_processes_under, only_run, phases, proof_of
 from tests.fixtures.sshd import SSHServer, free_port, sshd, sshd_fn  # noqa: F401  (fixtures)
-from tests.test_e2e_ssh import BUDGETS  # loopback: per second, 30 s reserve, 10 s minimum
 
 REPO = Path(__file__).resolve().parent.parent
 PRICE = 3.6  # USD/h per node: 0.001 USD a second, 0.002 for the pair

@@ -19,23 +19,13 @@ import pytest
 from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import Phase
 from orchestrator.transport.keys import run_key
-from tests.e2e_helpers import started_job_run_id, wait_for
+from tests.e2e_helpers import LOOPBACK_BUDGETS, loopback_env, started_job_run_id, wait_for
 from tests.fixtures.sshd import SSHServer, free_port, sshd  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
-BUDGETS = """\
-per_run_default_usd: 1.0
-per_run_max_usd: 5.0
-daily_usd: null
-monthly_usd: null
-providers:
-  loopback:
-    billing: {increment_s: 1, minimum_s: 0, source: "test: per second"}
-    reserve_s: 30
-    min_runtime_s: 10
-"""
+BUDGETS = LOOPBACK_BUDGETS
 
 
 @pytest.fixture
@@ -45,14 +35,7 @@ def loopback(sshd: SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     remote.mkdir()
     budgets = tmp_path / "budgets.yaml"
     budgets.write_text(BUDGETS)
-    env = {
-        "GPURUN_PROVIDERS": "loopback=tests.fakes.loopback_provider:LoopbackProvider",
-        "GPURUN_LOOPBACK_SSH": f"{sshd.host}:{sshd.port}:{sshd.user}",
-        "GPURUN_LOOPBACK_USD_PER_HOUR": "3.6",  # 0.001 USD a second
-        "GPURUN_REMOTE_ROOT": str(remote),
-        "GPURUN_VERIFY_TIMEOUT_S": "60",
-        "PYTHONPATH": str(REPO),
-    }
+    env = loopback_env(sshd.host, sshd.port, sshd.user, remote)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield {"budgets": str(budgets), "remote": str(remote)}
