@@ -8,7 +8,7 @@ import time
 import pytest
 
 from orchestrator.errors import RunFailed
-from orchestrator.run.stop_time import CutOff, Steps, hint_for, within
+from orchestrator.run.stop_time import CutOff, Steps, Work, hint_for, within
 
 
 def test_work_done_in_time_gives_its_result() -> None:
@@ -20,7 +20,7 @@ def test_work_still_going_at_the_limit_is_cut_with_its_step_and_what_to_do() -> 
     steps = Steps("uploading the code")
 
     def install() -> None:
-        steps("installing torch")
+        steps("installing torch", Work.INSTALLING)
         release.wait(60)  # a pip install that would not end
 
     try:
@@ -48,5 +48,8 @@ def test_an_error_of_the_work_is_its_own() -> None:
 
 
 def test_hints() -> None:
-    assert hint_for("installing tiktoken") == "use a PyTorch image or raise --max-usd"
-    assert "raise --max-usd" in hint_for("checking python, torch and CUDA")
+    assert hint_for(Work.INSTALLING) == "use a PyTorch image or raise --max-usd"
+    assert "raise --max-usd" in hint_for(Work.OTHER)
+    steps = Steps("uploading the code")
+    steps("installing the code's own tool")  # words alone say nothing: the kind of work decides
+    assert steps.work is Work.OTHER

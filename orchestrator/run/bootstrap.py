@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
+from orchestrator.run.stop_time import Work
 from orchestrator.transport.protocol import Transport
 from trainer import contract
 
@@ -46,10 +48,13 @@ class BootstrapError(Exception):
     """The instance cannot run the trainer; the message says what is missing and what to do."""
 
 
-Step = Callable[[str], None]  # told what bootstrap does now ("installing torch"): orchestrator.run.stop_time
+class Step(Protocol):
+    """Told what bootstrap does now ("installing torch") and what kind of work it is."""
+
+    def __call__(self, step: str, work: Work = Work.OTHER) -> None: ...
 
 
-def _no_step(_: str) -> None:
+def _no_step(step: str, work: Work = Work.OTHER) -> None:
     pass
 
 
@@ -146,7 +151,7 @@ def bootstrap(transport: Transport, install: bool = True, need_torch: bool = Tru
         if not install:
             raise BootstrapError(f"the instance lacks {', '.join(missing)} (bootstrap with install=True, "
                                  "or use a PyTorch image)")
-        step(f"installing {' and '.join(missing)}")
+        step(f"installing {' and '.join(missing)}", Work.INSTALLING)
         _pip_install(transport, python, missing, pip_timeout_s)
         installed = missing
         step("checking the installed torch")
@@ -185,7 +190,7 @@ def ensure_packages(transport: Transport, python: str, packages: Sequence[str], 
         raise BootstrapError(f"the instance lacks {', '.join(missing)} (the recipe's data needs it): use an image"
                              " that has it")
     if missing:
-        step(f"installing {' and '.join(missing)}")
+        step(f"installing {' and '.join(missing)}", Work.INSTALLING)
         _pip_install(transport, python, missing, pip_timeout_s)
     return missing
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import TypeVar
 
 from orchestrator.errors import RunFailed
@@ -26,22 +27,34 @@ class CutOff(RunFailed):
     """A phase still running at its time limit; the message is the run's one-line reason."""
 
 
+class Work(Enum):
+    """What kind of work a step is, which decides what a cut advises."""
+    INSTALLING = "installing"  # a package install: the image lacks what the job needs
+    OTHER = "other"
+
+
+HINTS = {
+    Work.INSTALLING: "use a PyTorch image or raise --max-usd",
+    Work.OTHER: "raise --max-usd (the budget ran out before training began), or see why the instance is slow",
+}
+
+
 class Steps:
-    """What a phase is doing now ("installing torch"), named by the work as it goes, so that a cut
-    says where the time went."""
+    """What a phase is doing now ("installing torch") and what kind of work that is, named by the
+    work as it goes, so that a cut says where the time went and what to do about it."""
 
-    def __init__(self, first: str) -> None:
+    def __init__(self, first: str, work: Work = Work.OTHER) -> None:
         self.now = first
+        self.work = work
 
-    def __call__(self, step: str) -> None:
+    def __call__(self, step: str, work: Work = Work.OTHER) -> None:
         self.now = step
+        self.work = work
 
 
-def hint_for(step: str) -> str:
-    """What to do about a phase that ran out of time in `step`."""
-    if step.startswith("installing"):
-        return "use a PyTorch image or raise --max-usd"
-    return "raise --max-usd (the budget ran out before training began), or see why the instance is slow"
+def hint_for(work: Work) -> str:
+    """What to do about a phase that ran out of time doing `work`."""
+    return HINTS[work]
 
 
 def within(until_epoch: float, phase: str, steps: Steps, work: Callable[[], T]) -> T:
@@ -62,7 +75,7 @@ def within(until_epoch: float, phase: str, steps: Steps, work: Callable[[], T]) 
     threading.Thread(target=run, name=f"gpurun-{phase}", daemon=True).start()
     while not done.wait(timeout=max(0.0, min(WAIT_SLICE_S, until_epoch - time.time()))):
         if time.time() >= until_epoch:
-            raise CutOff(f"{phase} still {steps.now} at the stop time: {hint_for(steps.now)}")
+            raise CutOff(f"{phase} still {steps.now} at the stop time: {hint_for(steps.work)}")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
