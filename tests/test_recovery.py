@@ -97,11 +97,14 @@ def test_a_preemption_the_rest_of_the_cap_cannot_carry_ends_the_run_cleanly(tmp_
 
 
 def test_a_reclaim_notice_has_the_job_checkpoint_and_that_checkpoint_resumes(tmp_path, monkeypatch) -> None:
-    # The provider warns 3 s after the job's first checkpoint (EC2: two minutes ahead): the job
+    # The provider warns 1 s after the job's first checkpoint (EC2: two minutes ahead): the job
     # checkpoints and stops, the controller pulls that checkpoint and resumes from exactly its step.
+    # 1000 steps take ~10 s here, so the notice lands mid-training even on a loaded machine.
     stock(monkeypatch, {"gpu": "H100", "region": "r1", "usd_per_hour": PRICE, "boot": "ok", "spot": True,
-                        "notice_after_s": 3})
-    ctl = launch(tmp_path, gpu="H100", sync_interval_s=30.0)  # no periodic pull in between: only the notice's
+                        "notice_after_s": 1})
+    longer = [*TRAIN[:1], "1000", *TRAIN[2:]]
+    ctl = launch(tmp_path, gpu="H100", sync_interval_s=30.0,  # no periodic pull in between: only the notice's
+                 trainer_args=longer)
     run = ctl.refresh()
     assert run.phase == "verified" and run.job_exit_code == 0, (run.end_reason, run.error)
     (lost,) = RunRecord.of_run(run).attempts
