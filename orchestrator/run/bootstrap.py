@@ -20,24 +20,39 @@ from trainer import contract
 PYTHON_CANDIDATES = ("python3", "python", "/opt/pytorch/bin/python", "/opt/conda/bin/python",
                      "/usr/local/bin/python3", "/usr/bin/python3")
 
-# Prints one JSON line; must run on any python3 with or without torch/numpy.
+# Prints one JSON line; must run on any python3 with or without torch/numpy. torch is imported (about
+# 2 s of CPU) only where an NVIDIA driver is there to ask about CUDA; elsewhere CUDA cannot be
+# available, its presence and version are read without importing it, and the trainer's own import
+# is the proof that it loads.
 _CHECK = r"""
-import json, sys
+import importlib.metadata, importlib.util, json, os, shutil, sys
 info = {"python": sys.executable, "python_version": sys.version.split()[0], "torch": None,
         "cuda_available": False, "cuda_version": None, "device_name": None, "gpu_count": 0, "numpy": None}
+def present(name):
+    try:
+        if importlib.util.find_spec(name) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return __import__(name).__version__
 try:
-    import numpy
-    info["numpy"] = numpy.__version__
+    info["numpy"] = present("numpy")
 except Exception:
     pass
 try:
-    import torch
-    info["torch"] = torch.__version__
-    info["cuda_available"] = bool(torch.cuda.is_available())
-    info["cuda_version"] = torch.version.cuda
-    if info["cuda_available"]:
-        info["gpu_count"] = torch.cuda.device_count()
-        info["device_name"] = torch.cuda.get_device_name(0)
+    if os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi"):
+        import torch
+        info["torch"] = torch.__version__
+        info["cuda_available"] = bool(torch.cuda.is_available())
+        info["cuda_version"] = torch.version.cuda
+        if info["cuda_available"]:
+            info["gpu_count"] = torch.cuda.device_count()
+            info["device_name"] = torch.cuda.get_device_name(0)
+    else:
+        info["torch"] = present("torch")
 except Exception as e:
     info["torch_error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(info))
@@ -101,8 +116,9 @@ def find_python(transport: Transport) -> str:
     """The first candidate python >= 3.9 that already has torch, else the first python >= 3.9."""
     tests = " ".join(shlex.quote(p) for p in PYTHON_CANDIDATES)
     probe = "import sys; sys.exit(sys.version_info < (3, 9))"
+    has_torch = "; import importlib.util as u; sys.exit(u.find_spec('torch') is None)"  # found, not imported
     res = transport.run(
-        f"for p in {tests}; do command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c {shlex.quote(probe + '; import torch')} "
+        f"for p in {tests}; do command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c {shlex.quote(probe + has_torch)} "
         f"2>/dev/null && {{ command -v \"$p\"; exit 0; }}; done; "
         f"for p in {tests}; do command -v \"$p\" >/dev/null 2>&1 && \"$p\" -c {shlex.quote(probe)} "
         f"2>/dev/null && {{ command -v \"$p\"; exit 0; }}; done; exit 1",

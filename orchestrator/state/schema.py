@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, inspect, text
 
 from orchestrator.state.endings import Ending
@@ -46,6 +44,10 @@ def migrate(conn: Connection, where: str) -> None:
         return
     if current is not None and (not current.isdigit() or int(current) > SCHEMA_VERSION):
         raise LedgerError(f"{where} was written by a newer gpurun (schema {current}): upgrade gpurun")
+    # Imported only here: an up-to-date ledger (every open but the first) never pays for Alembic.
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = conn
