@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from orchestrator.plan.options import LaunchOptions
 from orchestrator.run.bootstrap import BootstrapError, bootstrap, ensure_packages
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.factory import open_transport
-from orchestrator.transport.local import LocalTransport
+from orchestrator.transport.local import JOB_NICENESS, LocalTransport
 from providers import UnknownProviderError, get_provider
 from providers.base import InstanceSpec, LocalSandbox, ProviderError, TorchOnImage
 from providers.local import LocalProvider, pgid_alive, visible_indices
@@ -98,6 +99,19 @@ def test_terminate_kills_every_group_and_get_waits_for_the_last_process(tmp_path
     # Terminating again is "already gone", not an error.
     assert provider.terminate(inst.id)["result"].startswith("terminate requested")
     assert provider.get("local-unknown-run").state == "not_found"
+
+
+def test_detached_work_runs_below_the_guards_priority(tmp_path: Path) -> None:
+    # The instance is this machine: a job using every core must never make the guard late.
+    provider = LocalProvider(root=tmp_path)
+    inst = provider.create(_spec(provider))
+    transport = LocalTransport(Path(inst.raw["sandbox"]))
+    pid = transport.start_detached("job", "sleep 300")
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, mine + JOB_NICENESS) > mine or mine == 19
+    finally:
+        provider.terminate(inst.id)
 
 
 def test_detached_job_reports_exit_code_and_takes_signals(tmp_path: Path) -> None:

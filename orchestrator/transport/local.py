@@ -17,6 +17,11 @@ from orchestrator.transport.pull import pull_outputs
 from orchestrator.transport.push_data import send_data
 from orchestrator.transport.upload import check_destination, upload_files
 
+# The instance is this machine, so its detached work (the job, the switch) runs below the guard's
+# priority: a training job that takes every core must never make the guard late for the money, nor
+# the user's own desktop sluggish. Idle cores still go to the job; the switch only sleeps and acts.
+JOB_NICENESS = 10
+
 
 class LocalTransport:
     def __init__(self, root: Path, python: str | None = None) -> None:
@@ -83,7 +88,7 @@ class LocalTransport:
         for sub in ("code", "out"):  # as the SSH transport does: a job may start before the upload
             self._path(sub).mkdir(parents=True, exist_ok=True)
         script = detached_script(self.root, name, command, cwd=f"{self.root}/{cwd}".rstrip("/"), env=env)
-        subprocess.run(["sh", "-c", script], cwd=self.root, check=True)
+        subprocess.run(["nice", "-n", str(JOB_NICENESS), "sh", "-c", script], cwd=self.root, check=True)
         deadline = time.monotonic() + 10
         while not pid_file.exists() or not pid_file.read_text().strip():
             if time.monotonic() > deadline:
