@@ -132,7 +132,7 @@ def test_preempt_after_s_reclaims_running_spot_instances_only(dc: DataCrunchProv
                                                               fake: FakeDataCrunchAPI) -> None:
     from verda import VerdaClient
 
-    fake.preempt_after_s = 1.0
+    fake.preempt_after_s = 4.0  # room for a loaded machine's polls to see it running first
     spot = _create(dc, "run-knob", spot=True)
     ondemand = _create(dc, "other-run", spot=False)
     assert _running(dc, spot.id).preempted == ""
