@@ -12,15 +12,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from tests.trainer.helpers import REPO, env
+from tests.trainer.model_helpers import assert_same_loss_and_grads, tiny
 from trainer import cpu_gelu, cpu_speed
 from trainer.config import load_config
-from trainer.model import GPT, GPTConfig
 from trainer.train import StopRequest, Trainer
-
-
-def tiny() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16))
 
 
 def test_sigmoid_form_is_gpt2s_tanh_gelu_within_float_rounding() -> None:
@@ -47,15 +42,7 @@ def test_swap_keeps_the_model_and_its_results() -> None:
     assert cpu_gelu.use_fast_gelu(fast) == 2
     assert all(type(m) is cpu_gelu.TanhGELU for m in fast.modules() if isinstance(m, nn.GELU))
     assert fast.state_dict().keys() == plain.state_dict().keys()
-    idx = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(1))
-    losses = []
-    for model in (plain, fast):
-        _, loss = model(idx, idx)
-        loss.backward()
-        losses.append(loss)
-    assert torch.allclose(losses[0], losses[1], atol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
-        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert_same_loss_and_grads(plain, fast)
     assert cpu_gelu.use_fast_gelu(fast) == 0  # idempotent
 
 

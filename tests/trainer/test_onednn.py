@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tests.trainer.model_helpers import assert_same_loss_and_grads, tiny
 from trainer import onednn
 from trainer.config import load_config
-from trainer.model import GPT, GPTConfig
 from trainer.train import StopRequest, Trainer
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
@@ -22,11 +22,6 @@ def onednn_wherever_it_works(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(onednn.OPT_OUT_ENV, "onednn")
     monkeypatch.setattr(onednn, "_PROBED", False)
     monkeypatch.setattr(onednn, "_OP", None)
-
-
-def tiny() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16))
 
 
 def test_the_model_is_plain_pytorch() -> None:
@@ -47,15 +42,7 @@ def test_swap_keeps_parameters_ties_and_results() -> None:
     assert fast.state_dict().keys() == before.keys()
     assert all(torch.equal(fast.state_dict()[k], v) for k, v in before.items())
 
-    idx = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(1))
-    losses = []
-    for model in (plain, fast):
-        _, loss = model(idx, idx)
-        loss.backward()
-        losses.append(loss)
-    assert torch.allclose(losses[0], losses[1], atol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
-        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
+    assert_same_loss_and_grads(plain, fast)
     assert onednn.use_onednn_linears(fast) == 0  # idempotent
 
 
