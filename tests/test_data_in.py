@@ -59,7 +59,9 @@ def test_200_mb_goes_up_resumes_what_is_missing_and_is_verified_on_the_instance(
         stat = damaged.stat()
         with open(damaged, "r+b") as f:
             f.seek(1234)
-            f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+            byte = f.read(1)[0]
+            f.seek(1234)  # the read moved on: write over the byte read, never over one that may already match
+            f.write(bytes([byte ^ 0xFF]))
         os.utime(damaged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         with pytest.raises(DataSendError, match="shard-001.bin"):
             t.send_data(src, "data-src", home)
