@@ -25,7 +25,18 @@ os.environ.setdefault("GPURUN_DATA_DIR", str(SHARED_DATA))
 
 def pytest_configure(config: pytest.Config) -> None:
     """The test run's PostgreSQL directory, made once by the pytest process that starts the workers
-    (they inherit the variable); its cluster starts when a test first needs it (tests/fixtures/postgres.py)."""
+    (they inherit the variable); its cluster starts when a test first needs it (tests/fixtures/postgres.py).
+
+    Each pytest-xdist worker leads a session of its own. Linux's scheduler (sched_autogroup, on by
+    default) shares the CPU between sessions before processes: a detached job leads its own session
+    (a run's trainer on the local sandbox or the loopback "instance"), so in one shared session all
+    eight workers together got as much CPU as each such trainer, and a test that computes waited on
+    trainers that only run out a budget window. A session each gives a worker the same share as a job."""
+    if hasattr(config, "workerinput"):
+        try:
+            os.setsid()
+        except OSError:  # already a session's or group's leader: nothing to gain
+            pass
     if not hasattr(config, "workerinput") and not os.environ.get(ROOT_ENV):
         config._gpurun_pg_root = make_root()  # type: ignore[attr-defined]
         os.environ[ROOT_ENV] = str(config._gpurun_pg_root)  # type: ignore[attr-defined]
