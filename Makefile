@@ -6,9 +6,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-# Most tests wait on deadlines and processes rather than the CPU (4 workers kept 2 cores ~57 % busy):
-# eight workers keep the suite near 8 minutes on 2 cores (pytest-xdist; the long quality test is
-# ordered first by tests/conftest.py, worksteal spreads the rest).
+# pytest-xdist: eight workers, each in a session of its own (tests/conftest.py); the long quality test
+# is ordered first, worksteal spreads the rest.
 PYTEST_ARGS ?= -n 8 --dist worksteal
 
 .PHONY: setup sysdeps run test lint bench clean
@@ -37,9 +36,12 @@ sysdeps:
 run: setup
 	$(BIN)/gpurun launch --provider local --max-usd 0.02 --usd-per-hour 1.2 --yes
 
+# Bytecode caches on, whatever the shell says (PYTHONDONTWRITEBYTECODE=1 on some machines): the suite
+# starts some 400 Python processes (CLIs, trainers, guards) and eight workers that each rewrite every
+# test module's asserts; without caches each of them compiles its imports from source again.
 test: setup sysdeps
 	$(BIN)/ruff check .
-	$(BIN)/pytest $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
