@@ -39,7 +39,7 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
 
     # Asked while the run is young (a loaded machine's launch may have used half of its minute).
     status = gpurun("status", cwd=tmp_path)
-    assert run.run_id in status.stdout and "alive" in status.stdout  # the detached guard
+    assert run.run_id in status.stdout and "alive" in status.stdout, status.stdout  # the detached guard
     sandbox = Path(os.environ["GPURUN_HOME"]) / "sandboxes" / run.run_id
     wait_for(lambda: (sandbox / "out" / "checkpoints" / "MANIFEST.json").exists(), 40, "a first checkpoint")
     synced = gpurun("sync", run.run_id, cwd=tmp_path)
