@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     Each pytest-xdist worker leads a session of its own. Linux's scheduler (sched_autogroup, on by
     default) shares the CPU between sessions before processes: a detached job leads its own session
     (a run's trainer on the local sandbox or the loopback "instance"), so in one shared session all
-    eight workers together got as much CPU as each such trainer, and a test that computes waited on
+    workers together got as much CPU as each such trainer, and a test that computes waited on
     trainers that only run out a budget window. A session each gives a worker the same share as a job."""
     if hasattr(config, "workerinput"):
         try:
