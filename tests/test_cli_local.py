@@ -81,10 +81,14 @@ def test_detached_run_is_guarded_to_the_end_and_every_command_sees_it(tmp_path: 
 
 def test_ctrl_c_without_a_terminal_tears_the_run_down(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # SIGINT as a terminal's Ctrl-C finds a foreground command: handled. A test run started in the
+    # background of a script (`make test &`) ignores SIGINT, and Python keeps an inherited SIG_IGN
+    # (no KeyboardInterrupt ever), so the launch gets the default disposition back before exec.
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli.main", "launch", "--max-usd", "1", "--usd-per-hour", "1.2", "--yes",
          "--set", "max_iters=1000000"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ledger = Ledger()
     wait_for(lambda: bool(ledger.list_runs()) and ledger.list_runs()[0].phase == "running", 60, "running")
