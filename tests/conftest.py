@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         try:
             os.setsid()
-        except OSError:  # already a session's or group's leader: nothing to gain
+        except OSError:  # a process-group leader may not start a session: it keeps the shared one
             pass
     if not hasattr(config, "workerinput") and not os.environ.get(ROOT_ENV):
         config._gpurun_pg_root = make_root()  # type: ignore[attr-defined]
