@@ -7,12 +7,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 # pytest-xdist: six workers, each in a session of its own (tests/conftest.py; docs/ARCHITECTURE.md,
-# "How the suite shares two cores"); the long quality test is ordered first, worksteal spreads the
-# rest. The suite is CPU-bound on 2 cores: six did as well as eight (538 s against 558 s) with two
-# fewer copies of the collection (~9 CPU-s each).
-PYTEST_ARGS ?= -n 6 --dist worksteal
+# "How the suite shares two cores"), handed one test at a time, longest first (tests/durations.json,
+# tests/plugins/longest_first.py) so that no long test is left to run alone at the end. The suite is
+# CPU-bound on 2 cores: six did as well as eight with two fewer copies of the collection (~9 CPU-s each).
+PYTEST_ARGS ?= -n 6 --dist load --maxschedchunk 1
 
-.PHONY: setup sysdeps run test lint bench clean
+.PHONY: setup sysdeps run test durations lint bench clean
 
 $(BIN)/gpurun: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ run: setup
 test: setup sysdeps
 	$(BIN)/ruff check .
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest $(PYTEST_ARGS)
+
+# Re-measure tests/durations.json (each test's wall time) after adding long tests.
+durations: setup sysdeps
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest $(PYTEST_ARGS) --store-durations
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,6 +16,9 @@ import pytest
 
 from tests.fixtures.postgres import ROOT_ENV, ledger_engine, make_root, pg_cluster, stop_shared_cluster  # noqa: F401
 
+# Longest tests first (tests/durations.json), for pytest-xdist's `load` (the Makefile's PYTEST_ARGS).
+pytest_plugins = ["tests.plugins.longest_first"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 # The benchmarks read their offline data from here (bench/data_files.py), in-process and in the
@@ -47,12 +50,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if root is not None:  # every worker has finished: stop the shared cluster, remove its files
         stop_shared_cluster(root)
         os.environ.pop(ROOT_ENV, None)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long quality checks (marked `slow`) first, the rest in file order: under pytest-xdist the
-    first item goes to the first worker, so the longest test starts at once instead of last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)

@@ -533,3 +533,23 @@ def test_termination_time_parses_real_ec2_and_moto_reasons() -> None:
     self_halted = {**base, "State": {"Name": "terminated"},
                    "StateTransitionReason": "Client.InstanceInitiatedShutdown: Instance initiated shutdown"}
     assert termination_time(self_halted) is None  # no time in it: the caller's own record is needed
+
+
+def test_every_session_of_the_process_reads_the_service_models_once(moto_aws: MotoAWS,  # noqa: F811
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions of several regions (as `offers` and `sweep` make them) share one botocore Loader: ec2's
+    model is read from disk once, and boto3's data folder is on its search path once."""
+    from providers.aws.api import AWSApi
+
+    east = AWSApi(region="us-east-1")
+    east.ec2.describe_regions()
+    loader = east.session()._session.get_component("data_loader")
+    read: list[str] = []
+    load_file = loader.file_loader.load_file
+    monkeypatch.setattr(loader.file_loader, "load_file", lambda path: read.append(path) or load_file(path))
+    for region in ("us-west-2", "eu-central-1"):
+        other = AWSApi(region=region)
+        other.ec2.describe_regions()
+        assert other.session()._session.get_component("data_loader") is loader
+    assert read == []
+    assert len(loader.search_paths) == len(set(loader.search_paths))

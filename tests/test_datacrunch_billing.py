@@ -127,6 +127,9 @@ def test_inventory_lists_every_instance_and_volume_that_bills(dc: DataCrunchProv
 
 def test_inventory_notes_each_instance_status_and_skips_what_is_gone(dc: DataCrunchProvider,
                                                                       fake: FakeDataCrunchAPI) -> None:
+    # Caught half-way, however long the listing takes on a busy machine (the fake's defaults move a
+    # provisioning instance on to running after 0.6 s, a deleting one to discontinued after 0.3 s).
+    fake.provisioning_s = fake.deleting_s = 3600.0
     ids = {s: fake.add_instance(f"box-{s.replace('_', '-')}", status=s)
            for s in ("error", "no_capacity", "provisioning", "hibernating", "deleting", "discontinued")}
     rows = {b.id: b for b in dc.inventory() if b.kind == "instance"}

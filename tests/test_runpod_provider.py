@@ -81,13 +81,42 @@ def test_import_is_lazy() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_sdk_import_leaves_root_logger_alone() -> None:
+@pytest.mark.parametrize("load", ["import_runpod()", "api._import_whole_package()"])
+def test_sdk_import_leaves_root_logger_alone(load: str) -> None:
     # runpod 1.12 calls logging.basicConfig(level=INFO) on import; the provider undoes it.
-    code = ("import logging, providers.runpod as r; r.import_runpod(); root = logging.getLogger(); "
-            "print(len(root.handlers), root.level)")
+    code = (f"import logging, providers.runpod as r; from providers.runpod import api; r.{load}; "
+            "root = logging.getLogger(); print(len(root.handlers), root.level)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.split() == ["0", str(30)]
+
+
+# The parts of the package's __init__ the control plane never uses (runpod 1.12: the serverless
+# worker, the CLI, the endpoint client) and what they pull in, py-cpuinfo's subprocess included.
+NOT_FOR_THE_CONTROL_PLANE = ("runpod.serverless", "runpod.cli", "runpod.endpoint", "aiohttp", "fastapi",
+                             "paramiko", "cpuinfo")
+
+
+def test_the_sdk_loads_its_control_plane_alone() -> None:
+    code = ("import sys, providers.runpod as r; rp = r.import_runpod(); import runpod\n"
+            "from runpod.api.graphql import run_graphql_query\n"
+            "print(runpod is rp, all(callable(getattr(rp, n)) for n in "
+            "('create_pod', 'get_pod', 'get_pods', 'stop_pod', 'terminate_pod')), rp.error.QueryError.__name__)\n"
+            f"print(*sorted(m for m in sys.modules if m.startswith({NOT_FOR_THE_CONTROL_PLANE!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split("\n")[:2] == ["True True QueryError", ""], out.stdout
+
+
+def test_an_sdk_of_another_layout_is_imported_whole(tmp_path: Path) -> None:
+    """No runpod/api/ctl_commands.py (a future SDK): the package as it is, and no half-loaded modules."""
+    pkg = tmp_path / "runpod"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("api_key = None\nWHOLE = True\ndef get_pods():\n    return []\n")
+    code = ("import sys, providers.runpod as r; rp = r.import_runpod()\n"
+            "print(getattr(rp, 'WHOLE', False), sorted(m for m in sys.modules if m.startswith('runpod')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=env)
+    assert out.stdout.strip() == "True ['runpod']", out.stdout
 
 
 def test_offers_have_live_prices_and_storage(fake: FakeRunPodAPI, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ AWS_ENDPOINT_URL (which boto3 >= 1.28 honours for every client: the tests point 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -74,6 +75,35 @@ def boto3_module() -> Any:
     return boto3
 
 
+_LOADERS: dict[str | None, Any] = {}  # botocore data path -> its Loader, for the whole process
+_LOADERS_LOCK = threading.Lock()
+
+
+def new_session(boto3: Any, profile: str | None) -> Any:
+    """A boto3 Session on the process's shared botocore Loader.
+
+    A botocore Session makes its own Loader, which parses the service models again: ec2's JSON and
+    endpoints.json, ~0.1 CPU-s per session. Every AWSApi (a region, a provider, each `offers` or
+    `sweep` region) has a session, so share one Loader per data path (its caches are keyed by
+    service and version). boto3.Session appends its own data folder to the Loader's search paths each
+    time: kept once.
+    """
+    import botocore.session
+
+    core = botocore.session.Session(profile=profile)
+    data_path = core.get_config_variable("data_path")  # raises ProfileNotFound for a missing profile
+    with _LOADERS_LOCK:
+        loader = _LOADERS.get(data_path)
+        if loader is None:
+            from botocore.loaders import create_loader
+
+            loader = _LOADERS[data_path] = create_loader(data_path)
+        core.register_component("data_loader", loader)
+        session = boto3.session.Session(botocore_session=core)
+        loader.search_paths[:] = list(dict.fromkeys(loader.search_paths))
+    return session
+
+
 def error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
@@ -133,7 +163,7 @@ class AWSApi:
             from botocore.exceptions import ProfileNotFound
 
             try:
-                self._session_obj = boto3.session.Session(profile_name=self.profile)
+                self._session_obj = new_session(boto3, self.profile)
             except ProfileNotFound as exc:
                 raise CredentialsError(
                     f"AWS profile {one_line(exc.kwargs.get('profile', self.profile))!r} not found: "

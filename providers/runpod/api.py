@@ -14,7 +14,14 @@ Facts this module relies on (read from runpod 1.12.0, `runpod/api/graphql.py` an
   so errors are classified by type and message (see `classify`).
 - Requests use a fixed 30 s timeout; we bound each call with `request_timeout_s` (a create waits
   longer than the SDK does, so an abandoned create cannot land behind our back).
-- Importing `runpod` runs `logging.basicConfig(level=INFO)` (serverless/utils/rp_upload.py); undone.
+- The package's `__init__` loads its serverless worker (`runpod.serverless`: aiohttp, FastAPI, a
+  py-cpuinfo subprocess in `serverless/utils/rp_debugger.py`), the `runpod` CLI (paramiko) and the
+  endpoint client: 1.7 CPU-s, which every gpurun command on RunPod paid. The control plane is
+  `runpod/api/` (ctl_commands, graphql, mutations, queries) and `runpod/error.py`, which import
+  nothing of the rest and read the key as `from runpod import api_key`: `import_runpod` loads that
+  layer alone, under a package object whose `__init__` is not run (0.1 CPU-s).
+- The full package (a layout other than that) runs `logging.basicConfig(level=INFO)`
+  (serverless/utils/rp_upload.py); undone.
 - Strings are pasted into the GraphQL text unescaped, so everything we pass is validated first.
 - Spot (`podRentInterruptable`) and the balance (`myself { clientBalance ... }`) have no SDK
   function: they go through the SDK's own `run_graphql_query` (`RunPodClient.graphql`).
@@ -22,6 +29,8 @@ Facts this module relies on (read from runpod 1.12.0, `runpod/api/graphql.py` an
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -187,24 +196,61 @@ def classify(exc: BaseException) -> ProviderError:
 _IMPORT_LOCK = threading.Lock()
 
 
-def import_runpod() -> Any:
-    """Import the SDK lazily, undoing its import-time `logging.basicConfig(level=INFO)`.
+# What the package's __init__ re-exports from runpod/api/ctl_commands.py (runpod 1.12.0), the names
+# gpurun and a user's code in the same process reach as `runpod.<name>`.
+_CONTROL_PLANE_NAMES = (
+    "create_container_registry_auth", "create_endpoint", "create_pod", "create_template",
+    "delete_container_registry_auth", "get_endpoints", "get_gpu", "get_gpus", "get_pod", "get_pods",
+    "get_user", "resume_pod", "stop_pod", "terminate_pod", "update_container_registry_auth",
+    "update_endpoint_template", "update_user_settings",
+)
 
-    runpod 1.12's serverless/utils/rp_upload.py configures the ROOT logger on import; left alone it
-    would turn on INFO output for every library in the controller.
-    """
+
+def import_runpod() -> Any:
+    """The SDK as a module: its control-plane layer alone when it has the layout read above, else the
+    whole package (with its import-time `logging.basicConfig(level=INFO)` undone)."""
     with _IMPORT_LOCK:
         if "runpod" in sys.modules:
             return sys.modules["runpod"]
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        import runpod  # slow and heavy (aiohttp, boto3, ...): only when RunPod is used
+        try:
+            return _import_control_plane()
+        except ImportError:
+            return _import_whole_package()
 
-        for h in list(root.handlers):
-            if h not in handlers:
-                root.removeHandler(h)
-        root.setLevel(level)
-        return runpod
+
+def _import_control_plane() -> Any:
+    """`runpod` as a package object whose __init__ is not run, carrying runpod/api and runpod/error.
+
+    Its submodules import as usual (`runpod.serverless` too, should anyone ask for it).
+    """
+    spec = importlib.util.find_spec("runpod")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("runpod is not a package here")
+    package = importlib.util.module_from_spec(spec)
+    package.api_key = None  # the global run_graphql_query reads (set by RunPodClient.sdk)
+    sys.modules["runpod"] = package
+    try:
+        ctl_commands = importlib.import_module("runpod.api.ctl_commands")
+        package.error = importlib.import_module("runpod.error")
+        for name in _CONTROL_PLANE_NAMES:
+            setattr(package, name, getattr(ctl_commands, name))
+    except (ImportError, AttributeError) as exc:  # another SDK layout: forget the partial load
+        for name in [m for m in sys.modules if m == "runpod" or m.startswith("runpod.")]:
+            del sys.modules[name]
+        raise ImportError(f"runpod's control plane is not where runpod 1.12 has it: {exc}") from exc
+    return package
+
+
+def _import_whole_package() -> Any:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import runpod  # slow and heavy (aiohttp, FastAPI, paramiko, a py-cpuinfo subprocess)
+
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    return runpod
 
 
 # ------------------------------------------------------------------ the client
