@@ -18,6 +18,7 @@ from orchestrator.plan.bucket import plan_bucket
 from orchestrator.plan.options import LaunchError, LaunchOptions
 from orchestrator.state.ledger import Ledger
 from orchestrator.transport.bucket import BucketDest, prefix_policy
+from tests.e2e_helpers import write_budgets
 from tests.fixtures.moto_server import MotoAWS, moto_aws, moto_server  # noqa: F401
 from tests.test_launch_local import gpurun
 
@@ -34,10 +35,14 @@ def files_under(*roots: Path) -> list[Path]:
 def test_checkpoints_go_to_the_bucket_and_come_home_after_the_teardown(moto_aws: MotoAWS, tmp_path: Path) -> None:  # noqa: F811
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="ckpts")
-    # 0.06 USD at 3.6 USD/h buys 60 s (the local provider's 15 s reserve): ~45 s, checkpoints every 2 s.
+    # 0.06 USD at 3.6 USD/h buys 60 s: ~36 s of training, checkpoints every 2 s. A 24 s reserve
+    # (the local provider's is 15 s) leaves the uploader's last pass ~8 s after the job ends: it
+    # starts a Python process and puts two files, which on a busy machine outlasted the 3.5 s that
+    # the default reserve leaves it.
+    budgets = write_budgets(tmp_path / "budgets.yaml", "local", reserve_s=24, min_runtime_s=20)
     res = gpurun("launch", "--provider", "local", "--max-usd", "0.06", "--usd-per-hour", "3.6", "--yes",
-                 "--sync-interval", "2", "--checkpoints-to", "s3://ckpts/team/runs", "--endpoint-url",
-                 moto_aws.endpoint, *ENDLESS, cwd=tmp_path)
+                 "--budgets", str(budgets), "--sync-interval", "2", "--checkpoints-to", "s3://ckpts/team/runs",
+                 "--endpoint-url", moto_aws.endpoint, *ENDLESS, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "checkpoints to" in " ".join(res.stdout.split())  # the plan showed the bucket and its cost
     ledger = Ledger()
@@ -80,7 +85,7 @@ def test_checkpoints_go_to_the_bucket_and_come_home_after_the_teardown(moto_aws:
     # bucket (home's copies are gone here: the bucket is the only place it is).
     for ckpt in (run_dir / "out" / "checkpoints").glob("*.pt"):
         ckpt.unlink()
-    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.035", "--yes", cwd=tmp_path)  # 20 s of training
+    again = gpurun("launch", "--resume", run.run_id, "--max-usd", "0.044", "--yes", cwd=tmp_path)  # 20 s of training
     assert again.returncode == 0, again.stdout + again.stderr
     (second,) = [r for r in Ledger().list_runs() if r.run_id != run.run_id]
     resuming = next(e.payload for e in Ledger().events(second.run_id) if e.phase == "resuming")

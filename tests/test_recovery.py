@@ -130,7 +130,8 @@ def loss_lines(text: str) -> list[float]:
 def test_launch_resume_continues_a_stopped_run_from_its_last_checkpoint(tmp_path: Path) -> None:
     from tests.test_launch_local import gpurun
 
-    endless = ["--set", "max_iters=1000000", "--set", "log_interval=10", "--set", "eval_interval=100000",
+    # A loss line every 2 steps: the resumed run's 20 s may train only a few steps on a busy machine.
+    endless = ["--set", "max_iters=1000000", "--set", "log_interval=2", "--set", "eval_interval=100000",
                "--set", "eval_iters=2", "--set", "ckpt_interval_s=2", "--set", "sample_tokens=10"]
     # 0.05 USD at 3.6 USD/h buys 50 s (the local provider's 15 s reserve + 35 s): room for a loaded
     # machine's slow start (bootstrap took 14-19 s beside other work), then the guard stops the job with a checkpoint.
