@@ -1,6 +1,6 @@
 """The suite's tests in order of their measured length, longest first, for pytest-xdist's `load`.
 
-On 2 cores the suite is CPU-bound and a few dozen tests run a whole launch (40-90 s each). Handed
+On 2 cores the suite is CPU-bound and some 60 tests run a whole launch (15-100 s each). Handed
 out in file order they land wherever the order puts them, and the last of them run alone at the
 end while the other workers wait. Longest first (with `--dist load --maxschedchunk 1`, one test at a
 time to whichever worker is free) is the greedy schedule that keeps every worker busy to the end.
@@ -38,8 +38,8 @@ def load_durations(path: Path = DURATIONS_FILE) -> dict[str, float]:
 
 
 def longest_first(items: list[pytest.Item], known: dict[str, float]) -> None:
-    """Sort in place: the `slow` quality checks first whatever the file says, then the longest."""
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, -known.get(item.nodeid, UNKNOWN_S)))
+    """Sort in place, longest first; the sort is stable, so equal ones keep their file order."""
+    items.sort(key=lambda item: -known.get(item.nodeid, UNKNOWN_S))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
