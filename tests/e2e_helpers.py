@@ -311,3 +311,21 @@ def loopback_env(ssh_host: str, ssh_port: int, ssh_user: str, remote: Path) -> d
         "GPURUN_VERIFY_TIMEOUT_S": "60",
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
     }
+
+
+def files_holding(paths: list[Path], needles: list[str]) -> list[Path]:
+    """The files among `paths` that contain any of `needles`, searched by grep, in a process of its own.
+
+    Never with read_bytes() in the test's process while it holds the SQLite ledger open: POSIX
+    advisory locks belong to the process, so closing any descriptor of ledger.db or its -wal/-shm
+    drops every lock SQLite holds there. A writer in another process may then take this one's
+    connection for gone and reset the write-ahead log under it, and committed runs vanish
+    (sqlite.org/howtocorrupt.html, 2.2).
+    """
+    if not paths:
+        return []
+    patterns = [arg for needle in needles for arg in ("-e", needle)]
+    found = subprocess.run(["grep", "-l", "-F", "-a", *patterns, "--", *map(str, paths)],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode in (0, 1), found.stderr  # 1: no file holds any of them
+    return [Path(line) for line in found.stdout.splitlines()]

@@ -35,3 +35,20 @@ def test_the_dashboard_command_starts_without_the_controller_paramiko_or_torch()
              "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     assert "HEAVY []" in out, out
+
+
+def test_a_command_leaves_its_heap_to_the_os_and_its_ledger_writes_stay() -> None:
+    # The first atexit handler registered runs last: after the command's own, it sees what they left.
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, flush=True))\n"
+             "from orchestrator.cli.main import main\n"
+             "main(['status'])\n")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "FROZEN True" in res.stdout, res.stdout + res.stderr
+    # The ledger that command made and migrated, its connection left to the OS, is whole for the next.
+    check = ("from orchestrator.state.db import Database\n"
+             "from orchestrator.state.schema import HEAD_REVISION, current_revision\n"
+             "with Database()._begin(write=False) as conn:\n"
+             "    print('AT', current_revision(conn) == HEAD_REVISION)\n")
+    again = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "AT True" in again.stdout, again.stdout + again.stderr

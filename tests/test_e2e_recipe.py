@@ -16,6 +16,7 @@ from orchestrator.plan.job import JOB_CONFIG
 from orchestrator.state.endings import Exit
 from orchestrator.state.ledger import Ledger
 from tests.e2e_helpers import only_run, phases, wait_for
+from tests.test_signals import alive
 
 REPO = Path(__file__).resolve().parent.parent
 # A model small enough that three steps take a second on a CPU: the run's phases are the point.
@@ -114,4 +115,6 @@ def test_detach_during_the_data_phase_hands_both_phases_to_the_guard(tmp_path: P
     assert shown[-1] == "preparing_data" and "running" not in shown, res.stdout
     wait_for(lambda: not ledger.resolve_run(run.run_id).open, 120, "the guard to finish the run")
     assert_prepared_then_trained(run.run_id, "shakespeare-char", "char")
-    assert ledger.resolve_run(run.run_id).controller_pid != os.getpid()
+    guard = ledger.resolve_run(run.run_id).controller_pid
+    assert guard is not None and guard != os.getpid()
+    wait_for(lambda: not alive(guard), 60, "the guard to exit after the run's end (its evidence card)")

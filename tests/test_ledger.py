@@ -21,6 +21,7 @@ from orchestrator.state.ledger import Ledger
 from orchestrator.state.phases import MAIN_PHASES
 from orchestrator.state.rows import Event, Run
 from orchestrator.state.values import LedgerError
+from tests.e2e_helpers import files_holding
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,10 +159,10 @@ def test_payloads_are_redacted(ledger: Ledger) -> None:
     ledger.update_run("r-1", error=f"401 for api_key={secret}")
     with ledger.reading() as conn:  # every stored value, on either engine
         raw = repr([conn.execute(select(t)).all() for t in tables.metadata.sorted_tables]).encode()
-    if not ledger.shared:  # and the SQLite file's bytes, its write-ahead log included
-        raw += b"".join(p.read_bytes() for p in ledger.home.glob("ledger.db*"))
     assert b"runpod" in raw and secret.encode() not in raw
     assert b"t0ps3cr3t-value" not in raw and b"hunter22" not in raw
+    if not ledger.shared:  # nor the SQLite file's bytes, its write-ahead log included
+        assert files_holding(sorted(ledger.home.glob("ledger.db*")), [secret, "t0ps3cr3t-value", "hunter22"]) == []
     assert ledger.events("r-1")[1].payload["api_key"] == "***"
 
 

@@ -192,3 +192,18 @@ def test_an_empty_cuda_visible_devices_makes_the_local_offer_a_cpu(monkeypatch: 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     (offer,) = LocalProvider().offers()
     assert offer.gpu == "cpu" and offer.gpu_count == 0 and offer.instance_type == "local-cpu"
+
+
+def test_a_job_that_ends_while_it_is_looked_at_is_ended_with_its_status_not_killed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job writes its exit status, then exits: a look that finds it gone reads the status after.
+    transport = LocalTransport(tmp_path)
+    (tmp_path / "job.pid").write_text("4242\n")
+
+    def ends_now(pid: int, sig: int) -> None:
+        (tmp_path / "job.exit").write_text("0\n")  # it ended between the looks
+        raise ProcessLookupError(pid)
+
+    monkeypatch.setattr(os, "kill", ends_now)
+    state = transport.job_state("job")
+    assert not state.running and state.exit_code == 0 and state.pid == 4242

@@ -16,6 +16,7 @@ from orchestrator.state.ledger import Ledger
 from orchestrator.transport import keys
 from orchestrator.transport.hostkeys import LedgerHostKeys, MemoryHostKeyStore
 from orchestrator.transport.openssh import HostKeyChangedError, resolve_endpoint
+from orchestrator.transport.protocol import CommandResult
 from orchestrator.transport.ssh import CommandTimeoutError, SSHTransport, SSHUnreachableError
 from orchestrator.transport.upload import UploadTooLargeError, upload_files
 from providers.base import SSHEndpoint
@@ -276,3 +277,21 @@ def test_host_key_pinned_in_the_ledger(sshd: SSHServer, tmp_path):  # noqa: F811
     assert ledger.host_key("inst-pin") == sshd.host_key
     with SSHTransport(sshd.endpoint, kp.private_path, str(tmp_path / "r"), "inst-pin", LedgerHostKeys(ledger)) as t:
         assert t.run("echo pinned").stdout == "pinned\n"  # the pin from the ledger is accepted
+
+
+
+def test_a_job_that_ends_while_it_is_looked_at_is_ended_with_its_status(tmp_path: Path) -> None:
+    # job_state's one command, run here by sh with a `kill` that lets the job end between the looks
+    # (it writes its exit status, and is gone): the status is read after the liveness look, so seen.
+    key = keys.ensure_keypair("test").private_path  # never used: nothing connects
+    t = SSHTransport(SSHEndpoint("127.0.0.1", 1, "nobody"), key, str(tmp_path), "i", MemoryHostKeyStore())
+    (tmp_path / "job.pid").write_text("4242\n")
+    ends_now = f"kill() {{ echo 0 > {tmp_path}/job.exit; return 1; }}; "
+
+    def run_here(command: str, timeout_s: float | None = None) -> CommandResult:
+        res = subprocess.run(["sh", "-c", ends_now + command], capture_output=True, text=True, timeout=30)
+        return CommandResult(res.returncode, res.stdout, res.stderr)
+
+    t.run = run_here  # type: ignore[method-assign]
+    state = t.job_state("job")
+    assert not state.running and state.exit_code == 0 and state.pid == 4242

@@ -8,6 +8,8 @@ MANIFEST.json, sample.txt.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import itertools
 import math
 import os
@@ -333,6 +335,9 @@ class Trainer:
 
     def run(self) -> int:
         net, opt, scaler, step = self.setup()
+        # What start-up made (torch, the model, the data) lives to the end: frozen, the loop's full
+        # collections no longer walk it (0.4 -> 0.1 s of collections in a 300-step CPU run).
+        gc.freeze()
         try:
             return self.loop(net, opt, scaler, step)
         finally:
@@ -654,6 +659,11 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # At exit the interpreter collects garbage over every live object: with torch and the torch._dynamo
+    # that torch.optim loads that was ~1 CPU-s, between the last checkpoint and the exit the controller
+    # waits for. Frozen objects are skipped; the memory goes back to the OS with the process.
+    atexit.unregister(gc.freeze)  # once per process (tests call main() many times)
+    atexit.register(gc.freeze)
     stop = StopRequest()
     stop.install()  # early, so a SIGTERM during start-up still ends in a clean stop
     trainer: Trainer | None = None

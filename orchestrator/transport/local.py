@@ -104,16 +104,18 @@ class LocalTransport:
         exit_file = self._path(f"{name}.exit")
         pid_file = self._path(f"{name}.pid")
         pid = int(pid_file.read_text().strip()) if pid_file.exists() and pid_file.read_text().strip() else None
+        if pid is not None and not exit_file.exists():
+            try:
+                os.kill(pid, 0)
+                return JobState(True, None, pid)
+            except ProcessLookupError:
+                pass
+        # Read after the liveness look: a job that ended between the two wrote its status before it
+        # exited. Read before it, that status was missed and a clean end looked like a kill.
         if exit_file.exists():
             text = exit_file.read_text().strip()
             return JobState(False, int(text) if text.lstrip("-").isdigit() else None, pid)
-        if pid is None:
-            return JobState(False, None, None)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return JobState(False, None, pid)  # killed before it could write its exit status
-        return JobState(True, None, pid)
+        return JobState(False, None, pid)  # killed before it could write its exit status
 
     def signal(self, name: str, signum: int) -> None:
         state = self.job_state(name)

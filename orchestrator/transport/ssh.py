@@ -337,11 +337,13 @@ class SSHTransport:
 
     def job_state(self, name: str) -> JobState:
         pid_f, exit_f = self._q(f"{name}.pid"), self._q(f"{name}.exit")
-        cmd = (f"p=$(cat {pid_f} 2>/dev/null); e=$(cat {exit_f} 2>/dev/null); a=0; "
+        # The exit status is read after the liveness look: a job that ended between the two wrote it
+        # before it exited (read first, a clean end in between looked like a kill).
+        cmd = (f"p=$(cat {pid_f} 2>/dev/null); a=0; "
                f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && a=1; "
                # an unreaped zombie (PID 1 of some containers never reaps) accepts kill -0: not alive
                f"[ \"$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -c1)\" = Z ] && a=0; "
-               f"echo \"$p|$e|$a\"")
+               f"e=$(cat {exit_f} 2>/dev/null); echo \"$p|$e|$a\"")
         res = self.run(cmd, timeout_s=30)
         p, e, a = (res.stdout.strip().split("|") + ["", "", "0"])[:3]
         exit_code = int(e) if e.lstrip("-").isdigit() else None

@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,3 +176,15 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path, capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert out.startswith("\r[###############...............] 5/10 loss 2.0000\r\033[K") and out.endswith("eval step 0005\n")
     assert (tmp_path / "b" / "train.log").read_text() == "eval step 0005\n"  # the log file never gets the bar
+
+
+def test_the_trainer_leaves_its_heap_to_the_os(tmp_path: Path) -> None:
+    # Start-up's objects are frozen before the loop, and what lives at exit is left to the OS: the
+    # first atexit handler registered runs last, after the trainer's own.
+    probe = ("import atexit, gc, runpy, sys\n"
+             "atexit.register(lambda: print('FROZEN', gc.get_freeze_count() > 0, flush=True))\n"
+             f"sys.argv = ['trainer.train', *{[*FAST, '--max-iters', '2', '--out-dir', str(tmp_path / 'out')]!r}]\n"
+             "runpy.run_module('trainer.train', run_name='__main__')\n")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "FROZEN True" in res.stdout, res.stdout + res.stderr
+    assert records(tmp_path / "out", "end")[0]["reason"] == "max_iters"
