@@ -279,7 +279,6 @@ def test_host_key_pinned_in_the_ledger(sshd: SSHServer, tmp_path):  # noqa: F811
         assert t.run("echo pinned").stdout == "pinned\n"  # the pin from the ledger is accepted
 
 
-
 def test_a_job_that_ends_while_it_is_looked_at_is_ended_with_its_status(tmp_path: Path) -> None:
     # job_state's one command, run here by sh with a `kill` that lets the job end between the looks
     # (it writes its exit status, and is gone): the status is read after the liveness look, so seen.

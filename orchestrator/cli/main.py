@@ -79,8 +79,9 @@ def leave_the_heap_to_the_os() -> None:
 
     Python's shutdown collects garbage over every object still alive; with SQLAlchemy, rich, paramiko
     and matplotlib loaded that took 0.2-0.45 CPU-s of every command, the whole time a `gpurun status`
-    spends on its own work. The memory is the OS's to take back anyway; the atexit handlers (logging's
-    flush among them) still run, and nothing is left open that only a collection would close.
+    spends on its own work. The memory is the OS's to take back anyway, and the atexit handlers (the
+    journal's flush, logging's) still run. A ledger connection no collection closed is what a crash
+    leaves: its writes are committed, and SQLite's write-ahead log keeps them.
     """
     atexit.unregister(gc.freeze)  # once per process, however many commands run in it (tests)
     atexit.register(gc.freeze)
